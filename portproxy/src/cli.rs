@@ -1,0 +1,138 @@
+//! Command-line options. The names follow the original 2009 portproxy so that
+//! existing init scripts keep working; `--xdp` and `--timeout` are new.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use clap::Parser;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "portproxy",
+    version,
+    about = "Relays NAT-PMP, PCP and UPnP (SSDP, HTTP) from the LAN to the carrier-grade NAT behind a DS-Lite softwire",
+    after_help = "Addresses default from the interfaces; the CGN address from the default route through \
+                  the WAN interface, or the tunnel's peer address."
+)]
+pub struct Options {
+    /// LAN interface (the bridge the clients are on).
+    #[arg(long, default_value = "br-lan", value_name = "IFACE")]
+    pub lan_iface: String,
+
+    /// WAN interface: the softwire towards the CGN (ipip6 tunnel or Ethernet).
+    #[arg(long, default_value = "eth0.1", value_name = "IFACE")]
+    pub wan_iface: String,
+
+    /// LAN address to listen on [default: the LAN interface's first IPv4 address].
+    #[arg(short = 'l', long = "lan-addr", value_name = "ADDR")]
+    pub lan_addr: Option<Ipv4Addr>,
+
+    /// WAN address to send from [default: the WAN interface's first IPv4 address].
+    #[arg(short = 'w', long = "wan-addr", value_name = "ADDR")]
+    pub wan_addr: Option<Ipv4Addr>,
+
+    /// CGN address [default: the gateway of the default route via the WAN interface, or its peer].
+    #[arg(short = 'n', long = "cgn-addr", value_name = "ADDR")]
+    pub cgn_addr: Option<Ipv4Addr>,
+
+    /// Relay NAT-PMP and PCP (UDP 5351).
+    #[arg(long, default_value = "1", value_name = "0|1", value_parser = flag, action = clap::ArgAction::Set)]
+    pub nat_pmp: bool,
+
+    /// Relay SSDP discovery (UDP 1900).
+    #[arg(long, default_value = "1", value_name = "0|1", value_parser = flag, action = clap::ArgAction::Set)]
+    pub upnp_udp: bool,
+
+    /// Relay UPnP HTTP/SOAP to the CGN's IGD at the LAN address and point SSDP LOCATION there.
+    #[arg(long, default_value = "0", value_name = "0|1", value_parser = flag, action = clap::ArgAction::Set)]
+    pub upnp_tcp: bool,
+
+    #[arg(long, default_value_t = 5351, value_name = "PORT", value_parser = port)]
+    /// NAT-PMP/PCP port on both sides.
+    pub nat_pmp_port: u16,
+
+    /// SSDP port on both sides.
+    #[arg(long, default_value_t = 1900, value_name = "PORT", value_parser = port)]
+    pub upnp_udp_port: u16,
+
+    /// First TCP port relayed to the CGN's IGD (further ports seen in LOCATION are relayed on demand).
+    #[arg(long, default_value_t = 5000, value_name = "PORT", value_parser = port)]
+    pub upnp_tcp_port1: u16,
+
+    /// Second TCP port relayed to the CGN's IGD.
+    #[arg(long, default_value_t = 2869, value_name = "PORT", value_parser = port)]
+    pub upnp_tcp_port2: u16,
+
+    /// Seconds a relayed request's state waits for replies after the client's last request.
+    #[arg(long = "timeout", default_value = "60", value_name = "SECS", value_parser = seconds)]
+    pub pending_timeout: Duration,
+
+    /// Use the eBPF fast path (XDP/TC) where the kernel allows it.
+    #[arg(long)]
+    pub xdp: bool,
+
+    /// More output: -v configuration and counters, -vv one line per relayed packet.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+fn flag(s: &str) -> Result<bool, String> {
+    match s {
+        "0" => Ok(false),
+        "1" => Ok(true),
+        _ => Err(format!("expected 0 or 1, got '{s}'")),
+    }
+}
+
+fn port(s: &str) -> Result<u16, String> {
+    match s.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(format!("expected a port number 1-65535, got '{s}'")),
+    }
+}
+
+fn seconds(s: &str) -> Result<Duration, String> {
+    match s.parse::<u64>() {
+        Ok(n @ 1..=3600) => Ok(Duration::from_secs(n)),
+        _ => Err(format!("expected seconds between 1 and 3600, got '{s}'")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Options, clap::Error> {
+        Options::try_parse_from(std::iter::once("portproxy").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_match_the_original() {
+        let o = parse(&[]).unwrap();
+        assert_eq!((o.lan_iface.as_str(), o.wan_iface.as_str()), ("br-lan", "eth0.1"));
+        assert!(o.nat_pmp && o.upnp_udp && !o.upnp_tcp && !o.xdp);
+        assert_eq!((o.nat_pmp_port, o.upnp_udp_port), (5351, 1900));
+        assert_eq!(o.pending_timeout, Duration::from_secs(60));
+        assert_eq!(o.verbose, 0);
+    }
+
+    #[test]
+    fn original_short_options() {
+        let o = parse(&["-l", "192.168.1.1", "-w", "192.0.0.2", "-n", "192.0.0.1", "-vv", "--upnp-tcp", "1"]).unwrap();
+        assert_eq!(o.lan_addr, Some(Ipv4Addr::new(192, 168, 1, 1)));
+        assert_eq!(o.wan_addr, Some(Ipv4Addr::new(192, 0, 0, 2)));
+        assert_eq!(o.cgn_addr, Some(Ipv4Addr::new(192, 0, 0, 1)));
+        assert_eq!(o.verbose, 2);
+        assert!(o.upnp_tcp);
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_the_reason() {
+        let err = parse(&["--nat-pmp", "2"]).unwrap_err().to_string();
+        assert!(err.contains("expected 0 or 1"), "{err}");
+        assert!(parse(&["--nat-pmp-port", "0"]).unwrap_err().to_string().contains("1-65535"));
+        assert!(parse(&["-l", "192.168.1"]).is_err());
+        assert!(parse(&["--timeout", "0"]).unwrap_err().to_string().contains("between 1 and 3600"));
+        assert!(parse(&["--bogus"]).is_err());
+    }
+}

@@ -1,0 +1,83 @@
+//! The effective configuration: the options with every address filled in
+//! from the interfaces.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use rtnetlink::Handle;
+
+use crate::cli::Options;
+use crate::netif;
+
+#[derive(Debug, Clone)]
+pub struct Side {
+    pub iface: String,
+    pub index: u32,
+    pub addr: Ipv4Addr,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub lan: Side,
+    pub wan: Side,
+    pub cgn: Ipv4Addr,
+    pub nat_pmp: bool,
+    pub upnp_udp: bool,
+    pub upnp_tcp: bool,
+    pub nat_pmp_port: u16,
+    pub ssdp_port: u16,
+    pub http_ports: [u16; 2],
+    pub pending_timeout: Duration,
+}
+
+impl Config {
+    pub async fn resolve(opts: &Options, handle: &Handle) -> Result<Config> {
+        if opts.lan_iface == opts.wan_iface {
+            bail!("--lan-iface and --wan-iface are both '{}'; they must differ", opts.lan_iface);
+        }
+        let lan = netif::iface(handle, &opts.lan_iface).await?;
+        let wan = netif::iface(handle, &opts.wan_iface).await?;
+        for iface in [&lan, &wan] {
+            if !iface.up {
+                log::warn!("interface {} is down; relaying starts when it comes up", iface.name);
+            }
+        }
+        let cgn = match opts.cgn_addr {
+            Some(addr) => addr,
+            None => match netif::cgn_address(&wan, &netif::routes(handle).await?) {
+                Some(addr) => addr,
+                None => bail!(
+                    "cannot find the CGN address: no default route with a gateway through {} and no tunnel peer; give it with -n ADDR",
+                    wan.name
+                ),
+            },
+        };
+        Ok(Config {
+            lan: Side { addr: netif::pick_address(&lan, opts.lan_addr, "-l")?, index: lan.index, iface: lan.name },
+            wan: Side { addr: netif::pick_address(&wan, opts.wan_addr, "-w")?, index: wan.index, iface: wan.name },
+            cgn,
+            nat_pmp: opts.nat_pmp,
+            upnp_udp: opts.upnp_udp,
+            upnp_tcp: opts.upnp_tcp,
+            nat_pmp_port: opts.nat_pmp_port,
+            ssdp_port: opts.upnp_udp_port,
+            http_ports: [opts.upnp_tcp_port1, opts.upnp_tcp_port2],
+            pending_timeout: opts.pending_timeout,
+        })
+    }
+}
+
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let on = |b: bool| if b { "on" } else { "off" };
+        writeln!(f, "LAN  {} (index {}) address {}", self.lan.iface, self.lan.index, self.lan.addr)?;
+        writeln!(f, "WAN  {} (index {}) address {}", self.wan.iface, self.wan.index, self.wan.addr)?;
+        writeln!(f, "CGN  {}", self.cgn)?;
+        writeln!(f, "NAT-PMP/PCP {} (port {})", on(self.nat_pmp), self.nat_pmp_port)?;
+        writeln!(f, "SSDP {} (port {})", on(self.upnp_udp), self.ssdp_port)?;
+        writeln!(f, "UPnP HTTP {} (ports {} {})", on(self.upnp_tcp), self.http_ports[0], self.http_ports[1])?;
+        write!(f, "pending timeout {}s", self.pending_timeout.as_secs())
+    }
+}

@@ -1,0 +1,193 @@
+//! What the kernel knows about the interfaces: index, IPv4 addresses and the
+//! routes through them, read over rtnetlink. The choices made from that data
+//! (which address, which CGN) are plain functions so they can be tested.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use anyhow::{Context, Result, bail};
+use futures_util::TryStreamExt;
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::{LinkAttribute, LinkFlags};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+use rtnetlink::Handle;
+
+/// One IPv4 address of an interface. On point-to-point links (tunnels) the
+/// kernel also records the peer's address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IfAddr {
+    pub local: Ipv4Addr,
+    pub prefix_len: u8,
+    pub peer: Option<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Iface {
+    pub name: String,
+    pub index: u32,
+    pub up: bool,
+    pub addrs: Vec<IfAddr>,
+}
+
+/// An IPv4 route of the main table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub dst: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Option<Ipv4Addr>,
+    pub oif: Option<u32>,
+}
+
+/// Reads an interface and its IPv4 addresses.
+pub async fn iface(handle: &Handle, name: &str) -> Result<Iface> {
+    let link = handle.link().get().match_name(name.to_string()).execute().try_next().await;
+    let link = match link {
+        Ok(Some(link)) => link,
+        _ => bail!(
+            "interface '{name}' does not exist (interfaces here: {}); name it with the matching --*-iface option",
+            iface_names(handle).await.unwrap_or_default().join(", ")
+        ),
+    };
+    let index = link.header.index;
+    let up = link.header.flags.contains(LinkFlags::Up);
+    let mut addrs = Vec::new();
+    let mut stream = handle.address().get().set_link_index_filter(index).execute();
+    while let Some(msg) = stream.try_next().await.with_context(|| format!("reading addresses of {name}"))? {
+        let (mut local, mut address) = (None, None);
+        for attr in &msg.attributes {
+            match attr {
+                AddressAttribute::Local(IpAddr::V4(a)) => local = Some(*a),
+                AddressAttribute::Address(IpAddr::V4(a)) => address = Some(*a),
+                _ => {}
+            }
+        }
+        // IFA_LOCAL is our address; IFA_ADDRESS is the same, or the peer on
+        // point-to-point links. Without IFA_LOCAL, IFA_ADDRESS is ours.
+        if let Some(ours) = local.or(address) {
+            let peer = address.filter(|a| *a != ours);
+            addrs.push(IfAddr { local: ours, prefix_len: msg.header.prefix_len, peer });
+        }
+    }
+    Ok(Iface { name: name.to_string(), index, up, addrs })
+}
+
+async fn iface_names(handle: &Handle) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    let mut links = handle.link().get().execute();
+    while let Some(link) = links.try_next().await? {
+        for attr in link.attributes {
+            if let LinkAttribute::IfName(n) = attr {
+                names.push(n);
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// Reads the IPv4 routes of the main table.
+pub async fn routes(handle: &Handle) -> Result<Vec<Route>> {
+    let mut routes = Vec::new();
+    let mut stream = handle.route().get(rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+    while let Some(msg) = stream.try_next().await.context("reading the routing table")? {
+        if msg.header.table != netlink_packet_route::route::RouteHeader::RT_TABLE_MAIN {
+            continue;
+        }
+        let mut route = Route { dst: Ipv4Addr::UNSPECIFIED, prefix_len: msg.header.destination_prefix_length, gateway: None, oif: None };
+        for attr in &msg.attributes {
+            match attr {
+                RouteAttribute::Destination(RouteAddress::Inet(a)) => route.dst = *a,
+                RouteAttribute::Gateway(RouteAddress::Inet(a)) => route.gateway = Some(*a),
+                RouteAttribute::Oif(i) => route.oif = Some(*i),
+                _ => {}
+            }
+        }
+        routes.push(route);
+    }
+    Ok(routes)
+}
+
+/// The CGN is the next hop of the default route through the WAN interface;
+/// on a tunnel without a gateway, the tunnel's peer address.
+pub fn cgn_address(wan: &Iface, routes: &[Route]) -> Option<Ipv4Addr> {
+    let via_wan = |r: &&Route| r.oif == Some(wan.index);
+    routes
+        .iter()
+        .filter(via_wan)
+        .find(|r| r.prefix_len == 0)
+        .and_then(|r| r.gateway)
+        .or_else(|| wan.addrs.iter().find_map(|a| a.peer))
+}
+
+/// The address portproxy uses on an interface: the given one (which must be
+/// configured there) or the interface's first IPv4 address.
+pub fn pick_address(iface: &Iface, given: Option<Ipv4Addr>, option: &str) -> Result<Ipv4Addr> {
+    match (given, iface.addrs.first()) {
+        (Some(addr), _) if iface.addrs.iter().any(|a| a.local == addr) => Ok(addr),
+        (Some(addr), _) => bail!(
+            "{addr} is not an address of {} (it has: {}); fix {option} or configure the address",
+            iface.name,
+            list(iface)
+        ),
+        (None, Some(first)) => Ok(first.local),
+        (None, None) => bail!(
+            "interface {} has no IPv4 address; configure one or give it with {option}",
+            iface.name
+        ),
+    }
+}
+
+fn list(iface: &Iface) -> String {
+    if iface.addrs.is_empty() {
+        return "no IPv4 address".into();
+    }
+    iface.addrs.iter().map(|a| format!("{}/{}", a.local, a.prefix_len)).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wan(addrs: Vec<IfAddr>) -> Iface {
+        Iface { name: "softwire".into(), index: 7, up: true, addrs }
+    }
+
+    const B4: Ipv4Addr = Ipv4Addr::new(192, 0, 0, 2);
+    const AFTR: Ipv4Addr = Ipv4Addr::new(192, 0, 0, 1);
+
+    #[test]
+    fn cgn_from_the_default_gateway_on_the_wan() {
+        let iface = wan(vec![IfAddr { local: B4, prefix_len: 29, peer: None }]);
+        let routes = [
+            Route { dst: Ipv4Addr::UNSPECIFIED, prefix_len: 0, gateway: Some(Ipv4Addr::new(10, 0, 0, 1)), oif: Some(3) },
+            Route { dst: Ipv4Addr::new(192, 0, 0, 0), prefix_len: 29, gateway: None, oif: Some(7) },
+            Route { dst: Ipv4Addr::UNSPECIFIED, prefix_len: 0, gateway: Some(AFTR), oif: Some(7) },
+        ];
+        assert_eq!(cgn_address(&iface, &routes), Some(AFTR));
+    }
+
+    #[test]
+    fn cgn_from_the_tunnel_peer() {
+        let iface = wan(vec![IfAddr { local: B4, prefix_len: 32, peer: Some(AFTR) }]);
+        let routes = [Route { dst: Ipv4Addr::UNSPECIFIED, prefix_len: 0, gateway: None, oif: Some(7) }];
+        assert_eq!(cgn_address(&iface, &routes), Some(AFTR));
+    }
+
+    #[test]
+    fn no_cgn_without_route_or_peer() {
+        let iface = wan(vec![IfAddr { local: B4, prefix_len: 29, peer: None }]);
+        assert_eq!(cgn_address(&iface, &[]), None);
+    }
+
+    #[test]
+    fn addresses_default_to_the_first_and_are_checked() {
+        let iface = wan(vec![
+            IfAddr { local: B4, prefix_len: 29, peer: None },
+            IfAddr { local: Ipv4Addr::new(192, 0, 0, 3), prefix_len: 29, peer: None },
+        ]);
+        assert_eq!(pick_address(&iface, None, "-w").unwrap(), B4);
+        assert_eq!(pick_address(&iface, Some(Ipv4Addr::new(192, 0, 0, 3)), "-w").unwrap(), Ipv4Addr::new(192, 0, 0, 3));
+        let err = pick_address(&iface, Some(AFTR), "-w").unwrap_err().to_string();
+        assert!(err.contains("192.0.0.1 is not an address of softwire") && err.contains("192.0.0.2/29"), "{err}");
+        let err = pick_address(&wan(vec![]), None, "-w").unwrap_err().to_string();
+        assert!(err.contains("has no IPv4 address"), "{err}");
+    }
+}

@@ -1,0 +1,327 @@
+//! NAT-PMP (RFC 6886) and PCP (RFC 6887) share UDP port 5351 and are told apart
+//! by the first byte: 0 is NAT-PMP, 1 (draft) and 2 are PCP. The relay does not
+//! answer anything itself; it checks that a datagram is framed like a request
+//! (from the LAN) or a response (from the CGN) and describes it for the log.
+
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// Largest PCP message (RFC 6887 §7).
+pub const PCP_MAX_LEN: usize = 1100;
+const PCP_HEADER_LEN: usize = 24;
+const PCP_MAP_LEN: usize = 36;
+const PCP_PEER_LEN: usize = 56;
+const RESPONSE_BIT: u8 = 0x80;
+
+/// Why a datagram was not relayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Malformed {
+    TooShort,
+    TooLong,
+    /// PCP messages are a multiple of 4 bytes.
+    NotAligned,
+    /// A response where a request was expected, or the other way round.
+    WrongDirection,
+    /// NAT-PMP opcode other than 0, 1, 2 (requests) or their responses.
+    UnknownOpcode,
+    /// NAT-PMP request whose length does not match its opcode.
+    BadLength,
+    /// A PCP option that overruns the message.
+    OptionOverrun,
+}
+
+impl fmt::Display for Malformed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Malformed::TooShort => "too short",
+            Malformed::TooLong => "too long",
+            Malformed::NotAligned => "length not a multiple of 4",
+            Malformed::WrongDirection => "response bit has the wrong value",
+            Malformed::UnknownOpcode => "unknown opcode",
+            Malformed::BadLength => "length does not match the opcode",
+            Malformed::OptionOverrun => "option overruns the message",
+        })
+    }
+}
+
+/// Which protocol a valid message speaks (for counters and logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    NatPmp,
+    Pcp,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::NatPmp => "nat-pmp",
+            Protocol::Pcp => "pcp",
+        }
+    }
+}
+
+/// A checked message: its protocol and a one-line description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    pub protocol: Protocol,
+    pub summary: String,
+}
+
+/// Checks a datagram received from a LAN client.
+pub fn check_request(msg: &[u8]) -> Result<Checked, Malformed> {
+    check(msg, false)
+}
+
+/// Checks a datagram received from the CGN.
+pub fn check_response(msg: &[u8]) -> Result<Checked, Malformed> {
+    check(msg, true)
+}
+
+fn check(msg: &[u8], response: bool) -> Result<Checked, Malformed> {
+    if msg.len() < 2 {
+        return Err(Malformed::TooShort);
+    }
+    if (msg[1] & RESPONSE_BIT != 0) != response {
+        return Err(Malformed::WrongDirection);
+    }
+    if msg[0] == 0 {
+        let summary = if response { natpmp_response(msg)? } else { natpmp_request(msg)? };
+        return Ok(Checked { protocol: Protocol::NatPmp, summary });
+    }
+    // Any other version is framed as PCP: versions the CGN does not speak are
+    // still relayed so that it can answer UNSUPP_VERSION, which clients use to
+    // fall back (RFC 6887 §9).
+    let summary = pcp(msg, response)?;
+    Ok(Checked { protocol: Protocol::Pcp, summary })
+}
+
+fn be16(msg: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([msg[at], msg[at + 1]])
+}
+
+fn be32(msg: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([msg[at], msg[at + 1], msg[at + 2], msg[at + 3]])
+}
+
+fn natpmp_proto(op: u8) -> &'static str {
+    if op == 1 { "udp" } else { "tcp" }
+}
+
+fn natpmp_request(msg: &[u8]) -> Result<String, Malformed> {
+    match (msg[1], msg.len()) {
+        (0, 2) => Ok("public address request".into()),
+        (op @ (1 | 2), 12) => Ok(format!(
+            "map {} internal {} suggested external {} lifetime {}s",
+            natpmp_proto(op),
+            be16(msg, 4),
+            be16(msg, 6),
+            be32(msg, 8)
+        )),
+        (0..=2, _) => Err(Malformed::BadLength),
+        _ => Err(Malformed::UnknownOpcode),
+    }
+}
+
+fn natpmp_response(msg: &[u8]) -> Result<String, Malformed> {
+    let op = msg[1] & !RESPONSE_BIT;
+    // Errors for unknown opcodes come back as 8-byte messages (RFC 6886 §3.5).
+    let needed = match op {
+        0 => 12,
+        1 | 2 => 16,
+        _ => 8,
+    };
+    if msg.len() < needed {
+        return Err(Malformed::TooShort);
+    }
+    let result = be16(msg, 2);
+    Ok(match op {
+        0 => format!(
+            "result {result} public address {}",
+            Ipv4Addr::from(be32(msg, 8))
+        ),
+        1 | 2 => format!(
+            "result {result} map {} internal {} external {} lifetime {}s",
+            natpmp_proto(op),
+            be16(msg, 8),
+            be16(msg, 10),
+            be32(msg, 12)
+        ),
+        _ => format!("result {result} for opcode {op}"),
+    })
+}
+
+fn pcp(msg: &[u8], response: bool) -> Result<String, Malformed> {
+    if msg.len() < PCP_HEADER_LEN {
+        return Err(Malformed::TooShort);
+    }
+    if msg.len() > PCP_MAX_LEN {
+        return Err(Malformed::TooLong);
+    }
+    if msg.len() % 4 != 0 {
+        return Err(Malformed::NotAligned);
+    }
+    let version = msg[0];
+    let opcode = msg[1] & !RESPONSE_BIT;
+    let payload_len = match opcode {
+        1 => PCP_MAP_LEN,
+        2 => PCP_PEER_LEN,
+        _ => 0,
+    };
+    // Short or unknown-opcode error responses may omit the payload.
+    let body = &msg[PCP_HEADER_LEN..];
+    if body.len() >= payload_len {
+        check_options(&body[payload_len..])?;
+    } else if !(response && msg[3] != 0) {
+        return Err(Malformed::TooShort);
+    }
+    let op = match opcode {
+        0 => "ANNOUNCE".to_string(),
+        1 => "MAP".to_string(),
+        2 => "PEER".to_string(),
+        n => format!("opcode {n}"),
+    };
+    let lifetime = be32(msg, 4);
+    let mapping = if (opcode == 1 || opcode == 2) && body.len() >= payload_len {
+        let protocol = match body[12] {
+            0 => "all".to_string(),
+            6 => "tcp".to_string(),
+            17 => "udp".to_string(),
+            n => format!("proto {n}"),
+        };
+        format!(
+            " {protocol} internal {} external {}:{}",
+            be16(body, 16),
+            show_ip(&body[20..36]),
+            be16(body, 18)
+        )
+    } else {
+        String::new()
+    };
+    Ok(if response {
+        format!("v{version} {op} result {}{mapping} lifetime {lifetime}s", msg[3])
+    } else {
+        format!(
+            "v{version} {op} client {}{mapping} lifetime {lifetime}s",
+            show_ip(&msg[8..24])
+        )
+    })
+}
+
+/// Options: code(1) reserved(1) length(2) data padded to 4 (RFC 6887 §7.3).
+fn check_options(mut rest: &[u8]) -> Result<(), Malformed> {
+    while !rest.is_empty() {
+        if rest.len() < 4 {
+            return Err(Malformed::OptionOverrun);
+        }
+        let len = usize::from(be16(rest, 2));
+        let padded = 4 + len.div_ceil(4) * 4;
+        if padded > rest.len() {
+            return Err(Malformed::OptionOverrun);
+        }
+        rest = &rest[padded..];
+    }
+    Ok(())
+}
+
+/// PCP carries IPv4 addresses as IPv4-mapped IPv6 (::ffff:a.b.c.d).
+fn show_ip(bytes: &[u8]) -> String {
+    let mut octets = [0u8; 16];
+    octets.copy_from_slice(bytes);
+    let ip = Ipv6Addr::from(octets);
+    match ip.to_ipv4_mapped() {
+        Some(v4) => v4.to_string(),
+        None => ip.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pcp_map(version: u8, lifetime: u32, options: &[u8]) -> Vec<u8> {
+        let mut m = vec![version, 1, 0, 0];
+        m.extend_from_slice(&lifetime.to_be_bytes());
+        m.extend_from_slice(&Ipv4Addr::new(192, 168, 1, 2).to_ipv6_mapped().octets());
+        m.extend_from_slice(&[7; 12]); // nonce
+        m.extend_from_slice(&[6, 0, 0, 0]);
+        m.extend_from_slice(&8083u16.to_be_bytes());
+        m.extend_from_slice(&9083u16.to_be_bytes());
+        m.extend_from_slice(&Ipv4Addr::UNSPECIFIED.to_ipv6_mapped().octets());
+        m.extend_from_slice(options);
+        m
+    }
+
+    #[test]
+    fn natpmp_requests() {
+        let public = check_request(&[0, 0]).unwrap();
+        assert_eq!(public.protocol, Protocol::NatPmp);
+        assert_eq!(public.summary, "public address request");
+        // The example from protocols.md: UDP 5000->5000 for 7200 s.
+        let map = check_request(&[0, 1, 0, 0, 0x13, 0x88, 0x13, 0x88, 0, 0, 0x1c, 0x20]).unwrap();
+        assert_eq!(map.summary, "map udp internal 5000 suggested external 5000 lifetime 7200s");
+        assert_eq!(check_request(&[0, 2, 0, 0]), Err(Malformed::BadLength));
+        assert_eq!(check_request(&[0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), Err(Malformed::UnknownOpcode));
+        assert_eq!(check_request(&[0]), Err(Malformed::TooShort));
+        assert_eq!(check_request(&[]), Err(Malformed::TooShort));
+        assert_eq!(check_request(&[0, 0x80]), Err(Malformed::WrongDirection));
+    }
+
+    #[test]
+    fn natpmp_responses() {
+        let mut public = vec![0, 0x80, 0, 0, 0, 0, 0, 9];
+        public.extend_from_slice(&[203, 0, 113, 1]);
+        assert_eq!(check_response(&public).unwrap().summary, "result 0 public address 203.0.113.1");
+        let map = [0, 0x82, 0, 0, 0, 0, 0, 9, 0x1f, 0x91, 0x23, 0x79, 0, 0, 2, 0x58];
+        assert_eq!(
+            check_response(&map).unwrap().summary,
+            "result 0 map tcp internal 8081 external 9081 lifetime 600s"
+        );
+        assert_eq!(check_response(&map[..12]), Err(Malformed::TooShort));
+        assert_eq!(check_response(&[0, 0x85, 0, 5, 0, 0, 0, 1]).unwrap().summary, "result 5 for opcode 5");
+        assert_eq!(check_response(&[0, 2]), Err(Malformed::WrongDirection));
+    }
+
+    #[test]
+    fn pcp_map_request_and_response() {
+        let req = pcp_map(2, 600, &[]);
+        let checked = check_request(&req).unwrap();
+        assert_eq!(checked.protocol, Protocol::Pcp);
+        assert_eq!(
+            checked.summary,
+            "v2 MAP client 192.168.1.2 tcp internal 8083 external 0.0.0.0:9083 lifetime 600s"
+        );
+        let mut resp = req.clone();
+        resp[1] |= RESPONSE_BIT;
+        resp[3] = 0;
+        assert!(check_response(&resp).unwrap().summary.starts_with("v2 MAP result 0 tcp internal 8083"));
+        assert_eq!(check_request(&resp), Err(Malformed::WrongDirection));
+    }
+
+    #[test]
+    fn pcp_framing() {
+        assert_eq!(check_request(&pcp_map(2, 1, &[])[..20]), Err(Malformed::TooShort));
+        assert_eq!(check_request(&pcp_map(2, 1, &[0, 0])), Err(Malformed::NotAligned));
+        assert_eq!(check_request(&vec![2; 1104]), Err(Malformed::TooLong));
+        // THIRD_PARTY option: 16 bytes of data.
+        let mut third_party = vec![1, 0, 0, 16];
+        third_party.extend_from_slice(&[0; 16]);
+        assert!(check_request(&pcp_map(2, 1, &third_party)).is_ok());
+        // An option claiming more data than the message holds.
+        assert_eq!(check_request(&pcp_map(2, 1, &[1, 0, 0, 20, 0, 0, 0, 0])), Err(Malformed::OptionOverrun));
+        // MAP request cut before its payload ends.
+        let mut cut = pcp_map(2, 1, &[]);
+        cut.truncate(48);
+        assert_eq!(check_request(&cut), Err(Malformed::TooShort));
+        // A short error response (no payload) is still a valid response.
+        let mut err = vec![2, 0x81, 0, 1];
+        err.extend_from_slice(&[0; 20]);
+        assert!(check_response(&err).unwrap().summary.contains("result 1"));
+    }
+
+    #[test]
+    fn unknown_versions_are_relayed_for_the_cgn_to_refuse() {
+        let mut v3 = vec![3, 0, 0, 0];
+        v3.extend_from_slice(&[0; 20]);
+        assert_eq!(check_request(&v3).unwrap().protocol, Protocol::Pcp);
+    }
+}

@@ -1,0 +1,160 @@
+//! NAT-PMP and PCP on sockets, preserving the client's source address.
+//!
+//! Each client (address and port) gets its own transparent socket that sends
+//! to the CGN *as* that client, so the CGN maps to the client itself, and
+//! receives the CGN's replies to that client (see `capture`). Replies go back
+//! from the LAN socket (LAN address, port 5351): the address the client asked.
+//! One socket per client tuple means concurrent requests can never be crossed.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::Result;
+use log::{debug, warn};
+use tokio::net::UdpSocket;
+
+use crate::config::Config;
+use crate::proto::port_control::{self, Protocol};
+use crate::sockets;
+use crate::stats::{Counter, Stats};
+
+/// Clients with a request in flight at once; more are dropped and counted.
+const MAX_CLIENTS: usize = 1024;
+/// PCP's maximum message, with room to spot oversized datagrams.
+const BUF_LEN: usize = port_control::PCP_MAX_LEN + 4;
+
+struct Client {
+    upstream: Arc<UdpSocket>,
+    last_request: Instant,
+}
+
+pub struct PortControlRelay {
+    cfg: Arc<Config>,
+    stats: Arc<Stats>,
+    lan: Arc<UdpSocket>,
+    clients: Mutex<HashMap<SocketAddrV4, Client>>,
+}
+
+impl PortControlRelay {
+    pub fn bind(cfg: Arc<Config>, stats: Arc<Stats>) -> Result<Arc<Self>> {
+        let addr = SocketAddrV4::new(cfg.lan.addr, cfg.nat_pmp_port);
+        let lan = sockets::udp_on(&cfg.lan, addr)
+            .map_err(|e| sockets::explain_bind(e, "NAT-PMP/PCP relay", addr, "--nat-pmp"))?;
+        Ok(Arc::new(PortControlRelay { cfg, stats, lan: Arc::new(lan), clients: Mutex::default() }))
+    }
+
+    /// Receives requests from the LAN until the socket fails.
+    pub async fn run(self: Arc<Self>) -> Result<()> {
+        let mut buf = [0u8; BUF_LEN];
+        loop {
+            let (len, from) = self.lan.recv_from(&mut buf).await?;
+            let SocketAddr::V4(client) = from else { continue };
+            self.request(client, &buf[..len]).await;
+        }
+    }
+
+    async fn request(self: &Arc<Self>, client: SocketAddrV4, msg: &[u8]) {
+        let checked = match port_control::check_request(msg) {
+            Ok(checked) => checked,
+            Err(why) => {
+                self.stats.add(Counter::DropMalformed);
+                debug!("dropped {} bytes from {client} on port {}: {why}", msg.len(), self.cfg.nat_pmp_port);
+                return;
+            }
+        };
+        let Some(upstream) = self.upstream_for(client) else { return };
+        match upstream.send(msg).await {
+            Ok(_) => {
+                self.stats.add(match checked.protocol {
+                    Protocol::NatPmp => Counter::NatPmpToCgn,
+                    Protocol::Pcp => Counter::PcpToCgn,
+                });
+                debug!("{} {client} -> {}: {}", checked.protocol.name(), self.cfg.cgn, checked.summary);
+            }
+            Err(e) => {
+                self.stats.add(Counter::DropSendFailed);
+                warn!("relaying {} from {client} to the CGN {}: {e}", checked.protocol.name(), self.cfg.cgn);
+            }
+        }
+    }
+
+    /// The client's transparent socket, created (with its reply task) on first use.
+    fn upstream_for(self: &Arc<Self>, client: SocketAddrV4) -> Option<Arc<UdpSocket>> {
+        let mut clients = self.clients.lock().unwrap();
+        if let Some(entry) = clients.get_mut(&client) {
+            entry.last_request = Instant::now();
+            return Some(entry.upstream.clone());
+        }
+        if clients.len() >= MAX_CLIENTS {
+            self.stats.add(Counter::DropTableFull);
+            debug!("dropped request from {client}: {MAX_CLIENTS} clients already in flight");
+            return None;
+        }
+        let server = SocketAddrV4::new(self.cfg.cgn, self.cfg.nat_pmp_port);
+        let upstream = match sockets::transparent_udp(client, server) {
+            Ok(socket) => Arc::new(socket),
+            Err(e) => {
+                self.stats.add(Counter::DropSendFailed);
+                warn!("cannot send as {client} (transparent socket): {e}");
+                return None;
+            }
+        };
+        clients.insert(client, Client { upstream: upstream.clone(), last_request: Instant::now() });
+        tokio::spawn(self.clone().replies(client, upstream.clone()));
+        Some(upstream)
+    }
+
+    /// Delivers the CGN's replies for one client until it has been quiet for
+    /// the pending timeout. The socket is connected to the CGN's port, so the
+    /// kernel already discards datagrams from any other source.
+    async fn replies(self: Arc<Self>, client: SocketAddrV4, upstream: Arc<UdpSocket>) {
+        let mut buf = [0u8; BUF_LEN];
+        loop {
+            match tokio::time::timeout(self.cfg.pending_timeout, upstream.recv(&mut buf)).await {
+                Ok(Ok(len)) => self.reply(client, &buf[..len]).await,
+                // ICMP errors (CGN port closed while it restarts) surface here.
+                Ok(Err(e)) => debug!("{client}: CGN {} unreachable: {e}", self.cfg.cgn),
+                Err(_) if self.expire(client) => return,
+                Err(_) => {}
+            }
+        }
+    }
+
+    async fn reply(&self, client: SocketAddrV4, msg: &[u8]) {
+        let checked = match port_control::check_response(msg) {
+            Ok(checked) => checked,
+            Err(why) => {
+                self.stats.add(Counter::DropMalformed);
+                debug!("dropped {} bytes from the CGN for {client}: {why}", msg.len());
+                return;
+            }
+        };
+        match self.lan.send_to(msg, client).await {
+            Ok(_) => {
+                self.stats.add(match checked.protocol {
+                    Protocol::NatPmp => Counter::NatPmpToClient,
+                    Protocol::Pcp => Counter::PcpToClient,
+                });
+                debug!("{} {} -> {client}: {}", checked.protocol.name(), self.cfg.cgn, checked.summary);
+            }
+            Err(e) => {
+                self.stats.add(Counter::DropSendFailed);
+                warn!("delivering a reply to {client}: {e}");
+            }
+        }
+    }
+
+    /// Forgets the client if it sent nothing for the pending timeout.
+    fn expire(&self, client: SocketAddrV4) -> bool {
+        let mut clients = self.clients.lock().unwrap();
+        let idle = clients.get(&client).is_none_or(|c| c.last_request.elapsed() >= self.cfg.pending_timeout);
+        if idle {
+            clients.remove(&client);
+            self.stats.add(Counter::Expired);
+            debug!("{client}: entry expired");
+        }
+        idle
+    }
+}

@@ -1,0 +1,94 @@
+//! Every socket the socket relay opens, with the options that keep it on its
+//! side of the router.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use socket2::{Domain, InterfaceIndexOrAddress, Protocol, Socket, Type};
+use tokio::net::{TcpListener, UdpSocket};
+
+use crate::config::Side;
+use crate::proto::ssdp;
+
+fn udp() -> io::Result<Socket> {
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+fn to_tokio(socket: Socket) -> io::Result<UdpSocket> {
+    UdpSocket::from_std(socket.into())
+}
+
+/// A UDP socket bound to `addr` that only sees traffic of `side`'s interface.
+pub fn udp_on(side: &Side, addr: SocketAddrV4) -> io::Result<UdpSocket> {
+    let socket = udp()?;
+    socket.bind_device(Some(side.iface.as_bytes()))?;
+    socket.bind(&addr.into())?;
+    to_tokio(socket)
+}
+
+/// A socket that sends as the LAN client `client` (its address and port) to
+/// `server`, and receives the server's replies to the client once
+/// `capture::ReplyCapture` routes them locally. IP_TRANSPARENT allows binding
+/// an address that is not the router's own.
+pub fn transparent_udp(client: SocketAddrV4, server: SocketAddrV4) -> io::Result<UdpSocket> {
+    let socket = udp()?;
+    socket.set_ip_transparent_v4(true)?;
+    socket.bind(&client.into())?;
+    socket.connect(&server.into())?;
+    to_tokio(socket)
+}
+
+/// Joined to the SSDP group on `side`'s interface, bound to the SSDP port of
+/// every address there, sending multicast out of that interface only, with
+/// our own multicast not looped back (we must never re-relay it).
+pub fn ssdp_listener(side: &Side, port: u16) -> io::Result<UdpSocket> {
+    let socket = udp()?;
+    // Other SSDP programs on the router (a media server) may hold the port too.
+    socket.set_reuse_address(true)?;
+    socket.bind_device(Some(side.iface.as_bytes()))?;
+    socket.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port).into())?;
+    socket.join_multicast_v4_n(&ssdp::GROUP, &InterfaceIndexOrAddress::Index(side.index))?;
+    multicast_out_of(&socket, side)?;
+    to_tokio(socket)
+}
+
+/// A fresh socket for one relayed search: replies to it are replies to that search.
+pub fn ssdp_searcher(wan: &Side) -> io::Result<UdpSocket> {
+    let socket = udp()?;
+    socket.bind_device(Some(wan.iface.as_bytes()))?;
+    socket.bind(&SocketAddrV4::new(wan.addr, 0).into())?;
+    multicast_out_of(&socket, wan)?;
+    to_tokio(socket)
+}
+
+fn multicast_out_of(socket: &Socket, side: &Side) -> io::Result<()> {
+    socket.set_multicast_if_v4(&side.addr)?;
+    socket.set_multicast_loop_v4(false)?;
+    // UDA: TTL 2 for SSDP multicast, enough to cross one router.
+    socket.set_multicast_ttl_v4(2)
+}
+
+/// A TCP listener on `side`'s address and interface.
+pub fn tcp_listener(side: &Side, port: u16) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_nonblocking(true)?;
+    socket.set_reuse_address(true)?;
+    socket.bind_device(Some(side.iface.as_bytes()))?;
+    socket.bind(&SocketAddrV4::new(side.addr, port).into())?;
+    socket.listen(64)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Adds what to do to an "address in use" error.
+pub fn explain_bind(err: io::Error, what: &str, addr: SocketAddrV4, option: &str) -> anyhow::Error {
+    if err.kind() == io::ErrorKind::AddrInUse {
+        anyhow::anyhow!(
+            "{what}: {addr} is already in use by another program (is a NAT-PMP/UPnP server such as \
+             miniupnpd running here?); stop it or turn this relay off with {option} 0"
+        )
+    } else {
+        anyhow::Error::new(err).context(format!("{what}: binding {addr}"))
+    }
+}

@@ -1,0 +1,80 @@
+//! Counters for every fate a packet can meet in the socket relay.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($($name:ident => $label:literal,)*) => {
+        /// One counter per reason; the label is what `-v` prints at exit.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Counter { $($name,)* }
+
+        impl Counter {
+            pub const ALL: &[Counter] = &[$(Counter::$name,)*];
+            pub fn label(self) -> &'static str {
+                match self { $(Counter::$name => $label,)* }
+            }
+        }
+    };
+}
+
+counters! {
+    NatPmpToCgn => "nat-pmp requests relayed to the CGN",
+    NatPmpToClient => "nat-pmp replies relayed to clients",
+    PcpToCgn => "pcp requests relayed to the CGN",
+    PcpToClient => "pcp replies relayed to clients",
+    SearchToCgn => "ssdp searches relayed to the CGN",
+    SearchReplyToClient => "ssdp search replies relayed to clients",
+    NotifyToLan => "ssdp notifies relayed to the LAN",
+    HttpConnections => "http connections relayed",
+    DropMalformed => "dropped: malformed",
+    DropNotFromCgn => "dropped: not from the CGN",
+    DropFromWan => "dropped: request or search from the WAN side",
+    DropOwn => "dropped: sent by portproxy itself",
+    DropUnexpected => "dropped: unexpected message type",
+    DropTableFull => "dropped: too many clients or searches in flight",
+    DropSendFailed => "dropped: send failed",
+    Expired => "client entries expired",
+}
+
+#[derive(Debug)]
+pub struct Stats([AtomicU64; Counter::ALL.len()]);
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
+impl Stats {
+    pub fn add(&self, counter: Counter) {
+        self.0[counter as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.0[counter as usize].load(Ordering::Relaxed)
+    }
+
+    /// The non-zero counters, one per line.
+    pub fn report(&self) -> String {
+        Counter::ALL
+            .iter()
+            .filter(|c| self.get(**c) > 0)
+            .map(|c| format!("{:>10}  {}", self.get(*c), c.label()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_reports_non_zero() {
+        let stats = Stats::default();
+        stats.add(Counter::DropMalformed);
+        stats.add(Counter::DropMalformed);
+        assert_eq!(stats.get(Counter::DropMalformed), 2);
+        assert_eq!(stats.report(), "         2  dropped: malformed");
+    }
+}

@@ -1,0 +1,170 @@
+//! `cargo xtask setup`: installs what building and testing need. Idempotent, and cheap to
+//! check (`ensure`) before every build. See shared/notes/toolchain.md for the why.
+
+use std::{env, fs, os::unix::fs::symlink, path::PathBuf, process::Command};
+
+use anyhow::{Context as _, bail};
+
+use crate::cmd;
+
+/// Debian packages: miniupnpd and the clients for the namespace tests, tools for the fast path.
+/// (miniupnpd-nftables ships only the binary; the service and its debconf questions live in
+/// the separate `miniupnpd` package, which is not installed, so nothing starts in the background.)
+const PACKAGES: &[&str] = &[
+    "miniupnpd-nftables",
+    "miniupnpc",
+    "natpmpc",
+    "bpftool",
+    "nftables",
+    "iproute2",
+    "tcpdump",
+];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const NIGHTLY: [&str; 2] = ["--toolchain", "nightly"];
+
+pub fn run() -> anyhow::Result<()> {
+    cmd::require_root("setup")?;
+    packages()?;
+    rust_src()?;
+    bpf_linker()
+}
+
+/// Runs setup if the cheap check finds something missing.
+pub fn ensure() -> anyhow::Result<()> {
+    let mut missing = missing_packages();
+    if !rust_src_installed() {
+        missing.push("rust-src (nightly)".into());
+    }
+    if !bpf_linker_works() {
+        missing.push(format!("bpf-linker {BPF_LINKER_VERSION}"));
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("missing: {}; running setup", missing.join(", "));
+    run()
+}
+
+fn missing_packages() -> Vec<String> {
+    // Exits non-zero when a package is unknown to dpkg; the lines it does print still count.
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${Package} ${Status}\n"])
+        .args(PACKAGES)
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+        .unwrap_or_default();
+    let installed: Vec<&str> = out
+        .lines()
+        .filter(|line| line.ends_with(" ok installed"))
+        .filter_map(|line| line.split(' ').next())
+        .collect();
+    PACKAGES
+        .iter()
+        .filter(|package| !installed.contains(package))
+        .map(|package| package.to_string())
+        .collect()
+}
+
+fn packages() -> anyhow::Result<()> {
+    let missing = missing_packages();
+    if missing.is_empty() {
+        println!("ok: Debian packages {}", PACKAGES.join(" "));
+        return Ok(());
+    }
+    cmd::run(Command::new("apt-get").arg("update"))?;
+    cmd::run(
+        Command::new("apt-get")
+            .args(["install", "-y"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn rust_src_installed() -> bool {
+    cmd::output(
+        Command::new("rustup")
+            .args(["component", "list", "--installed"])
+            .args(NIGHTLY),
+    )
+    .is_some_and(|out| out.lines().any(|line| line.starts_with("rust-src")))
+}
+
+fn rust_src() -> anyhow::Result<()> {
+    if rust_src_installed() {
+        println!("ok: rust-src for nightly");
+        return Ok(());
+    }
+    cmd::run(
+        Command::new("rustup")
+            .args(["component", "add", "rust-src"])
+            .args(NIGHTLY),
+    )
+}
+
+fn bpf_linker_works() -> bool {
+    cmd::output(Command::new("bpf-linker").arg("--version"))
+        .is_some_and(|out| out.trim() == format!("bpf-linker {BPF_LINKER_VERSION}"))
+}
+
+/// bpf-linker must use the nightly's own LLVM. It is built against a prefix of symlinks to the
+/// nightly's libLLVM, outside target/ because the binary keeps the prefix as its RUNPATH.
+fn bpf_linker() -> anyhow::Result<()> {
+    let (prefix, llvm_major) = llvm_prefix()?;
+    if bpf_linker_works() {
+        println!(
+            "ok: bpf-linker {BPF_LINKER_VERSION} (LLVM prefix {})",
+            prefix.display()
+        );
+        return Ok(());
+    }
+    cmd::run(
+        Command::new("cargo")
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+            .args(["--locked", "--force", "--no-default-features"])
+            .arg(format!("--features=llvm-{llvm_major}"))
+            .env("LLVM_PREFIX", &prefix),
+    )?;
+    if !bpf_linker_works() {
+        bail!("bpf-linker --version does not report {BPF_LINKER_VERSION} after installing it");
+    }
+    Ok(())
+}
+
+/// Makes `$HOME/.cache/portproxy/llvm-prefix/lib` hold `libLLVM.so` (to link bpf-linker) and
+/// the library's soname (to run it), both pointing into the nightly's sysroot. Returns the
+/// prefix and LLVM's major version.
+fn llvm_prefix() -> anyhow::Result<(PathBuf, String)> {
+    let sysroot =
+        cmd::output(Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]))
+            .context("no nightly toolchain (rustup toolchain list)")?;
+    let sysroot_lib = PathBuf::from(sysroot.trim()).join("lib");
+    let soname = fs::read_dir(&sysroot_lib)
+        .with_context(|| format!("reading {}", sysroot_lib.display()))?
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .find(|name| name.starts_with("libLLVM.so."))
+        .with_context(|| format!("no libLLVM.so.* in {}", sysroot_lib.display()))?;
+    // e.g. libLLVM.so.22.1-rust-1.97.0-nightly
+    let llvm_major = soname["libLLVM.so.".len()..]
+        .split('.')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+
+    let home = env::var_os("HOME").context("HOME not set")?;
+    let prefix = PathBuf::from(home).join(".cache/portproxy/llvm-prefix");
+    let prefix_lib = prefix.join("lib");
+    fs::create_dir_all(&prefix_lib)
+        .with_context(|| format!("creating {}", prefix_lib.display()))?;
+    let library = sysroot_lib.join(&soname);
+    for name in ["libLLVM.so", soname.as_str()] {
+        let link = prefix_lib.join(name);
+        if fs::read_link(&link).is_ok_and(|target| target == library) {
+            continue;
+        }
+        let _ = fs::remove_file(&link);
+        symlink(&library, &link)
+            .with_context(|| format!("linking {} to {}", link.display(), library.display()))?;
+        println!("linked {} -> {}", link.display(), library.display());
+    }
+    Ok((prefix, llvm_major))
+}
