@@ -5,7 +5,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use rtnetlink::Handle;
 
 use crate::cli::Options;
@@ -37,8 +37,8 @@ impl Config {
         if opts.lan_iface == opts.wan_iface {
             bail!("--lan-iface and --wan-iface are both '{}'; they must differ", opts.lan_iface);
         }
-        let lan = netif::iface(handle, &opts.lan_iface).await?;
-        let wan = netif::iface(handle, &opts.wan_iface).await?;
+        let lan = netif::iface(handle, &opts.lan_iface).await.context("LAN interface (--lan-iface)")?;
+        let wan = netif::iface(handle, &opts.wan_iface).await.context("WAN interface (--wan-iface)")?;
         for iface in [&lan, &wan] {
             if !iface.up {
                 log::warn!("interface {} is down; relaying starts when it comes up", iface.name);

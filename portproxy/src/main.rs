@@ -22,6 +22,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use log::{error, info, warn};
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::task::JoinSet;
 
 use crate::capture::ReplyCapture;
 use crate::config::Config;
@@ -70,8 +71,11 @@ async fn run(opts: cli::Options) -> Result<()> {
         }
     }
     let stats = Arc::new(Stats::default());
+    // Bind first: a port in use (say, a second portproxy) must fail before the
+    // routing rule, which a running instance depends on, is touched.
+    let tasks = relay::start(&cfg, &stats)?;
     let capture = if cfg.nat_pmp { Some(ReplyCapture::install(&handle, &cfg).await?) } else { None };
-    let outcome = relay_until_signal(&cfg, &stats).await;
+    let outcome = relay_until_signal(&cfg, tasks).await;
     if let Some(capture) = capture {
         capture.remove().await.context("removing the reply-capture rule")?;
     }
@@ -79,10 +83,9 @@ async fn run(opts: cli::Options) -> Result<()> {
     outcome
 }
 
-async fn relay_until_signal(cfg: &Arc<Config>, stats: &Arc<Stats>) -> Result<()> {
+async fn relay_until_signal(cfg: &Config, mut tasks: JoinSet<Result<()>>) -> Result<()> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
-    let mut tasks = relay::start(cfg, stats)?;
     info!(
         "ready: relaying between {} ({}) and the CGN {} via {} ({})",
         cfg.lan.iface, cfg.lan.addr, cfg.cgn, cfg.wan.iface, cfg.wan.addr

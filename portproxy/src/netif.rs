@@ -43,7 +43,7 @@ pub async fn iface(handle: &Handle, name: &str) -> Result<Iface> {
     let link = match link {
         Ok(Some(link)) => link,
         _ => bail!(
-            "interface '{name}' does not exist (interfaces here: {}); name it with the matching --*-iface option",
+            "interface '{name}' does not exist (interfaces here: {})",
             iface_names(handle).await.unwrap_or_default().join(", ")
         ),
     };

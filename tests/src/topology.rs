@@ -1,0 +1,407 @@
+//! The lab: namespaces, links, addresses and routes, the CGN, and their removal.
+
+use std::{
+    fmt, fs,
+    path::PathBuf,
+    str::FromStr,
+    sync::{
+        Once,
+        atomic::{AtomicU32, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{
+    CGN_SOFTWIRE_IP, CPE_SOFTWIRE_IP, Daemon, INET_IP, LAN_GATEWAY, LAN1_IP, LAN2_IP, Netns,
+    PUBLIC_IP, cgn,
+    tunpipe::{TunPipe, open_tun},
+};
+
+/// Namespace names are `ppt<pid>x<n>-<role>`: unique per process and per lab, and the pid
+/// tells whether a leftover belongs to a dead process.
+const PREFIX: &str = "ppt";
+const PORTPROXY_READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The kind of link between the CPE and the CGN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Softwire {
+    /// An Ethernet WAN: a veth (on the CGN side, a port of bridge `softwire`).
+    L2,
+    /// An L3 tunnel stand-in: a TUN device on each side, joined by a forwarder thread.
+    L3,
+}
+
+impl fmt::Display for Softwire {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Softwire::L2 => "l2",
+            Softwire::L3 => "l3",
+        })
+    }
+}
+
+impl FromStr for Softwire {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Softwire> {
+        match s {
+            "l2" => Ok(Softwire::L2),
+            "l3" => Ok(Softwire::L3),
+            _ => bail!("unknown softwire kind {s:?} (expected l2 or l3)"),
+        }
+    }
+}
+
+/// Options of a [`Lab`].
+pub struct LabBuilder {
+    softwire: Softwire,
+    notify_interval: u32,
+}
+
+impl LabBuilder {
+    /// Seconds between miniupnpd's SSDP NOTIFYs (default 60; it also sends them at start).
+    pub fn notify_interval(mut self, seconds: u32) -> LabBuilder {
+        self.notify_interval = seconds;
+        self
+    }
+
+    /// Builds the lab and starts miniupnpd; everything is removed again on error.
+    pub fn build(self) -> Result<Lab> {
+        static CLEANUP: Once = Once::new();
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        CLEANUP.call_once(remove_stale_labs);
+
+        let prefix = format!(
+            "{PREFIX}{}x{}-",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = std::env::temp_dir().join(prefix.trim_end_matches('-'));
+        fs::create_dir_all(&dir).with_context(|| format!("creating {dir:?}"))?;
+        // From here on, dropping `lab` undoes whatever was done.
+        let mut lab = Lab {
+            softwire: self.softwire,
+            prefix,
+            dir,
+            daemons: AtomicU32::new(0),
+            miniupnpd: None,
+            pipe: None,
+            namespaces: Vec::new(),
+        };
+        for role in ROLES {
+            let ns = Netns::create(format!("{}{role}", lab.prefix), role)?;
+            lab.namespaces.push(ns);
+        }
+        lab.wire().context("building the lab's links")?;
+        cgn::install_ruleset(lab.cgn(), &lab.dir)?;
+        lab.miniupnpd = Some(cgn::start_miniupnpd(
+            lab.cgn(),
+            &lab.dir,
+            self.notify_interval,
+        )?);
+        Ok(lab)
+    }
+}
+
+const ROLES: [&str; 5] = ["lan1", "lan2", "cpe", "cgn", "inet"];
+
+/// One virtual DS-Lite network. See the crate documentation for the picture.
+pub struct Lab {
+    softwire: Softwire,
+    prefix: String,
+    dir: PathBuf,
+    /// Numbers the log files of spawned daemons.
+    daemons: AtomicU32,
+    miniupnpd: Option<Daemon>,
+    /// The L3 softwire's forwarder.
+    pipe: Option<TunPipe>,
+    /// In `ROLES` order.
+    namespaces: Vec<Netns>,
+}
+
+impl Lab {
+    /// A lab with default options.
+    pub fn new(softwire: Softwire) -> Result<Lab> {
+        Lab::builder(softwire).build()
+    }
+
+    pub fn builder(softwire: Softwire) -> LabBuilder {
+        LabBuilder {
+            softwire,
+            notify_interval: 60,
+        }
+    }
+
+    pub fn softwire(&self) -> Softwire {
+        self.softwire
+    }
+
+    /// `lan(1)` or `lan(2)`.
+    pub fn lan(&self, n: usize) -> &Netns {
+        assert!(n == 1 || n == 2, "the lab has lan1 and lan2, not lan{n}");
+        &self.namespaces[n - 1]
+    }
+
+    pub fn cpe(&self) -> &Netns {
+        &self.namespaces[2]
+    }
+
+    pub fn cgn(&self) -> &Netns {
+        &self.namespaces[3]
+    }
+
+    pub fn inet(&self) -> &Netns {
+        &self.namespaces[4]
+    }
+
+    /// The lab's namespaces, in the order lan1, lan2, cpe, cgn, inet.
+    pub fn namespaces(&self) -> &[Netns] {
+        &self.namespaces
+    }
+
+    /// The lab's own directory (configs, logs); removed with the lab.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// Starts `$PORTPROXY_BIN ARGS` in the CPE, its output logged to the lab's directory, and
+    /// waits until it logs a line containing `ready:`.
+    pub fn spawn_portproxy(&self, args: &[&str]) -> Result<Daemon> {
+        let Some(bin) = std::env::var_os("PORTPROXY_BIN") else {
+            bail!(
+                "PORTPROXY_BIN is not set: use `cargo xtask test` or `cargo xtask lab`, which \
+                 build portproxy and set it"
+            );
+        };
+        let n = self.daemons.fetch_add(1, Ordering::Relaxed);
+        let mut cmd = self.cpe().command(&bin);
+        cmd.args(args);
+        let log = self.dir.join(format!("portproxy-{n}.log"));
+        let mut daemon = Daemon::spawn("portproxy", cmd, log)?;
+        daemon.wait_ready(PORTPROXY_READY_TIMEOUT, |d| {
+            d.log().lines().any(|line| line.contains("ready:"))
+        })?;
+        Ok(daemon)
+    }
+
+    /// What a failed test should print: miniupnpd's log, the CGN's nftables ruleset (the
+    /// mappings), the CPE's addresses and routes.
+    pub fn diagnostics(&self) -> String {
+        let show = |ns: &Netns, program: &str, args: &[&str]| {
+            let title = format!(
+                "=== {} in {}",
+                [program, &args.join(" ")].join(" "),
+                ns.role()
+            );
+            match ns.output(program, args, Duration::from_secs(5)) {
+                Ok(output) => format!("{title}\n{}", crate::show_output(&output)),
+                Err(error) => format!("{title}\n{error:#}"),
+            }
+        };
+        let miniupnpd = self.miniupnpd.as_ref().map_or(String::new(), Daemon::log);
+        [
+            format!("=== lab {} ({} softwire)", self.prefix, self.softwire),
+            show(self.cpe(), "ip", &["-br", "addr"]),
+            show(self.cpe(), "ip", &["route"]),
+            show(self.cgn(), "nft", &["list", "table", "inet", "nat"]),
+            format!("=== miniupnpd log\n{miniupnpd}"),
+        ]
+        .join("\n")
+    }
+
+    /// Prints [`Lab::diagnostics`] to stderr if `result` is an error, and passes it on.
+    pub fn report<T>(&self, result: Result<T>) -> Result<T> {
+        if result.is_err() {
+            eprintln!("{}", self.diagnostics());
+        }
+        result
+    }
+
+    /// Takes the CPE's end of the softwire down, or brings it back up with its address and
+    /// default route.
+    pub fn set_softwire_up(&self, up: bool) -> Result<()> {
+        let cpe = self.cpe();
+        if !up {
+            return cpe.ip("link set softwire down");
+        }
+        cpe.ip("link set softwire up")?;
+        // Going down flushed the routes through the device.
+        self.route_cpe_softwire()
+    }
+
+    /// Replaces the CPE's softwire device with a new one of the same name (a new ifindex),
+    /// as when a tunnel is torn down and set up again. The CGN side stays as it is.
+    pub fn recreate_softwire(&mut self) -> Result<()> {
+        match self.softwire {
+            Softwire::L2 => {
+                self.cpe().ip("link del softwire")?;
+                self.add_l2_softwire()?;
+            }
+            Softwire::L3 => {
+                let pipe = self
+                    .pipe
+                    .take()
+                    .context("the L3 softwire has no forwarder")?;
+                let [old, cgn_end] = pipe.stop();
+                drop(old);
+                // The device goes with the last reference to its fd, and a process another
+                // thread is forking right now may hold a copy until it execs.
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while self.cpe_softwire_ifindex().is_ok() {
+                    if Instant::now() > deadline {
+                        bail!("the CPE's old softwire TUN device does not go away");
+                    }
+                    thread::sleep(Duration::from_millis(10));
+                }
+                let cpe_end = open_tun(self.cpe(), "softwire")?;
+                self.pipe = Some(TunPipe::start(cpe_end, cgn_end)?);
+            }
+        }
+        self.configure_cpe_softwire()
+    }
+
+    /// The CPE's softwire ifindex.
+    pub fn cpe_softwire_ifindex(&self) -> Result<u32> {
+        // if_nametoindex asks through a socket, which is in the calling thread's namespace
+        // (unlike /sys, which shows the namespace it was mounted in).
+        // SAFETY: the name is a NUL-terminated C string.
+        let index = self
+            .cpe()
+            .enter(|| unsafe { libc::if_nametoindex(c"softwire".as_ptr()) })?;
+        if index == 0 {
+            bail!("the CPE has no softwire device");
+        }
+        Ok(index)
+    }
+
+    fn wire(&mut self) -> Result<()> {
+        let (cpe, cgn, inet) = (self.cpe(), self.cgn(), self.inet());
+
+        // LAN: bridge br-lan in the CPE with a veth port per LAN host.
+        cpe.ip("link add br-lan type bridge")?;
+        cpe.ip(&format!("addr add {LAN_GATEWAY}/24 dev br-lan"))?;
+        cpe.ip("link set br-lan up")?;
+        for (n, addr) in [(1, LAN1_IP), (2, LAN2_IP)] {
+            let lan = self.lan(n);
+            let port = lan.role();
+            cpe.ip(&format!(
+                "link add {port} type veth peer name eth0 netns {}",
+                lan.name()
+            ))?;
+            cpe.ip(&format!("link set {port} master br-lan up"))?;
+            lan.ip(&format!("addr add {addr}/24 dev eth0"))?;
+            lan.ip("link set eth0 up")?;
+            lan.ip(&format!("route add default via {LAN_GATEWAY}"))?;
+        }
+        cpe.sysctl("net/ipv4/ip_forward", "1")?;
+
+        // Internet: the CGN's wan0 to the internet host; neither has a default route.
+        cgn.ip(&format!(
+            "link add wan0 type veth peer name eth0 netns {}",
+            inet.name()
+        ))?;
+        cgn.ip(&format!("addr add {PUBLIC_IP}/24 dev wan0"))?;
+        cgn.ip("link set wan0 up")?;
+        inet.ip(&format!("addr add {INET_IP}/24 dev eth0"))?;
+        inet.ip("link set eth0 up")?;
+        cgn.sysctl("net/ipv4/ip_forward", "1")?;
+
+        // The softwire.
+        self.pipe = match self.softwire {
+            Softwire::L2 => {
+                // A bridge on the CGN side keeps its address and ifindex when the CPE's veth
+                // is recreated; without snooping, multicast always floods.
+                cgn.ip("link add softwire type bridge mcast_snooping 0")?;
+                cgn.ip(&format!("addr add {CGN_SOFTWIRE_IP}/29 dev softwire"))?;
+                self.add_l2_softwire()?;
+                None
+            }
+            Softwire::L3 => {
+                let cpe_end = open_tun(cpe, "softwire")?;
+                let cgn_end = open_tun(cgn, "softwire")?;
+                cgn.ip(&format!(
+                    "addr add {CGN_SOFTWIRE_IP} peer {CPE_SOFTWIRE_IP} dev softwire"
+                ))?;
+                Some(TunPipe::start(cpe_end, cgn_end)?)
+            }
+        };
+        let cgn = self.cgn();
+        cgn.ip("link set softwire up")?;
+        cgn.ip(&format!(
+            "route add 192.168.1.0/24 via {CPE_SOFTWIRE_IP} dev softwire"
+        ))?;
+        self.configure_cpe_softwire()
+    }
+
+    /// A veth `softwire` in the CPE whose peer is a port of the CGN's bridge `softwire`.
+    fn add_l2_softwire(&self) -> Result<()> {
+        let cgn = self.cgn().name();
+        self.cpe().ip(&format!(
+            "link add softwire type veth peer name sw-cpe netns {cgn}"
+        ))?;
+        self.cgn().ip("link set sw-cpe master softwire up")
+    }
+
+    fn configure_cpe_softwire(&self) -> Result<()> {
+        let cpe = self.cpe();
+        cpe.ip(&match self.softwire {
+            Softwire::L2 => format!("addr add {CPE_SOFTWIRE_IP}/29 dev softwire"),
+            Softwire::L3 => {
+                format!("addr add {CPE_SOFTWIRE_IP} peer {CGN_SOFTWIRE_IP} dev softwire")
+            }
+        })?;
+        cpe.ip("link set softwire up")?;
+        self.route_cpe_softwire()
+    }
+
+    fn route_cpe_softwire(&self) -> Result<()> {
+        self.cpe().ip(&match self.softwire {
+            Softwire::L2 => format!("route replace default via {CGN_SOFTWIRE_IP} dev softwire"),
+            Softwire::L3 => "route replace default dev softwire".to_owned(),
+        })
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.miniupnpd = None;
+        self.pipe = None;
+        self.namespaces.clear();
+        if let Err(error) = fs::remove_dir_all(&self.dir) {
+            eprintln!("lab cleanup: removing {:?}: {error}", self.dir);
+        }
+    }
+}
+
+/// Removes the namespaces and directories of labs whose process is gone (killed tests).
+fn remove_stale_labs() {
+    let stale = |name: &str| {
+        let Some(pid) = name
+            .strip_prefix(PREFIX)
+            .and_then(|rest| rest.split_once('x'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            return false;
+        };
+        pid != std::process::id() && !PathBuf::from(format!("/proc/{pid}")).exists()
+    };
+    for entry in fs::read_dir("/run/netns").into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if stale(&name) {
+            // Netns::drop kills what still runs inside and deletes the namespace.
+            drop(Netns::stale(name));
+        }
+    }
+    for entry in fs::read_dir(std::env::temp_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if stale(&entry.file_name().to_string_lossy()) {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
