@@ -1,0 +1,96 @@
+//! Parsing the Ethernet/IPv4/UDP headers of an skb through `bpf_skb_load_bytes` (no direct
+//! packet pointers: nothing to re-validate after `bpf_skb_change_head`, and the verifier
+//! only sees bounded helper calls).
+
+use aya_ebpf::programs::TcContext;
+
+pub const ETH_HLEN: usize = 14;
+const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
+const IPPROTO_UDP: u8 = 17;
+const UDP_HLEN: usize = 8;
+
+/// Offsets inside the IPv4 header.
+pub const IP_SRC: usize = 12;
+pub const IP_DST: usize = 16;
+pub const IP_CSUM: usize = 10;
+/// Offset of the checksum inside the UDP header.
+pub const UDP_CSUM: usize = 6;
+
+/// An unfragmented IPv4/UDP packet whose headers are all in the skb.
+pub struct Udp4 {
+    /// Offset of the IPv4 header (0 on an L3 device, 14 after an Ethernet header).
+    pub l3: usize,
+    /// Offset of the UDP header (`l3` + IHL * 4: options honoured).
+    pub l4: usize,
+    pub src_be: u32,
+    pub dst_be: u32,
+    pub sport_be: u16,
+    pub dport_be: u16,
+    /// Whether the IP total length and the UDP length are consistent with each other and
+    /// with the skb (the datagram is complete). Only packets identified as ours are dropped
+    /// for this; anything else goes to the stack, which has its own checks.
+    pub complete: bool,
+    /// UDP payload length per the UDP header (meaningful only when `complete`).
+    pub payload_len: usize,
+}
+
+impl Udp4 {
+    /// Offset of the UDP payload.
+    #[inline(always)]
+    pub fn payload(&self) -> usize {
+        self.l4 + UDP_HLEN
+    }
+}
+
+/// Is there an IPv4 packet after an Ethernet header (the LAN, an L2 WAN)?
+#[inline(always)]
+pub fn is_ethernet_ipv4(ctx: &TcContext) -> bool {
+    matches!(ctx.load::<u16>(12), Ok(proto) if proto == ETH_P_IP_BE)
+}
+
+/// Parses IPv4 + UDP at `l3`. `None`: not IPv4/UDP, a fragment, or headers not all present.
+#[inline(always)]
+pub fn udp4(ctx: &TcContext, l3: usize) -> Option<Udp4> {
+    let ver_ihl: u8 = ctx.load(l3).ok()?;
+    if ver_ihl >> 4 != 4 {
+        return None;
+    }
+    let ihl = usize::from(ver_ihl & 0x0f) * 4;
+    if ihl < 20 {
+        return None;
+    }
+    let frag_be: u16 = ctx.load(l3 + 6).ok()?;
+    // More-fragments flag or a fragment offset: no (complete) UDP header to look at.
+    if u16::from_be(frag_be) & 0x3fff != 0 {
+        return None;
+    }
+    let proto: u8 = ctx.load(l3 + 9).ok()?;
+    if proto != IPPROTO_UDP {
+        return None;
+    }
+    let tot_len = usize::from(u16::from_be(ctx.load::<u16>(l3 + 2).ok()?));
+    let src_be: u32 = ctx.load(l3 + IP_SRC).ok()?;
+    let dst_be: u32 = ctx.load(l3 + IP_DST).ok()?;
+    let l4 = l3 + ihl;
+    let sport_be: u16 = ctx.load(l4).ok()?;
+    let dport_be: u16 = ctx.load(l4 + 2).ok()?;
+    let udp_len = usize::from(u16::from_be(ctx.load::<u16>(l4 + 4).ok()?));
+    let skb_len = ctx.len() as usize;
+    let complete = udp_len >= UDP_HLEN && tot_len >= ihl + udp_len && l3 + tot_len <= skb_len;
+    Some(Udp4 {
+        l3,
+        l4,
+        src_be,
+        dst_be,
+        sport_be,
+        dport_be,
+        complete,
+        payload_len: udp_len.saturating_sub(UDP_HLEN),
+    })
+}
+
+/// The client's MAC: the Ethernet source of a LAN packet.
+#[inline(always)]
+pub fn eth_src(ctx: &TcContext) -> Option<[u8; 6]> {
+    ctx.load(6).ok()
+}

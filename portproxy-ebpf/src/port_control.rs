@@ -1,0 +1,178 @@
+//! NAT-PMP and PCP (UDP 5351): requests from LAN clients to the CGN with the client's source
+//! address kept (so the CGN maps to the client itself), replies from the CGN back to the
+//! client from the LAN address (libnatpmp rejects replies not from the gateway it asked).
+//!
+//! Framing checks follow `portproxy/src/proto/port_control.rs` (the socket relay) except that
+//! PCP options are not walked (an option overrunning the message is not detected here).
+
+use aya_ebpf::{
+    bindings::TC_ACT_SHOT, helpers::generated::bpf_ktime_get_boot_ns, programs::TcContext,
+};
+use portproxy_common::{
+    ClientKey, ClientValue, Config, KIND_PORT_CONTROL, STAT_DROP_MALFORMED, STAT_DROP_NO_ENTRY,
+    STAT_DROP_NOT_FROM_CGN, STAT_NATPMP_TO_CGN, STAT_NATPMP_TO_CLIENT, STAT_PCP_TO_CGN,
+    STAT_PCP_TO_CLIENT,
+};
+
+use crate::{
+    csum,
+    maps::CLIENTS,
+    packet::{self, IP_DST, IP_SRC, Udp4},
+    redirect,
+    stats::{count, pass},
+};
+
+const RESPONSE_BIT: u8 = 0x80;
+const PCP_HEADER_LEN: usize = 24;
+const PCP_MAX_LEN: usize = 1100;
+const PCP_MAP_LEN: usize = 36;
+const PCP_PEER_LEN: usize = 56;
+
+/// The first bytes of a NAT-PMP/PCP message (absent bytes read as 0) and its length.
+#[derive(Clone, Copy)]
+pub struct Header {
+    pub version: u8,
+    pub opcode: u8,
+    /// PCP result code (byte 3).
+    pub result: u8,
+    pub len: usize,
+}
+
+impl Header {
+    #[inline(always)]
+    fn load(ctx: &TcContext, pkt: &Udp4) -> Result<Header, i64> {
+        let mut header = Header {
+            version: 0,
+            opcode: 0,
+            result: 0,
+            len: pkt.payload_len,
+        };
+        if pkt.payload_len >= 2 {
+            let b: [u8; 2] = ctx.load(pkt.payload())?;
+            header.version = b[0];
+            header.opcode = b[1];
+        }
+        if pkt.payload_len >= 4 {
+            header.result = ctx.load(pkt.payload() + 3)?;
+        }
+        Ok(header)
+    }
+
+    fn is_natpmp(&self) -> bool {
+        self.version == 0
+    }
+}
+
+/// Is this a well-formed request (`response == false`) or response? Mirrors the socket
+/// relay's `check_request` / `check_response`.
+#[inline(always)]
+pub fn well_formed(h: &Header, response: bool) -> bool {
+    if h.len < 2 || (h.opcode & RESPONSE_BIT != 0) != response {
+        return false;
+    }
+    let op = h.opcode & !RESPONSE_BIT;
+    if h.is_natpmp() {
+        return if response {
+            // Errors for unknown opcodes are 8 bytes (RFC 6886 §3.5).
+            let needed = match op {
+                0 => 12,
+                1 | 2 => 16,
+                _ => 8,
+            };
+            h.len >= needed
+        } else {
+            matches!((op, h.len), (0, 2) | (1 | 2, 12))
+        };
+    }
+    if h.len < PCP_HEADER_LEN || h.len > PCP_MAX_LEN || h.len % 4 != 0 {
+        return false;
+    }
+    let payload = match op {
+        1 => PCP_MAP_LEN,
+        2 => PCP_PEER_LEN,
+        _ => 0,
+    };
+    // Error responses may omit the opcode's payload.
+    h.len >= PCP_HEADER_LEN + payload || (response && h.result != 0)
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_boot_ns() }
+}
+
+/// LAN -> CGN: `pkt` is UDP to LAN_ADDR:5351 from a LAN client.
+#[inline(always)]
+pub fn request(ctx: &TcContext, cfg: &Config, pkt: &Udp4) -> Result<i32, i64> {
+    if !pkt.complete || !well_formed(&Header::load(ctx, pkt)?, false) {
+        count(STAT_DROP_MALFORMED);
+        return Ok(TC_ACT_SHOT as i32);
+    }
+    let key = ClientKey {
+        addr_be: pkt.src_be,
+        port_be: pkt.sport_be,
+        kind: KIND_PORT_CONTROL,
+        _pad: 0,
+    };
+    let mac = packet::eth_src(ctx).ok_or(-1i64)?;
+    let value = ClientValue {
+        mac,
+        _pad: [0; 2],
+        last_seen_ns: now(),
+    };
+    CLIENTS.insert(&key, &value, 0).map_err(i64::from)?;
+    let header = Header::load(ctx, pkt)?;
+    csum::set_addr(ctx, pkt, IP_DST, pkt.dst_be, cfg.cgn_addr_be)?;
+    let action = redirect::to_wan_unicast(cfg)?;
+    count(if header.is_natpmp() {
+        STAT_NATPMP_TO_CGN
+    } else {
+        STAT_PCP_TO_CGN
+    });
+    Ok(action)
+}
+
+/// CGN -> LAN: `pkt` is UDP from port 5351 arriving on the WAN, to a unicast address that is
+/// not the CPE's own. Relayed only from the CGN and to a client in `CLIENTS`.
+#[inline(always)]
+pub fn reply(ctx: &TcContext, cfg: &Config, pkt: &Udp4) -> Result<i32, i64> {
+    let key = ClientKey {
+        addr_be: pkt.dst_be,
+        port_be: pkt.dport_be,
+        kind: KIND_PORT_CONTROL,
+        _pad: 0,
+    };
+    let from_cgn = pkt.src_be == cfg.cgn_addr_be;
+    let Some(entry) = CLIENTS.get_ptr_mut(&key) else {
+        if from_cgn {
+            count(STAT_DROP_NO_ENTRY);
+            return Ok(TC_ACT_SHOT as i32);
+        }
+        // Someone else's port 5351 talking to a host that never asked us: not ours.
+        return Ok(pass());
+    };
+    if !from_cgn {
+        // A "reply" to a client waiting for the CGN from another host: spoofed or stray.
+        count(STAT_DROP_NOT_FROM_CGN);
+        return Ok(TC_ACT_SHOT as i32);
+    }
+    if !pkt.complete || !well_formed(&Header::load(ctx, pkt)?, true) {
+        count(STAT_DROP_MALFORMED);
+        return Ok(TC_ACT_SHOT as i32);
+    }
+    let header = Header::load(ctx, pkt)?;
+    // SAFETY: `entry` points into the map value; the program holds the RCU read lock.
+    let mac = unsafe {
+        (*entry).last_seen_ns = now();
+        (*entry).mac
+    };
+    csum::set_addr(ctx, pkt, IP_SRC, pkt.src_be, cfg.lan_addr_be)?;
+    let action = redirect::to_lan(ctx, cfg, mac)?;
+    count(if header.is_natpmp() {
+        STAT_NATPMP_TO_CLIENT
+    } else {
+        STAT_PCP_TO_CLIENT
+    });
+    Ok(action)
+}
