@@ -2,9 +2,14 @@
 //! existing init scripts keep working; `--xdp` and `--timeout` are new.
 
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
+
+/// Set to 1 to keep `--xdp` off the kernel path, as on a kernel without BPF
+/// (tests use it to cover the fallback).
+pub const FORCE_SOCKETS_ENV: &str = "PORTPROXY_FORCE_SOCKETS";
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -15,6 +20,9 @@ use clap::Parser;
                   the WAN interface, or the tunnel's peer address."
 )]
 pub struct Options {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// LAN interface (the bridge the clients are on).
     #[arg(long, default_value = "br-lan", value_name = "IFACE")]
     pub lan_iface: String,
@@ -67,13 +75,31 @@ pub struct Options {
     #[arg(long = "timeout", default_value = "60", value_name = "SECS", value_parser = seconds)]
     pub pending_timeout: Duration,
 
-    /// Use the eBPF fast path (XDP/TC) where the kernel allows it.
+    /// Use the eBPF fast path (XDP/TC) where the kernel allows it; falls back to sockets otherwise.
     #[arg(long)]
     pub xdp: bool,
+
+    /// Where the fast path pins its maps (on a BPF filesystem, mounted if needed).
+    #[arg(long, default_value = "/sys/fs/bpf/portproxy", value_name = "DIR", global = true)]
+    pub pin_dir: PathBuf,
+
+    /// Where the daemon keeps its status file for `portproxy stats`.
+    #[arg(long, default_value = "/run/portproxy", value_name = "DIR", global = true)]
+    pub state_dir: PathBuf,
 
     /// More output: -v configuration and counters, -vv one line per relayed packet.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Show the running daemon's data path, hooks, live client entries and counters.
+    Stats {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn flag(s: &str) -> Result<bool, String> {
@@ -114,6 +140,15 @@ mod tests {
         assert_eq!((o.nat_pmp_port, o.upnp_udp_port), (5351, 1900));
         assert_eq!(o.pending_timeout, Duration::from_secs(60));
         assert_eq!(o.verbose, 0);
+        assert!(o.command.is_none());
+        assert_eq!(o.pin_dir, PathBuf::from("/sys/fs/bpf/portproxy"));
+    }
+
+    #[test]
+    fn stats_subcommand_shares_the_directories() {
+        let o = parse(&["stats", "--json", "--state-dir", "/tmp/x"]).unwrap();
+        assert!(matches!(o.command, Some(Command::Stats { json: true })));
+        assert_eq!(o.state_dir, PathBuf::from("/tmp/x"));
     }
 
     #[test]

@@ -1,22 +1,29 @@
 //! portproxy: relays NAT-PMP, PCP and UPnP from a home LAN to the
 //! carrier-grade NAT behind a DS-Lite softwire.
 //!
-//! Where a packet enters: `relay::port_control` (UDP 5351), `relay::ssdp`
-//! (UDP 1900) and `relay::http` (the IGD's TCP ports). Its fate is decided by
-//! the codecs in `proto`; it leaves through the sockets made in `sockets`.
+//! Where a packet enters: with `--xdp`, the eBPF programs of
+//! `portproxy-ebpf` (loaded by `fastpath`); otherwise `relay::port_control`
+//! (UDP 5351), `relay::ssdp` (UDP 1900) and `relay::http` (the IGD's TCP
+//! ports). Its fate is decided by the codecs in `proto`; it leaves through
+//! the sockets made in `sockets`. `datapath` decides which of the two runs.
 
 mod capture;
 mod cli;
 mod config;
+mod datapath;
 mod fastpath;
 mod netif;
 mod proto;
 mod relay;
+mod show_stats;
 mod sockets;
 mod stats;
+mod status;
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
@@ -26,13 +33,21 @@ use tokio::task::JoinSet;
 
 use crate::capture::ReplyCapture;
 use crate::config::Config;
-use crate::stats::Stats;
+use crate::datapath::DataPath;
+use crate::stats::{Counter, Stats};
+use crate::status::{DataPathKind, Status};
 
 fn main() -> ExitCode {
     let opts = cli::Options::parse();
     init_logging(opts.verbose);
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
-    let result = runtime.context("starting the async runtime").and_then(|rt| rt.block_on(run(opts)));
+    let result = match opts.command {
+        Some(cli::Command::Stats { json }) => show_stats::run(&opts.state_dir, json),
+        None => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")
+            .and_then(|rt| rt.block_on(run(opts))),
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -62,43 +77,96 @@ async fn run(opts: cli::Options) -> Result<()> {
     check_privileges()?;
     let (connection, handle, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
     tokio::spawn(connection);
-    let cfg = Arc::new(Config::resolve(&opts, &handle).await?);
+    let cfg = Config::resolve(&opts, &handle).await?;
     info!("configuration:\n{cfg}");
-    if opts.xdp {
-        match fastpath::probe() {
-            Ok(what) => warn!("--xdp: {what}, but the kernel data path is not part of this version yet; relaying on sockets"),
-            Err(e) => warn!("--xdp: the eBPF fast path cannot run here ({e:#}); relaying on sockets"),
-        }
-    }
     let stats = Arc::new(Stats::default());
+    let mut data_path = DataPath::choose(opts.xdp, &cfg, &opts.pin_dir);
+    let on_sockets = Arc::new(data_path.socket_share(&cfg));
     // Bind first: a port in use (say, a second portproxy) must fail before the
     // routing rule, which a running instance depends on, is touched.
-    let tasks = relay::start(&cfg, &stats)?;
-    let capture = if cfg.nat_pmp { Some(ReplyCapture::install(&handle, &cfg).await?) } else { None };
-    let outcome = relay_until_signal(&cfg, tasks).await;
+    let tasks = relay::start(&on_sockets, &stats)?;
+    let capture = if on_sockets.nat_pmp { Some(ReplyCapture::install(&handle, &on_sockets).await?) } else { None };
+    let outcome = relay_until_signal(&cfg, &opts, &mut data_path, &stats, tasks).await;
+    Status::remove(&opts.state_dir);
     if let Some(capture) = capture {
         capture.remove().await.context("removing the reply-capture rule")?;
+    }
+    if let DataPath::Fast(fast) = &data_path {
+        info!("kernel counters:\n{}", fast.stats()?);
     }
     info!("counters:\n{}", stats.report());
     outcome
 }
 
-async fn relay_until_signal(cfg: &Config, mut tasks: JoinSet<Result<()>>) -> Result<()> {
+async fn relay_until_signal(
+    cfg: &Config,
+    opts: &cli::Options,
+    data_path: &mut DataPath,
+    stats: &Stats,
+    mut tasks: JoinSet<Result<()>>,
+) -> Result<()> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last_aging = tokio::time::Instant::now();
     info!(
-        "ready: relaying between {} ({}) and the CGN {} via {} ({})",
-        cfg.lan.iface, cfg.lan.addr, cfg.cgn, cfg.wan.iface, cfg.wan.addr
+        "ready: relaying between {} ({}) and the CGN {} via {} ({}) on {}",
+        cfg.lan.iface,
+        cfg.lan.addr,
+        cfg.cgn,
+        cfg.wan.iface,
+        cfg.wan.addr,
+        match data_path {
+            DataPath::Fast(_) => "the fast path",
+            DataPath::Sockets(_) => "sockets",
+        }
     );
-    tokio::select! {
-        _ = interrupt.recv() => info!("SIGINT: stopping"),
-        _ = terminate.recv() => info!("SIGTERM: stopping"),
-        Some(done) = tasks.join_next() => {
-            done.context("a relay task panicked")??;
-            bail!("a relay task stopped unexpectedly");
+    loop {
+        tokio::select! {
+            _ = interrupt.recv() => { info!("SIGINT: stopping"); return Ok(()); }
+            _ = terminate.recv() => { info!("SIGTERM: stopping"); return Ok(()); }
+            Some(done) = tasks.join_next() => {
+                done.context("a relay task panicked")??;
+                bail!("a relay task stopped unexpectedly");
+            }
+            _ = tick.tick() => {
+                // The kernel cannot age its entries: sweep a few times per timeout.
+                if let DataPath::Fast(fast) = data_path {
+                    if last_aging.elapsed() >= (cfg.pending_timeout / 4).max(Duration::from_secs(1)) {
+                        last_aging = tokio::time::Instant::now();
+                        let expired = fast.expire_idle_clients(cfg.pending_timeout)?;
+                        stats.add_n(Counter::Expired, expired as u64);
+                    }
+                }
+                if let Err(e) = status(cfg, data_path, &opts.pin_dir, stats).write(&opts.state_dir) {
+                    warn!("status file for `portproxy stats`: {e:#}");
+                }
+            }
         }
     }
-    Ok(())
+}
+
+fn status(cfg: &Config, data_path: &DataPath, pin_dir: &Path, stats: &Stats) -> Status {
+    let (kind, reason, hooks, pins) = match data_path {
+        DataPath::Fast(_) => (
+            DataPathKind::FastPath,
+            None,
+            vec![
+                format!("tc_lan_ingress on {} (tc ingress)", cfg.lan.iface),
+                format!("tc_wan_ingress on {} (tc ingress)", cfg.wan.iface),
+            ],
+            Some(pin_dir.to_path_buf()),
+        ),
+        DataPath::Sockets(reason) => (DataPathKind::Sockets, reason.clone(), Vec::new(), None),
+    };
+    Status {
+        pid: std::process::id(),
+        data_path: kind,
+        fallback_reason: reason,
+        hooks,
+        pin_dir: pins,
+        counters: stats.snapshot(),
+    }
 }
 
 /// Transparent sockets and the routing rule need CAP_NET_ADMIN; ports below

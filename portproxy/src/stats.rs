@@ -47,11 +47,20 @@ impl Default for Stats {
 
 impl Stats {
     pub fn add(&self, counter: Counter) {
-        self.0[counter as usize].fetch_add(1, Ordering::Relaxed);
+        self.add_n(counter, 1);
+    }
+
+    pub fn add_n(&self, counter: Counter, n: u64) {
+        self.0[counter as usize].fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn get(&self, counter: Counter) -> u64 {
         self.0[counter as usize].load(Ordering::Relaxed)
+    }
+
+    /// Every counter by label, for the status file.
+    pub fn snapshot(&self) -> std::collections::BTreeMap<String, u64> {
+        Counter::ALL.iter().map(|c| (c.label().to_string(), self.get(*c))).collect()
     }
 
     /// The non-zero counters, one per line.

@@ -1,0 +1,57 @@
+//! Which data path carries the packets: the eBPF fast path when `--xdp` is
+//! given and the kernel accepts it, the socket relay otherwise, and what of
+//! the work stays on sockets next to the fast path.
+
+use std::path::Path;
+
+use log::warn;
+
+use crate::cli::FORCE_SOCKETS_ENV;
+use crate::config::Config;
+use crate::fastpath::FastPath;
+
+pub enum DataPath {
+    Fast(FastPath),
+    /// On sockets; with the reason when `--xdp` was asked for.
+    Sockets(Option<String>),
+}
+
+impl DataPath {
+    pub fn choose(xdp: bool, cfg: &Config, pin_dir: &Path) -> DataPath {
+        if !xdp {
+            return DataPath::Sockets(None);
+        }
+        if std::env::var_os(FORCE_SOCKETS_ENV).is_some_and(|v| v == "1") {
+            let reason = format!("{FORCE_SOCKETS_ENV}=1 is set");
+            warn!("--xdp: {reason}; relaying on sockets");
+            return DataPath::Sockets(Some(reason));
+        }
+        match FastPath::start(&kernel_share(cfg), pin_dir) {
+            Ok(fast) => DataPath::Fast(fast),
+            Err(e) => {
+                let reason = format!("{e:#}");
+                warn!("--xdp: the fast path cannot run here ({reason}); relaying on sockets");
+                DataPath::Sockets(Some(reason))
+            }
+        }
+    }
+
+    /// The part of `cfg` the socket relay must still carry.
+    pub fn socket_share(&self, cfg: &Config) -> Config {
+        match self {
+            DataPath::Sockets(_) => cfg.clone(),
+            DataPath::Fast(_) => Config {
+                nat_pmp: false,
+                upnp_udp: cfg.upnp_udp && !kernel_share(cfg).upnp_udp,
+                ..cfg.clone()
+            },
+        }
+    }
+}
+
+/// What the kernel programs carry: NAT-PMP/PCP, and SSDP unless LOCATION
+/// must be rewritten for the HTTP relay (that changes packet lengths, which
+/// the programs do not do; HTTP itself is TCP and always on sockets).
+fn kernel_share(cfg: &Config) -> Config {
+    Config { upnp_udp: cfg.upnp_udp && !cfg.upnp_tcp, ..cfg.clone() }
+}

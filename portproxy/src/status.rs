@@ -1,0 +1,81 @@
+//! The daemon's status file (`<state-dir>/status.json`): which data path runs,
+//! why, on which hooks, and the userspace counters. Rewritten every second;
+//! `portproxy stats` reads it next to the pinned maps.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataPathKind {
+    FastPath,
+    Sockets,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub pid: u32,
+    pub data_path: DataPathKind,
+    /// Why `--xdp` ended up on sockets, if it did.
+    pub fallback_reason: Option<String>,
+    /// Where each eBPF program is attached (empty on sockets).
+    pub hooks: Vec<String>,
+    /// Where the maps are pinned (fast path only).
+    pub pin_dir: Option<PathBuf>,
+    /// Counters kept in userspace: the socket relay's, and entries aged out.
+    pub counters: BTreeMap<String, u64>,
+}
+
+fn path(state_dir: &Path) -> PathBuf {
+    state_dir.join("status.json")
+}
+
+impl Status {
+    /// Replaces the file atomically, so a reader never sees half of it.
+    pub fn write(&self, state_dir: &Path) -> Result<()> {
+        fs::create_dir_all(state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
+        let tmp = state_dir.join("status.json.tmp");
+        fs::write(&tmp, serde_json::to_vec_pretty(self)?).with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, path(state_dir)).with_context(|| format!("writing {}", path(state_dir).display()))
+    }
+
+    pub fn read(state_dir: &Path) -> Result<Status> {
+        let file = path(state_dir);
+        let text = fs::read(&file).with_context(|| {
+            format!("reading {} (is portproxy running with --state-dir {}?)", file.display(), state_dir.display())
+        })?;
+        serde_json::from_slice(&text).with_context(|| format!("parsing {}", file.display()))
+    }
+
+    pub fn remove(state_dir: &Path) {
+        let _ = fs::remove_file(path(state_dir));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_the_file() {
+        let dir = std::env::temp_dir().join(format!("portproxy-status-{}", std::process::id()));
+        let status = Status {
+            pid: 7,
+            data_path: DataPathKind::Sockets,
+            fallback_reason: Some("no BPF".into()),
+            hooks: vec![],
+            pin_dir: None,
+            counters: BTreeMap::from([("x".to_string(), 3)]),
+        };
+        status.write(&dir).unwrap();
+        let read = Status::read(&dir).unwrap();
+        assert_eq!((read.pid, read.data_path, read.counters["x"]), (7, DataPathKind::Sockets, 3));
+        Status::remove(&dir);
+        assert!(Status::read(&dir).unwrap_err().to_string().contains("is portproxy running"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
