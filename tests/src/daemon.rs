@@ -71,6 +71,15 @@ impl Daemon {
         self.child.id()
     }
 
+    /// Kills it with SIGKILL, as a crash or the OOM killer would, and reaps it.
+    pub fn kill(&mut self) -> Result<()> {
+        self.child
+            .kill()
+            .with_context(|| format!("killing {}", self.name))?;
+        self.child.wait()?;
+        Ok(())
+    }
+
     /// Everything the process has written so far.
     pub fn log(&self) -> String {
         match std::fs::read(&self.log) {

@@ -19,6 +19,7 @@
 
 mod cgn;
 mod daemon;
+mod datapath;
 mod net_check;
 mod netns;
 mod pcp_client;
@@ -28,6 +29,7 @@ mod tunpipe;
 use std::net::Ipv4Addr;
 
 pub use daemon::Daemon;
+pub use datapath::DataPath;
 pub use net_check::TcpServer;
 pub use netns::{Netns, show_output};
 pub use pcp_client::{PcpMapping, pcp_map_tcp};

@@ -170,6 +170,11 @@ impl Lab {
     /// Starts `$PORTPROXY_BIN ARGS` in the CPE, its output logged to the lab's directory, and
     /// waits until it logs a line containing `ready:`.
     pub fn spawn_portproxy(&self, args: &[&str]) -> Result<Daemon> {
+        self.spawn_portproxy_env(args, None)
+    }
+
+    /// Like `spawn_portproxy`, with one extra environment variable for the daemon.
+    pub fn spawn_portproxy_env(&self, args: &[&str], env: Option<(&str, &str)>) -> Result<Daemon> {
         let Some(bin) = std::env::var_os("PORTPROXY_BIN") else {
             bail!(
                 "PORTPROXY_BIN is not set: use `cargo xtask test` or `cargo xtask lab`, which \
@@ -179,6 +184,9 @@ impl Lab {
         let n = self.daemons.fetch_add(1, Ordering::Relaxed);
         let mut cmd = self.cpe().command(&bin);
         cmd.args(args);
+        if let Some((key, value)) = env {
+            cmd.env(key, value);
+        }
         let log = self.dir.join(format!("portproxy-{n}.log"));
         let mut daemon = Daemon::spawn("portproxy", cmd, log)?;
         daemon.wait_ready(PORTPROXY_READY_TIMEOUT, |d| {

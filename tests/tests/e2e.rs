@@ -16,27 +16,67 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use common::{run_expect, with_lab};
 use tests::{
-    IGD_HTTP_PORT, LAN_GATEWAY, LAN1_IP, LAN2_IP, Lab, LabBuilder, Netns, PCP_PORT, PUBLIC_IP,
-    SSDP_GROUP, Softwire, pcp_map_tcp,
+    Daemon, DataPath, IGD_HTTP_PORT, LAN_GATEWAY, LAN1_IP, LAN2_IP, Lab, LabBuilder, Netns,
+    PCP_PORT, PUBLIC_IP, SSDP_GROUP, Softwire, pcp_map_tcp,
 };
 
-/// Runs portproxy in the CPE (`--lan-iface br-lan --wan-iface softwire -vv` and `extra`),
-/// then `test`; on failure prints portproxy's log besides the lab's diagnostics.
+/// Runs portproxy in the CPE on `path` (`--lan-iface br-lan --wan-iface softwire -vv` and
+/// `extra`), then `test`; afterwards checks from `portproxy stats` that the data path was the
+/// one asked for and, on the fast path, that each of `kernel_counters` moved. On failure
+/// prints portproxy's log besides the lab's diagnostics.
 fn with_portproxy(
     builder: LabBuilder,
+    path: DataPath,
     extra: &[&str],
+    kernel_counters: &[&str],
     test: impl FnOnce(&Lab) -> Result<()>,
 ) -> Result<()> {
     with_lab(builder, |lab| {
         let mut args = vec!["--lan-iface", "br-lan", "--wan-iface", "softwire", "-vv"];
         args.extend_from_slice(extra);
-        let portproxy = lab.spawn_portproxy(&args)?;
-        let result = test(lab);
+        let portproxy = lab.spawn_portproxy_on(path, &args)?;
+        let result =
+            test(lab).and_then(|()| lab.check_data_path(&portproxy, path, kernel_counters));
         if result.is_err() {
             eprintln!("=== portproxy log\n{}", portproxy.log());
         }
         result
     })
+}
+
+/// Generates, for `scenario(Softwire, DataPath)`, a module of the same name with one test
+/// per data path and softwire kind: `scenario::sockets_l2` ... `scenario::fallback_l3`.
+macro_rules! every_path {
+    ($scenario:ident) => {
+        mod $scenario {
+            use tests::{DataPath, Softwire};
+
+            #[test]
+            fn sockets_l2() -> anyhow::Result<()> {
+                super::$scenario(Softwire::L2, DataPath::Sockets)
+            }
+            #[test]
+            fn sockets_l3() -> anyhow::Result<()> {
+                super::$scenario(Softwire::L3, DataPath::Sockets)
+            }
+            #[test]
+            fn fast_path_l2() -> anyhow::Result<()> {
+                super::$scenario(Softwire::L2, DataPath::FastPath)
+            }
+            #[test]
+            fn fast_path_l3() -> anyhow::Result<()> {
+                super::$scenario(Softwire::L3, DataPath::FastPath)
+            }
+            #[test]
+            fn fallback_l2() -> anyhow::Result<()> {
+                super::$scenario(Softwire::L2, DataPath::Fallback)
+            }
+            #[test]
+            fn fallback_l3() -> anyhow::Result<()> {
+                super::$scenario(Softwire::L3, DataPath::Fallback)
+            }
+        }
+    };
 }
 
 /// Checks that the CGN maps TCP `external` to `host`:`internal` and that the internet host
@@ -64,111 +104,143 @@ fn check_mapping(lab: &Lab, external: u16, host: &Netns, internal: u16) -> Resul
     Ok(())
 }
 
-fn natpmp_public_address(softwire: Softwire) -> Result<()> {
-    with_portproxy(Lab::builder(softwire), &[], |lab| {
-        run_expect(
-            lab.lan(1),
-            "natpmpc",
-            &["-g", &LAN_GATEWAY.to_string()],
-            &[&format!("Public IP address : {PUBLIC_IP}")],
-        )?;
-        Ok(())
-    })
+fn natpmp_public_address(softwire: Softwire, path: DataPath) -> Result<()> {
+    with_portproxy(
+        Lab::builder(softwire),
+        path,
+        &[],
+        &["nat-pmp to cgn", "nat-pmp to client"],
+        |lab| {
+            run_expect(
+                lab.lan(1),
+                "natpmpc",
+                &["-g", &LAN_GATEWAY.to_string()],
+                &[&format!("Public IP address : {PUBLIC_IP}")],
+            )?;
+            Ok(())
+        },
+    )
 }
 
-both_softwires!(natpmp_public_address: natpmp_public_address_l2, natpmp_public_address_l3);
+every_path!(natpmp_public_address);
 
-fn natpmp_map(softwire: Softwire) -> Result<()> {
-    with_portproxy(Lab::builder(softwire), &[], |lab| {
-        run_expect(
-            lab.lan(1),
-            "natpmpc",
-            &[
-                "-g",
-                &LAN_GATEWAY.to_string(),
-                "-a",
-                "9181",
-                "8181",
-                "tcp",
-                "600",
-            ],
-            &["Mapped public port 9181 protocol TCP to local port 8181"],
-        )?;
-        check_mapping(lab, 9181, lab.lan(1), 8181)
-    })
+fn natpmp_map(softwire: Softwire, path: DataPath) -> Result<()> {
+    with_portproxy(
+        Lab::builder(softwire),
+        path,
+        &[],
+        &["nat-pmp to cgn", "nat-pmp to client"],
+        |lab| {
+            run_expect(
+                lab.lan(1),
+                "natpmpc",
+                &[
+                    "-g",
+                    &LAN_GATEWAY.to_string(),
+                    "-a",
+                    "9181",
+                    "8181",
+                    "tcp",
+                    "600",
+                ],
+                &["Mapped public port 9181 protocol TCP to local port 8181"],
+            )?;
+            check_mapping(lab, 9181, lab.lan(1), 8181)
+        },
+    )
 }
 
-both_softwires!(natpmp_map: natpmp_map_l2, natpmp_map_l3);
+every_path!(natpmp_map);
 
 /// The M-SEARCH goes to 239.255.255.250:1900 on br-lan; portproxy relays it over the
 /// softwire and the replies back.
-fn upnp_discovery(softwire: Softwire) -> Result<()> {
-    with_portproxy(Lab::builder(softwire), &[], |lab| {
-        let lan1 = lab.lan(1);
-        run_expect(
-            lan1,
-            "upnpc",
-            &["-s"],
-            &[
-                "Found valid IGD",
-                &format!("Local LAN ip address : {LAN1_IP}"),
-                &format!("ExternalIPAddress = {PUBLIC_IP}"),
-            ],
-        )?;
-        run_expect(lan1, "upnpc", &["-l"], &["Found valid IGD"])?;
-        Ok(())
-    })
+fn upnp_discovery(softwire: Softwire, path: DataPath) -> Result<()> {
+    with_portproxy(
+        Lab::builder(softwire),
+        path,
+        &[],
+        &["ssdp search out"],
+        |lab| {
+            let lan1 = lab.lan(1);
+            run_expect(
+                lan1,
+                "upnpc",
+                &["-s"],
+                &[
+                    "Found valid IGD",
+                    &format!("Local LAN ip address : {LAN1_IP}"),
+                    &format!("ExternalIPAddress = {PUBLIC_IP}"),
+                ],
+            )?;
+            run_expect(lan1, "upnpc", &["-l"], &["Found valid IGD"])?;
+            Ok(())
+        },
+    )
 }
 
-both_softwires!(upnp_discovery: upnp_discovery_l2, upnp_discovery_l3);
+every_path!(upnp_discovery);
 
-fn upnp_map(softwire: Softwire) -> Result<()> {
-    with_portproxy(Lab::builder(softwire), &[], |lab| {
-        let lan1 = lab.lan(1);
-        let host = LAN1_IP.to_string();
-        run_expect(
-            lan1,
-            "upnpc",
-            &["-a", &host, "8282", "9282", "tcp"],
-            &[&format!(
-                "external {PUBLIC_IP}:9282 TCP is redirected to internal {host}:8282"
-            )],
-        )?;
-        let listed = format!("9282->{host}:8282");
-        run_expect(lan1, "upnpc", &["-l"], &[&listed])?;
-        check_mapping(lab, 9282, lan1, 8282)?;
-        run_expect(lan1, "upnpc", &["-d", "9282", "tcp"], &[])?;
-        let list = run_expect(lan1, "upnpc", &["-l"], &[])?;
-        ensure!(
-            !list.contains(&listed),
-            "9282 still listed after -d:\n{list}"
-        );
-        Ok(())
-    })
+fn upnp_map(softwire: Softwire, path: DataPath) -> Result<()> {
+    with_portproxy(
+        Lab::builder(softwire),
+        path,
+        &[],
+        &["ssdp search out"],
+        |lab| {
+            let lan1 = lab.lan(1);
+            let host = LAN1_IP.to_string();
+            run_expect(
+                lan1,
+                "upnpc",
+                &["-a", &host, "8282", "9282", "tcp"],
+                &[&format!(
+                    "external {PUBLIC_IP}:9282 TCP is redirected to internal {host}:8282"
+                )],
+            )?;
+            let listed = format!("9282->{host}:8282");
+            run_expect(lan1, "upnpc", &["-l"], &[&listed])?;
+            check_mapping(lab, 9282, lan1, 8282)?;
+            run_expect(lan1, "upnpc", &["-d", "9282", "tcp"], &[])?;
+            let list = run_expect(lan1, "upnpc", &["-l"], &[])?;
+            ensure!(
+                !list.contains(&listed),
+                "9282 still listed after -d:\n{list}"
+            );
+            Ok(())
+        },
+    )
 }
 
-both_softwires!(upnp_map: upnp_map_l2, upnp_map_l3);
+every_path!(upnp_map);
 
 /// A PCP MAP sent to the default gateway by a PCP client (crab_nat).
-fn pcp_map(softwire: Softwire) -> Result<()> {
-    with_portproxy(Lab::builder(softwire), &[], |lab| {
-        let mapping = pcp_map_tcp(lab.lan(1), LAN_GATEWAY, LAN1_IP, 8383, 9383, 600)?;
-        ensure!(
-            mapping.external_ip == PUBLIC_IP && mapping.external_port == 9383,
-            "unexpected grant {mapping:?}"
-        );
-        check_mapping(lab, 9383, lab.lan(1), 8383)
-    })
+fn pcp_map(softwire: Softwire, path: DataPath) -> Result<()> {
+    with_portproxy(
+        Lab::builder(softwire),
+        path,
+        &[],
+        &["pcp to cgn", "pcp to client"],
+        |lab| {
+            let mapping = pcp_map_tcp(lab.lan(1), LAN_GATEWAY, LAN1_IP, 8383, 9383, 600)?;
+            ensure!(
+                mapping.external_ip == PUBLIC_IP && mapping.external_port == 9383,
+                "unexpected grant {mapping:?}"
+            );
+            check_mapping(lab, 9383, lab.lan(1), 8383)
+        },
+    )
 }
 
-both_softwires!(pcp_map: pcp_map_l2, pcp_map_l3);
+every_path!(pcp_map);
 
 /// miniupnpd's periodic NOTIFY reaches a LAN host that joined the SSDP group.
-fn notify_reaches_lan(softwire: Softwire) -> Result<()> {
+fn notify_reaches_lan(softwire: Softwire, path: DataPath) -> Result<()> {
     let interval = 2;
     with_portproxy(
         Lab::builder(softwire).notify_interval(interval),
+        path,
         &[],
+        &["ssdp notify in"],
         |lab| {
             let socket = lab.lan(1).enter(|| -> Result<UdpSocket> {
                 let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 1900))?;
@@ -198,49 +270,55 @@ fn notify_reaches_lan(softwire: Softwire) -> Result<()> {
     )
 }
 
-both_softwires!(notify_reaches_lan: notify_reaches_lan_l2, notify_reaches_lan_l3);
+every_path!(notify_reaches_lan);
 
 /// lan1 and lan2 send NAT-PMP map requests from the same source port at the same moment;
 /// each must get its own answer, from the gateway.
-fn natpmp_same_port_two_hosts(softwire: Softwire) -> Result<()> {
-    with_portproxy(Lab::builder(softwire), &[], |lab| {
-        const SOURCE_PORT: u16 = 40_000;
-        let barrier = Barrier::new(2);
-        let clients = [(lab.lan(1), 8701, 9701), (lab.lan(2), 8702, 9702)];
-        let results: Vec<Result<u16>> = thread::scope(|scope| {
-            let threads: Vec<_> = clients
-                .iter()
-                .map(|&(ns, internal, external)| {
-                    let barrier = &barrier;
-                    scope.spawn(move || {
-                        ns.enter(|| {
-                            natpmp_map_tcp(SOURCE_PORT, internal, external, || {
-                                barrier.wait();
-                            })
-                        })?
-                        .with_context(|| format!("NAT-PMP map from {}", ns.role()))
+fn natpmp_same_port_two_hosts(softwire: Softwire, path: DataPath) -> Result<()> {
+    with_portproxy(
+        Lab::builder(softwire),
+        path,
+        &[],
+        &["nat-pmp to cgn", "nat-pmp to client"],
+        |lab| {
+            const SOURCE_PORT: u16 = 40_000;
+            let barrier = Barrier::new(2);
+            let clients = [(lab.lan(1), 8701, 9701), (lab.lan(2), 8702, 9702)];
+            let results: Vec<Result<u16>> = thread::scope(|scope| {
+                let threads: Vec<_> = clients
+                    .iter()
+                    .map(|&(ns, internal, external)| {
+                        let barrier = &barrier;
+                        scope.spawn(move || {
+                            ns.enter(|| {
+                                natpmp_map_tcp(SOURCE_PORT, internal, external, || {
+                                    barrier.wait();
+                                })
+                            })?
+                            .with_context(|| format!("NAT-PMP map from {}", ns.role()))
+                        })
                     })
-                })
-                .collect();
-            threads
-                .into_iter()
-                .map(|t| t.join().expect("no panic"))
-                .collect()
-        });
-        for (result, &(ns, internal, external)) in results.into_iter().zip(&clients) {
-            let granted = result?;
-            ensure!(
-                granted == external,
-                "{} got external port {granted}",
-                ns.role()
-            );
-            check_mapping(lab, external, ns, internal)?;
-        }
-        Ok(())
-    })
+                    .collect();
+                threads
+                    .into_iter()
+                    .map(|t| t.join().expect("no panic"))
+                    .collect()
+            });
+            for (result, &(ns, internal, external)) in results.into_iter().zip(&clients) {
+                let granted = result?;
+                ensure!(
+                    granted == external,
+                    "{} got external port {granted}",
+                    ns.role()
+                );
+                check_mapping(lab, external, ns, internal)?;
+            }
+            Ok(())
+        },
+    )
 }
 
-both_softwires!(natpmp_same_port_two_hosts: natpmp_same_port_two_hosts_l2, natpmp_same_port_two_hosts_l3);
+every_path!(natpmp_same_port_two_hosts);
 
 /// Sends a NAT-PMP TCP map request (12 bytes, RFC 6886) from `source_port` to the gateway,
 /// calling `before_send` once just before the first send, and retries like libnatpmp
@@ -289,27 +367,143 @@ fn natpmp_map_tcp(
 
 /// With `--upnp-tcp 1` the CPE answers HTTP itself: SSDP replies on the LAN point at
 /// http://192.168.1.1:5000/, and SOAP through that URL maps ports at the CGN.
-fn upnp_tcp_relay(softwire: Softwire) -> Result<()> {
-    with_portproxy(Lab::builder(softwire), &["--upnp-tcp", "1"], |lab| {
-        let lan1 = lab.lan(1);
-        let desc = format!("http://{LAN_GATEWAY}:{IGD_HTTP_PORT}/rootDesc.xml");
-        run_expect(
-            lan1,
-            "upnpc",
-            &["-s"],
-            &[&format!("desc: {desc}"), "Found valid IGD"],
-        )?;
-        let host = LAN1_IP.to_string();
-        run_expect(
-            lan1,
-            "upnpc",
-            &["-u", &desc, "-a", &host, "8484", "9484", "tcp"],
-            &[&format!(
-                "external {PUBLIC_IP}:9484 TCP is redirected to internal {host}:8484"
-            )],
-        )?;
-        check_mapping(lab, 9484, lan1, 8484)
+fn upnp_tcp_relay(softwire: Softwire, path: DataPath) -> Result<()> {
+    with_portproxy(
+        Lab::builder(softwire),
+        path,
+        &["--upnp-tcp", "1"],
+        &[],
+        |lab| {
+            let lan1 = lab.lan(1);
+            let desc = format!("http://{LAN_GATEWAY}:{IGD_HTTP_PORT}/rootDesc.xml");
+            run_expect(
+                lan1,
+                "upnpc",
+                &["-s"],
+                &[&format!("desc: {desc}"), "Found valid IGD"],
+            )?;
+            let host = LAN1_IP.to_string();
+            run_expect(
+                lan1,
+                "upnpc",
+                &["-u", &desc, "-a", &host, "8484", "9484", "tcp"],
+                &[&format!(
+                    "external {PUBLIC_IP}:9484 TCP is redirected to internal {host}:8484"
+                )],
+            )?;
+            check_mapping(lab, 9484, lan1, 8484)
+        },
+    )
+}
+
+every_path!(upnp_tcp_relay);
+
+/// portproxy is killed with SIGKILL while a client keeps asking; a new instance takes over
+/// what the old one left (routing rule, TC attachments, pins) instead of failing, serves
+/// the client, and exactly one set of hooks (or one reply rule) is in place.
+fn restart_after_sigkill(softwire: Softwire, path: DataPath) -> Result<()> {
+    with_lab(Lab::builder(softwire), |lab| {
+        let args = ["--lan-iface", "br-lan", "--wan-iface", "softwire", "-vv"];
+        let mut first = lab.spawn_portproxy_on(path, &args)?;
+        let old_maps = clients_map_id(&first, path)?;
+        let gateway = LAN_GATEWAY.to_string();
+        let traffic = lab
+            .lan(1)
+            .command("natpmpc")
+            .args(["-g", &gateway])
+            .spawn()?;
+        thread::sleep(Duration::from_millis(100));
+        first.kill()?;
+        let second = lab.spawn_portproxy_on(path, &args)?;
+        let result = (|| {
+            run_expect(
+                lab.lan(1),
+                "natpmpc",
+                &["-g", &gateway, "-a", "9191", "8191", "tcp", "600"],
+                &["Mapped public port 9191 protocol TCP to local port 8191"],
+            )?;
+            check_mapping(lab, 9191, lab.lan(1), 8191)?;
+            lab.check_data_path(&second, path, &["nat-pmp to cgn", "nat-pmp to client"])?;
+            let rules = run_expect(lab.cpe(), "ip", &["rule", "show"], &[])?;
+            let reply_rules = rules.matches("lookup 5351").count();
+            match (old_maps, clients_map_id(&second, path)?) {
+                (Some(old), Some(new)) => {
+                    let programs = programs_using_map(new)?;
+                    ensure!(
+                        programs == ["tc_lan_ingress", "tc_wan_ingress"],
+                        "expected one set of programs on map {new}, bpftool shows {programs:?}"
+                    );
+                    let stale = programs_using_map(old)?;
+                    ensure!(
+                        stale.is_empty(),
+                        "the killed run's programs are still loaded: {stale:?}"
+                    );
+                    ensure!(
+                        reply_rules == 0,
+                        "a reply rule next to the fast path:\n{rules}"
+                    );
+                }
+                _ => ensure!(reply_rules == 1, "expected one reply rule:\n{rules}"),
+            }
+            Ok(())
+        })();
+        let _ = traffic.wait_with_output();
+        if result.is_err() {
+            eprintln!(
+                "=== first portproxy log\n{}\n=== second portproxy log\n{}",
+                first.log(),
+                second.log()
+            );
+        }
+        result
     })
 }
 
-both_softwires!(upnp_tcp_relay: upnp_tcp_relay_l2, upnp_tcp_relay_l3);
+/// The kernel id of the daemon's pinned CLIENTS map (fast path only), read with bpftool
+/// from inside the daemon's mount namespace, where its bpffs is.
+fn clients_map_id(daemon: &Daemon, path: DataPath) -> Result<Option<u64>> {
+    if path != DataPath::FastPath {
+        return Ok(None);
+    }
+    let pid = daemon.pid().to_string();
+    let args = [
+        "-t",
+        &pid,
+        "-m",
+        "-n",
+        "bpftool",
+        "-j",
+        "map",
+        "show",
+        "pinned",
+        "/sys/fs/bpf/portproxy/CLIENTS",
+    ];
+    let output = std::process::Command::new("nsenter").args(args).output()?;
+    let map: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .with_context(|| format!("bpftool map show: {}", tests::show_output(&output)))?;
+    Ok(map["id"].as_u64())
+}
+
+/// Names of the loaded programs that use map `id`, sorted (`bpftool prog show`).
+fn programs_using_map(id: u64) -> Result<Vec<String>> {
+    let output = std::process::Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()?;
+    let programs: serde_json::Value =
+        serde_json::from_slice(&output.stdout).context("bpftool prog show")?;
+    let mut names: Vec<String> = programs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| {
+            p["map_ids"]
+                .as_array()
+                .is_some_and(|ids| ids.iter().any(|m| m.as_u64() == Some(id)))
+        })
+        .filter_map(|p| p["name"].as_str().map(str::to_string))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+every_path!(restart_after_sigkill);

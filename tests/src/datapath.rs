@@ -1,0 +1,103 @@
+//! Which data path a test runs portproxy on, and what `portproxy stats` says
+//! it used: the end-to-end scenarios run on each, and on the fast path they
+//! also prove from the kernel's counters that the programs carried the packets.
+
+use std::process::Command;
+
+use anyhow::{Context as _, Result, ensure};
+use serde_json::Value;
+
+use crate::{Daemon, Lab};
+
+/// The environment variable that makes `--xdp` fall back to sockets.
+const FORCE_SOCKETS_ENV: &str = "PORTPROXY_FORCE_SOCKETS";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataPath {
+    /// The socket relay (no `--xdp`).
+    Sockets,
+    /// `--xdp`: the eBPF programs.
+    FastPath,
+    /// `--xdp` with the kernel path refused (forced), so the socket relay runs.
+    Fallback,
+}
+
+impl Lab {
+    /// Starts portproxy on `path` with `args`, keeping its status file in the lab's directory.
+    pub fn spawn_portproxy_on(&self, path: DataPath, args: &[&str]) -> Result<Daemon> {
+        let state_dir = self.dir().join("state");
+        let mut all = vec![
+            "--state-dir",
+            state_dir.to_str().context("lab dir is not UTF-8")?,
+        ];
+        if path != DataPath::Sockets {
+            all.push("--xdp");
+        }
+        all.extend_from_slice(args);
+        let env = (path == DataPath::Fallback).then_some((FORCE_SOCKETS_ENV, "1"));
+        self.spawn_portproxy_env(&all, env)
+    }
+
+    /// `portproxy stats --json` of a running daemon, read from inside its mount namespace
+    /// (the pins live on the bpffs it mounted there).
+    pub fn portproxy_stats(&self, daemon: &Daemon) -> Result<Value> {
+        let bin = std::env::var("PORTPROXY_BIN").context("PORTPROXY_BIN is not set")?;
+        let state_dir = self.dir().join("state");
+        let output = Command::new("nsenter")
+            .args([
+                "-t",
+                &daemon.pid().to_string(),
+                "-m",
+                "-n",
+                &bin,
+                "stats",
+                "--json",
+                "--state-dir",
+            ])
+            .arg(&state_dir)
+            .output()
+            .context("running nsenter ... portproxy stats")?;
+        ensure!(
+            output.status.success(),
+            "portproxy stats failed:\n{}",
+            crate::show_output(&output)
+        );
+        serde_json::from_slice(&output.stdout).context("parsing portproxy stats --json")
+    }
+
+    /// Checks from `portproxy stats` that `daemon` ran on `path`; on the fast path, that
+    /// each of `kernel_counters` is above zero (the programs, not sockets, did the work).
+    pub fn check_data_path(
+        &self,
+        daemon: &Daemon,
+        path: DataPath,
+        kernel_counters: &[&str],
+    ) -> Result<()> {
+        let stats = self.portproxy_stats(daemon)?;
+        let kind = stats["data_path"].as_str().unwrap_or_default();
+        match path {
+            DataPath::FastPath => {
+                ensure!(
+                    kind == "fast_path",
+                    "expected the fast path, portproxy stats says:\n{stats:#}"
+                );
+                for name in kernel_counters {
+                    let value = stats["kernel_counters"][name].as_u64().unwrap_or(0);
+                    ensure!(
+                        value > 0,
+                        "kernel counter {name:?} is {value}, so the programs did not carry it:\n{stats:#}"
+                    );
+                }
+            }
+            DataPath::Sockets => ensure!(kind == "sockets", "expected sockets:\n{stats:#}"),
+            DataPath::Fallback => {
+                let reason = stats["fallback_reason"].as_str().unwrap_or_default();
+                ensure!(
+                    kind == "sockets" && reason.contains(FORCE_SOCKETS_ENV),
+                    "expected the forced fallback to sockets:\n{stats:#}"
+                );
+            }
+        }
+        Ok(())
+    }
+}
