@@ -11,14 +11,14 @@ use rtnetlink::Handle;
 use crate::cli::Options;
 use crate::netif;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Side {
     pub iface: String,
     pub index: u32,
     pub addr: Ipv4Addr,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub lan: Side,
     pub wan: Side,

@@ -54,6 +54,7 @@ fn text(report: &Report) -> String {
     let mut out = match s.data_path {
         DataPathKind::FastPath => format!("data path: fast path (eBPF), pid {}\n", s.pid),
         DataPathKind::Sockets => format!("data path: sockets, pid {}\n", s.pid),
+        DataPathKind::Stopped => format!("data path: none (an interface is missing), pid {}\n", s.pid),
     };
     if let Some(reason) = &s.fallback_reason {
         out += &format!("fallback reason: {reason}\n");

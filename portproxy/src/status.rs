@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 pub enum DataPathKind {
     FastPath,
     Sockets,
+    /// An interface is gone; relaying resumes when it is back.
+    Stopped,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

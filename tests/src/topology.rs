@@ -2,6 +2,7 @@
 
 use std::{
     fmt, fs,
+    net::Ipv4Addr,
     path::PathBuf,
     str::FromStr,
     sync::{
@@ -345,6 +346,31 @@ impl Lab {
     }
 
     /// A veth `softwire` in the CPE whose peer is a port of the CGN's bridge `softwire`.
+    /// Moves the CPE's end of the softwire to `addr` (as when the ISP hands out another B4
+    /// address), keeping the CGN's route to the LAN pointing at it.
+    pub fn change_cpe_softwire_address(&self, addr: Ipv4Addr) -> Result<()> {
+        let (cpe, cgn) = (self.cpe(), self.cgn());
+        match self.softwire {
+            Softwire::L2 => {
+                cpe.ip(&format!("addr del {CPE_SOFTWIRE_IP}/29 dev softwire"))?;
+                cpe.ip(&format!("addr add {addr}/29 dev softwire"))?;
+                cgn.ip(&format!(
+                    "route replace 192.168.1.0/24 via {addr} dev softwire"
+                ))?;
+            }
+            Softwire::L3 => {
+                cpe.ip(&format!(
+                    "addr del {CPE_SOFTWIRE_IP} peer {CGN_SOFTWIRE_IP} dev softwire"
+                ))?;
+                cpe.ip(&format!(
+                    "addr add {addr} peer {CGN_SOFTWIRE_IP} dev softwire"
+                ))?;
+            }
+        }
+        // Removing the old address took the default route with it.
+        self.route_cpe_softwire()
+    }
+
     fn add_l2_softwire(&self) -> Result<()> {
         let cgn = self.cgn().name();
         self.cpe().ip(&format!(

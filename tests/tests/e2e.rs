@@ -507,3 +507,93 @@ fn programs_using_map(id: u64) -> Result<Vec<String>> {
 }
 
 every_path!(restart_after_sigkill);
+
+/// Waits until portproxy's log holds `needle` at least `count` times.
+fn wait_for_log(daemon: &Daemon, needle: &str, count: usize) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while daemon.log().matches(needle).count() < count {
+        ensure!(
+            Instant::now() < deadline,
+            "portproxy never logged {needle:?} {count} times"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// After a change of the interfaces, the daemon (not restarted) rebuilds its data path and
+/// NAT-PMP, SSDP and the mapping's reachability work again.
+/// `rebuilds`: whether the change alters portproxy's configuration (and so must show up as
+/// a rebuild in its log before the clients try again).
+fn after_interface_change(
+    softwire: Softwire,
+    path: DataPath,
+    rebuilds: bool,
+    change: impl FnOnce(&mut Lab) -> Result<()>,
+) -> Result<()> {
+    with_lab(Lab::builder(softwire), |lab| {
+        let args = ["--lan-iface", "br-lan", "--wan-iface", "softwire", "-vv"];
+        let portproxy = lab.spawn_portproxy_on(path, &args)?;
+        let result = (|| {
+            change(lab)?;
+            if rebuilds {
+                // The ready line says "relaying between"; so does every rebuild.
+                wait_for_log(&portproxy, "relaying between", 2)?;
+            }
+            run_expect(
+                lab.lan(1),
+                "natpmpc",
+                &[
+                    "-g",
+                    &LAN_GATEWAY.to_string(),
+                    "-a",
+                    "9292",
+                    "8292",
+                    "tcp",
+                    "600",
+                ],
+                &["Mapped public port 9292 protocol TCP to local port 8292"],
+            )?;
+            check_mapping(lab, 9292, lab.lan(1), 8292)?;
+            run_expect(lab.lan(1), "upnpc", &["-s"], &["Found valid IGD"])?;
+            lab.check_data_path(
+                &portproxy,
+                path,
+                &["nat-pmp to cgn", "nat-pmp to client", "ssdp search out"],
+            )
+        })();
+        if result.is_err() {
+            eprintln!("=== portproxy log\n{}", portproxy.log());
+        }
+        result
+    })
+}
+
+/// The softwire is deleted and created again (a new ifindex), as when the tunnel restarts.
+fn softwire_recreated(softwire: Softwire, path: DataPath) -> Result<()> {
+    after_interface_change(softwire, path, true, |lab| lab.recreate_softwire())
+}
+
+every_path!(softwire_recreated);
+
+/// The softwire goes down and up again. On L2 the default route (and so the CGN address)
+/// goes away meanwhile, so portproxy stops and rebuilds; an L3 tunnel keeps its peer
+/// address, so nothing changes for it.
+fn softwire_down_up(softwire: Softwire, path: DataPath) -> Result<()> {
+    after_interface_change(softwire, path, softwire == Softwire::L2, |lab| {
+        lab.set_softwire_up(false)?;
+        thread::sleep(Duration::from_millis(500));
+        lab.set_softwire_up(true)
+    })
+}
+
+every_path!(softwire_down_up);
+
+/// The CPE's WAN (B4) address changes.
+fn wan_address_changed(softwire: Softwire, path: DataPath) -> Result<()> {
+    after_interface_change(softwire, path, true, |lab| {
+        lab.change_cpe_softwire_address(Ipv4Addr::new(192, 0, 0, 3))
+    })
+}
+
+every_path!(wan_address_changed);
