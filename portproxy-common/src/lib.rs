@@ -36,8 +36,15 @@ pub const STAT_SEARCH_FROM_WAN: u32 = 10;
 pub const STAT_ERRORS: u32 = 11;
 /// Sourced from the CPE's own LAN/WAN address: never re-relayed, passed.
 pub const STAT_PASSED_OWN: u32 = 12;
+/// Relayed by an XDP program (`xdp_lan`, `xdp_wan`) rather than by TC. Counted in addition to
+/// the protocol's counter (`STAT_NATPMP_TO_CGN`, ...): it tells how much XDP carries.
+pub const STAT_XDP_RELAYED: u32 = 13;
+/// A packet to relay that an XDP program left to the TC program behind it: next hop not
+/// resolved (`bpf_fib_lookup`), route not via the WAN device, or a redirect XDP cannot do in
+/// its mode (native `xdp_wan` into a bridge). TC then relays it and counts its fate.
+pub const STAT_XDP_DEFERRED: u32 = 14;
 /// Number of `STATS` entries (its `max_entries`).
-pub const STAT_COUNT: u32 = 13;
+pub const STAT_COUNT: u32 = 15;
 
 /// Counter names for reports, indexed by `STAT_*`.
 pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
@@ -54,6 +61,8 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "ssdp search from wan",
     "errors",
     "passed own address",
+    "relayed by xdp",
+    "xdp deferred to tc",
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -99,6 +108,11 @@ pub const CLIENTS_MAX_ENTRIES: u32 = 1024;
 pub const FLAG_PORT_CONTROL: u8 = 1;
 /// `Config::flags`: relay SSDP M-SEARCH out and NOTIFY in.
 pub const FLAG_SSDP: u8 = 2;
+/// `Config::flags`: `xdp_wan` may redirect into the LAN device itself. Set by the loader when
+/// `xdp_wan` runs in skb (generic) mode, where a redirect into a bridge goes through the
+/// bridge's transmit path; a native-mode redirect needs `ndo_xdp_xmit`, which a bridge does
+/// not have, so native `xdp_wan` leaves relays to `tc_wan_ingress`.
+pub const FLAG_XDP_WAN_REDIRECT: u8 = 4;
 
 /// Everything the programs need to know about the CPE. All zero (the map's initial state)
 /// means "not configured": the programs pass every packet.
@@ -134,6 +148,43 @@ pub const SSDP_GROUP_BE: u32 = u32::from_ne_bytes([239, 255, 255, 250]);
 /// Ethernet address of the SSDP group (01:00:5e + low 23 bits of the group).
 pub const SSDP_GROUP_MAC: [u8; 6] = [0x01, 0x00, 0x5e, 0x7f, 0xff, 0xfa];
 
+// ---------------------------------------------------------------------------------------------
+// Checksums.
+
+/// Incremental Internet checksum update (RFC 1624, eqn. 3: `HC' = ~(~HC + ~m + m')`) for
+/// rewriting a 32-bit field, e.g. an IPv4 address, without the kernel's checksum helpers (XDP
+/// has none). `check` is the checksum field as stored (big-endian value); `old_be` / `new_be`
+/// are the field's old and new contents in network byte order (`u32::from_ne_bytes` of the
+/// wire bytes). Covers both the IPv4 header checksum and a UDP/TCP checksum whose
+/// pseudo-header holds the address (see `udp_csum_replace_u32` for UDP's zero rule).
+#[inline(always)]
+pub fn csum_replace_u32(check: u16, old_be: u32, new_be: u32) -> u16 {
+    let old = old_be.to_ne_bytes();
+    let new = new_be.to_ne_bytes();
+    let mut sum = u32::from(!check);
+    sum += u32::from(!u16::from_be_bytes([old[0], old[1]]));
+    sum += u32::from(!u16::from_be_bytes([old[2], old[3]]));
+    sum += u32::from(u16::from_be_bytes([new[0], new[1]]));
+    sum += u32::from(u16::from_be_bytes([new[2], new[3]]));
+    // At most 5 * 0xffff: two folds bring it to 16 bits (no loop for the verifier).
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// `csum_replace_u32` for a UDP checksum: 0 means "no checksum" and stays 0; a computed 0
+/// is sent as 0xffff (RFC 768).
+#[inline(always)]
+pub fn udp_csum_replace_u32(check: u16, old_be: u32, new_be: u32) -> u16 {
+    if check == 0 {
+        return 0;
+    }
+    match csum_replace_u32(check, old_be, new_be) {
+        0 => 0xffff,
+        c => c,
+    }
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain-old-data, `#[repr(C)]`, no padding (asserted above), every bit pattern valid.
@@ -142,4 +193,131 @@ mod user {
     unsafe impl aya::Pod for super::ClientValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Config {}
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::vec::Vec;
+
+    use super::*;
+
+    /// RFC 1071 from scratch.
+    fn checksum(bytes: &[u8]) -> u16 {
+        let mut sum: u64 = bytes
+            .chunks(2)
+            .map(|w| u64::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
+            .sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(sum as u16)
+    }
+
+    fn ip_header(src: [u8; 4], dst: [u8; 4], id: u16) -> Vec<u8> {
+        let mut h = Vec::from([0x45, 0, 0, 40]);
+        h.extend_from_slice(&id.to_be_bytes());
+        h.extend_from_slice(&[0, 0, 64, 17, 0, 0]);
+        h.extend_from_slice(&src);
+        h.extend_from_slice(&dst);
+        let c = checksum(&h);
+        h[10..12].copy_from_slice(&c.to_be_bytes());
+        h
+    }
+
+    fn udp_csum(src: [u8; 4], dst: [u8; 4], udp: &[u8]) -> u16 {
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&src);
+        pseudo.extend_from_slice(&dst);
+        pseudo.extend_from_slice(&[0, 17]);
+        pseudo.extend_from_slice(&(udp.len() as u16).to_be_bytes());
+        pseudo.extend_from_slice(udp);
+        match checksum(&pseudo) {
+            0 => 0xffff,
+            c => c,
+        }
+    }
+
+    /// A small deterministic generator (no dependencies in a no_std crate).
+    fn xorshift(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    #[test]
+    fn ip_header_update_matches_recomputation() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut addrs = Vec::from([
+            [192, 168, 1, 2],
+            [192, 168, 1, 1],
+            [192, 0, 0, 1],
+            [239, 255, 255, 250],
+            [0, 0, 0, 0],
+            [255, 255, 255, 255],
+        ]);
+        for _ in 0..200 {
+            addrs.push((xorshift(&mut rng) as u32).to_be_bytes());
+        }
+        for (i, &src) in addrs.iter().enumerate() {
+            for &new in addrs.iter().skip(i % 7).step_by(7) {
+                let dst = [192, 168, 1, 1];
+                let id = xorshift(&mut rng) as u16;
+                let before = ip_header(src, dst, id);
+                let check = u16::from_be_bytes([before[10], before[11]]);
+                let updated =
+                    csum_replace_u32(check, u32::from_ne_bytes(dst), u32::from_ne_bytes(new));
+                let expected = ip_header(src, new, id);
+                let mut got = expected.clone();
+                got[10..12].copy_from_slice(&updated.to_be_bytes());
+                assert_eq!(checksum(&got), 0, "header {got:02x?} does not verify");
+                assert_eq!(got, expected, "src {src:?} dst {dst:?} -> {new:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn udp_update_matches_recomputation() {
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        for round in 0..2000 {
+            let src = (xorshift(&mut rng) as u32).to_be_bytes();
+            let old_dst = (xorshift(&mut rng) as u32).to_be_bytes();
+            let new_dst = (xorshift(&mut rng) as u32).to_be_bytes();
+            let len = 8 + (xorshift(&mut rng) % 40) as usize;
+            let mut udp: Vec<u8> = (0..len).map(|_| xorshift(&mut rng) as u8).collect();
+            udp[4..6].copy_from_slice(&(len as u16).to_be_bytes());
+            udp[6..8].copy_from_slice(&[0, 0]);
+            let before = udp_csum(src, old_dst, &udp);
+            let after = udp_csum(src, new_dst, &udp);
+            let updated = udp_csum_replace_u32(
+                before,
+                u32::from_ne_bytes(old_dst),
+                u32::from_ne_bytes(new_dst),
+            );
+            assert_eq!(
+                updated, after,
+                "round {round}: {src:?} {old_dst:?} -> {new_dst:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn udp_zero_checksum_stays_absent_and_computed_zero_is_ffff() {
+        assert_eq!(udp_csum_replace_u32(0, 1, 2), 0);
+        // A field change that makes the one's-complement sum 0xffff: ~0xffff = 0 -> 0xffff.
+        // check = ~(sum of other words); replacing 0x0000_0000 by 0x0000_0001 adds 1.
+        let check = !0xfffeu16; // other words sum to 0xfffe
+        assert_eq!(csum_replace_u32(check, 0, 1u32.to_be()), 0);
+        assert_eq!(udp_csum_replace_u32(check, 0, 1u32.to_be()), 0xffff);
+    }
+
+    #[test]
+    fn rfc1624_example() {
+        // RFC 1624 section 4: HC = 0xdd2f, m = 0x5555 -> m' = 0x3285 gives HC' = 0x0000.
+        // As a 32-bit field change (the other half unchanged).
+        let old = u32::from_ne_bytes([0x55, 0x55, 0, 0]);
+        let new = u32::from_ne_bytes([0x32, 0x85, 0, 0]);
+        assert_eq!(csum_replace_u32(0xdd2f, old, new), 0x0000);
+    }
 }

@@ -1,14 +1,35 @@
-//! Where each packet's fate is decided: which protocol handler (if any) it goes to.
+//! Where each packet's fate is decided, once for both hooks: `lan` and `wan` parse the
+//! packet through `Packet` (TC or XDP) and return a `Verdict`; `tc` and `xdp` carry it out
+//! (rewrite, redirect, count) each with the means of its hook.
 
-use aya_ebpf::programs::TcContext;
-use portproxy_common::{Config, FLAG_PORT_CONTROL, FLAG_SSDP, SSDP_GROUP_BE, STAT_PASSED_OWN};
+use portproxy_common::{
+    ClientValue, Config, FLAG_PORT_CONTROL, FLAG_SSDP, SSDP_GROUP_BE, STAT_PASSED_OWN,
+};
 
 use crate::{
-    maps,
-    packet::{self, ETH_HLEN, Udp4},
+    packet::{self, ETH_HLEN, Packet, Udp4},
     port_control, ssdp,
-    stats::{count, pass},
 };
+
+/// What to do with a packet.
+pub enum Verdict {
+    /// Not ours: to the stack (`STAT_PASSED`).
+    Pass,
+    /// To the stack, counted as the given `STAT_*` (own source, M-SEARCH from the WAN).
+    PassAs(u32),
+    /// Dropped, counted as the given `STAT_*`.
+    Drop(u32),
+    /// A well-formed NAT-PMP/PCP request from a LAN client: to the CGN, with the client's
+    /// source kept and the client remembered in `CLIENTS`. The `STAT_*` of its protocol.
+    Request(Udp4, u32),
+    /// An SSDP M-SEARCH from a LAN client: to the group on the WAN.
+    Search(Udp4),
+    /// A well-formed NAT-PMP/PCP reply from the CGN for the client of this `CLIENTS` entry:
+    /// to that client, from the LAN address. The `STAT_*` of its protocol.
+    Reply(Udp4, u32, *mut ClientValue),
+    /// An SSDP NOTIFY from the CGN: to the group on the LAN, from the LAN address.
+    Notify(Udp4),
+}
 
 /// Sent by the CPE itself: never relayed again (no loops).
 #[inline(always)]
@@ -23,75 +44,63 @@ fn multicast_or_broadcast(addr_be: u32) -> bool {
     first & 0xf0 == 0xe0 || addr_be == u32::MAX
 }
 
-/// Ingress of the LAN device (always Ethernet).
+/// A packet arriving on the LAN device (always Ethernet).
 #[inline(always)]
-pub fn lan_ingress(ctx: &TcContext) -> Result<i32, i64> {
-    let Some(cfg) = maps::config() else {
-        return Ok(pass());
-    };
-    if !packet::is_ethernet_ipv4(ctx) {
-        return Ok(pass());
+pub fn lan<P: Packet>(p: &P, cfg: &Config) -> Result<Verdict, i64> {
+    if !packet::is_ethernet_ipv4(p) {
+        return Ok(Verdict::Pass);
     }
-    let Some(pkt) = packet::udp4(ctx, ETH_HLEN) else {
-        return Ok(pass());
+    let Some(pkt) = packet::udp4(p, ETH_HLEN) else {
+        return Ok(Verdict::Pass);
     };
     if own_source(cfg, &pkt) {
-        count(STAT_PASSED_OWN);
-        return Ok(pass_uncounted());
+        return Ok(Verdict::PassAs(STAT_PASSED_OWN));
     }
     if cfg.flags & FLAG_PORT_CONTROL != 0
         && pkt.dport_be == cfg.port_control_port_be
         && pkt.dst_be == cfg.lan_addr_be
     {
-        return port_control::request(ctx, cfg, &pkt);
+        return port_control::request(p, pkt);
     }
     if cfg.flags & FLAG_SSDP != 0
         && pkt.dport_be == cfg.ssdp_port_be
         && (pkt.dst_be == SSDP_GROUP_BE || pkt.dst_be == cfg.lan_addr_be)
     {
-        return ssdp::from_lan(ctx, cfg, &pkt);
+        return Ok(ssdp::from_lan(p, pkt));
     }
-    Ok(pass())
+    Ok(Verdict::Pass)
 }
 
-/// Ingress of the WAN device: Ethernet, or bare IP on an L3 softwire (`wan_is_l3`).
+/// A packet arriving on the WAN device: Ethernet, or bare IP on an L3 softwire
+/// (`wan_is_l3`).
 #[inline(always)]
-pub fn wan_ingress(ctx: &TcContext) -> Result<i32, i64> {
-    let Some(cfg) = maps::config() else {
-        return Ok(pass());
-    };
+pub fn wan<P: Packet>(p: &P, cfg: &Config) -> Result<Verdict, i64> {
     let l3 = if cfg.wan_is_l3 != 0 {
         // No MAC header: skb->protocol is not checked (a test run derives it from bytes
         // that are not an Ethernet header); `udp4` checks the IP version nibble.
         0
     } else {
-        if !packet::is_ethernet_ipv4(ctx) {
-            return Ok(pass());
+        if !packet::is_ethernet_ipv4(p) {
+            return Ok(Verdict::Pass);
         }
         ETH_HLEN
     };
-    let Some(pkt) = packet::udp4(ctx, l3) else {
-        return Ok(pass());
+    let Some(pkt) = packet::udp4(p, l3) else {
+        return Ok(Verdict::Pass);
     };
     if own_source(cfg, &pkt) {
-        count(STAT_PASSED_OWN);
-        return Ok(pass_uncounted());
+        return Ok(Verdict::PassAs(STAT_PASSED_OWN));
     }
     if cfg.flags & FLAG_PORT_CONTROL != 0
         && pkt.sport_be == cfg.port_control_port_be
         && pkt.dst_be != cfg.wan_addr_be
         && !multicast_or_broadcast(pkt.dst_be)
     {
-        return port_control::reply(ctx, cfg, &pkt);
+        return port_control::reply(p, cfg, pkt);
     }
     if cfg.flags & FLAG_SSDP != 0 && pkt.dport_be == cfg.ssdp_port_be && pkt.dst_be == SSDP_GROUP_BE
     {
-        return ssdp::from_wan(ctx, cfg, &pkt);
+        return Ok(ssdp::from_wan(p, cfg, pkt));
     }
-    Ok(pass())
-}
-
-#[inline(always)]
-fn pass_uncounted() -> i32 {
-    aya_ebpf::bindings::TC_ACT_OK as i32
+    Ok(Verdict::Pass)
 }

@@ -1,20 +1,25 @@
 //! The maps shared with userspace (layouts in `portproxy_common`). `STATS` is in `stats.rs`.
+//!
+//! BTF-defined maps (`.maps` section, `#[btf_map]`): the kernel records the key and value
+//! types, so `bpftool map dump pinned /sys/fs/bpf/portproxy/CLIENTS` prints
+//! `{"key": {"addr_be": ..., "port_be": ..., "kind": ...}, "value": {"mac": ..., ...}}`
+//! instead of raw bytes.
 
 use aya_ebpf::{
-    macros::map,
-    maps::{Array, LruHashMap},
+    btf_maps::{Array, LruHashMap},
+    macros::btf_map,
 };
 use portproxy_common::{CLIENTS_MAX_ENTRIES, ClientKey, ClientValue, Config};
 
 /// One entry, written by userspace; all zero until it is (the programs then pass everything).
-#[map]
-pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+#[btf_map]
+pub static CONFIG: Array<Config, 1> = Array::new();
 
 /// LAN clients with a NAT-PMP/PCP exchange in flight: where the CGN's replies go.
 /// Userspace may resize it before load; aging removes idle entries, LRU evicts when full.
-#[map]
-pub static CLIENTS: LruHashMap<ClientKey, ClientValue> =
-    LruHashMap::with_max_entries(CLIENTS_MAX_ENTRIES, 0);
+#[btf_map]
+pub static CLIENTS: LruHashMap<ClientKey, ClientValue, { CLIENTS_MAX_ENTRIES as usize }> =
+    LruHashMap::new();
 
 /// The configuration, or `None` while it is unset (flags 0).
 #[inline(always)]

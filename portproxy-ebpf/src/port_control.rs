@@ -1,13 +1,13 @@
 //! NAT-PMP and PCP (UDP 5351): requests from LAN clients to the CGN with the client's source
 //! address kept (so the CGN maps to the client itself), replies from the CGN back to the
 //! client from the LAN address (libnatpmp rejects replies not from the gateway it asked).
+//! This module decides; `tc` and `xdp` carry the verdict out, both through `remember` and
+//! `touch` for the `CLIENTS` entry.
 //!
 //! Framing checks follow `portproxy/src/proto/port_control.rs` (the socket relay) except that
 //! PCP options are not walked (an option overrunning the message is not detected here).
 
-use aya_ebpf::{
-    bindings::TC_ACT_SHOT, helpers::generated::bpf_ktime_get_boot_ns, programs::TcContext,
-};
+use aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns;
 use portproxy_common::{
     ClientKey, ClientValue, Config, KIND_PORT_CONTROL, STAT_DROP_MALFORMED, STAT_DROP_NO_ENTRY,
     STAT_DROP_NOT_FROM_CGN, STAT_NATPMP_TO_CGN, STAT_NATPMP_TO_CLIENT, STAT_PCP_TO_CGN,
@@ -15,11 +15,9 @@ use portproxy_common::{
 };
 
 use crate::{
-    csum,
+    dispatch::Verdict,
     maps::CLIENTS,
-    packet::{self, IP_DST, IP_SRC, Udp4},
-    redirect,
-    stats::{count, pass},
+    packet::{self, Packet, Udp4},
 };
 
 const RESPONSE_BIT: u8 = 0x80;
@@ -40,7 +38,7 @@ pub struct Header {
 
 impl Header {
     #[inline(always)]
-    fn load(ctx: &TcContext, pkt: &Udp4) -> Result<Header, i64> {
+    fn load<P: Packet>(p: &P, pkt: &Udp4) -> Result<Header, i64> {
         let mut header = Header {
             version: 0,
             opcode: 0,
@@ -48,12 +46,12 @@ impl Header {
             len: pkt.payload_len,
         };
         if pkt.payload_len >= 2 {
-            let b: [u8; 2] = ctx.load(pkt.payload())?;
+            let b: [u8; 2] = p.load(pkt.payload())?;
             header.version = b[0];
             header.opcode = b[1];
         }
         if pkt.payload_len >= 4 {
-            header.result = ctx.load(pkt.payload() + 3)?;
+            header.result = p.load(pkt.payload() + 3)?;
         }
         Ok(header)
     }
@@ -104,39 +102,26 @@ fn now() -> u64 {
 
 /// LAN -> CGN: `pkt` is UDP to LAN_ADDR:5351 from a LAN client.
 #[inline(always)]
-pub fn request(ctx: &TcContext, cfg: &Config, pkt: &Udp4) -> Result<i32, i64> {
-    if !pkt.complete || !well_formed(&Header::load(ctx, pkt)?, false) {
-        count(STAT_DROP_MALFORMED);
-        return Ok(TC_ACT_SHOT as i32);
+pub fn request<P: Packet>(p: &P, pkt: Udp4) -> Result<Verdict, i64> {
+    if !pkt.complete {
+        return Ok(Verdict::Drop(STAT_DROP_MALFORMED));
     }
-    let key = ClientKey {
-        addr_be: pkt.src_be,
-        port_be: pkt.sport_be,
-        kind: KIND_PORT_CONTROL,
-        _pad: 0,
-    };
-    let mac = packet::eth_src(ctx).ok_or(-1i64)?;
-    let value = ClientValue {
-        mac,
-        _pad: [0; 2],
-        last_seen_ns: now(),
-    };
-    CLIENTS.insert(&key, &value, 0).map_err(i64::from)?;
-    let header = Header::load(ctx, pkt)?;
-    csum::set_addr(ctx, pkt, IP_DST, pkt.dst_be, cfg.cgn_addr_be)?;
-    let action = redirect::to_wan_unicast(cfg)?;
-    count(if header.is_natpmp() {
+    let header = Header::load(p, &pkt)?;
+    if !well_formed(&header, false) {
+        return Ok(Verdict::Drop(STAT_DROP_MALFORMED));
+    }
+    let stat = if header.is_natpmp() {
         STAT_NATPMP_TO_CGN
     } else {
         STAT_PCP_TO_CGN
-    });
-    Ok(action)
+    };
+    Ok(Verdict::Request(pkt, stat))
 }
 
 /// CGN -> LAN: `pkt` is UDP from port 5351 arriving on the WAN, to a unicast address that is
 /// not the CPE's own. Relayed only from the CGN and to a client in `CLIENTS`.
 #[inline(always)]
-pub fn reply(ctx: &TcContext, cfg: &Config, pkt: &Udp4) -> Result<i32, i64> {
+pub fn reply<P: Packet>(p: &P, cfg: &Config, pkt: Udp4) -> Result<Verdict, i64> {
     let key = ClientKey {
         addr_be: pkt.dst_be,
         port_be: pkt.dport_be,
@@ -146,33 +131,55 @@ pub fn reply(ctx: &TcContext, cfg: &Config, pkt: &Udp4) -> Result<i32, i64> {
     let from_cgn = pkt.src_be == cfg.cgn_addr_be;
     let Some(entry) = CLIENTS.get_ptr_mut(&key) else {
         if from_cgn {
-            count(STAT_DROP_NO_ENTRY);
-            return Ok(TC_ACT_SHOT as i32);
+            return Ok(Verdict::Drop(STAT_DROP_NO_ENTRY));
         }
         // Someone else's port 5351 talking to a host that never asked us: not ours.
-        return Ok(pass());
+        return Ok(Verdict::Pass);
     };
     if !from_cgn {
         // A "reply" to a client waiting for the CGN from another host: spoofed or stray.
-        count(STAT_DROP_NOT_FROM_CGN);
-        return Ok(TC_ACT_SHOT as i32);
+        return Ok(Verdict::Drop(STAT_DROP_NOT_FROM_CGN));
     }
-    if !pkt.complete || !well_formed(&Header::load(ctx, pkt)?, true) {
-        count(STAT_DROP_MALFORMED);
-        return Ok(TC_ACT_SHOT as i32);
+    if !pkt.complete {
+        return Ok(Verdict::Drop(STAT_DROP_MALFORMED));
     }
-    let header = Header::load(ctx, pkt)?;
-    // SAFETY: `entry` points into the map value; the program holds the RCU read lock.
-    let mac = unsafe {
-        (*entry).last_seen_ns = now();
-        (*entry).mac
-    };
-    csum::set_addr(ctx, pkt, IP_SRC, pkt.src_be, cfg.lan_addr_be)?;
-    let action = redirect::to_lan(ctx, cfg, mac)?;
-    count(if header.is_natpmp() {
+    let header = Header::load(p, &pkt)?;
+    if !well_formed(&header, true) {
+        return Ok(Verdict::Drop(STAT_DROP_MALFORMED));
+    }
+    let stat = if header.is_natpmp() {
         STAT_NATPMP_TO_CLIENT
     } else {
         STAT_PCP_TO_CLIENT
-    });
-    Ok(action)
+    };
+    Ok(Verdict::Reply(pkt, stat, entry))
+}
+
+/// Records (or refreshes) the client of a request being relayed: its MAC for the way back
+/// and the time, for aging.
+#[inline(always)]
+pub fn remember<P: Packet>(p: &P, pkt: &Udp4) -> Result<(), i64> {
+    let key = ClientKey {
+        addr_be: pkt.src_be,
+        port_be: pkt.sport_be,
+        kind: KIND_PORT_CONTROL,
+        _pad: 0,
+    };
+    let value = ClientValue {
+        mac: packet::eth_src(p).ok_or(-1i64)?,
+        _pad: [0; 2],
+        last_seen_ns: now(),
+    };
+    CLIENTS.insert(&key, &value, 0).map_err(i64::from)
+}
+
+/// Refreshes the entry a reply is relayed for and returns the client's MAC.
+#[inline(always)]
+pub fn touch(entry: *mut ClientValue) -> [u8; 6] {
+    // SAFETY: `entry` points into the map value (from `reply`, in the same program run,
+    // which holds the RCU read lock).
+    unsafe {
+        (*entry).last_seen_ns = now();
+        (*entry).mac
+    }
 }

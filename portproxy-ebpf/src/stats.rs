@@ -1,9 +1,9 @@
-use aya_ebpf::{bindings::TC_ACT_OK, macros::map, maps::PerCpuArray};
-use portproxy_common::{STAT_COUNT, STAT_PASSED};
+use aya_ebpf::{btf_maps::PerCpuArray, macros::btf_map};
+use portproxy_common::STAT_COUNT;
 
 /// One counter per packet fate (`portproxy_common::STAT_*`).
-#[map]
-static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+#[btf_map]
+static STATS: PerCpuArray<u64, { STAT_COUNT as usize }> = PerCpuArray::new();
 
 /// Adds one to this CPU's counter `index` (a `portproxy_common::STAT_*`).
 #[inline(always)]
@@ -12,11 +12,4 @@ pub fn count(index: u32) {
         // SAFETY: the slot belongs to this CPU and BPF programs are not migrated while running.
         unsafe { *counter += 1 };
     }
-}
-
-/// Counts the packet as passed and hands it to the stack untouched.
-#[inline(always)]
-pub fn pass() -> i32 {
-    count(STAT_PASSED);
-    TC_ACT_OK as i32
 }

@@ -80,11 +80,16 @@ pub struct Options {
     pub xdp: bool,
 
     /// Where the fast path pins its maps (on a BPF filesystem, mounted if needed).
-    #[arg(long, default_value = "/sys/fs/bpf/portproxy", value_name = "DIR", global = true)]
+    #[arg(long, default_value = crate::fastpath::DEFAULT_PIN_DIR, value_name = "DIR", global = true)]
     pub pin_dir: PathBuf,
 
     /// Where the daemon keeps its status file for `portproxy stats`.
-    #[arg(long, default_value = "/run/portproxy", value_name = "DIR", global = true)]
+    #[arg(
+        long,
+        default_value = "/run/portproxy",
+        value_name = "DIR",
+        global = true
+    )]
     pub state_dir: PathBuf,
 
     /// More output: -v configuration and counters, -vv one line per relayed packet.
@@ -135,7 +140,10 @@ mod tests {
     #[test]
     fn defaults_match_the_original() {
         let o = parse(&[]).unwrap();
-        assert_eq!((o.lan_iface.as_str(), o.wan_iface.as_str()), ("br-lan", "eth0.1"));
+        assert_eq!(
+            (o.lan_iface.as_str(), o.wan_iface.as_str()),
+            ("br-lan", "eth0.1")
+        );
         assert!(o.nat_pmp && o.upnp_udp && !o.upnp_tcp && !o.xdp);
         assert_eq!((o.nat_pmp_port, o.upnp_udp_port), (5351, 1900));
         assert_eq!(o.pending_timeout, Duration::from_secs(60));
@@ -153,7 +161,18 @@ mod tests {
 
     #[test]
     fn original_short_options() {
-        let o = parse(&["-l", "192.168.1.1", "-w", "192.0.0.2", "-n", "192.0.0.1", "-vv", "--upnp-tcp", "1"]).unwrap();
+        let o = parse(&[
+            "-l",
+            "192.168.1.1",
+            "-w",
+            "192.0.0.2",
+            "-n",
+            "192.0.0.1",
+            "-vv",
+            "--upnp-tcp",
+            "1",
+        ])
+        .unwrap();
         assert_eq!(o.lan_addr, Some(Ipv4Addr::new(192, 168, 1, 1)));
         assert_eq!(o.wan_addr, Some(Ipv4Addr::new(192, 0, 0, 2)));
         assert_eq!(o.cgn_addr, Some(Ipv4Addr::new(192, 0, 0, 1)));
@@ -165,9 +184,19 @@ mod tests {
     fn bad_values_are_rejected_with_the_reason() {
         let err = parse(&["--nat-pmp", "2"]).unwrap_err().to_string();
         assert!(err.contains("expected 0 or 1"), "{err}");
-        assert!(parse(&["--nat-pmp-port", "0"]).unwrap_err().to_string().contains("1-65535"));
+        assert!(
+            parse(&["--nat-pmp-port", "0"])
+                .unwrap_err()
+                .to_string()
+                .contains("1-65535")
+        );
         assert!(parse(&["-l", "192.168.1"]).is_err());
-        assert!(parse(&["--timeout", "0"]).unwrap_err().to_string().contains("between 1 and 3600"));
+        assert!(
+            parse(&["--timeout", "0"])
+                .unwrap_err()
+                .to_string()
+                .contains("between 1 and 3600")
+        );
         assert!(parse(&["--bogus"]).is_err());
     }
 }

@@ -37,7 +37,12 @@ struct Running {
 }
 
 impl Running {
-    async fn start(opts: &Options, cfg: Config, handle: &Handle, stats: &Arc<Stats>) -> Result<Running> {
+    async fn start(
+        opts: &Options,
+        cfg: Config,
+        handle: &Handle,
+        stats: &Arc<Stats>,
+    ) -> Result<Running> {
         let data_path = DataPath::choose(opts.xdp, &cfg, &opts.pin_dir);
         let on_sockets = Arc::new(data_path.socket_share(&cfg));
         // Bind first: a port in use (say, a second portproxy) must fail before the
@@ -47,13 +52,21 @@ impl Running {
             true => Some(ReplyCapture::install(handle, &on_sockets).await?),
             false => None,
         };
-        Ok(Running { cfg, data_path, tasks, capture })
+        Ok(Running {
+            cfg,
+            data_path,
+            tasks,
+            capture,
+        })
     }
 
     async fn stop(mut self) -> Result<()> {
         self.tasks.shutdown().await;
         if let Some(capture) = self.capture {
-            capture.remove().await.context("removing the reply-capture rule")?;
+            capture
+                .remove()
+                .await
+                .context("removing the reply-capture rule")?;
         }
         if let DataPath::Fast(fast) = &self.data_path {
             info!("kernel counters:\n{}", fast.stats()?);
@@ -75,9 +88,14 @@ impl Running {
 }
 
 pub async fn run(opts: Options) -> Result<()> {
-    let (connection, handle, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
+    let (connection, handle, _) =
+        rtnetlink::new_connection().context("opening a netlink socket")?;
     tokio::spawn(connection);
-    let groups = [MulticastGroup::Link, MulticastGroup::Ipv4Ifaddr, MulticastGroup::Ipv4Route];
+    let groups = [
+        MulticastGroup::Link,
+        MulticastGroup::Ipv4Ifaddr,
+        MulticastGroup::Ipv4Route,
+    ];
     let (events_connection, _, mut events) =
         rtnetlink::new_multicast_connection(&groups).context("subscribing to interface changes")?;
     tokio::spawn(events_connection);
@@ -88,7 +106,12 @@ pub async fn run(opts: Options) -> Result<()> {
     info!("configuration:\n{cfg}");
     let stats = Arc::new(Stats::default());
     let mut running = Some(Running::start(&opts, cfg, &handle, &stats).await?);
-    info!("ready: {}", running.as_ref().map(Running::describe).unwrap_or_default());
+    // Written before "ready", so that `portproxy stats` works as soon as that line shows.
+    status(running.as_ref(), &opts.pin_dir, &stats).write(&opts.state_dir)?;
+    info!(
+        "ready: {}",
+        running.as_ref().map(Running::describe).unwrap_or_default()
+    );
 
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_aging = tokio::time::Instant::now();
@@ -131,7 +154,9 @@ pub async fn run(opts: Options) -> Result<()> {
 }
 
 /// The next finished relay task, or never while nothing runs.
-async fn join_next(running: &mut Option<Running>) -> Option<Result<Result<()>, tokio::task::JoinError>> {
+async fn join_next(
+    running: &mut Option<Running>,
+) -> Option<Result<Result<()>, tokio::task::JoinError>> {
     match running {
         Some(r) if !r.tasks.is_empty() => r.tasks.join_next().await,
         _ => std::future::pending().await,
@@ -176,17 +201,23 @@ async fn follow_interfaces(
 
 fn status(running: Option<&Running>, pin_dir: &Path, stats: &Stats) -> Status {
     let (kind, reason, hooks, pins) = match running.map(|r| (&r.data_path, &r.cfg)) {
-        Some((DataPath::Fast(_), cfg)) => (
+        Some((DataPath::Fast(fast), _)) => (
             DataPathKind::FastPath,
             None,
-            vec![
-                format!("tc_lan_ingress on {} (tc ingress)", cfg.lan.iface),
-                format!("tc_wan_ingress on {} (tc ingress)", cfg.wan.iface),
-            ],
+            fast.hooks(),
             Some(pin_dir.to_path_buf()),
         ),
-        Some((DataPath::Sockets(reason), _)) => (DataPathKind::Sockets, reason.clone(), Vec::new(), None),
+        Some((DataPath::Sockets(reason), _)) => {
+            (DataPathKind::Sockets, reason.clone(), Vec::new(), None)
+        }
         None => (DataPathKind::Stopped, None, Vec::new(), None),
     };
-    Status { pid: std::process::id(), data_path: kind, fallback_reason: reason, hooks, pin_dir: pins, counters: stats.snapshot() }
+    Status {
+        pid: std::process::id(),
+        data_path: kind,
+        fallback_reason: reason,
+        hooks,
+        pin_dir: pins,
+        counters: stats.snapshot(),
+    }
 }

@@ -1,10 +1,20 @@
-//! BPF_PROG_TEST_RUN tables for the TC programs of the fast path (`portproxy-ebpf`).
+//! BPF_PROG_TEST_RUN tables for the TC and XDP programs of the fast path (`portproxy-ebpf`).
 //!
 //! Every case loads the embedded object afresh (its own maps), fills `CONFIG`, optionally
 //! seeds `CLIENTS`, runs one program on one packet and checks: the return code, the output
 //! bytes (against a packet built from scratch, hex dump on mismatch), the IP and UDP
-//! checksums of the output (recomputed from scratch), the `STATS` counter that must have
-//! moved, and for requests the `CLIENTS` entry. Redirects only show as TC_ACT_REDIRECT here.
+//! checksums of the output (recomputed from scratch), the `STATS` counters that must have
+//! moved, and for requests the `CLIENTS` entry. Redirects only show as TC_ACT_REDIRECT (7) /
+//! XDP_REDIRECT (4) here.
+//!
+//! XDP: every TC case also runs on the XDP program of the same side (`<name>-xdp`, and for
+//! WAN relays `<name>-xdp-generic` with `FLAG_XDP_WAN_REDIRECT`), with the expectation the
+//! layout implies (`xdp_twins`): a drop is the same drop (XDP_DROP), anything TC passes XDP
+//! passes untouched and uncounted (TC behind it counts), a relay XDP can do is the same
+//! bytes with XDP_REDIRECT, one it cannot is deferred (XDP_PASS, `STAT_XDP_DEFERRED`).
+//! Requests need a route and a resolved neighbour for `bpf_fib_lookup`: without them (the
+//! twins) they are deferred; `xdp_lan_requests_through_the_fib` builds both in a network
+//! namespace of its own (its test thread only) and checks the redirect with the CGN's MAC.
 //!
 //! Needs root (CAP_BPF + CAP_NET_ADMIN), no namespace. Run one case by name with
 //! `CASE=<name> cargo test -p portproxy --test ebpf_programs`.
@@ -20,7 +30,7 @@ use std::net::Ipv4Addr;
 use aya::{
     Ebpf,
     maps::{HashMap, PerCpuArray},
-    programs::{SchedClassifier, TestRun, TestRunOptions},
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use portproxy_common::*;
 
@@ -29,6 +39,9 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/po
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
 
 const LAN_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
 const WAN_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 0, 2);
@@ -235,6 +248,8 @@ fn hex(bytes: &[u8]) -> String {
 enum Prog {
     Lan,
     Wan,
+    XdpLan,
+    XdpWan,
 }
 
 impl Prog {
@@ -242,7 +257,15 @@ impl Prog {
         match self {
             Prog::Lan => "tc_lan_ingress",
             Prog::Wan => "tc_wan_ingress",
+            Prog::XdpLan => "xdp_lan",
+            Prog::XdpWan => "xdp_wan",
         }
+    }
+    fn is_xdp(self) -> bool {
+        matches!(self, Prog::XdpLan | Prog::XdpWan)
+    }
+    fn is_lan(self) -> bool {
+        matches!(self, Prog::Lan | Prog::XdpLan)
     }
 }
 
@@ -290,17 +313,26 @@ fn boottime_ns() -> u64 {
 }
 
 impl Loaded {
+    /// Loads the object with the TC programs.
     fn new(cfg: Option<Config>) -> Loaded {
+        Loaded::with(cfg, &[Prog::Lan, Prog::Wan])
+    }
+
+    /// Loads the object with `progs` (each load runs the verifier).
+    fn with(cfg: Option<Config>, progs: &[Prog]) -> Loaded {
         assert!(
             unsafe { libc::geteuid() } == 0,
             "these tests run eBPF programs with BPF_PROG_TEST_RUN and need root (CAP_BPF, CAP_NET_ADMIN)"
         );
         let mut ebpf = Ebpf::load(OBJECT).expect("loading the embedded eBPF object");
-        for prog in [Prog::Lan, Prog::Wan] {
-            let p: &mut SchedClassifier =
-                ebpf.program_mut(prog.name()).unwrap().try_into().unwrap();
-            p.load()
-                .unwrap_or_else(|e| panic!("loading {} (verifier): {e:?}", prog.name()));
+        for &prog in progs {
+            let program = ebpf.program_mut(prog.name()).unwrap();
+            let loaded = if prog.is_xdp() {
+                <&mut Xdp>::try_from(program).unwrap().load()
+            } else {
+                <&mut SchedClassifier>::try_from(program).unwrap().load()
+            };
+            loaded.unwrap_or_else(|e| panic!("loading {} (verifier): {e:?}", prog.name()));
         }
         if let Some(cfg) = cfg {
             let mut map: aya::maps::Array<_, Config> =
@@ -341,38 +373,47 @@ impl Loaded {
     }
 
     fn try_run(&self, prog: Prog, input: &[u8]) -> Result<(u32, Vec<u8>), String> {
-        let p: &SchedClassifier = self.ebpf.program(prog.name()).unwrap().try_into().unwrap();
+        let program = self.ebpf.program(prog.name()).unwrap();
         let mut out = vec![0u8; input.len() + 256];
-        let result = p
-            .test_run(TestRunOptions {
-                data_in: Some(input),
-                data_out: Some(&mut out),
-                ..Default::default()
-            })
-            .map_err(|e| {
-                format!(
-                    "BPF_PROG_TEST_RUN of {} on {} bytes: {e:?}",
-                    prog.name(),
-                    input.len()
-                )
-            })?;
+        let options = TestRunOptions {
+            data_in: Some(input),
+            data_out: Some(&mut out),
+            ..Default::default()
+        };
+        let result = if prog.is_xdp() {
+            <&Xdp>::try_from(program).unwrap().test_run(options)
+        } else {
+            <&SchedClassifier>::try_from(program)
+                .unwrap()
+                .test_run(options)
+        };
+        let result = result.map_err(|e| {
+            format!(
+                "BPF_PROG_TEST_RUN of {} on {} bytes: {e:?}",
+                prog.name(),
+                input.len()
+            )
+        })?;
         out.truncate(result.data_size_out as usize);
         Ok((result.return_value, out))
     }
 }
 
+#[derive(Clone)]
 struct Case {
     name: String,
     prog: Prog,
     wan_is_l3: bool,
+    /// `FLAG_XDP_WAN_REDIRECT` in `CONFIG` (xdp_wan in skb mode).
+    xdp_wan_redirect: bool,
     /// `CLIENTS` entry (client address, port) to create before the run.
     seed: Option<(Ipv4Addr, u16)>,
     input: Vec<u8>,
     action: u32,
     /// Expected output; `None`: the input unchanged.
     output: Option<Vec<u8>>,
-    /// The one `STATS` counter that must go up by one (all others stay 0).
-    stat: u32,
+    /// The `STATS` counters that must go up by one (all others stay 0).
+    stats: Vec<u32>,
     /// Offset of the IPv4 header in the output, to re-verify its checksums.
     out_l3: Option<usize>,
     /// A `CLIENTS` entry (address, port) that must exist afterwards, with the client's MAC
@@ -388,11 +429,12 @@ impl Case {
             name: name.into(),
             prog,
             wan_is_l3: false,
+            xdp_wan_redirect: false,
             seed: None,
             input,
             action,
             output: None,
-            stat,
+            stats: vec![stat],
             out_l3: None,
             entry: None,
             unconfigured: false,
@@ -417,8 +459,74 @@ impl Case {
     }
 }
 
-/// Runs every case (or only `$CASE`); reports all failures at once.
+/// The XDP counterparts of a TC case (see the module doc).
+fn xdp_twins(case: &Case) -> Vec<Case> {
+    let prog = match case.prog {
+        Prog::Lan => Prog::XdpLan,
+        // xdp_wan is only ever attached to an Ethernet WAN.
+        Prog::Wan if !case.wan_is_l3 => Prog::XdpWan,
+        _ => return Vec::new(),
+    };
+    let mut twin = case.clone();
+    twin.name = format!("{}-xdp", case.name);
+    twin.prog = prog;
+    let deferred = |mut twin: Case| {
+        twin.action = XDP_PASS;
+        twin.stats = vec![STAT_XDP_DEFERRED];
+        twin.output = None;
+        twin.out_l3 = None;
+        twin.entry = None;
+        twin
+    };
+    match case.action {
+        TC_ACT_SHOT => {
+            twin.action = XDP_DROP;
+            vec![twin]
+        }
+        TC_ACT_OK => {
+            twin.action = XDP_PASS;
+            twin.stats.clear();
+            twin.output = None;
+            twin.out_l3 = None;
+            vec![twin]
+        }
+        TC_ACT_REDIRECT if prog == Prog::XdpLan => {
+            if case.stats == [STAT_SEARCH_OUT] && !case.wan_is_l3 {
+                twin.action = XDP_REDIRECT;
+                twin.stats.push(STAT_XDP_RELAYED);
+                vec![twin]
+            } else {
+                // A request (no FIB route / neighbour here) or an L3 WAN: left to TC.
+                vec![deferred(twin)]
+            }
+        }
+        TC_ACT_REDIRECT => {
+            let native = deferred(twin.clone());
+            let mut generic = twin;
+            generic.name = format!("{}-xdp-generic", case.name);
+            generic.xdp_wan_redirect = true;
+            generic.action = XDP_REDIRECT;
+            generic.stats.push(STAT_XDP_RELAYED);
+            vec![native, generic]
+        }
+        other => panic!("case {}: no XDP twin for action {other}", case.name),
+    }
+}
+
+/// Runs every case and its XDP twins (or only `$CASE`); reports all failures at once.
 fn run_table(cases: Vec<Case>) {
+    let cases: Vec<Case> = cases
+        .into_iter()
+        .flat_map(|case| {
+            let twins = xdp_twins(&case);
+            std::iter::once(case).chain(twins)
+        })
+        .collect();
+    run_cases(cases);
+}
+
+/// Runs exactly `cases` (or only `$CASE`).
+fn run_cases(cases: Vec<Case>) {
     let only = std::env::var("CASE").ok();
     let mut failures = Vec::new();
     let mut ran = 0;
@@ -446,11 +554,15 @@ fn run_table(cases: Vec<Case>) {
 }
 
 fn run_case(case: &Case) -> Result<(), String> {
-    let mut loaded = Loaded::new(if case.unconfigured {
-        None
-    } else {
-        Some(config(case.wan_is_l3))
-    });
+    run_case_with(case, config(case.wan_is_l3))
+}
+
+/// Runs `case` with `cfg` as `CONFIG` (its flags adjusted to the case).
+fn run_case_with(case: &Case, mut cfg: Config) -> Result<(), String> {
+    if case.xdp_wan_redirect {
+        cfg.flags |= FLAG_XDP_WAN_REDIRECT;
+    }
+    let mut loaded = Loaded::with((!case.unconfigured).then_some(cfg), &[case.prog]);
     const SEEDED_AT: u64 = 1;
     if let Some((addr, port)) = case.seed {
         loaded.add_client(addr, port, SEEDED_AT);
@@ -477,7 +589,7 @@ fn run_case(case: &Case) -> Result<(), String> {
     }
     let stats = loaded.stats();
     for (i, &n) in stats.iter().enumerate() {
-        let want = u64::from(i as u32 == case.stat);
+        let want = u64::from(case.stats.contains(&(i as u32)));
         if n != want {
             errors.push(format!(
                 "STATS[{}] ({}) = {n}, expected {want}",
@@ -504,7 +616,7 @@ fn run_case(case: &Case) -> Result<(), String> {
                 }
             }
         }
-    } else if case.seed.is_none() && case.prog == Prog::Lan {
+    } else if case.seed.is_none() && case.prog.is_lan() {
         // Nothing but a relayed request may create an entry.
         if loaded.client(CLIENT, CLIENT_PORT).is_some() {
             errors.push("unexpected CLIENTS entry".into());
@@ -772,7 +884,23 @@ fn malformed_requests_are_dropped() {
         matches!(&refused, Err(e) if e.contains("Invalid argument")),
         "expected the kernel to refuse a test run on a cut IPv4 header, got {refused:?}"
     );
-    eprintln!("natpmp-frame-cut-at-14..33: not run (the kernel's test run refuses them, checked)");
+    eprintln!(
+        "natpmp-frame-cut-at-14..33: not run on TC (the kernel's test run refuses them, checked)"
+    );
+    // XDP's test run takes any frame of 14 bytes or more: the cut IPv4 header is not ours.
+    let mut xdp_cuts = Vec::new();
+    for cut in 14..14 + 20 {
+        let mut case = Case::new(
+            format!("natpmp-frame-cut-at-{cut}-xdp-only"),
+            Prog::XdpLan,
+            full[..cut].to_vec(),
+            XDP_PASS,
+            0,
+        );
+        case.stats.clear();
+        xdp_cuts.push(case);
+    }
+    run_cases(xdp_cuts);
     for cut in 14 + 20..full.len() {
         let (action, stat) = if cut < 14 + 20 + 6 {
             (TC_ACT_OK, STAT_PASSED)
@@ -1357,4 +1485,155 @@ fn builder_checksums_match_known_packet() {
         verify_checksums(&broken, 14).is_err(),
         "a flipped payload bit must break the UDP checksum"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// xdp_lan with a real FIB: a network namespace of this test thread's own.
+
+/// Moves the calling thread into a new network namespace (other test threads keep theirs)
+/// and runs `ip` commands there (children inherit the thread's namespace).
+struct ThreadNetns;
+
+impl ThreadNetns {
+    fn enter() -> ThreadNetns {
+        // SAFETY: plain syscall; affects only this thread.
+        let ret = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(
+            ret,
+            0,
+            "unshare(CLONE_NEWNET): {}",
+            std::io::Error::last_os_error()
+        );
+        ThreadNetns
+    }
+
+    fn ip(&self, args: &str) {
+        let status = std::process::Command::new("ip")
+            .args(args.split_whitespace())
+            .status()
+            .expect("running ip (iproute2)");
+        assert!(status.success(), "ip {args}: {status}");
+    }
+
+    fn forwarding(&self, on: bool) {
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", if on { "1" } else { "0" })
+            .expect("writing net.ipv4.ip_forward in the test namespace");
+    }
+
+    fn ifindex(&self, name: &str) -> u32 {
+        let c = std::ffi::CString::new(name).unwrap();
+        // SAFETY: NUL-terminated name.
+        let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+        assert_ne!(index, 0, "no {name} in the test namespace");
+        index
+    }
+}
+
+fn mac_str(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+#[test]
+fn xdp_lan_requests_through_the_fib() {
+    // A thread of its own: the namespace must not leak into other tests on this thread.
+    std::thread::spawn(|| {
+        let ns = ThreadNetns::enter();
+        ns.ip("link set lo up");
+        ns.ip(&format!(
+            "link add lan0 address {} type veth peer name lanpeer",
+            mac_str(LAN_MAC)
+        ));
+        ns.ip(&format!(
+            "link add wan0 address {} type veth peer name wanpeer address {}",
+            mac_str(WAN_MAC),
+            mac_str(CGN_MAC)
+        ));
+        for dev in ["lan0", "lanpeer", "wan0", "wanpeer"] {
+            ns.ip(&format!("link set {dev} up"));
+        }
+        ns.ip(&format!("addr add {LAN_ADDR}/24 dev lan0"));
+        ns.ip(&format!("addr add {WAN_ADDR}/29 dev wan0"));
+        ns.forwarding(true);
+        let mut cfg = config(false);
+        cfg.lan_ifindex = ns.ifindex("lan0");
+        cfg.wan_ifindex = ns.ifindex("wan0");
+
+        let mut cases = Vec::new();
+        // No neighbour entry for the CGN yet: left to TC (whose redirect_neigh resolves it).
+        let request = lan_request(&NATPMP_MAP_UDP);
+        let mut unresolved = Case::new(
+            "xdp-request-neighbour-unresolved",
+            Prog::XdpLan,
+            request.build(),
+            XDP_PASS,
+            STAT_XDP_DEFERRED,
+        );
+        unresolved.entry = None;
+        cases.push((unresolved, false));
+        for (name, payload, stat) in [
+            (
+                "xdp-natpmp-map",
+                NATPMP_MAP_UDP.to_vec(),
+                STAT_NATPMP_TO_CGN,
+            ),
+            ("xdp-natpmp-public-address", vec![0, 0], STAT_NATPMP_TO_CGN),
+            ("xdp-pcp-v2-map", pcp_map(2), STAT_PCP_TO_CGN),
+        ] {
+            let input = lan_request(&payload);
+            let mut case = Case::new(name, Prog::XdpLan, input.build(), XDP_REDIRECT, stat)
+                .output(relayed_request(&input).eth(CGN_MAC, WAN_MAC).build(), 14)
+                .entry(CLIENT, CLIENT_PORT);
+            case.stats.push(STAT_XDP_RELAYED);
+            cases.push((case, true));
+        }
+        let options = lan_request(&NATPMP_MAP_UDP)
+            .options(&ROUTER_ALERT)
+            .no_udp_csum();
+        let mut case = Case::new(
+            "xdp-natpmp-ip-options-zero-udp-checksum",
+            Prog::XdpLan,
+            options.build(),
+            XDP_REDIRECT,
+            STAT_NATPMP_TO_CGN,
+        )
+        .output(relayed_request(&options).eth(CGN_MAC, WAN_MAC).build(), 14)
+        .entry(CLIENT, CLIENT_PORT);
+        case.stats.push(STAT_XDP_RELAYED);
+        cases.push((case, true));
+
+        let mut failures = Vec::new();
+        let mut neighbour = false;
+        for (case, with_neighbour) in &cases {
+            if *with_neighbour && !neighbour {
+                ns.ip(&format!(
+                    "neigh replace {CGN_ADDR} lladdr {} dev wan0 nud permanent",
+                    mac_str(CGN_MAC)
+                ));
+                neighbour = true;
+            }
+            if let Err(why) = run_case_with(case, cfg) {
+                failures.push(format!("case {}: {why}", case.name));
+            }
+        }
+        // Forwarding off on the CPE: the FIB refuses, TC decides (and the stack would too).
+        ns.forwarding(false);
+        let mut no_forwarding = Case::new(
+            "xdp-request-forwarding-disabled",
+            Prog::XdpLan,
+            request.build(),
+            XDP_PASS,
+            STAT_XDP_DEFERRED,
+        );
+        no_forwarding.entry = None;
+        if let Err(why) = run_case_with(&no_forwarding, cfg) {
+            failures.push(format!("case {}: {why}", no_forwarding.name));
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+        eprintln!("{} cases passed", cases.len() + 1);
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e));
 }

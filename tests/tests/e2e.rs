@@ -44,41 +44,6 @@ fn with_portproxy(
     })
 }
 
-/// Generates, for `scenario(Softwire, DataPath)`, a module of the same name with one test
-/// per data path and softwire kind: `scenario::sockets_l2` ... `scenario::fallback_l3`.
-macro_rules! every_path {
-    ($scenario:ident) => {
-        mod $scenario {
-            use tests::{DataPath, Softwire};
-
-            #[test]
-            fn sockets_l2() -> anyhow::Result<()> {
-                super::$scenario(Softwire::L2, DataPath::Sockets)
-            }
-            #[test]
-            fn sockets_l3() -> anyhow::Result<()> {
-                super::$scenario(Softwire::L3, DataPath::Sockets)
-            }
-            #[test]
-            fn fast_path_l2() -> anyhow::Result<()> {
-                super::$scenario(Softwire::L2, DataPath::FastPath)
-            }
-            #[test]
-            fn fast_path_l3() -> anyhow::Result<()> {
-                super::$scenario(Softwire::L3, DataPath::FastPath)
-            }
-            #[test]
-            fn fallback_l2() -> anyhow::Result<()> {
-                super::$scenario(Softwire::L2, DataPath::Fallback)
-            }
-            #[test]
-            fn fallback_l3() -> anyhow::Result<()> {
-                super::$scenario(Softwire::L3, DataPath::Fallback)
-            }
-        }
-    };
-}
-
 /// Checks that the CGN maps TCP `external` to `host`:`internal` and that the internet host
 /// reaches the service there (answering with its role).
 fn check_mapping(lab: &Lab, external: u16, host: &Netns, internal: u16) -> Result<()> {
@@ -430,7 +395,7 @@ fn restart_after_sigkill(softwire: Softwire, path: DataPath) -> Result<()> {
                 (Some(old), Some(new)) => {
                     let programs = programs_using_map(new)?;
                     ensure!(
-                        programs == ["tc_lan_ingress", "tc_wan_ingress"],
+                        programs == ["tc_lan_ingress", "tc_wan_ingress", "xdp_lan", "xdp_wan"],
                         "expected one set of programs on map {new}, bpftool shows {programs:?}"
                     );
                     let stale = programs_using_map(old)?;

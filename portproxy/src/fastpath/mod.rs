@@ -1,15 +1,13 @@
 //! The eBPF fast path: the kernel doing what the socket relay does (see `portproxy-ebpf`).
 //!
 //! `FastPath::start` loads the object built from `portproxy-ebpf` (embedded here), writes its
-//! `CONFIG`, attaches `tc_wan_ingress` and `tc_lan_ingress` (TC, TCX on Linux >= 6.6) and pins
-//! the maps; dropping the handle detaches the programs and removes the pins.
+//! `CONFIG`, attaches `tc_wan_ingress` and `tc_lan_ingress` (TC, TCX on Linux >= 6.6) and, where
+//! they fit, `xdp_lan` / `xdp_wan` in front of them (the layout and its reasons are in
+//! `loader`), and pins the maps; dropping the handle detaches everything and removes the pins.
 //!
 //! - `iface`: what the programs need to know about an interface (MAC, L2 or L3).
 //! - `loader`: loading, attaching, pinning, detaching.
 //! - `maps`: `CONFIG` contents, `STATS` counters, `CLIENTS` aging.
-
-// Until main.rs wires `FastPath` in (the lead's file), only `probe` is used by the daemon.
-#![allow(dead_code, unused_imports)]
 
 mod iface;
 mod loader;
@@ -21,7 +19,7 @@ use anyhow::Context as _;
 use aya::{Ebpf, programs::SchedClassifier};
 
 pub use loader::FastPath;
-pub use maps::{Counters, read_pinned_counters};
+pub use maps::read_pinned_counters;
 
 /// ELF object holding every eBPF program and map (built by `build.rs`).
 pub const EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portproxy"));
@@ -32,22 +30,6 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/portproxy";
 /// Programs, in the order they are attached (WAN first: replies must be handled before
 /// requests leave).
 pub const PROGRAMS: [&str; 2] = ["tc_wan_ingress", "tc_lan_ingress"];
-
-/// Loads the embedded object and its programs into the kernel without attaching anything,
-/// to tell whether the fast path can run here.
-pub fn probe() -> anyhow::Result<String> {
-    raise_memlock_limit();
-    let mut ebpf = Ebpf::load(EBPF_OBJECT)
-        .context("loading the embedded eBPF object (creating its maps needs root or CAP_BPF)")?;
-    for name in PROGRAMS {
-        load_program(&mut ebpf, name)?;
-    }
-    let programs = ebpf.programs().count();
-    Ok(format!(
-        "eBPF object loads ({programs} program{}, verifier OK)",
-        if programs == 1 { "" } else { "s" }
-    ))
-}
 
 /// Loads one TC program (runs the verifier).
 fn load_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut SchedClassifier> {

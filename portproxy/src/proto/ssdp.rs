@@ -60,7 +60,7 @@ impl<'a> Message<'a> {
             Kind::Search
         } else if start.eq_ignore_ascii_case("NOTIFY * HTTP/1.1") {
             Kind::Notify
-        } else if start.len() >= 12 && start[..12].eq_ignore_ascii_case("HTTP/1.1 200") {
+        } else if start.as_bytes().get(..12).is_some_and(|s| s.eq_ignore_ascii_case(b"HTTP/1.1 200")) {
             Kind::Response
         } else {
             return Err(Malformed::UnknownStartLine);
@@ -144,5 +144,15 @@ mod tests {
         assert_eq!(Message::parse(&[0xff, 0xfe, b'\r', b'\n']).unwrap_err(), Malformed::NotText);
         assert_eq!(Message::parse(&vec![b'a'; MAX_LEN + 1]).unwrap_err(), Malformed::TooLong);
         assert_eq!(Message::parse(b"").unwrap_err(), Malformed::NoHeaderEnd);
+    }
+
+    /// Found by the `ssdp` fuzz target: a multibyte character across byte 12 of the start
+    /// line made the status-line check slice inside it and panic, which stopped the daemon.
+    #[test]
+    fn start_line_with_multibyte_character() {
+        assert_eq!(Message::parse("HTTP/1.1 20é OK\r\n\r\n".as_bytes()).unwrap_err(), Malformed::UnknownStartLine);
+        let fuzzed = [0x07, 0x00, 0x30, 0, 0, 0, 0, 0, 0, 0, 0, 0xc3, 0x88, 0x0b, 0xc3, 0x88, 0x0a, 0x0a, 0x0a];
+        assert_eq!(Message::parse(&fuzzed).unwrap_err(), Malformed::UnknownStartLine);
+        assert_eq!(Message::parse("HTTP/1.1 200 OK é\r\n\r\n".as_bytes()).unwrap().kind, Kind::Response);
     }
 }

@@ -7,6 +7,7 @@ use tests::{Lab, LabBuilder, Netns, show_output};
 
 /// Generates a test per softwire kind: `both_softwires!(scenario: name_l2, name_l3);` with
 /// `fn scenario(Softwire) -> anyhow::Result<()>`.
+#[allow(unused_macros)]
 macro_rules! both_softwires {
     ($scenario:ident: $l2:ident, $l3:ident) => {
         #[test]
@@ -17,6 +18,42 @@ macro_rules! both_softwires {
         #[test]
         fn $l3() -> anyhow::Result<()> {
             $scenario(tests::Softwire::L3)
+        }
+    };
+}
+
+/// Generates, for `scenario(Softwire, DataPath)`, a module of the same name with one test
+/// per data path and softwire kind: `scenario::sockets_l2` ... `scenario::fallback_l3`.
+#[allow(unused_macros)]
+macro_rules! every_path {
+    ($scenario:ident) => {
+        mod $scenario {
+            use tests::{DataPath, Softwire};
+
+            #[test]
+            fn sockets_l2() -> anyhow::Result<()> {
+                super::$scenario(Softwire::L2, DataPath::Sockets)
+            }
+            #[test]
+            fn sockets_l3() -> anyhow::Result<()> {
+                super::$scenario(Softwire::L3, DataPath::Sockets)
+            }
+            #[test]
+            fn fast_path_l2() -> anyhow::Result<()> {
+                super::$scenario(Softwire::L2, DataPath::FastPath)
+            }
+            #[test]
+            fn fast_path_l3() -> anyhow::Result<()> {
+                super::$scenario(Softwire::L3, DataPath::FastPath)
+            }
+            #[test]
+            fn fallback_l2() -> anyhow::Result<()> {
+                super::$scenario(Softwire::L2, DataPath::Fallback)
+            }
+            #[test]
+            fn fallback_l3() -> anyhow::Result<()> {
+                super::$scenario(Softwire::L3, DataPath::Fallback)
+            }
         }
     };
 }
