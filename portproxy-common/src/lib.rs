@@ -98,8 +98,9 @@ pub struct ClientValue {
 }
 const _: () = assert!(size_of::<ClientValue>() == 16 && size_of::<ClientValue>() == 6 + 2 + 8);
 
-/// Default `CLIENTS` capacity: about 96 bytes per entry (kernel.md), 64 KiB in all.
-pub const CLIENTS_MAX_ENTRIES: u32 = 1024;
+/// `CLIENTS` capacity as compiled; the daemon sets it from `--max-clients` at load time
+/// (about 96 bytes an entry, kernel.md).
+pub const CLIENTS_MAX_ENTRIES: u32 = 4096;
 
 // ---------------------------------------------------------------------------------------------
 // CONFIG: array with one entry, written by userspace, re-writable at run time.

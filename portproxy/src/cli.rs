@@ -75,6 +75,11 @@ pub struct Options {
     #[arg(long = "timeout", default_value = "60", value_name = "SECS", value_parser = seconds)]
     pub pending_timeout: Duration,
 
+    /// Clients (address and port) with a request in flight at once; more are dropped and
+    /// counted. On the fast path, the size of the CLIENTS map (about 100 bytes an entry).
+    #[arg(long, default_value_t = 4096, value_name = "N", value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
+    pub max_clients: u32,
+
     /// Use the eBPF fast path (XDP/TC) where the kernel allows it; falls back to sockets otherwise.
     #[arg(long)]
     pub xdp: bool,

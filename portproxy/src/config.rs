@@ -30,6 +30,7 @@ pub struct Config {
     pub ssdp_port: u16,
     pub http_ports: [u16; 2],
     pub pending_timeout: Duration,
+    pub max_clients: u32,
 }
 
 impl Config {
@@ -65,6 +66,7 @@ impl Config {
             ssdp_port: opts.upnp_udp_port,
             http_ports: [opts.upnp_tcp_port1, opts.upnp_tcp_port2],
             pending_timeout: opts.pending_timeout,
+            max_clients: opts.max_clients,
         })
     }
 }
@@ -78,6 +80,6 @@ impl fmt::Display for Config {
         writeln!(f, "NAT-PMP/PCP {} (port {})", on(self.nat_pmp), self.nat_pmp_port)?;
         writeln!(f, "SSDP {} (port {})", on(self.upnp_udp), self.ssdp_port)?;
         writeln!(f, "UPnP HTTP {} (ports {} {})", on(self.upnp_tcp), self.http_ports[0], self.http_ports[1])?;
-        write!(f, "pending timeout {}s", self.pending_timeout.as_secs())
+        write!(f, "pending timeout {}s, at most {} clients in flight", self.pending_timeout.as_secs(), self.max_clients)
     }
 }

@@ -60,7 +60,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     programs::{
         ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         tc::{self, SchedClassifierLinkId, TcError},
@@ -116,9 +116,13 @@ impl FastPath {
     pub fn start(cfg: &Config, pin_dir: &Path) -> anyhow::Result<FastPath> {
         raise_memlock_limit();
         let mut map_config = maps::map_config(cfg)?;
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).context(
+        let mut ebpf = EbpfLoader::new().map_max_entries("CLIENTS", cfg.max_clients).load(EBPF_OBJECT).context(
             "loading the embedded eBPF object (creating its maps needs root or CAP_BPF)",
         )?;
+        // aya parsed the kernel's BTF (about 15 MB of heap) to load the object; hand that
+        // back to the system now, or it stays in the daemon's RSS for its whole life.
+        // SAFETY: plain libc call, no pointers.
+        unsafe { libc::malloc_trim(0) };
         for name in PROGRAMS {
             load_program(&mut ebpf, name)?;
         }

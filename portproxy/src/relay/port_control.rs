@@ -20,8 +20,6 @@ use crate::proto::port_control::{self, Protocol};
 use crate::sockets;
 use crate::stats::{Counter, Stats};
 
-/// Clients with a request in flight at once; more are dropped and counted.
-const MAX_CLIENTS: usize = 1024;
 /// PCP's maximum message, with room to spot oversized datagrams.
 const BUF_LEN: usize = port_control::PCP_MAX_LEN + 4;
 
@@ -87,9 +85,9 @@ impl PortControlRelay {
             entry.last_request = Instant::now();
             return Some(entry.upstream.clone());
         }
-        if clients.len() >= MAX_CLIENTS {
+        if clients.len() >= self.cfg.max_clients as usize {
             self.stats.add(Counter::DropTableFull);
-            debug!("dropped request from {client}: {MAX_CLIENTS} clients already in flight");
+            debug!("dropped request from {client}: {} clients already in flight", self.cfg.max_clients);
             return None;
         }
         let server = SocketAddrV4::new(self.cfg.cgn, self.cfg.nat_pmp_port);
