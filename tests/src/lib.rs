@@ -17,6 +17,7 @@
 //! subscriber's addresses and runs miniupnpd (NAT-PMP, PCP, UPnP IGD) for them.
 //! Everything a lab creates is removed when it is dropped, also on panic.
 
+pub mod bench;
 mod cgn;
 mod daemon;
 mod datapath;

@@ -1,6 +1,7 @@
 //! The project's own commands, used by the README and `.ci/run`:
-//! `cargo xtask setup | build [--release] | test [-- ARGS] | lab [--keep] [--softwire l2|l3]`.
+//! `cargo xtask setup | build [--release] | test [-- ARGS] | lab [--keep] [--softwire l2|l3] | bench [-- ARGS]`.
 
+mod bench;
 mod build;
 mod cmd;
 mod lab;
@@ -41,6 +42,12 @@ enum Command {
         #[arg(long, value_parser = ["l2", "l3"])]
         softwire: Option<String>,
     },
+    /// Benchmark the data paths (routing, sockets, fast path, nftables DNAT) into target/bench/.
+    Bench {
+        /// Passed to the bench binary, e.g. --smoke, --rounds 6, --softwire l3.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -51,6 +58,7 @@ fn main() -> ExitCode {
         }
         Command::Test { args } => test::run(&args),
         Command::Lab { keep, softwire } => lab::run(keep, softwire.as_deref()),
+        Command::Bench { args } => bench::run(&args),
     };
     // No backtrace (RUST_BACKTRACE may be set): these errors are for the user, not a bug.
     if let Err(error) = result {
