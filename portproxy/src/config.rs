@@ -16,6 +16,15 @@ pub struct Side {
     pub iface: String,
     pub index: u32,
     pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl Side {
+    /// Whether `ip` is in this side's network (its address and prefix length).
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix_len.min(32))).unwrap_or(0);
+        u32::from(ip) & mask == u32::from(self.addr) & mask
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,8 +65,8 @@ impl Config {
             },
         };
         Ok(Config {
-            lan: Side { addr: netif::pick_address(&lan, opts.lan_addr, "-l")?, index: lan.index, iface: lan.name },
-            wan: Side { addr: netif::pick_address(&wan, opts.wan_addr, "-w")?, index: wan.index, iface: wan.name },
+            lan: side(lan, opts.lan_addr, "-l")?,
+            wan: side(wan, opts.wan_addr, "-w")?,
             cgn,
             nat_pmp: opts.nat_pmp,
             upnp_udp: opts.upnp_udp,
@@ -71,15 +80,39 @@ impl Config {
     }
 }
 
+fn side(iface: netif::Iface, given: Option<Ipv4Addr>, option: &str) -> Result<Side> {
+    let addr = netif::pick_address(&iface, given, option)?;
+    Ok(Side { iface: iface.name, index: iface.index, addr: addr.local, prefix_len: addr.prefix_len })
+}
+
 impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let on = |b: bool| if b { "on" } else { "off" };
-        writeln!(f, "LAN  {} (index {}) address {}", self.lan.iface, self.lan.index, self.lan.addr)?;
-        writeln!(f, "WAN  {} (index {}) address {}", self.wan.iface, self.wan.index, self.wan.addr)?;
+        for (name, side) in [("LAN", &self.lan), ("WAN", &self.wan)] {
+            writeln!(f, "{name}  {} (index {}) address {}/{}", side.iface, side.index, side.addr, side.prefix_len)?;
+        }
         writeln!(f, "CGN  {}", self.cgn)?;
         writeln!(f, "NAT-PMP/PCP {} (port {})", on(self.nat_pmp), self.nat_pmp_port)?;
         writeln!(f, "SSDP {} (port {})", on(self.upnp_udp), self.ssdp_port)?;
         writeln!(f, "UPnP HTTP {} (ports {} {})", on(self.upnp_tcp), self.http_ports[0], self.http_ports[1])?;
         write!(f, "pending timeout {}s, at most {} clients in flight", self.pending_timeout.as_secs(), self.max_clients)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lan(prefix_len: u8) -> Side {
+        Side { iface: "br-lan".into(), index: 2, addr: Ipv4Addr::new(192, 168, 1, 1), prefix_len }
+    }
+
+    #[test]
+    fn the_lan_is_its_prefix() {
+        assert!(lan(24).contains(Ipv4Addr::new(192, 168, 1, 200)));
+        assert!(!lan(24).contains(Ipv4Addr::new(192, 168, 2, 2)));
+        assert!(!lan(24).contains(Ipv4Addr::new(203, 0, 114, 2)));
+        assert!(lan(32).contains(Ipv4Addr::new(192, 168, 1, 1)) && !lan(32).contains(Ipv4Addr::new(192, 168, 1, 2)));
+        assert!(lan(0).contains(Ipv4Addr::new(8, 8, 8, 8)));
     }
 }

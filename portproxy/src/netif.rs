@@ -119,15 +119,15 @@ pub fn cgn_address(wan: &Iface, routes: &[Route]) -> Option<Ipv4Addr> {
 
 /// The address portproxy uses on an interface: the given one (which must be
 /// configured there) or the interface's first IPv4 address.
-pub fn pick_address(iface: &Iface, given: Option<Ipv4Addr>, option: &str) -> Result<Ipv4Addr> {
+pub fn pick_address(iface: &Iface, given: Option<Ipv4Addr>, option: &str) -> Result<IfAddr> {
     match (given, iface.addrs.first()) {
-        (Some(addr), _) if iface.addrs.iter().any(|a| a.local == addr) => Ok(addr),
+        (Some(addr), _) if let Some(found) = iface.addrs.iter().find(|a| a.local == addr) => Ok(*found),
         (Some(addr), _) => bail!(
             "{addr} is not an address of {} (it has: {}); fix {option} or configure the address",
             iface.name,
             list(iface)
         ),
-        (None, Some(first)) => Ok(first.local),
+        (None, Some(first)) => Ok(*first),
         (None, None) => bail!(
             "interface {} has no IPv4 address; configure one or give it with {option}",
             iface.name
@@ -183,8 +183,8 @@ mod tests {
             IfAddr { local: B4, prefix_len: 29, peer: None },
             IfAddr { local: Ipv4Addr::new(192, 0, 0, 3), prefix_len: 29, peer: None },
         ]);
-        assert_eq!(pick_address(&iface, None, "-w").unwrap(), B4);
-        assert_eq!(pick_address(&iface, Some(Ipv4Addr::new(192, 0, 0, 3)), "-w").unwrap(), Ipv4Addr::new(192, 0, 0, 3));
+        assert_eq!(pick_address(&iface, None, "-w").unwrap().local, B4);
+        assert_eq!(pick_address(&iface, Some(Ipv4Addr::new(192, 0, 0, 3)), "-w").unwrap().local, Ipv4Addr::new(192, 0, 0, 3));
         let err = pick_address(&iface, Some(AFTR), "-w").unwrap_err().to_string();
         assert!(err.contains("192.0.0.1 is not an address of softwire") && err.contains("192.0.0.2/29"), "{err}");
         let err = pick_address(&wan(vec![]), None, "-w").unwrap_err().to_string();

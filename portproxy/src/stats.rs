@@ -30,6 +30,7 @@ counters! {
     DropNotFromCgn => "dropped: not from the CGN",
     DropFromWan => "dropped: request or search from the WAN side",
     DropOwn => "dropped: sent by portproxy itself",
+    DropNotOnLan => "dropped: source not on the LAN",
     DropUnexpected => "dropped: unexpected message type",
     DropTableFull => "dropped: too many clients or searches in flight",
     DropSendFailed => "dropped: send failed",

@@ -54,6 +54,12 @@ impl PortControlRelay {
     }
 
     async fn request(self: &Arc<Self>, client: SocketAddrV4, msg: &[u8]) {
+        // A spoofed off-LAN source would make the CGN map for, and answer, a third party.
+        if !self.cfg.lan.contains(*client.ip()) {
+            self.stats.add(Counter::DropNotOnLan);
+            debug!("dropped a request from {client}: not on the LAN {}/{}", self.cfg.lan.addr, self.cfg.lan.prefix_len);
+            return;
+        }
         let checked = match port_control::check_request(msg) {
             Ok(checked) => checked,
             Err(why) => {
@@ -69,7 +75,7 @@ impl PortControlRelay {
                     Protocol::NatPmp => Counter::NatPmpToCgn,
                     Protocol::Pcp => Counter::PcpToCgn,
                 });
-                debug!("{} {client} -> {}: {}", checked.protocol.name(), self.cfg.cgn, checked.summary);
+                debug!("{} {client} -> {}: {}", checked.protocol.name(), self.cfg.cgn, checked);
             }
             Err(e) => {
                 self.stats.add(Counter::DropSendFailed);
@@ -135,7 +141,7 @@ impl PortControlRelay {
                     Protocol::NatPmp => Counter::NatPmpToClient,
                     Protocol::Pcp => Counter::PcpToClient,
                 });
-                debug!("{} {} -> {client}: {}", checked.protocol.name(), self.cfg.cgn, checked.summary);
+                debug!("{} {} -> {client}: {}", checked.protocol.name(), self.cfg.cgn, checked);
             }
             Err(e) => {
                 self.stats.add(Counter::DropSendFailed);

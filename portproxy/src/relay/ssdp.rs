@@ -66,6 +66,11 @@ impl SsdpRelay {
                 self.stats.add(Counter::DropOwn);
                 continue;
             }
+            if !self.cfg.lan.contains(*client.ip()) {
+                // The replies would go to a third party outside the LAN.
+                self.stats.add(Counter::DropNotOnLan);
+                continue;
+            }
             let msg = match ssdp::Message::parse(&buf[..len]) {
                 Ok(msg) => msg,
                 Err(why) => {
