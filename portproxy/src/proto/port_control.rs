@@ -60,39 +60,43 @@ impl Protocol {
     }
 }
 
-/// A checked message: its protocol and a one-line description.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Checked {
+/// A checked message. Displaying it describes it in one line; that work is
+/// only done when the line is logged (`-vv`), not for every relayed packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checked<'a> {
     pub protocol: Protocol,
-    pub summary: String,
+    response: bool,
+    msg: &'a [u8],
 }
 
 /// Checks a datagram received from a LAN client.
-pub fn check_request(msg: &[u8]) -> Result<Checked, Malformed> {
+pub fn check_request(msg: &[u8]) -> Result<Checked<'_>, Malformed> {
     check(msg, false)
 }
 
 /// Checks a datagram received from the CGN.
-pub fn check_response(msg: &[u8]) -> Result<Checked, Malformed> {
+pub fn check_response(msg: &[u8]) -> Result<Checked<'_>, Malformed> {
     check(msg, true)
 }
 
-fn check(msg: &[u8], response: bool) -> Result<Checked, Malformed> {
+fn check(msg: &[u8], response: bool) -> Result<Checked<'_>, Malformed> {
     if msg.len() < 2 {
         return Err(Malformed::TooShort);
     }
     if (msg[1] & RESPONSE_BIT != 0) != response {
         return Err(Malformed::WrongDirection);
     }
-    if msg[0] == 0 {
-        let summary = if response { natpmp_response(msg)? } else { natpmp_request(msg)? };
-        return Ok(Checked { protocol: Protocol::NatPmp, summary });
-    }
-    // Any other version is framed as PCP: versions the CGN does not speak are
-    // still relayed so that it can answer UNSUPP_VERSION, which clients use to
-    // fall back (RFC 6887 §9).
-    let summary = pcp(msg, response)?;
-    Ok(Checked { protocol: Protocol::Pcp, summary })
+    let protocol = if msg[0] == 0 {
+        if response { natpmp_response(msg)? } else { natpmp_request(msg)? }
+        Protocol::NatPmp
+    } else {
+        // Any other version is framed as PCP: versions the CGN does not speak are
+        // still relayed so that it can answer UNSUPP_VERSION, which clients use to
+        // fall back (RFC 6887 §9).
+        pcp(msg, response)?;
+        Protocol::Pcp
+    };
+    Ok(Checked { protocol, response, msg })
 }
 
 fn be16(msg: &[u8], at: usize) -> u16 {
@@ -103,29 +107,17 @@ fn be32(msg: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([msg[at], msg[at + 1], msg[at + 2], msg[at + 3]])
 }
 
-fn natpmp_proto(op: u8) -> &'static str {
-    if op == 1 { "udp" } else { "tcp" }
-}
-
-fn natpmp_request(msg: &[u8]) -> Result<String, Malformed> {
+fn natpmp_request(msg: &[u8]) -> Result<(), Malformed> {
     match (msg[1], msg.len()) {
-        (0, 2) => Ok("public address request".into()),
-        (op @ (1 | 2), 12) => Ok(format!(
-            "map {} internal {} suggested external {} lifetime {}s",
-            natpmp_proto(op),
-            be16(msg, 4),
-            be16(msg, 6),
-            be32(msg, 8)
-        )),
+        (0, 2) | (1 | 2, 12) => Ok(()),
         (0..=2, _) => Err(Malformed::BadLength),
         _ => Err(Malformed::UnknownOpcode),
     }
 }
 
-fn natpmp_response(msg: &[u8]) -> Result<String, Malformed> {
-    let op = msg[1] & !RESPONSE_BIT;
+fn natpmp_response(msg: &[u8]) -> Result<(), Malformed> {
     // Errors for unknown opcodes come back as 8-byte messages (RFC 6886 §3.5).
-    let needed = match op {
+    let needed = match msg[1] & !RESPONSE_BIT {
         0 => 12,
         1 | 2 => 16,
         _ => 8,
@@ -133,24 +125,10 @@ fn natpmp_response(msg: &[u8]) -> Result<String, Malformed> {
     if msg.len() < needed {
         return Err(Malformed::TooShort);
     }
-    let result = be16(msg, 2);
-    Ok(match op {
-        0 => format!(
-            "result {result} public address {}",
-            Ipv4Addr::from(be32(msg, 8))
-        ),
-        1 | 2 => format!(
-            "result {result} map {} internal {} external {} lifetime {}s",
-            natpmp_proto(op),
-            be16(msg, 8),
-            be16(msg, 10),
-            be32(msg, 12)
-        ),
-        _ => format!("result {result} for opcode {op}"),
-    })
+    Ok(())
 }
 
-fn pcp(msg: &[u8], response: bool) -> Result<String, Malformed> {
+fn pcp(msg: &[u8], response: bool) -> Result<(), Malformed> {
     if msg.len() < PCP_HEADER_LEN {
         return Err(Malformed::TooShort);
     }
@@ -160,51 +138,84 @@ fn pcp(msg: &[u8], response: bool) -> Result<String, Malformed> {
     if msg.len() % 4 != 0 {
         return Err(Malformed::NotAligned);
     }
-    let version = msg[0];
-    let opcode = msg[1] & !RESPONSE_BIT;
-    let payload_len = match opcode {
+    let body = &msg[PCP_HEADER_LEN..];
+    let payload_len = pcp_payload_len(msg[1] & !RESPONSE_BIT);
+    if body.len() >= payload_len {
+        check_options(&body[payload_len..])
+    } else if response && msg[3] != 0 {
+        // Short or unknown-opcode error responses may omit the payload.
+        Ok(())
+    } else {
+        Err(Malformed::TooShort)
+    }
+}
+
+fn pcp_payload_len(opcode: u8) -> usize {
+    match opcode {
         1 => PCP_MAP_LEN,
         2 => PCP_PEER_LEN,
         _ => 0,
-    };
-    // Short or unknown-opcode error responses may omit the payload.
-    let body = &msg[PCP_HEADER_LEN..];
-    if body.len() >= payload_len {
-        check_options(&body[payload_len..])?;
-    } else if !(response && msg[3] != 0) {
-        return Err(Malformed::TooShort);
     }
-    let op = match opcode {
-        0 => "ANNOUNCE".to_string(),
-        1 => "MAP".to_string(),
-        2 => "PEER".to_string(),
-        n => format!("opcode {n}"),
-    };
-    let lifetime = be32(msg, 4);
-    let mapping = if (opcode == 1 || opcode == 2) && body.len() >= payload_len {
-        let protocol = match body[12] {
-            0 => "all".to_string(),
-            6 => "tcp".to_string(),
-            17 => "udp".to_string(),
-            n => format!("proto {n}"),
-        };
-        format!(
-            " {protocol} internal {} external {}:{}",
-            be16(body, 16),
-            show_ip(&body[20..36]),
-            be16(body, 18)
-        )
-    } else {
-        String::new()
-    };
-    Ok(if response {
-        format!("v{version} {op} result {}{mapping} lifetime {lifetime}s", msg[3])
-    } else {
-        format!(
-            "v{version} {op} client {}{mapping} lifetime {lifetime}s",
-            show_ip(&msg[8..24])
-        )
-    })
+}
+
+impl fmt::Display for Checked<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let msg = self.msg;
+        let op = msg[1] & !RESPONSE_BIT;
+        let natpmp_proto = if op == 1 { "udp" } else { "tcp" };
+        match (self.protocol, self.response, op) {
+            (Protocol::NatPmp, false, 0) => write!(f, "public address request"),
+            (Protocol::NatPmp, false, _) => write!(
+                f,
+                "map {natpmp_proto} internal {} suggested external {} lifetime {}s",
+                be16(msg, 4),
+                be16(msg, 6),
+                be32(msg, 8)
+            ),
+            (Protocol::NatPmp, true, 0) => {
+                write!(f, "result {} public address {}", be16(msg, 2), Ipv4Addr::from(be32(msg, 8)))
+            }
+            (Protocol::NatPmp, true, 1 | 2) => write!(
+                f,
+                "result {} map {natpmp_proto} internal {} external {} lifetime {}s",
+                be16(msg, 2),
+                be16(msg, 8),
+                be16(msg, 10),
+                be32(msg, 12)
+            ),
+            (Protocol::NatPmp, true, _) => write!(f, "result {} for opcode {op}", be16(msg, 2)),
+            (Protocol::Pcp, _, _) => self.fmt_pcp(f, op),
+        }
+    }
+}
+
+impl Checked<'_> {
+    fn fmt_pcp(&self, f: &mut fmt::Formatter<'_>, opcode: u8) -> fmt::Result {
+        let msg = self.msg;
+        write!(f, "v{} ", msg[0])?;
+        match opcode {
+            0 => write!(f, "ANNOUNCE")?,
+            1 => write!(f, "MAP")?,
+            2 => write!(f, "PEER")?,
+            n => write!(f, "opcode {n}")?,
+        }
+        if self.response {
+            write!(f, " result {}", msg[3])?;
+        } else {
+            write!(f, " client {}", show_ip(&msg[8..24]))?;
+        }
+        let body = &msg[PCP_HEADER_LEN..];
+        if (opcode == 1 || opcode == 2) && body.len() >= pcp_payload_len(opcode) {
+            match body[12] {
+                0 => write!(f, " all")?,
+                6 => write!(f, " tcp")?,
+                17 => write!(f, " udp")?,
+                n => write!(f, " proto {n}")?,
+            }
+            write!(f, " internal {} external {}:{}", be16(body, 16), show_ip(&body[20..36]), be16(body, 18))?;
+        }
+        write!(f, " lifetime {}s", be32(msg, 4))
+    }
 }
 
 /// Options: code(1) reserved(1) length(2) data padded to 4 (RFC 6887 §7.3).
@@ -255,10 +266,10 @@ mod tests {
     fn natpmp_requests() {
         let public = check_request(&[0, 0]).unwrap();
         assert_eq!(public.protocol, Protocol::NatPmp);
-        assert_eq!(public.summary, "public address request");
+        assert_eq!(public.to_string(), "public address request");
         // The example from protocols.md: UDP 5000->5000 for 7200 s.
         let map = check_request(&[0, 1, 0, 0, 0x13, 0x88, 0x13, 0x88, 0, 0, 0x1c, 0x20]).unwrap();
-        assert_eq!(map.summary, "map udp internal 5000 suggested external 5000 lifetime 7200s");
+        assert_eq!(map.to_string(), "map udp internal 5000 suggested external 5000 lifetime 7200s");
         assert_eq!(check_request(&[0, 2, 0, 0]), Err(Malformed::BadLength));
         assert_eq!(check_request(&[0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), Err(Malformed::UnknownOpcode));
         assert_eq!(check_request(&[0]), Err(Malformed::TooShort));
@@ -270,14 +281,14 @@ mod tests {
     fn natpmp_responses() {
         let mut public = vec![0, 0x80, 0, 0, 0, 0, 0, 9];
         public.extend_from_slice(&[203, 0, 113, 1]);
-        assert_eq!(check_response(&public).unwrap().summary, "result 0 public address 203.0.113.1");
+        assert_eq!(check_response(&public).unwrap().to_string(), "result 0 public address 203.0.113.1");
         let map = [0, 0x82, 0, 0, 0, 0, 0, 9, 0x1f, 0x91, 0x23, 0x79, 0, 0, 2, 0x58];
         assert_eq!(
-            check_response(&map).unwrap().summary,
+            check_response(&map).unwrap().to_string(),
             "result 0 map tcp internal 8081 external 9081 lifetime 600s"
         );
         assert_eq!(check_response(&map[..12]), Err(Malformed::TooShort));
-        assert_eq!(check_response(&[0, 0x85, 0, 5, 0, 0, 0, 1]).unwrap().summary, "result 5 for opcode 5");
+        assert_eq!(check_response(&[0, 0x85, 0, 5, 0, 0, 0, 1]).unwrap().to_string(), "result 5 for opcode 5");
         assert_eq!(check_response(&[0, 2]), Err(Malformed::WrongDirection));
     }
 
@@ -287,13 +298,13 @@ mod tests {
         let checked = check_request(&req).unwrap();
         assert_eq!(checked.protocol, Protocol::Pcp);
         assert_eq!(
-            checked.summary,
+            checked.to_string(),
             "v2 MAP client 192.168.1.2 tcp internal 8083 external 0.0.0.0:9083 lifetime 600s"
         );
         let mut resp = req.clone();
         resp[1] |= RESPONSE_BIT;
         resp[3] = 0;
-        assert!(check_response(&resp).unwrap().summary.starts_with("v2 MAP result 0 tcp internal 8083"));
+        assert!(check_response(&resp).unwrap().to_string().starts_with("v2 MAP result 0 tcp internal 8083"));
         assert_eq!(check_request(&resp), Err(Malformed::WrongDirection));
     }
 
@@ -315,7 +326,7 @@ mod tests {
         // A short error response (no payload) is still a valid response.
         let mut err = vec![2, 0x81, 0, 1];
         err.extend_from_slice(&[0; 20]);
-        assert!(check_response(&err).unwrap().summary.contains("result 1"));
+        assert!(check_response(&err).unwrap().to_string().contains("result 1"));
     }
 
     #[test]
