@@ -88,6 +88,7 @@ impl LabBuilder {
             prefix,
             dir,
             daemons: AtomicU32::new(0),
+            notify_interval: self.notify_interval,
             miniupnpd: None,
             pipe: None,
             namespaces: Vec::new(),
@@ -116,6 +117,8 @@ pub struct Lab {
     dir: PathBuf,
     /// Numbers the log files of spawned daemons.
     daemons: AtomicU32,
+    /// miniupnpd's `notify_interval`, kept for [`Lab::restart_cgn`].
+    notify_interval: u32,
     miniupnpd: Option<Daemon>,
     /// The L3 softwire's forwarder.
     pipe: Option<TunPipe>,
@@ -176,6 +179,16 @@ impl Lab {
 
     /// Like `spawn_portproxy`, with one extra environment variable for the daemon.
     pub fn spawn_portproxy_env(&self, args: &[&str], env: Option<(&str, &str)>) -> Result<Daemon> {
+        self.spawn_portproxy_in(self.cpe(), args, env)
+    }
+
+    /// Like `spawn_portproxy_env`, in namespace `ns` (a second relay somewhere in the lab).
+    pub fn spawn_portproxy_in(
+        &self,
+        ns: &Netns,
+        args: &[&str],
+        env: Option<(&str, &str)>,
+    ) -> Result<Daemon> {
         let Some(bin) = std::env::var_os("PORTPROXY_BIN") else {
             bail!(
                 "PORTPROXY_BIN is not set: use `cargo xtask test` or `cargo xtask lab`, which \
@@ -183,7 +196,7 @@ impl Lab {
             );
         };
         let n = self.daemons.fetch_add(1, Ordering::Relaxed);
-        let mut cmd = self.cpe().command(&bin);
+        let mut cmd = ns.command(&bin);
         cmd.args(args);
         if let Some((key, value)) = env {
             cmd.env(key, value);
@@ -194,6 +207,19 @@ impl Lab {
             d.log().lines().any(|line| line.contains("ready:"))
         })?;
         Ok(daemon)
+    }
+
+    /// Restarts the CGN's miniupnpd (SIGTERM, then a fresh start with the same
+    /// configuration), as when the AFTR's daemon restarts; waits until it serves again.
+    pub fn restart_cgn(&mut self) -> Result<()> {
+        // Dropping the daemon stops it and reaps it.
+        self.miniupnpd = None;
+        self.miniupnpd = Some(cgn::start_miniupnpd(
+            self.cgn(),
+            &self.dir,
+            self.notify_interval,
+        )?);
+        Ok(())
     }
 
     /// What a failed test should print: miniupnpd's log, the CGN's nftables ruleset (the

@@ -20,13 +20,16 @@ const PACKAGES: &[&str] = &[
     "tcpdump",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The fuzz smoke run of `cargo xtask test` (portproxy/fuzz) needs it.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 const NIGHTLY: [&str; 2] = ["--toolchain", "nightly"];
 
 pub fn run() -> anyhow::Result<()> {
     cmd::require_root("setup")?;
     packages()?;
     rust_src()?;
-    bpf_linker()
+    bpf_linker()?;
+    cargo_fuzz()
 }
 
 /// Runs setup if the cheap check finds something missing.
@@ -37,6 +40,9 @@ pub fn ensure() -> anyhow::Result<()> {
     }
     if !bpf_linker_works() {
         missing.push(format!("bpf-linker {BPF_LINKER_VERSION}"));
+    }
+    if !cargo_fuzz_works() {
+        missing.push(format!("cargo-fuzz {CARGO_FUZZ_VERSION}"));
     }
     if missing.is_empty() {
         return Ok(());
@@ -128,6 +134,23 @@ fn bpf_linker() -> anyhow::Result<()> {
         bail!("bpf-linker --version does not report {BPF_LINKER_VERSION} after installing it");
     }
     Ok(())
+}
+
+fn cargo_fuzz_works() -> bool {
+    cmd::output(Command::new("cargo").args(["fuzz", "--version"]))
+        .is_some_and(|out| out.trim() == format!("cargo-fuzz {CARGO_FUZZ_VERSION}"))
+}
+
+fn cargo_fuzz() -> anyhow::Result<()> {
+    if cargo_fuzz_works() {
+        println!("ok: cargo-fuzz {CARGO_FUZZ_VERSION}");
+        return Ok(());
+    }
+    cmd::run(
+        Command::new("cargo")
+            .args(["install", "cargo-fuzz", "--version", CARGO_FUZZ_VERSION])
+            .args(["--locked", "--force"]),
+    )
 }
 
 /// Makes `$HOME/.cache/portproxy/llvm-prefix/lib` hold `libLLVM.so` (to link bpf-linker) and
