@@ -80,6 +80,11 @@ pub struct Options {
     #[arg(long, default_value_t = 4096, value_name = "N", value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
     pub max_clients: u32,
 
+    /// Requests and searches per second one LAN host may send on average (bursts of twice
+    /// that); more are dropped and counted, so one host cannot starve the others. 0: no limit.
+    #[arg(long, default_value_t = 10, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub rate_limit: u32,
+
     /// Use the eBPF fast path (XDP/TC) where the kernel allows it; falls back to sockets otherwise.
     #[arg(long)]
     pub xdp: bool,

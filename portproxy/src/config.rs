@@ -40,6 +40,8 @@ pub struct Config {
     pub http_ports: [u16; 2],
     pub pending_timeout: Duration,
     pub max_clients: u32,
+    /// Requests per second per LAN host; 0 for no limit.
+    pub rate_limit: u32,
 }
 
 impl Config {
@@ -76,6 +78,7 @@ impl Config {
             http_ports: [opts.upnp_tcp_port1, opts.upnp_tcp_port2],
             pending_timeout: opts.pending_timeout,
             max_clients: opts.max_clients,
+            rate_limit: opts.rate_limit,
         })
     }
 }

@@ -33,6 +33,8 @@ counters! {
     DropNotOnLan => "dropped: source not on the LAN",
     DropUnexpected => "dropped: unexpected message type",
     DropTableFull => "dropped: too many clients or searches in flight",
+    DropRateLimit => "dropped: client over its rate limit",
+    DropQuota => "dropped: client over its quota of requests in flight",
     DropSendFailed => "dropped: send failed",
     Expired => "client entries expired",
 }

@@ -4,6 +4,7 @@
 
 pub mod http;
 pub mod port_control;
+mod rate_limit;
 pub mod ssdp;
 
 use std::sync::Arc;

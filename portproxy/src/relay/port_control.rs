@@ -7,7 +7,7 @@
 //! One socket per client tuple means concurrent requests can never be crossed.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -17,22 +17,47 @@ use tokio::net::UdpSocket;
 
 use crate::config::Config;
 use crate::proto::port_control::{self, Protocol};
+use crate::relay::rate_limit::RateLimit;
 use crate::sockets;
 use crate::stats::{Counter, Stats};
 
 /// PCP's maximum message, with room to spot oversized datagrams.
 const BUF_LEN: usize = port_control::PCP_MAX_LEN + 4;
 
+/// Tuples (source ports) one LAN host may have in flight; a host opening more
+/// is refused rather than allowed to fill the table the others need.
+const QUOTA_PER_HOST: usize = 64;
+
 struct Client {
     upstream: Arc<UdpSocket>,
     last_request: Instant,
+}
+
+/// The clients in flight, and how many of them each host holds.
+struct Table {
+    clients: HashMap<SocketAddrV4, Client>,
+    per_host: HashMap<Ipv4Addr, usize>,
+    rate: RateLimit,
+}
+
+impl Table {
+    fn remove(&mut self, client: SocketAddrV4) {
+        if self.clients.remove(&client).is_some() {
+            if let Some(n) = self.per_host.get_mut(client.ip()) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_host.remove(client.ip());
+                }
+            }
+        }
+    }
 }
 
 pub struct PortControlRelay {
     cfg: Arc<Config>,
     stats: Arc<Stats>,
     lan: Arc<UdpSocket>,
-    clients: Mutex<HashMap<SocketAddrV4, Client>>,
+    table: Mutex<Table>,
 }
 
 impl PortControlRelay {
@@ -40,7 +65,8 @@ impl PortControlRelay {
         let addr = SocketAddrV4::new(cfg.lan.addr, cfg.nat_pmp_port);
         let lan = sockets::udp_on(&cfg.lan, addr)
             .map_err(|e| sockets::explain_bind(e, "NAT-PMP/PCP relay", addr, "--nat-pmp"))?;
-        Ok(Arc::new(PortControlRelay { cfg, stats, lan: Arc::new(lan), clients: Mutex::default() }))
+        let table = Table { clients: HashMap::new(), per_host: HashMap::new(), rate: RateLimit::new(cfg.rate_limit) };
+        Ok(Arc::new(PortControlRelay { cfg, stats, lan: Arc::new(lan), table: Mutex::new(table) }))
     }
 
     /// Receives requests from the LAN until the socket fails.
@@ -86,14 +112,24 @@ impl PortControlRelay {
 
     /// The client's transparent socket, created (with its reply task) on first use.
     fn upstream_for(self: &Arc<Self>, client: SocketAddrV4) -> Option<Arc<UdpSocket>> {
-        let mut clients = self.clients.lock().unwrap();
-        if let Some(entry) = clients.get_mut(&client) {
+        let mut table = self.table.lock().unwrap();
+        if !table.rate.allow(*client.ip(), Instant::now()) {
+            self.stats.add(Counter::DropRateLimit);
+            debug!("dropped request from {client}: over {}/s", self.cfg.rate_limit);
+            return None;
+        }
+        if let Some(entry) = table.clients.get_mut(&client) {
             entry.last_request = Instant::now();
             return Some(entry.upstream.clone());
         }
-        if clients.len() >= self.cfg.max_clients as usize {
+        if table.clients.len() >= self.cfg.max_clients as usize {
             self.stats.add(Counter::DropTableFull);
             debug!("dropped request from {client}: {} clients already in flight", self.cfg.max_clients);
+            return None;
+        }
+        if table.per_host.get(client.ip()).copied().unwrap_or(0) >= QUOTA_PER_HOST {
+            self.stats.add(Counter::DropQuota);
+            debug!("dropped request from {client}: its host has {QUOTA_PER_HOST} requests in flight");
             return None;
         }
         let server = SocketAddrV4::new(self.cfg.cgn, self.cfg.nat_pmp_port);
@@ -105,7 +141,8 @@ impl PortControlRelay {
                 return None;
             }
         };
-        clients.insert(client, Client { upstream: upstream.clone(), last_request: Instant::now() });
+        table.clients.insert(client, Client { upstream: upstream.clone(), last_request: Instant::now() });
+        *table.per_host.entry(*client.ip()).or_default() += 1;
         tokio::spawn(self.clone().replies(client, upstream.clone()));
         Some(upstream)
     }
@@ -152,10 +189,10 @@ impl PortControlRelay {
 
     /// Forgets the client if it sent nothing for the pending timeout.
     fn expire(&self, client: SocketAddrV4) -> bool {
-        let mut clients = self.clients.lock().unwrap();
-        let idle = clients.get(&client).is_none_or(|c| c.last_request.elapsed() >= self.cfg.pending_timeout);
+        let mut table = self.table.lock().unwrap();
+        let idle = table.clients.get(&client).is_none_or(|c| c.last_request.elapsed() >= self.cfg.pending_timeout);
         if idle {
-            clients.remove(&client);
+            table.remove(client);
             self.stats.add(Counter::Expired);
             debug!("{client}: entry expired");
         }

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::proto::{location, ssdp};
 use crate::relay::http::HttpRelay;
+use crate::relay::rate_limit::RateLimit;
 use crate::sockets;
 use crate::stats::{Counter, Stats};
 
@@ -35,6 +36,7 @@ pub struct SsdpRelay {
     lan: UdpSocket,
     wan: UdpSocket,
     searches: Arc<Semaphore>,
+    rate: std::sync::Mutex<RateLimit>,
 }
 
 impl SsdpRelay {
@@ -45,7 +47,7 @@ impl SsdpRelay {
         };
         let lan = listen(&cfg.lan).with_context(|| format!("SSDP on {}", cfg.lan.iface))?;
         let wan = listen(&cfg.wan).with_context(|| format!("SSDP on {}", cfg.wan.iface))?;
-        Ok(Arc::new(SsdpRelay { lan, wan, http, searches: Arc::new(Semaphore::new(MAX_SEARCHES)), cfg, stats }))
+        Ok(Arc::new(SsdpRelay { lan, wan, http, searches: Arc::new(Semaphore::new(MAX_SEARCHES)), rate: std::sync::Mutex::new(RateLimit::new(cfg.rate_limit)), cfg, stats }))
     }
 
     pub async fn run(self: Arc<Self>) -> Result<()> {
@@ -82,6 +84,10 @@ impl SsdpRelay {
             if msg.kind != ssdp::Kind::Search {
                 // LAN devices announcing themselves stay on the LAN.
                 self.stats.add(Counter::DropUnexpected);
+                continue;
+            }
+            if !self.rate.lock().unwrap().allow(*client.ip(), std::time::Instant::now()) {
+                self.stats.add(Counter::DropRateLimit);
                 continue;
             }
             let Ok(permit) = self.searches.clone().try_acquire_owned() else {

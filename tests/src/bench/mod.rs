@@ -573,9 +573,13 @@ impl<'a> Rig<'a> {
                 "softwire",
                 "--upnp-udp",
                 "0",
-                // Room for the scale test's 65,536 client tuples on both data paths.
+                // Room for the scale test's 65,536 client tuples on both data paths, and no
+                // per-host rate limit: the generator is one host sending as fast as it can,
+                // and the bench measures the data path (the limiter has its own tests).
                 "--max-clients",
                 "65536",
+                "--rate-limit",
+                "0",
                 "-v",
             ])
             .args(extra);
