@@ -16,13 +16,39 @@ fn udp() -> io::Result<Socket> {
     Ok(socket)
 }
 
+/// SO_RCVBUFFORCE (root may exceed net.core.rmem_max); a smaller buffer is
+/// not fatal, only less tolerant of bursts.
+fn force_recv_buffer(socket: &Socket, bytes: usize) {
+    use std::os::fd::AsRawFd;
+    let value = bytes as libc::c_int;
+    // SAFETY: setsockopt on our own socket with a pointer to a live c_int and its size.
+    let ret = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&value as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if ret != 0 {
+        let _ = socket.set_recv_buffer_size(bytes);
+    }
+}
+
 fn to_tokio(socket: Socket) -> io::Result<UdpSocket> {
     UdpSocket::from_std(socket.into())
 }
 
+/// Receive buffer of the sockets every LAN client sends to: room for a flood's
+/// burst, so that other clients' requests are not lost in the kernel before the
+/// relay's per-host rate limit sees them.
+const LAN_RCVBUF: usize = 4 << 20;
+
 /// A UDP socket bound to `addr` that only sees traffic of `side`'s interface.
 pub fn udp_on(side: &Side, addr: SocketAddrV4) -> io::Result<UdpSocket> {
     let socket = udp()?;
+    force_recv_buffer(&socket, LAN_RCVBUF);
     socket.bind_device(Some(side.iface.as_bytes()))?;
     socket.bind(&addr.into())?;
     to_tokio(socket)

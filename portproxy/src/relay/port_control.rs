@@ -69,13 +69,21 @@ impl PortControlRelay {
         Ok(Arc::new(PortControlRelay { cfg, stats, lan: Arc::new(lan), table: Mutex::new(table) }))
     }
 
-    /// Receives requests from the LAN until the socket fails.
+    /// Receives requests from the LAN until the socket fails. Each wake-up
+    /// drains everything queued, so a burst costs one poll, not one per datagram.
     pub async fn run(self: Arc<Self>) -> Result<()> {
         let mut buf = [0u8; BUF_LEN];
         loop {
-            let (len, from) = self.lan.recv_from(&mut buf).await?;
-            let SocketAddr::V4(client) = from else { continue };
-            self.request(client, &buf[..len]).await;
+            self.lan.readable().await?;
+            loop {
+                let (len, from) = match self.lan.try_recv_from(&mut buf) {
+                    Ok(received) => received,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e.into()),
+                };
+                let SocketAddr::V4(client) = from else { continue };
+                self.request(client, &buf[..len]).await;
+            }
         }
     }
 
