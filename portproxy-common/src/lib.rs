@@ -43,8 +43,18 @@ pub const STAT_XDP_RELAYED: u32 = 13;
 /// resolved (`bpf_fib_lookup`), route not via the WAN device, or a redirect XDP cannot do in
 /// its mode (native `xdp_wan` into a bridge). TC then relays it and counts its fate.
 pub const STAT_XDP_DEFERRED: u32 = 14;
+/// A NAT-PMP/PCP request or an M-SEARCH from a LAN address whose token bucket in `RATE` is
+/// empty (more than `RATE_BURST` at once, `RATE_PER_SEC` sustained): dropped.
+pub const STAT_DROP_RATE_LIMIT: u32 = 15;
+/// A request for a new client tuple from a LAN address that already holds `CLIENT_QUOTA`
+/// entries in `CLIENTS`: dropped (its retries on existing tuples still pass).
+pub const STAT_DROP_CLIENT_QUOTA: u32 = 16;
+/// `CLIENTS` entries the kernel's LRU evicted (the table was full across many clients).
+/// Not counted by the programs (an LRU insert does not say whether it evicted): the daemon's
+/// aging sweep finds entries that vanished without it removing them and adds them here.
+pub const STAT_EVICTED: u32 = 17;
 /// Number of `STATS` entries (its `max_entries`).
-pub const STAT_COUNT: u32 = 15;
+pub const STAT_COUNT: u32 = 18;
 
 /// Counter names for reports, indexed by `STAT_*`.
 pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
@@ -63,6 +73,9 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "passed own address",
     "relayed by xdp",
     "xdp deferred to tc",
+    "dropped rate limit",
+    "dropped client quota",
+    "evicted",
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -101,6 +114,107 @@ const _: () = assert!(size_of::<ClientValue>() == 16 && size_of::<ClientValue>()
 /// `CLIENTS` capacity as compiled; the daemon sets it from `--max-clients` at load time
 /// (about 96 bytes an entry, kernel.md).
 pub const CLIENTS_MAX_ENTRIES: u32 = 4096;
+
+// ---------------------------------------------------------------------------------------------
+// RATE: LRU hash, LAN client address -> token bucket and number of CLIENTS entries.
+//
+// One LAN host flooding must not starve the others. Every NAT-PMP/PCP request and M-SEARCH a
+// program is about to relay costs its source address one token; an empty bucket drops the
+// packet (`STAT_DROP_RATE_LIMIT`). Real clients stay far below: libnatpmp sends a request and
+// at most 9 retries (250 ms, doubling), miniupnpc a few M-SEARCHes per discovery. A new
+// `CLIENTS` tuple also needs the address to hold fewer than `CLIENT_QUOTA` entries
+// (`STAT_DROP_CLIENT_QUOTA`), so one host cannot make the LRU evict everybody else's.
+
+/// Tokens an address gains per second (sustained requests + searches per second).
+pub const RATE_PER_SEC: u64 = 10;
+/// Bucket size: requests + searches an idle address may send at once.
+pub const RATE_BURST: u32 = 20;
+/// Time that refills one token (100 ms).
+pub const RATE_TOKEN_NS: u64 = 1_000_000_000 / RATE_PER_SEC;
+const _: () = assert!(RATE_PER_SEC > 0 && RATE_TOKEN_NS > 0 && RATE_BURST > 0);
+/// `CLIENTS` entries (tuples with an exchange in flight) one LAN address may hold. With the
+/// default `--max-clients` 4096, 64 addresses at their quota fill the table.
+pub const CLIENT_QUOTA: u32 = 64;
+/// `RATE` capacity: LAN addresses tracked at once (about 100 bytes each). An LRU: when more
+/// addresses than this are active (spoofed sources), the oldest buckets are forgotten, which
+/// only ever lets packets through (a fresh bucket is full), never blocks a client.
+pub const RATE_MAX_ENTRIES: u32 = 1024;
+
+/// `RATE` key: a LAN client's IPv4 address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RateKey {
+    /// Network byte order.
+    pub addr_be: u32,
+}
+const _: () = assert!(size_of::<RateKey>() == 4);
+
+/// `RATE` value: a token bucket and the address's `CLIENTS` entry count.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateValue {
+    /// Tokens left, 0..=`RATE_BURST`.
+    pub tokens: u64,
+    /// `CLIENTS` entries this address holds: incremented by the program that creates one,
+    /// brought back to the table's contents by the daemon's aging sweep (entries it removed,
+    /// entries the LRU evicted, increments lost to a race between CPUs).
+    pub in_flight: u64,
+    /// Boot-time clock (`bpf_ktime_get_boot_ns`) up to which tokens have been credited.
+    pub last_ns: u64,
+}
+const _: () = assert!(size_of::<RateValue>() == 24 && size_of::<RateValue>() == 3 * 8);
+
+impl RateValue {
+    /// A bucket seen for the first time at `now_ns`: full.
+    #[inline(always)]
+    pub fn new(now_ns: u64) -> RateValue {
+        RateValue {
+            tokens: u64::from(RATE_BURST),
+            in_flight: 0,
+            last_ns: now_ns,
+        }
+    }
+
+    /// Credits the tokens earned since `last_ns` (one per `RATE_TOKEN_NS`, at most up to
+    /// `RATE_BURST`). No loop, a constant non-zero divisor, no overflow: `add * RATE_TOKEN_NS
+    /// <= elapsed`, and a clock read behind `last_ns` (another CPU) earns nothing. Crediting
+    /// twice at the same `now_ns` changes nothing, so a peek is harmless.
+    #[inline(always)]
+    pub fn refill(&mut self, now_ns: u64) {
+        // A count beyond the bucket (written from userspace) is clamped.
+        self.tokens = self.tokens.min(u64::from(RATE_BURST));
+        let elapsed = now_ns.saturating_sub(self.last_ns);
+        if elapsed >= u64::from(RATE_BURST) * RATE_TOKEN_NS {
+            self.tokens = u64::from(RATE_BURST);
+            self.last_ns = now_ns;
+            return;
+        }
+        // < RATE_BURST here.
+        let add = elapsed / RATE_TOKEN_NS;
+        if add == 0 {
+            return;
+        }
+        self.tokens = (self.tokens + add).min(u64::from(RATE_BURST));
+        // Keep the fraction of a token already earned, unless the bucket is full (a full
+        // bucket banks nothing).
+        self.last_ns = if self.tokens == u64::from(RATE_BURST) {
+            now_ns
+        } else {
+            self.last_ns + add * RATE_TOKEN_NS
+        };
+    }
+
+    /// Refills, then takes one token if there is one. `false`: over the limit.
+    #[inline(always)]
+    pub fn take(&mut self, now_ns: u64) -> bool {
+        self.refill(now_ns);
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // CONFIG: array with one entry, written by userspace, re-writable at run time.
@@ -194,6 +308,10 @@ mod user {
     unsafe impl aya::Pod for super::ClientValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Config {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RateKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RateValue {}
 }
 
 #[cfg(test)]
@@ -311,6 +429,65 @@ mod tests {
         let check = !0xfffeu16; // other words sum to 0xfffe
         assert_eq!(csum_replace_u32(check, 0, 1u32.to_be()), 0);
         assert_eq!(udp_csum_replace_u32(check, 0, 1u32.to_be()), 0xffff);
+    }
+
+    const MS: u64 = 1_000_000;
+
+    #[test]
+    fn bucket_burst_then_rate() {
+        let t0 = 5_000 * MS;
+        let mut b = RateValue::new(t0);
+        let taken = (0..30).filter(|_| b.take(t0)).count();
+        assert_eq!(taken, RATE_BURST as usize);
+        // 99 ms: nothing earned; 100 ms: one token.
+        assert!(!b.take(t0 + 99 * MS));
+        assert!(b.take(t0 + 100 * MS));
+        assert!(!b.take(t0 + 100 * MS));
+        // The fraction is kept: 150 ms later (250 ms in all) one more, at 300 ms the next.
+        assert!(b.take(t0 + 250 * MS));
+        assert!(!b.take(t0 + 250 * MS));
+        assert!(b.take(t0 + 300 * MS));
+        // Sustained 10/s: one every 100 ms for a minute, never refused.
+        let mut t = t0 + 300 * MS;
+        for _ in 0..600 {
+            t += RATE_TOKEN_NS;
+            assert!(b.take(t));
+        }
+    }
+
+    #[test]
+    fn bucket_is_capped_and_overflow_safe() {
+        let mut b = RateValue::new(0);
+        b.refill(u64::MAX);
+        assert_eq!((b.tokens, b.last_ns), (u64::from(RATE_BURST), u64::MAX));
+        // A clock behind `last_ns` (read on another CPU) earns nothing and does not wrap.
+        b.tokens = 0;
+        b.refill(3);
+        assert_eq!((b.tokens, b.last_ns), (0, u64::MAX));
+        // A corrupt token count from userspace is clamped.
+        let mut b = RateValue {
+            tokens: u64::MAX,
+            in_flight: 0,
+            last_ns: 0,
+        };
+        b.refill(RATE_TOKEN_NS);
+        assert_eq!(b.tokens, u64::from(RATE_BURST));
+        // Just under a full refill: 19 tokens, the remainder kept.
+        let mut b = RateValue {
+            tokens: 0,
+            in_flight: 0,
+            last_ns: 0,
+        };
+        b.refill(u64::from(RATE_BURST) * RATE_TOKEN_NS - 1);
+        assert_eq!(b.tokens, u64::from(RATE_BURST - 1));
+        assert_eq!(b.last_ns, u64::from(RATE_BURST - 1) * RATE_TOKEN_NS);
+    }
+
+    #[test]
+    fn stat_names_are_unique() {
+        for (i, a) in STAT_NAMES.iter().enumerate() {
+            assert!(!STAT_NAMES[i + 1..].contains(a), "{a} twice");
+        }
     }
 
     #[test]

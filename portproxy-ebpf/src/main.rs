@@ -1,12 +1,14 @@
 //! Entry points of the portproxy fast path, named by hook and side. What happens to a packet
 //! is decided once in `dispatch` (per protocol in `port_control` and `ssdp`, headers parsed
 //! through `packet::Packet` for both hooks); `tc` and `xdp` carry the decision out (TC with
-//! the kernel's checksum and redirect helpers in `csum` and `redirect`, XDP by hand).
+//! the kernel's checksum and redirect helpers in `csum` and `redirect`, XDP by hand), charging
+//! each relayed request and search once against its client's rate limit and quota (`limit`).
 #![no_std]
 #![no_main]
 
 mod csum;
 mod dispatch;
+mod limit;
 mod maps;
 mod packet;
 mod port_control;

@@ -9,7 +9,9 @@ use aya_ebpf::{
     btf_maps::{Array, LruHashMap},
     macros::btf_map,
 };
-use portproxy_common::{CLIENTS_MAX_ENTRIES, ClientKey, ClientValue, Config};
+use portproxy_common::{
+    CLIENTS_MAX_ENTRIES, ClientKey, ClientValue, Config, RATE_MAX_ENTRIES, RateKey, RateValue,
+};
 
 /// One entry, written by userspace; all zero until it is (the programs then pass everything).
 #[btf_map]
@@ -20,6 +22,11 @@ pub static CONFIG: Array<Config, 1> = Array::new();
 #[btf_map]
 pub static CLIENTS: LruHashMap<ClientKey, ClientValue, { CLIENTS_MAX_ENTRIES as usize }> =
     LruHashMap::new();
+
+/// Per LAN client address: token bucket and `CLIENTS` entry count (`limit`). An LRU of
+/// fixed size: memory stays bounded however many source addresses a LAN host makes up.
+#[btf_map]
+pub static RATE: LruHashMap<RateKey, RateValue, { RATE_MAX_ENTRIES as usize }> = LruHashMap::new();
 
 /// The configuration, or `None` while it is unset (flags 0).
 #[inline(always)]

@@ -1,24 +1,27 @@
 //! NAT-PMP and PCP (UDP 5351): requests from LAN clients to the CGN with the client's source
 //! address kept (so the CGN maps to the client itself), replies from the CGN back to the
 //! client from the LAN address (libnatpmp rejects replies not from the gateway it asked).
-//! This module decides; `tc` and `xdp` carry the verdict out, both through `remember` and
-//! `touch` for the `CLIENTS` entry.
+//! This module decides; `tc` and `xdp` carry the verdict out, both through `admit` (rate
+//! limit, quota, `CLIENTS` entry) and `touch` for the `CLIENTS` entry.
 //!
 //! Framing checks follow `portproxy/src/proto/port_control.rs` (the socket relay) except that
 //! PCP options are not walked (an option overrunning the message is not detected here).
 
-use aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns;
+use aya_ebpf::bindings::BPF_NOEXIST;
 use portproxy_common::{
-    ClientKey, ClientValue, Config, KIND_PORT_CONTROL, STAT_DROP_MALFORMED, STAT_DROP_NO_ENTRY,
-    STAT_DROP_NOT_FROM_CGN, STAT_NATPMP_TO_CGN, STAT_NATPMP_TO_CLIENT, STAT_PCP_TO_CGN,
-    STAT_PCP_TO_CLIENT,
+    CLIENT_QUOTA, ClientKey, ClientValue, Config, KIND_PORT_CONTROL, STAT_DROP_CLIENT_QUOTA,
+    STAT_DROP_MALFORMED, STAT_DROP_NO_ENTRY, STAT_DROP_NOT_FROM_CGN, STAT_DROP_RATE_LIMIT,
+    STAT_NATPMP_TO_CGN, STAT_NATPMP_TO_CLIENT, STAT_PCP_TO_CGN, STAT_PCP_TO_CLIENT,
 };
 
 use crate::{
     dispatch::Verdict,
+    limit,
     maps::CLIENTS,
     packet::{self, Packet, Udp4},
 };
+
+const EEXIST: i32 = 17;
 
 const RESPONSE_BIT: u8 = 0x80;
 const PCP_HEADER_LEN: usize = 24;
@@ -94,12 +97,6 @@ pub fn well_formed(h: &Header, response: bool) -> bool {
     h.len >= PCP_HEADER_LEN + payload || (response && h.result != 0)
 }
 
-#[inline(always)]
-fn now() -> u64 {
-    // SAFETY: helper without arguments.
-    unsafe { bpf_ktime_get_boot_ns() }
-}
-
 /// LAN -> CGN: `pkt` is UDP to LAN_ADDR:5351 from a LAN client.
 #[inline(always)]
 pub fn request<P: Packet>(p: &P, pkt: Udp4) -> Result<Verdict, i64> {
@@ -155,22 +152,49 @@ pub fn reply<P: Packet>(p: &P, cfg: &Config, pkt: Udp4) -> Result<Verdict, i64> 
     Ok(Verdict::Reply(pkt, stat, entry))
 }
 
-/// Records (or refreshes) the client of a request being relayed: its MAC for the way back
-/// and the time, for aging.
+/// Admits a request about to be relayed (`limit`): charges the client's address one token,
+/// then records (or refreshes) the client's tuple in `CLIENTS` with its MAC for the way back
+/// and the time, for aging. A tuple not yet in `CLIENTS` needs the address to be under its
+/// `CLIENT_QUOTA`: a host flooding new source ports stops at its quota instead of making the
+/// LRU evict other clients' entries. `Some(stat)`: drop the request and count `stat`.
 #[inline(always)]
-pub fn remember<P: Packet>(p: &P, pkt: &Udp4) -> Result<(), i64> {
+pub fn admit<P: Packet>(p: &P, pkt: &Udp4) -> Result<Option<u32>, i64> {
+    let now = limit::now();
+    let Some(bucket) = limit::charge(pkt.src_be, now)? else {
+        return Ok(Some(STAT_DROP_RATE_LIMIT));
+    };
     let key = ClientKey {
         addr_be: pkt.src_be,
         port_be: pkt.sport_be,
         kind: KIND_PORT_CONTROL,
         _pad: 0,
     };
+    let mac = packet::eth_src(p).ok_or(-1i64)?;
+    if let Some(entry) = CLIENTS.get_ptr_mut(&key) {
+        // A retry, or the next request on the same tuple: in place (an LRU update would take
+        // a fresh node from the free list, which may make the LRU evict).
+        // SAFETY: points into the map value for the rest of this program run (RCU).
+        unsafe {
+            (*entry).mac = mac;
+            (*entry).last_seen_ns = now;
+        }
+        return Ok(None);
+    }
+    if bucket.in_flight() >= u64::from(CLIENT_QUOTA) {
+        return Ok(Some(STAT_DROP_CLIENT_QUOTA));
+    }
     let value = ClientValue {
-        mac: packet::eth_src(p).ok_or(-1i64)?,
+        mac,
         _pad: [0; 2],
-        last_seen_ns: now(),
+        last_seen_ns: now,
     };
-    CLIENTS.insert(&key, &value, 0).map_err(i64::from)
+    match CLIENTS.insert(&key, &value, u64::from(BPF_NOEXIST)) {
+        Ok(()) => bucket.add_entry(),
+        // Created by another CPU meanwhile (and counted there): refresh it.
+        Err(e) if e == -EEXIST => CLIENTS.insert(&key, &value, 0).map_err(i64::from)?,
+        Err(e) => return Err(i64::from(e)),
+    }
+    Ok(None)
 }
 
 /// Refreshes the entry a reply is relayed for and returns the client's MAC.
@@ -179,7 +203,7 @@ pub fn touch(entry: *mut ClientValue) -> [u8; 6] {
     // SAFETY: `entry` points into the map value (from `reply`, in the same program run,
     // which holds the RCU read lock).
     unsafe {
-        (*entry).last_seen_ns = now();
+        (*entry).last_seen_ns = limit::now();
         (*entry).mac
     }
 }

@@ -5,10 +5,11 @@
 //! the WAN are never relayed. LOCATION headers are not rewritten here (the socket relay does
 //! that when its HTTP relay runs).
 
-use portproxy_common::{Config, STAT_SEARCH_FROM_WAN};
+use portproxy_common::{Config, STAT_DROP_RATE_LIMIT, STAT_SEARCH_FROM_WAN};
 
 use crate::{
     dispatch::Verdict,
+    limit,
     packet::{Packet, Udp4},
 };
 
@@ -33,6 +34,14 @@ pub fn from_lan<P: Packet>(p: &P, pkt: Udp4) -> Verdict {
         // NOTIFY from LAN devices and anything else stays on the LAN.
         Verdict::Pass
     }
+}
+
+/// Admits an M-SEARCH about to be relayed: one token of its source address's bucket, shared
+/// with its NAT-PMP/PCP requests (`limit`). `Some(stat)`: drop the search and count `stat`.
+#[inline(always)]
+pub fn admit(pkt: &Udp4) -> Result<Option<u32>, i64> {
+    let charged = limit::charge(pkt.src_be, limit::now())?;
+    Ok(charged.is_none().then_some(STAT_DROP_RATE_LIMIT))
 }
 
 /// WAN -> LAN: `pkt` is UDP to 239.255.255.250:1900 arriving on the WAN.

@@ -1,7 +1,8 @@
 //! Carrying out a `Verdict` in TC: checksum helpers (`csum`), `bpf_redirect` /
 //! `bpf_redirect_neigh` / `bpf_skb_change_head` (`redirect`). TC is the hook that works on
 //! every device: it is the whole data path on an L3 softwire, and behind the XDP programs it
-//! takes whatever they leave (`STAT_XDP_DEFERRED`).
+//! takes whatever they leave (`STAT_XDP_DEFERRED`), uncharged by them: the rate limit and
+//! quota (`limit`) apply here to what TC relays.
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
@@ -16,7 +17,7 @@ use crate::{
     dispatch::{self, Verdict},
     maps,
     packet::{IP_DST, IP_SRC},
-    port_control, redirect,
+    port_control, redirect, ssdp,
     stats::count,
 };
 
@@ -57,13 +58,20 @@ fn act(ctx: &TcContext, cfg: &Config, verdict: Verdict) -> Result<i32, i64> {
             Ok(TC_ACT_SHOT as i32)
         }
         Verdict::Request(pkt, stat) => {
-            port_control::remember(ctx, &pkt)?;
+            if let Some(dropped) = port_control::admit(ctx, &pkt)? {
+                count(dropped);
+                return Ok(TC_ACT_SHOT as i32);
+            }
             csum::set_addr(ctx, &pkt, IP_DST, pkt.dst_be, cfg.cgn_addr_be)?;
             let action = redirect::to_wan_unicast(cfg)?;
             count(stat);
             Ok(action)
         }
         Verdict::Search(pkt) => {
+            if let Some(dropped) = ssdp::admit(&pkt)? {
+                count(dropped);
+                return Ok(TC_ACT_SHOT as i32);
+            }
             if pkt.dst_be != SSDP_GROUP_BE {
                 csum::set_addr(ctx, &pkt, IP_DST, pkt.dst_be, SSDP_GROUP_BE)?;
             }

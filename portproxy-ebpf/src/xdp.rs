@@ -14,6 +14,10 @@
 //!   no `ndo_xdp_xmit`); it still drops unsolicited, spoofed and malformed replies at the
 //!   earliest point. In skb (generic) mode the loader sets `FLAG_XDP_WAN_REDIRECT` and
 //!   `xdp_wan` relays into the bridge itself.
+//!
+//! The rate limit and quota (`limit`) are charged by the hook that relays: here only once XDP
+//! is committed to the redirect (after `next_hop`), never for a packet handed on to TC, which
+//! charges it itself. Each request and search is charged exactly once.
 
 use core::mem::size_of;
 
@@ -35,7 +39,7 @@ use crate::{
     dispatch::{self, Verdict},
     maps,
     packet::{ETH_HLEN, IP_CSUM, IP_DST, IP_SRC, Packet as _, UDP_CSUM, Udp4},
-    port_control,
+    port_control, ssdp,
     stats::count,
 };
 
@@ -98,12 +102,19 @@ fn act(ctx: &XdpContext, cfg: &Config, verdict: Verdict) -> Result<u32, i64> {
                 count(STAT_XDP_DEFERRED);
                 return Ok(XDP_PASS);
             };
-            port_control::remember(ctx, &pkt)?;
+            if let Some(dropped) = port_control::admit(ctx, &pkt)? {
+                count(dropped);
+                return Ok(XDP_DROP);
+            }
             set_addr(ctx, &pkt, IP_DST, pkt.dst_be, cfg.cgn_addr_be)?;
             write_eth(ctx, dmac, smac)?;
             relayed(redirect(cfg.wan_ifindex)?, stat)
         }
         Verdict::Search(pkt) => {
+            if let Some(dropped) = ssdp::admit(&pkt)? {
+                count(dropped);
+                return Ok(XDP_DROP);
+            }
             if pkt.dst_be != SSDP_GROUP_BE {
                 set_addr(ctx, &pkt, IP_DST, pkt.dst_be, SSDP_GROUP_BE)?;
             }

@@ -361,6 +361,24 @@ impl Loaded {
         self.clients().get(&client_key(addr, port), 0).ok()
     }
 
+    fn rates(&mut self) -> HashMap<&mut aya::maps::MapData, RateKey, RateValue> {
+        self.ebpf.map_mut("RATE").unwrap().try_into().unwrap()
+    }
+
+    fn rate(&mut self, addr: Ipv4Addr) -> Option<RateValue> {
+        let key = RateKey {
+            addr_be: u32::from_ne_bytes(addr.octets()),
+        };
+        self.rates().get(&key, 0).ok()
+    }
+
+    fn set_rate(&mut self, addr: Ipv4Addr, value: RateValue) {
+        let key = RateKey {
+            addr_be: u32::from_ne_bytes(addr.octets()),
+        };
+        self.rates().insert(key, value, 0).unwrap();
+    }
+
     fn stats(&self) -> Vec<u64> {
         let map: PerCpuArray<_, u64> = self.ebpf.map("STATS").unwrap().try_into().unwrap();
         (0..STAT_COUNT)
@@ -1636,4 +1654,368 @@ fn xdp_lan_requests_through_the_fib() {
     })
     .join()
     .unwrap_or_else(|e| std::panic::resume_unwind(e));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Flood resilience: several packets in one loaded object (state in RATE and CLIENTS).
+
+const CLIENT2: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 3);
+/// A refill time an hour ahead: the bucket earns nothing during the test (the program's clock
+/// reads behind it), so the counts are exact however slowly the machine runs.
+fn frozen_bucket(tokens: u32, in_flight: u32) -> RateValue {
+    RateValue {
+        tokens: u64::from(tokens),
+        in_flight: u64::from(in_flight),
+        last_ns: boottime_ns() + 3_600_000_000_000,
+    }
+}
+
+/// Checks every `STATS` counter: those in `want` have the given values, all others are 0.
+fn expect_stats(loaded: &Loaded, want: &[(u32, u64)]) -> Result<(), String> {
+    let stats = loaded.stats();
+    let mut errors = Vec::new();
+    for (i, &n) in stats.iter().enumerate() {
+        let expected = want
+            .iter()
+            .find(|(stat, _)| *stat as usize == i)
+            .map_or(0, |&(_, n)| n);
+        if n != expected {
+            errors.push(format!(
+                "STATS[{i}] ({}) = {n}, expected {expected}",
+                STAT_NAMES[i]
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("\n"))
+    }
+}
+
+/// Runs `packet` `n` times on `prog`, returning the actions and the boot-time nanoseconds
+/// the burst took (tokens earned meanwhile: one per `RATE_TOKEN_NS`).
+fn burst(loaded: &Loaded, prog: Prog, packet: &[u8], n: usize) -> (Vec<u32>, u64) {
+    let start = boottime_ns();
+    let actions = (0..n).map(|_| loaded.run(prog, packet).0).collect();
+    (actions, boottime_ns() - start)
+}
+
+/// `actions` is `RATE_BURST` times `pass`, then `drop` for the rest but for at most one
+/// `pass` per token earned in `elapsed_ns` (on a machine slow enough to take 100 ms).
+/// Returns how many passed.
+fn check_burst(actions: &[u32], pass: u32, drop: u32, elapsed_ns: u64) -> Result<u64, String> {
+    let burst = RATE_BURST as usize;
+    let passed = actions.iter().filter(|&&a| a == pass).count();
+    let earned = (elapsed_ns / RATE_TOKEN_NS) as usize;
+    if actions[..burst].iter().any(|&a| a != pass)
+        || actions[burst..].iter().any(|&a| a != pass && a != drop)
+        || passed > burst + earned
+    {
+        return Err(format!(
+            "actions {actions:?}: expected {burst} x {pass} then {drop} ({earned} tokens earned in {elapsed_ns} ns)"
+        ));
+    }
+    Ok(passed as u64)
+}
+
+type Scenario = (&'static str, fn() -> Result<(), String>);
+
+/// Runs every scenario (or only `$CASE`); reports all failures at once.
+fn run_scenarios(scenarios: &[Scenario]) {
+    let only = std::env::var("CASE").ok();
+    let mut failures = Vec::new();
+    let mut ran = 0;
+    for (name, scenario) in scenarios {
+        if only.as_deref().is_some_and(|only| only != *name) {
+            continue;
+        }
+        ran += 1;
+        if let Err(why) = scenario() {
+            failures.push(format!("case {name}: {why}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {ran} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    eprintln!("{ran} cases passed");
+}
+
+fn rate_burst(l3: bool) -> Result<(), String> {
+    let mut loaded = Loaded::new(Some(config(l3)));
+    let request = lan_request(&NATPMP_MAP_UDP).build();
+    let (actions, elapsed) = burst(&loaded, Prog::Lan, &request, 30);
+    let passed = check_burst(&actions, TC_ACT_REDIRECT, TC_ACT_SHOT, elapsed)?;
+    let bucket = loaded.rate(CLIENT).ok_or("no RATE entry for the client")?;
+    if bucket.in_flight != 1 || bucket.tokens > 1 {
+        return Err(format!(
+            "RATE entry {bucket:?}: expected 1 tuple, no tokens left"
+        ));
+    }
+    // The same address's searches share the bucket; another client is served.
+    let search = Udp::new(CLIENT, 50000, GROUP, 1900, MSEARCH)
+        .eth(GROUP_MAC, CLIENT_MAC)
+        .build();
+    let (action, _) = loaded.run(Prog::Lan, &search);
+    let search_dropped = u64::from(action == TC_ACT_SHOT);
+    let other = Udp::new(CLIENT2, CLIENT_PORT, LAN_ADDR, 5351, &NATPMP_MAP_UDP)
+        .eth(LAN_MAC, CLIENT_MAC)
+        .build();
+    let (action, _) = loaded.run(Prog::Lan, &other);
+    if action != TC_ACT_REDIRECT {
+        return Err(format!(
+            "another client's request: action {action}, expected redirect"
+        ));
+    }
+    let other_search = Udp::new(CLIENT2, 50000, GROUP, 1900, MSEARCH)
+        .eth(GROUP_MAC, CLIENT_MAC)
+        .build();
+    let (action, _) = loaded.run(Prog::Lan, &other_search);
+    if action != TC_ACT_REDIRECT {
+        return Err(format!(
+            "another client's search: action {action}, expected redirect"
+        ));
+    }
+    if search_dropped == 0 && elapsed < RATE_TOKEN_NS {
+        return Err("the flooding client's search was relayed with an empty bucket".into());
+    }
+    expect_stats(
+        &loaded,
+        &[
+            (STAT_NATPMP_TO_CGN, passed + 1),
+            (STAT_DROP_RATE_LIMIT, 30 - passed + search_dropped),
+            (STAT_SEARCH_OUT, 2 - search_dropped),
+        ],
+    )
+}
+
+fn rate_burst_l2() -> Result<(), String> {
+    rate_burst(false)
+}
+
+fn rate_burst_l3() -> Result<(), String> {
+    rate_burst(true)
+}
+
+/// Exact counts with a frozen bucket, and the counter in XDP, which relays searches itself.
+fn rate_search_xdp() -> Result<(), String> {
+    let mut loaded = Loaded::with(Some(config(false)), &[Prog::XdpLan]);
+    loaded.set_rate(CLIENT, frozen_bucket(RATE_BURST, 0));
+    let search = Udp::new(CLIENT, 50000, GROUP, 1900, MSEARCH)
+        .eth(GROUP_MAC, CLIENT_MAC)
+        .build();
+    let (actions, _) = burst(&loaded, Prog::XdpLan, &search, 30);
+    let want: Vec<u32> = [XDP_REDIRECT; 20]
+        .into_iter()
+        .chain([XDP_DROP; 10])
+        .collect();
+    if actions != want {
+        return Err(format!("actions {actions:?}, expected {want:?}"));
+    }
+    let other = Udp::new(CLIENT2, 50000, GROUP, 1900, MSEARCH)
+        .eth(GROUP_MAC, CLIENT_MAC)
+        .build();
+    let (action, _) = loaded.run(Prog::XdpLan, &other);
+    if action != XDP_REDIRECT {
+        return Err(format!(
+            "another client's search: action {action}, expected redirect"
+        ));
+    }
+    expect_stats(
+        &loaded,
+        &[
+            (STAT_SEARCH_OUT, 21),
+            (STAT_XDP_RELAYED, 21),
+            (STAT_DROP_RATE_LIMIT, 10),
+        ],
+    )
+}
+
+/// `xdp_lan` hands requests it cannot relay (no FIB neighbour here) to `tc_lan_ingress`
+/// uncharged: each packet through both hooks, as the kernel runs them, costs one token.
+fn rate_charged_once_through_xdp_and_tc() -> Result<(), String> {
+    let mut loaded = Loaded::with(Some(config(false)), &[Prog::XdpLan, Prog::Lan]);
+    loaded.set_rate(CLIENT, frozen_bucket(RATE_BURST, 0));
+    let request = lan_request(&NATPMP_MAP_UDP).build();
+    let mut actions = Vec::new();
+    for _ in 0..30 {
+        let (xdp, _) = loaded.run(Prog::XdpLan, &request);
+        if xdp != XDP_PASS {
+            return Err(format!("xdp_lan: action {xdp}, expected pass (deferred)"));
+        }
+        actions.push(loaded.run(Prog::Lan, &request).0);
+    }
+    let want: Vec<u32> = [TC_ACT_REDIRECT; 20]
+        .into_iter()
+        .chain([TC_ACT_SHOT; 10])
+        .collect();
+    if actions != want {
+        return Err(format!(
+            "tc_lan_ingress actions {actions:?}, expected {want:?}"
+        ));
+    }
+    let bucket = loaded.rate(CLIENT).unwrap();
+    if bucket.tokens != 0 || bucket.in_flight != 1 {
+        return Err(format!("RATE entry {bucket:?}: expected 0 tokens, 1 tuple"));
+    }
+    expect_stats(
+        &loaded,
+        &[
+            (STAT_XDP_DEFERRED, 30),
+            (STAT_NATPMP_TO_CGN, 20),
+            (STAT_DROP_RATE_LIMIT, 10),
+        ],
+    )
+}
+
+/// Refill: 250 ms after an empty bucket's credit time, two tokens, then none.
+fn rate_refill() -> Result<(), String> {
+    let mut loaded = Loaded::new(Some(config(false)));
+    loaded.set_rate(
+        CLIENT,
+        RateValue {
+            tokens: 0,
+            in_flight: 0,
+            last_ns: boottime_ns() - 250_000_000,
+        },
+    );
+    let request = lan_request(&NATPMP_MAP_UDP).build();
+    let (actions, elapsed) = burst(&loaded, Prog::Lan, &request, 3);
+    if elapsed >= 50_000_000 {
+        eprintln!(
+            "rate-refill: the machine took {elapsed} ns for 3 runs; a third token may have been earned"
+        );
+        return Ok(());
+    }
+    let want = vec![TC_ACT_REDIRECT, TC_ACT_REDIRECT, TC_ACT_SHOT];
+    if actions != want {
+        return Err(format!("actions {actions:?}, expected {want:?}"));
+    }
+    expect_stats(
+        &loaded,
+        &[(STAT_NATPMP_TO_CGN, 2), (STAT_DROP_RATE_LIMIT, 1)],
+    )
+}
+
+/// One address may hold `CLIENT_QUOTA` tuples: new ones beyond are dropped and counted,
+/// retries on its existing tuples and other clients still pass.
+fn client_quota() -> Result<(), String> {
+    let mut loaded = Loaded::new(Some(config(false)));
+    let mut actions = Vec::new();
+    for i in 0..CLIENT_QUOTA as u16 + 6 {
+        // Tokens enough for the test; the entry count is the program's.
+        let mut bucket = loaded.rate(CLIENT).unwrap_or(frozen_bucket(RATE_BURST, 0));
+        bucket.tokens = u64::from(RATE_BURST);
+        bucket.last_ns = boottime_ns() + 3_600_000_000_000;
+        loaded.set_rate(CLIENT, bucket);
+        let request = Udp::new(CLIENT, 30000 + i, LAN_ADDR, 5351, &NATPMP_MAP_UDP)
+            .eth(LAN_MAC, CLIENT_MAC)
+            .build();
+        actions.push(loaded.run(Prog::Lan, &request).0);
+    }
+    let quota = CLIENT_QUOTA as usize;
+    let want: Vec<u32> = std::iter::repeat_n(TC_ACT_REDIRECT, quota)
+        .chain(std::iter::repeat_n(TC_ACT_SHOT, 6))
+        .collect();
+    if actions != want {
+        return Err(format!("actions {actions:?}, expected {want:?}"));
+    }
+    let bucket = loaded.rate(CLIENT).unwrap();
+    if bucket.in_flight != u64::from(CLIENT_QUOTA) {
+        return Err(format!(
+            "RATE in_flight {}, expected {CLIENT_QUOTA}",
+            bucket.in_flight
+        ));
+    }
+    let entries = loaded
+        .clients()
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| k.addr_be == u32::from_ne_bytes(CLIENT.octets()))
+        .count();
+    if entries != quota || loaded.client(CLIENT, 30000 + CLIENT_QUOTA as u16).is_some() {
+        return Err(format!(
+            "{entries} CLIENTS entries for the client, expected {quota}"
+        ));
+    }
+    // A retry on an existing tuple: refreshed, not a new entry.
+    let retry = Udp::new(CLIENT, 30000, LAN_ADDR, 5351, &NATPMP_MAP_UDP)
+        .eth(LAN_MAC, CLIENT_MAC)
+        .build();
+    let (action, _) = loaded.run(Prog::Lan, &retry);
+    if action != TC_ACT_REDIRECT {
+        return Err(format!(
+            "retry on an existing tuple: action {action}, expected redirect"
+        ));
+    }
+    // Another client is not affected.
+    let other = Udp::new(CLIENT2, 30000, LAN_ADDR, 5351, &NATPMP_MAP_UDP)
+        .eth(LAN_MAC, CLIENT_MAC)
+        .build();
+    let (action, _) = loaded.run(Prog::Lan, &other);
+    if action != TC_ACT_REDIRECT {
+        return Err(format!(
+            "another client's new tuple: action {action}, expected redirect"
+        ));
+    }
+    if loaded.rate(CLIENT).unwrap().in_flight != u64::from(CLIENT_QUOTA)
+        || loaded.rate(CLIENT2).map(|b| b.in_flight) != Some(1)
+    {
+        return Err("entry counts after the retry and the other client".into());
+    }
+    expect_stats(
+        &loaded,
+        &[
+            (STAT_NATPMP_TO_CGN, CLIENT_QUOTA as u64 + 2),
+            (STAT_DROP_CLIENT_QUOTA, 6),
+        ],
+    )
+}
+
+/// The quota as the kernel sees it with a seeded count (e.g. after the daemon's recount).
+fn client_quota_seeded() -> Result<(), String> {
+    let mut loaded = Loaded::new(Some(config(true)));
+    loaded.set_rate(CLIENT, frozen_bucket(RATE_BURST, CLIENT_QUOTA - 1));
+    let new_tuple = |port: u16| {
+        Udp::new(CLIENT, port, LAN_ADDR, 5351, &pcp_map(2))
+            .eth(LAN_MAC, CLIENT_MAC)
+            .build()
+    };
+    let actions: Vec<u32> = [50000, 50001, 50000, 50002]
+        .iter()
+        .map(|&port| loaded.run(Prog::Lan, &new_tuple(port)).0)
+        .collect();
+    let want = vec![TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_REDIRECT, TC_ACT_SHOT];
+    if actions != want {
+        return Err(format!("actions {actions:?}, expected {want:?}"));
+    }
+    let bucket = loaded.rate(CLIENT).unwrap();
+    if bucket.in_flight != u64::from(CLIENT_QUOTA) || bucket.tokens != u64::from(RATE_BURST) - 4 {
+        return Err(format!(
+            "RATE entry {bucket:?}: every request costs a token, one tuple added"
+        ));
+    }
+    expect_stats(
+        &loaded,
+        &[(STAT_PCP_TO_CGN, 2), (STAT_DROP_CLIENT_QUOTA, 2)],
+    )
+}
+
+#[test]
+fn flood_limits() {
+    run_scenarios(&[
+        ("rate-burst", rate_burst_l2),
+        ("rate-burst-l3-wan", rate_burst_l3),
+        ("rate-search-xdp", rate_search_xdp),
+        (
+            "rate-charged-once-xdp-then-tc",
+            rate_charged_once_through_xdp_and_tc,
+        ),
+        ("rate-refill", rate_refill),
+        ("client-quota", client_quota),
+        ("client-quota-seeded", client_quota_seeded),
+    ]);
 }

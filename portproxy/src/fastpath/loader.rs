@@ -47,8 +47,9 @@
 //! killed by SIGKILL leaves nothing attached; `cls_bpf` filters outlive the process, so
 //! filters with our program names are removed before attaching.
 //!
-//! Pins: `CLIENTS`, `STATS` and `CONFIG` (BTF-typed: `bpftool map dump` prints field names)
-//! under the pin directory (bpffs), replaced if a previous run left them, removed on drop.
+//! Pins: `CLIENTS`, `STATS`, `CONFIG` and `RATE` (BTF-typed: `bpftool map dump` prints field
+//! names) under the pin directory (bpffs), replaced if a previous run left them, removed on
+//! drop.
 //! They are for inspection (`bpftool map dump pinned`, `portproxy stats`); a new run starts
 //! with fresh maps.
 
@@ -74,7 +75,7 @@ use super::{EBPF_OBJECT, PROGRAMS, boot_time, iface, load_program, maps, raise_m
 use crate::config::Config;
 
 /// Maps pinned for inspection.
-const PINNED_MAPS: [&str; 3] = ["CLIENTS", "STATS", "CONFIG"];
+const PINNED_MAPS: [&str; 4] = ["CLIENTS", "STATS", "CONFIG", "RATE"];
 /// XDP programs: (LAN side, WAN side).
 pub const XDP_PROGRAMS: [&str; 2] = ["xdp_lan", "xdp_wan"];
 /// `statfs` magic of the BPF filesystem.
@@ -116,9 +117,12 @@ impl FastPath {
     pub fn start(cfg: &Config, pin_dir: &Path) -> anyhow::Result<FastPath> {
         raise_memlock_limit();
         let mut map_config = maps::map_config(cfg)?;
-        let mut ebpf = EbpfLoader::new().map_max_entries("CLIENTS", cfg.max_clients).load(EBPF_OBJECT).context(
-            "loading the embedded eBPF object (creating its maps needs root or CAP_BPF)",
-        )?;
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("CLIENTS", cfg.max_clients)
+            .load(EBPF_OBJECT)
+            .context(
+                "loading the embedded eBPF object (creating its maps needs root or CAP_BPF)",
+            )?;
         // aya parsed the kernel's BTF (about 15 MB of heap) to load the object; hand that
         // back to the system now, or it stays in the daemon's RSS for its whole life.
         // SAFETY: plain libc call, no pointers.
@@ -327,21 +331,28 @@ impl FastPath {
         maps::Counters::read(self.ebpf.map("STATS").context("map STATS missing")?)
     }
 
-    /// Removes `CLIENTS` entries idle for longer than `max_idle` (e.g. the pending timeout);
-    /// call it periodically. Returns how many were removed.
+    /// Removes `CLIENTS` entries idle for longer than `max_idle` (e.g. the pending timeout),
+    /// recounts each client address's entries in `RATE` and counts the entries the LRU
+    /// evicted (`STAT_EVICTED`); call it periodically. Returns how many were removed.
     pub fn expire_idle_clients(&mut self, max_idle: Duration) -> anyhow::Result<usize> {
-        let map = self
-            .ebpf
-            .map_mut("CLIENTS")
-            .context("map CLIENTS missing")?;
-        let removed = maps::expire_clients(map, boot_time(), max_idle)?;
-        if removed > 0 {
+        let sweep = maps::expire_clients(&mut self.ebpf, boot_time(), max_idle)?;
+        if sweep.removed > 0 {
             debug!(
-                "fast path: {removed} idle client entr{} removed",
-                if removed == 1 { "y" } else { "ies" }
+                "fast path: {} idle client entr{} removed",
+                sweep.removed,
+                if sweep.removed == 1 { "y" } else { "ies" }
             );
         }
-        Ok(removed)
+        if sweep.evicted > 0 {
+            warn!(
+                "fast path: the client table was full: the kernel evicted {} entr{} of clients \
+                 waiting for a reply (raise --max-clients; one address holds at most {})",
+                sweep.evicted,
+                if sweep.evicted == 1 { "y" } else { "ies" },
+                portproxy_common::CLIENT_QUOTA
+            );
+        }
+        Ok(sweep.removed)
     }
 }
 
