@@ -6,7 +6,7 @@ use anyhow::Context as _;
 
 use crate::{build, cmd};
 
-pub fn run(keep: bool, softwire: Option<&str>) -> anyhow::Result<()> {
+pub fn run(keep: bool, softwire: Option<&str>, xdp: bool) -> anyhow::Result<()> {
     cmd::require_root("lab")?;
     let bin = build::run(false)?;
     let mut cargo = cmd::cargo();
@@ -18,6 +18,9 @@ pub fn run(keep: bool, softwire: Option<&str>) -> anyhow::Result<()> {
     }
     if let Some(softwire) = softwire {
         cargo.args(["--softwire", softwire]);
+    }
+    if xdp {
+        cargo.arg("--xdp");
     }
     eprintln!("+ {}", cmd::display(&cargo));
     // exec, so that Ctrl-C reaches only the lab, which then removes its namespaces.

@@ -1,5 +1,5 @@
 //! The project's own commands, used by the README and `.ci/run`:
-//! `cargo xtask setup | build [--release] | test [-- ARGS] | lab [--keep] [--softwire l2|l3] | bench [-- ARGS]`.
+//! `cargo xtask setup | build [--release] | test [-- ARGS] | lab [--keep] [--softwire l2|l3] [--xdp] | bench [-- ARGS]`.
 
 mod bench;
 mod build;
@@ -41,6 +41,9 @@ enum Command {
         /// Link type of the softwire between the home router and the carrier-grade NAT.
         #[arg(long, value_parser = ["l2", "l3"])]
         softwire: Option<String>,
+        /// Run portproxy on the eBPF fast path (--xdp).
+        #[arg(long)]
+        xdp: bool,
     },
     /// Benchmark the data paths (routing, sockets, fast path, nftables DNAT) into target/bench/.
     Bench {
@@ -57,7 +60,11 @@ fn main() -> ExitCode {
             build::run(release).map(|bin| println!("built {}", bin.display()))
         }
         Command::Test { args } => test::run(&args),
-        Command::Lab { keep, softwire } => lab::run(keep, softwire.as_deref()),
+        Command::Lab {
+            keep,
+            softwire,
+            xdp,
+        } => lab::run(keep, softwire.as_deref(), xdp),
         Command::Bench { args } => bench::run(&args),
     };
     // No backtrace (RUST_BACKTRACE may be set): these errors are for the user, not a bug.

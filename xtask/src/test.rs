@@ -42,9 +42,13 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let netns = cargo_test(&mut netns, &mut totals);
 
     // Every codec under libFuzzer for a bounded number of inputs (a few seconds once built).
-    let fuzz = cmd::run(Command::new("sh").arg(cmd::workspace_root().join("portproxy/fuzz/smoke.sh")));
+    let fuzz =
+        cmd::run(Command::new("sh").arg(cmd::workspace_root().join("portproxy/fuzz/smoke.sh")));
 
-    let errors: Vec<_> = [unit, netns, fuzz].into_iter().filter_map(Result::err).collect();
+    let errors: Vec<_> = [unit, netns, fuzz]
+        .into_iter()
+        .filter_map(Result::err)
+        .collect();
     for error in &errors {
         eprintln!("error: {error:#}");
     }

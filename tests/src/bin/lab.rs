@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
-use tests::{LAN_GATEWAY, LAN1_IP, Lab, Netns, PUBLIC_IP, Softwire, pcp_map_tcp};
+use tests::{DataPath, LAN_GATEWAY, LAN1_IP, Lab, Netns, PUBLIC_IP, Softwire, pcp_map_tcp};
 
 #[derive(Parser)]
 #[command(about = "Runs portproxy in a virtual DS-Lite network and shows what it relays")]
@@ -23,6 +23,9 @@ struct Args {
     /// The CPE-CGN link: l2 (veth) or l3 (TUN devices joined by a forwarder).
     #[arg(long, default_value = "l2", value_name = "l2|l3")]
     softwire: Softwire,
+    /// Run portproxy on the eBPF fast path (--xdp).
+    #[arg(long)]
+    xdp: bool,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -48,18 +51,28 @@ fn main() -> Result<()> {
     eprintln!("building the lab ({} softwire) ...", args.softwire);
     let lab = Lab::new(args.softwire)?;
     let dir = lab.dir().display().to_string();
-    let portproxy =
-        match lab.spawn_portproxy(&["--lan-iface", "br-lan", "--wan-iface", "softwire", "-vv"]) {
-            Ok(portproxy) => Some(portproxy),
-            Err(error) => {
-                eprintln!("portproxy did not start: {error:#}");
-                None
-            }
-        };
+    let path = if args.xdp {
+        DataPath::FastPath
+    } else {
+        DataPath::Sockets
+    };
+    let portproxy = match lab.spawn_portproxy_on(
+        path,
+        &["--lan-iface", "br-lan", "--wan-iface", "softwire", "-vv"],
+    ) {
+        Ok(portproxy) => Some(portproxy),
+        Err(error) => {
+            eprintln!("portproxy did not start: {error:#}");
+            None
+        }
+    };
     let ok = match &portproxy {
         Some(_) => {
             let rows = demo(&lab);
             print_table(&rows);
+            if let Some(portproxy) = &portproxy {
+                print_data_path(&lab, portproxy);
+            }
             rows.iter()
                 .all(|row| row.granted.is_ok() && row.reached.as_ref().is_none_or(Result::is_ok))
         }
@@ -81,6 +94,25 @@ fn main() -> Result<()> {
         bail!("the demo did not go through; see above");
     }
     Ok(())
+}
+
+/// Which data path carried the clients, from `portproxy stats`.
+fn print_data_path(lab: &Lab, portproxy: &tests::Daemon) {
+    match lab.portproxy_stats(portproxy) {
+        Ok(stats) => {
+            println!(
+                "\nportproxy ran on: {}",
+                stats["data_path"].as_str().unwrap_or("?")
+            );
+            for hook in stats["hooks"].as_array().into_iter().flatten() {
+                println!("  hook: {}", hook.as_str().unwrap_or("?"));
+            }
+            if let Some(reason) = stats["fallback_reason"].as_str() {
+                println!("  fell back to sockets: {reason}");
+            }
+        }
+        Err(error) => eprintln!("portproxy stats: {error:#}"),
+    }
 }
 
 /// Runs each client through portproxy (gateway 192.168.1.1) from lan1.
