@@ -81,7 +81,8 @@ pub struct Options {
     pub max_clients: u32,
 
     /// Requests and searches per second one LAN host may send on average (bursts of twice
-    /// that); more are dropped and counted, so one host cannot starve the others. 0: no limit.
+    /// that), and 64 requests in flight per host; more are dropped and counted, so one host
+    /// cannot starve the others. 0 turns both limits off.
     #[arg(long, default_value_t = 10, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=100_000))]
     pub rate_limit: u32,
 

@@ -25,7 +25,8 @@ use crate::stats::{Counter, Stats};
 const BUF_LEN: usize = port_control::PCP_MAX_LEN + 4;
 
 /// Tuples (source ports) one LAN host may have in flight; a host opening more
-/// is refused rather than allowed to fill the table the others need.
+/// is refused rather than allowed to fill the table the others need. Off, with
+/// the rate limit, when `--rate-limit 0`.
 const QUOTA_PER_HOST: usize = 64;
 
 struct Client {
@@ -135,7 +136,8 @@ impl PortControlRelay {
             debug!("dropped request from {client}: {} clients already in flight", self.cfg.max_clients);
             return None;
         }
-        if table.per_host.get(client.ip()).copied().unwrap_or(0) >= QUOTA_PER_HOST {
+        let quota_on = self.cfg.rate_limit != 0;
+        if quota_on && table.per_host.get(client.ip()).copied().unwrap_or(0) >= QUOTA_PER_HOST {
             self.stats.add(Counter::DropQuota);
             debug!("dropped request from {client}: its host has {QUOTA_PER_HOST} requests in flight");
             return None;
