@@ -44,7 +44,7 @@ pub const STAT_XDP_RELAYED: u32 = 13;
 /// its mode (native `xdp_wan` into a bridge). TC then relays it and counts its fate.
 pub const STAT_XDP_DEFERRED: u32 = 14;
 /// A NAT-PMP/PCP request or an M-SEARCH from a LAN address whose token bucket in `RATE` is
-/// empty (more than `RATE_BURST` at once, `RATE_PER_SEC` sustained): dropped.
+/// empty (more than twice `Config::rate_per_sec` at once, that rate sustained): dropped.
 pub const STAT_DROP_RATE_LIMIT: u32 = 15;
 /// A request for a new client tuple from a LAN address that already holds `CLIENT_QUOTA`
 /// entries in `CLIENTS`: dropped (its retries on existing tuples still pass).
@@ -53,8 +53,17 @@ pub const STAT_DROP_CLIENT_QUOTA: u32 = 16;
 /// Not counted by the programs (an LRU insert does not say whether it evicted): the daemon's
 /// aging sweep finds entries that vanished without it removing them and adds them here.
 pub const STAT_EVICTED: u32 = 17;
+/// A NAT-PMP/PCP request or an M-SEARCH from the LAN whose source address is outside the
+/// LAN prefix (`Config::lan_mask_be`): relayed, it would make the CGN map for and answer a
+/// third party. Dropped.
+pub const STAT_DROP_NOT_ON_LAN: u32 = 18;
+/// A datagram from the LAN to the SSDP port starting with "M-SEARCH" that is not a
+/// well-formed search (the socket relay's `Message::parse`: at most 2,048 bytes of UTF-8,
+/// the start line, a ':' in every header line, a blank line): dropped. Apart from
+/// `STAT_DROP_MALFORMED` so that counter stays NAT-PMP/PCP only.
+pub const STAT_DROP_MALFORMED_SEARCH: u32 = 19;
 /// Number of `STATS` entries (its `max_entries`).
-pub const STAT_COUNT: u32 = 18;
+pub const STAT_COUNT: u32 = 20;
 
 /// Counter names for reports, indexed by `STAT_*`.
 pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
@@ -76,6 +85,8 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "dropped rate limit",
     "dropped client quota",
     "evicted",
+    "dropped not on lan",
+    "dropped malformed search",
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -125,13 +136,54 @@ pub const CLIENTS_MAX_ENTRIES: u32 = 4096;
 // `CLIENTS` tuple also needs the address to hold fewer than `CLIENT_QUOTA` entries
 // (`STAT_DROP_CLIENT_QUOTA`), so one host cannot make the LRU evict everybody else's.
 
-/// Tokens an address gains per second (sustained requests + searches per second).
+/// The default rate (`--rate-limit`): tokens an address gains per second (sustained
+/// requests + searches per second). The programs use `Config::rate_per_sec`.
 pub const RATE_PER_SEC: u64 = 10;
-/// Bucket size: requests + searches an idle address may send at once.
+/// The default bucket size (twice the default rate): requests + searches an idle address
+/// may send at once.
 pub const RATE_BURST: u32 = 20;
-/// Time that refills one token (100 ms).
+/// Time that refills one token at the default rate (100 ms).
 pub const RATE_TOKEN_NS: u64 = 1_000_000_000 / RATE_PER_SEC;
 const _: () = assert!(RATE_PER_SEC > 0 && RATE_TOKEN_NS > 0 && RATE_BURST > 0);
+const _: () = assert!(rate_burst(RATE_PER_SEC as u32) == RATE_BURST as u64);
+const _: () = assert!(rate_token_ns(RATE_PER_SEC as u32) == RATE_TOKEN_NS);
+/// Rates above this (per second) count as this: one token per nanosecond.
+pub const RATE_MAX_PER_SEC: u32 = 1_000_000_000;
+/// `RateValue::tokens` of a bucket created full: clamped to the burst of the rate in force
+/// at its next refill (so the daemon can create one without knowing the rate).
+pub const RATE_FULL: u64 = u64::MAX;
+/// Time after which an unused bucket is full again, whatever the rate: burst × token time
+/// = 2 × rate × (1 s / rate) <= 2 s.
+pub const RATE_REFILL_NS: u64 = 2_000_000_000;
+
+/// Bucket size at `rate_per_sec` (> 0): twice the rate.
+#[inline(always)]
+pub const fn rate_burst(rate_per_sec: u32) -> u64 {
+    let rate = if rate_per_sec > RATE_MAX_PER_SEC {
+        RATE_MAX_PER_SEC
+    } else {
+        rate_per_sec
+    };
+    2 * rate as u64
+}
+
+/// Time that earns one token at `rate_per_sec`: at least 1 ns, never a division by zero
+/// (a rate of 0, no limit, never gets here in `take`).
+#[inline(always)]
+pub const fn rate_token_ns(rate_per_sec: u32) -> u64 {
+    let rate = if rate_per_sec > RATE_MAX_PER_SEC {
+        RATE_MAX_PER_SEC
+    } else if rate_per_sec == 0 {
+        1
+    } else {
+        rate_per_sec
+    };
+    1_000_000_000 / rate as u64
+}
+const _: () = assert!(rate_burst(u32::MAX) * rate_token_ns(u32::MAX) <= RATE_REFILL_NS);
+const _: () = assert!(rate_burst(1) * rate_token_ns(1) <= RATE_REFILL_NS);
+const _: () = assert!(rate_burst(7) * rate_token_ns(7) <= RATE_REFILL_NS);
+
 /// `CLIENTS` entries (tuples with an exchange in flight) one LAN address may hold. With the
 /// default `--max-clients` 4096, 64 addresses at their quota fill the table.
 pub const CLIENT_QUOTA: u32 = 64;
@@ -153,7 +205,7 @@ const _: () = assert!(size_of::<RateKey>() == 4);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RateValue {
-    /// Tokens left, 0..=`RATE_BURST`.
+    /// Tokens left, 0..=`rate_burst` (`RATE_FULL` until the first refill).
     pub tokens: u64,
     /// `CLIENTS` entries this address holds: incremented by the program that creates one,
     /// brought back to the table's contents by the daemon's aging sweep (entries it removed,
@@ -165,49 +217,57 @@ pub struct RateValue {
 const _: () = assert!(size_of::<RateValue>() == 24 && size_of::<RateValue>() == 3 * 8);
 
 impl RateValue {
-    /// A bucket seen for the first time at `now_ns`: full.
+    /// A bucket seen for the first time at `now_ns`: full (`RATE_FULL`).
     #[inline(always)]
     pub fn new(now_ns: u64) -> RateValue {
         RateValue {
-            tokens: u64::from(RATE_BURST),
+            tokens: RATE_FULL,
             in_flight: 0,
             last_ns: now_ns,
         }
     }
 
-    /// Credits the tokens earned since `last_ns` (one per `RATE_TOKEN_NS`, at most up to
-    /// `RATE_BURST`). No loop, a constant non-zero divisor, no overflow: `add * RATE_TOKEN_NS
-    /// <= elapsed`, and a clock read behind `last_ns` (another CPU) earns nothing. Crediting
-    /// twice at the same `now_ns` changes nothing, so a peek is harmless.
+    /// Credits the tokens earned since `last_ns` at `rate_per_sec` (> 0; one per
+    /// `rate_token_ns`, at most up to `rate_burst`). No loop, a non-zero divisor, no overflow:
+    /// burst × token time <= 2 s, `add * token_ns <= elapsed`, and a clock read behind
+    /// `last_ns` (another CPU) earns nothing. Crediting twice at the same `now_ns` changes
+    /// nothing, so a peek is harmless.
     #[inline(always)]
-    pub fn refill(&mut self, now_ns: u64) {
-        // A count beyond the bucket (written from userspace) is clamped.
-        self.tokens = self.tokens.min(u64::from(RATE_BURST));
+    pub fn refill(&mut self, now_ns: u64, rate_per_sec: u32) {
+        let burst = rate_burst(rate_per_sec);
+        let token_ns = rate_token_ns(rate_per_sec);
+        // A count beyond the bucket (`RATE_FULL`, a lower rate than before, a value written
+        // from userspace) is clamped.
+        self.tokens = self.tokens.min(burst);
         let elapsed = now_ns.saturating_sub(self.last_ns);
-        if elapsed >= u64::from(RATE_BURST) * RATE_TOKEN_NS {
-            self.tokens = u64::from(RATE_BURST);
+        if elapsed >= burst * token_ns {
+            self.tokens = burst;
             self.last_ns = now_ns;
             return;
         }
-        // < RATE_BURST here.
-        let add = elapsed / RATE_TOKEN_NS;
+        // < burst here.
+        let add = elapsed / token_ns;
         if add == 0 {
             return;
         }
-        self.tokens = (self.tokens + add).min(u64::from(RATE_BURST));
+        self.tokens = (self.tokens + add).min(burst);
         // Keep the fraction of a token already earned, unless the bucket is full (a full
         // bucket banks nothing).
-        self.last_ns = if self.tokens == u64::from(RATE_BURST) {
+        self.last_ns = if self.tokens == burst {
             now_ns
         } else {
-            self.last_ns + add * RATE_TOKEN_NS
+            self.last_ns + add * token_ns
         };
     }
 
-    /// Refills, then takes one token if there is one. `false`: over the limit.
+    /// Refills, then takes one token if there is one. `false`: over the limit. A rate of 0
+    /// is no limit: always `true`, the bucket untouched.
     #[inline(always)]
-    pub fn take(&mut self, now_ns: u64) -> bool {
-        self.refill(now_ns);
+    pub fn take(&mut self, now_ns: u64, rate_per_sec: u32) -> bool {
+        if rate_per_sec == 0 {
+            return true;
+        }
+        self.refill(now_ns, rate_per_sec);
         if self.tokens == 0 {
             return false;
         }
@@ -254,9 +314,30 @@ pub struct Config {
     /// `FLAG_*`.
     pub flags: u8,
     pub _pad: [u8; 2],
+    /// The LAN prefix's netmask (`/24`: 255.255.255.0), network byte order: requests and
+    /// searches are relayed only from `lan_addr_be & lan_mask_be`. 0 (a /0) allows any source.
+    pub lan_mask_be: u32,
+    /// Requests + searches per second and LAN address (`--rate-limit`), bursts of twice
+    /// that (`RateValue::take`); 0: no limit (the per-address quota still applies).
+    pub rate_per_sec: u32,
 }
 const _: () =
-    assert!(size_of::<Config>() == 40 && size_of::<Config>() == 5 * 4 + 2 * 2 + 2 * 6 + 4);
+    assert!(size_of::<Config>() == 48 && size_of::<Config>() == 7 * 4 + 2 * 2 + 2 * 6 + 4);
+
+/// The netmask of a prefix length (clamped to 32), network byte order, as in `Config`.
+#[inline(always)]
+pub const fn mask_be(prefix_len: u8) -> u32 {
+    let len = if prefix_len > 32 {
+        32
+    } else {
+        prefix_len as u32
+    };
+    if len == 0 {
+        0
+    } else {
+        (u32::MAX << (32 - len)).to_be()
+    }
+}
 
 /// SSDP multicast group 239.255.255.250, network byte order.
 pub const SSDP_GROUP_BE: u32 = u32::from_ne_bytes([239, 255, 255, 250]);
@@ -432,37 +513,39 @@ mod tests {
     }
 
     const MS: u64 = 1_000_000;
+    /// The default rate.
+    const R: u32 = RATE_PER_SEC as u32;
 
     #[test]
     fn bucket_burst_then_rate() {
         let t0 = 5_000 * MS;
         let mut b = RateValue::new(t0);
-        let taken = (0..30).filter(|_| b.take(t0)).count();
+        let taken = (0..30).filter(|_| b.take(t0, R)).count();
         assert_eq!(taken, RATE_BURST as usize);
         // 99 ms: nothing earned; 100 ms: one token.
-        assert!(!b.take(t0 + 99 * MS));
-        assert!(b.take(t0 + 100 * MS));
-        assert!(!b.take(t0 + 100 * MS));
+        assert!(!b.take(t0 + 99 * MS, R));
+        assert!(b.take(t0 + 100 * MS, R));
+        assert!(!b.take(t0 + 100 * MS, R));
         // The fraction is kept: 150 ms later (250 ms in all) one more, at 300 ms the next.
-        assert!(b.take(t0 + 250 * MS));
-        assert!(!b.take(t0 + 250 * MS));
-        assert!(b.take(t0 + 300 * MS));
+        assert!(b.take(t0 + 250 * MS, R));
+        assert!(!b.take(t0 + 250 * MS, R));
+        assert!(b.take(t0 + 300 * MS, R));
         // Sustained 10/s: one every 100 ms for a minute, never refused.
         let mut t = t0 + 300 * MS;
         for _ in 0..600 {
             t += RATE_TOKEN_NS;
-            assert!(b.take(t));
+            assert!(b.take(t, R));
         }
     }
 
     #[test]
     fn bucket_is_capped_and_overflow_safe() {
         let mut b = RateValue::new(0);
-        b.refill(u64::MAX);
+        b.refill(u64::MAX, R);
         assert_eq!((b.tokens, b.last_ns), (u64::from(RATE_BURST), u64::MAX));
         // A clock behind `last_ns` (read on another CPU) earns nothing and does not wrap.
         b.tokens = 0;
-        b.refill(3);
+        b.refill(3, R);
         assert_eq!((b.tokens, b.last_ns), (0, u64::MAX));
         // A corrupt token count from userspace is clamped.
         let mut b = RateValue {
@@ -470,7 +553,7 @@ mod tests {
             in_flight: 0,
             last_ns: 0,
         };
-        b.refill(RATE_TOKEN_NS);
+        b.refill(RATE_TOKEN_NS, R);
         assert_eq!(b.tokens, u64::from(RATE_BURST));
         // Just under a full refill: 19 tokens, the remainder kept.
         let mut b = RateValue {
@@ -478,9 +561,52 @@ mod tests {
             in_flight: 0,
             last_ns: 0,
         };
-        b.refill(u64::from(RATE_BURST) * RATE_TOKEN_NS - 1);
+        b.refill(u64::from(RATE_BURST) * RATE_TOKEN_NS - 1, R);
         assert_eq!(b.tokens, u64::from(RATE_BURST - 1));
         assert_eq!(b.last_ns, u64::from(RATE_BURST - 1) * RATE_TOKEN_NS);
+    }
+
+    #[test]
+    fn bucket_follows_the_rate() {
+        // 0: no limit, the bucket untouched.
+        let mut b = RateValue::new(0);
+        assert!((0..10_000).all(|_| b.take(0, 0)));
+        assert_eq!(b.tokens, RATE_FULL);
+        // 1/s: a burst of 2, then one a second.
+        let mut b = RateValue::new(0);
+        assert_eq!((0..5).filter(|_| b.take(0, 1)).count(), 2);
+        assert!(!b.take(999 * MS, 1));
+        assert!(b.take(1000 * MS, 1));
+        // 1000/s: a burst of 2000, then one a millisecond.
+        let mut b = RateValue::new(0);
+        assert_eq!((0..3000).filter(|_| b.take(0, 1000)).count(), 2000);
+        assert!(b.take(MS, 1000));
+        assert!(!b.take(MS, 1000));
+        // Extreme rates: no overflow, no division by zero, a full refill within 2 s.
+        for rate in [1, 3, 7, 999_999_999, RATE_MAX_PER_SEC, u32::MAX] {
+            let mut b = RateValue::new(0);
+            assert!(b.take(0, rate));
+            assert!(rate_burst(rate) * rate_token_ns(rate) <= RATE_REFILL_NS);
+            b.tokens = 0;
+            b.refill(RATE_REFILL_NS, rate);
+            assert_eq!(b.tokens, rate_burst(rate), "rate {rate}");
+            b.refill(u64::MAX, rate);
+            assert_eq!(b.tokens, rate_burst(rate));
+        }
+        // A lower rate than the bucket was filled at: clamped to the new burst.
+        let mut b = RateValue::new(0);
+        assert!(b.take(0, 100));
+        assert!(b.take(0, 1));
+        assert_eq!(b.tokens, 1);
+    }
+
+    #[test]
+    fn masks() {
+        assert_eq!(mask_be(0), 0);
+        assert_eq!(mask_be(24), u32::from_ne_bytes([255, 255, 255, 0]));
+        assert_eq!(mask_be(17), u32::from_ne_bytes([255, 255, 128, 0]));
+        assert_eq!(mask_be(32), u32::MAX);
+        assert_eq!(mask_be(40), u32::MAX);
     }
 
     #[test]

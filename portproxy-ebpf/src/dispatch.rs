@@ -3,7 +3,8 @@
 //! (rewrite, redirect, count) each with the means of its hook.
 
 use portproxy_common::{
-    ClientValue, Config, FLAG_PORT_CONTROL, FLAG_SSDP, SSDP_GROUP_BE, STAT_PASSED_OWN,
+    ClientValue, Config, FLAG_PORT_CONTROL, FLAG_SSDP, SSDP_GROUP_BE, STAT_DROP_MALFORMED,
+    STAT_DROP_NOT_ON_LAN, STAT_PASSED_OWN,
 };
 
 use crate::{
@@ -37,6 +38,13 @@ fn own_source(cfg: &Config, pkt: &Udp4) -> bool {
     pkt.src_be == cfg.lan_addr_be || pkt.src_be == cfg.wan_addr_be
 }
 
+/// Inside the LAN prefix (`lan_mask_be`). A source outside it on the LAN device is spoofed
+/// (or misconfigured): relayed in its name, the CGN would map for and answer a third party.
+#[inline(always)]
+fn on_lan(cfg: &Config, pkt: &Udp4) -> bool {
+    (pkt.src_be ^ cfg.lan_addr_be) & cfg.lan_mask_be == 0
+}
+
 /// Multicast (224.0.0.0/4, e.g. NAT-PMP announcements to 224.0.0.1) or limited broadcast.
 #[inline(always)]
 fn multicast_or_broadcast(addr_be: u32) -> bool {
@@ -53,6 +61,20 @@ pub fn lan<P: Packet>(p: &P, cfg: &Config) -> Result<Verdict, i64> {
     let Some(pkt) = packet::udp4(p, ETH_HLEN) else {
         return Ok(Verdict::Pass);
     };
+    if pkt.first_fragment {
+        // Nothing to relay in pieces: to the stack, unless it declares a length no
+        // NAT-PMP/PCP request can have (the socket relay would drop it once reassembled).
+        let ours = cfg.flags & FLAG_PORT_CONTROL != 0
+            && pkt.dport_be == cfg.port_control_port_be
+            && pkt.dst_be == cfg.lan_addr_be
+            && !own_source(cfg, &pkt)
+            && on_lan(cfg, &pkt);
+        return Ok(if ours && port_control::oversized(&pkt) {
+            Verdict::Drop(STAT_DROP_MALFORMED)
+        } else {
+            Verdict::Pass
+        });
+    }
     if own_source(cfg, &pkt) {
         return Ok(Verdict::PassAs(STAT_PASSED_OWN));
     }
@@ -60,13 +82,22 @@ pub fn lan<P: Packet>(p: &P, cfg: &Config) -> Result<Verdict, i64> {
         && pkt.dport_be == cfg.port_control_port_be
         && pkt.dst_be == cfg.lan_addr_be
     {
+        if !on_lan(cfg, &pkt) {
+            return Ok(Verdict::Drop(STAT_DROP_NOT_ON_LAN));
+        }
         return port_control::request(p, pkt);
     }
     if cfg.flags & FLAG_SSDP != 0
         && pkt.dport_be == cfg.ssdp_port_be
         && (pkt.dst_be == SSDP_GROUP_BE || pkt.dst_be == cfg.lan_addr_be)
     {
-        return Ok(ssdp::from_lan(p, pkt));
+        let on_lan = on_lan(cfg, &pkt);
+        return Ok(match ssdp::from_lan(p, pkt) {
+            // What stays on the LAN anyway (NOTIFY, answers) is not ours to judge.
+            Verdict::Pass => Verdict::Pass,
+            _ if !on_lan => Verdict::Drop(STAT_DROP_NOT_ON_LAN),
+            verdict => verdict,
+        });
     }
     Ok(Verdict::Pass)
 }
@@ -88,6 +119,9 @@ pub fn wan<P: Packet>(p: &P, cfg: &Config) -> Result<Verdict, i64> {
     let Some(pkt) = packet::udp4(p, l3) else {
         return Ok(Verdict::Pass);
     };
+    if pkt.first_fragment {
+        return Ok(Verdict::Pass);
+    }
     if own_source(cfg, &pkt) {
         return Ok(Verdict::PassAs(STAT_PASSED_OWN));
     }

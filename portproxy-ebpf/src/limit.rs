@@ -2,7 +2,7 @@
 //! XDP program that hands a packet on to TC has charged nothing; see `xdp`).
 //!
 //! - Rate: every NAT-PMP/PCP request and M-SEARCH costs its source address one token of its
-//!   bucket in `RATE` (`RATE_BURST` at once, `RATE_PER_SEC` sustained,
+//!   bucket in `RATE` (`Config::rate_per_sec` sustained, twice that at once, 0 = no limit;
 //!   `portproxy_common::RateValue::take`); none left: `STAT_DROP_RATE_LIMIT`.
 //! - Quota: a request for a tuple not yet in `CLIENTS` needs the address to hold fewer than
 //!   `CLIENT_QUOTA` entries (`RateValue::in_flight`); otherwise `STAT_DROP_CLIENT_QUOTA`.
@@ -45,11 +45,12 @@ impl Charged {
     }
 }
 
-/// Takes a token from `addr_be`'s bucket (created full on its first packet). `None`: over
+/// Takes a token from `addr_be`'s bucket (created full on its first packet) at
+/// `rate_per_sec` (0: none taken, never over the limit; the bucket still counts entries). `None`: over
 /// the limit (the caller drops and counts `STAT_DROP_RATE_LIMIT`). `Err`: the bucket could
 /// not be created, which only a flood of spoofed sources evicting it again at once can cause.
 #[inline(always)]
-pub fn charge(addr_be: u32, now_ns: u64) -> Result<Option<Charged>, i64> {
+pub fn charge(addr_be: u32, now_ns: u64, rate_per_sec: u32) -> Result<Option<Charged>, i64> {
     let key = RateKey { addr_be };
     let bucket = match RATE.get_ptr_mut(&key) {
         Some(bucket) => bucket,
@@ -60,5 +61,5 @@ pub fn charge(addr_be: u32, now_ns: u64) -> Result<Option<Charged>, i64> {
         }
     };
     // SAFETY: points into the map value for the rest of this program run (RCU).
-    Ok(unsafe { (*bucket).take(now_ns) }.then_some(Charged(bucket)))
+    Ok(unsafe { (*bucket).take(now_ns, rate_per_sec) }.then_some(Charged(bucket)))
 }

@@ -6,7 +6,7 @@
 //! instead of raw bytes.
 
 use aya_ebpf::{
-    btf_maps::{Array, LruHashMap},
+    btf_maps::{Array, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use portproxy_common::{
@@ -27,6 +27,10 @@ pub static CLIENTS: LruHashMap<ClientKey, ClientValue, { CLIENTS_MAX_ENTRIES as 
 /// fixed size: memory stays bounded however many source addresses a LAN host makes up.
 #[btf_map]
 pub static RATE: LruHashMap<RateKey, RateValue, { RATE_MAX_ENTRIES as usize }> = LruHashMap::new();
+
+/// Scratch state of the SSDP search scan (`ssdp::Scan`), one per CPU.
+#[btf_map]
+pub static SCAN: PerCpuArray<crate::ssdp::Scan, 1> = PerCpuArray::new();
 
 /// The configuration, or `None` while it is unset (flags 0).
 #[inline(always)]

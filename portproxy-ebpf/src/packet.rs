@@ -89,8 +89,12 @@ pub struct Udp4 {
     /// with the packet (the datagram is complete). Only packets identified as ours are
     /// dropped for this; anything else goes to the stack, which has its own checks.
     pub complete: bool,
-    /// UDP payload length per the UDP header (meaningful only when `complete`).
+    /// UDP payload length per the UDP header (meaningful only when `complete`, or as the
+    /// length a `first_fragment` declares for the whole datagram).
     pub payload_len: usize,
+    /// The first fragment of a fragmented datagram (offset 0, more fragments): its UDP
+    /// header is here, the rest of the datagram is not (`complete` is false).
+    pub first_fragment: bool,
 }
 
 impl Udp4 {
@@ -107,7 +111,8 @@ pub fn is_ethernet_ipv4<P: Packet>(p: &P) -> bool {
     matches!(p.load::<u16>(12), Ok(proto) if proto == ETH_P_IP_BE)
 }
 
-/// Parses IPv4 + UDP at `l3`. `None`: not IPv4/UDP, a fragment, or headers not all present.
+/// Parses IPv4 + UDP at `l3`. `None`: not IPv4/UDP, a fragment other than the first, or
+/// headers not all present.
 #[inline(always)]
 pub fn udp4<P: Packet>(p: &P, l3: usize) -> Option<Udp4> {
     let ver_ihl: u8 = p.load(l3).ok()?;
@@ -118,11 +123,12 @@ pub fn udp4<P: Packet>(p: &P, l3: usize) -> Option<Udp4> {
     if ihl < 20 {
         return None;
     }
-    let frag_be: u16 = p.load(l3 + 6).ok()?;
-    // More-fragments flag or a fragment offset: no (complete) UDP header to look at.
-    if u16::from_be(frag_be) & 0x3fff != 0 {
+    let frag = u16::from_be(p.load::<u16>(l3 + 6).ok()?);
+    // A fragment offset: no UDP header to look at.
+    if frag & 0x1fff != 0 {
         return None;
     }
+    let first_fragment = frag & 0x2000 != 0;
     let proto: u8 = p.load(l3 + 9).ok()?;
     if proto != IPPROTO_UDP {
         return None;
@@ -135,7 +141,8 @@ pub fn udp4<P: Packet>(p: &P, l3: usize) -> Option<Udp4> {
     let dport_be: u16 = p.load(l4 + 2).ok()?;
     let udp_len = usize::from(u16::from_be(p.load::<u16>(l4 + 4).ok()?));
     let total = usize::from(tot_len);
-    let complete = udp_len >= UDP_HLEN && total >= ihl + udp_len && l3 + total <= p.len();
+    let complete =
+        !first_fragment && udp_len >= UDP_HLEN && total >= ihl + udp_len && l3 + total <= p.len();
     Some(Udp4 {
         l3,
         l4,
@@ -146,6 +153,7 @@ pub fn udp4<P: Packet>(p: &P, l3: usize) -> Option<Udp4> {
         tot_len,
         complete,
         payload_len: udp_len.saturating_sub(UDP_HLEN),
+        first_fragment,
     })
 }
 

@@ -4,8 +4,9 @@
 //! This module decides; `tc` and `xdp` carry the verdict out, both through `admit` (rate
 //! limit, quota, `CLIENTS` entry) and `touch` for the `CLIENTS` entry.
 //!
-//! Framing checks follow `portproxy/src/proto/port_control.rs` (the socket relay) except that
-//! PCP options are not walked (an option overrunning the message is not detected here).
+//! Framing checks follow `portproxy/src/proto/port_control.rs` (the socket relay), PCP
+//! options included (`options_framed`, a loop bounded by the most options a message can
+//! hold).
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use portproxy_common::{
@@ -28,6 +29,11 @@ const PCP_HEADER_LEN: usize = 24;
 const PCP_MAX_LEN: usize = 1100;
 const PCP_MAP_LEN: usize = 36;
 const PCP_PEER_LEN: usize = 56;
+/// Options walked at most: as many as the longest message (1100 bytes) can frame after the
+/// shortest header (24 bytes), so that no well-formed message is refused by the bound.
+pub const PCP_MAX_OPTIONS: usize = (PCP_MAX_LEN - PCP_HEADER_LEN) / 4;
+/// Code, reserved, length (RFC 6887 §7.3).
+const PCP_OPTION_HEADER_LEN: usize = 4;
 
 /// The first bytes of a NAT-PMP/PCP message (absent bytes read as 0) and its length.
 #[derive(Clone, Copy)]
@@ -97,6 +103,60 @@ pub fn well_formed(h: &Header, response: bool) -> bool {
     h.len >= PCP_HEADER_LEN + payload || (response && h.result != 0)
 }
 
+/// Offset of a well-formed PCP message's options from the start of the message, or `None`
+/// when it has none to walk (NAT-PMP; an error response without the opcode's payload).
+#[inline(always)]
+fn options_start(h: &Header) -> Option<usize> {
+    if h.is_natpmp() {
+        return None;
+    }
+    let start = PCP_HEADER_LEN
+        + match h.opcode & !RESPONSE_BIT {
+            1 => PCP_MAP_LEN,
+            2 => PCP_PEER_LEN,
+            _ => 0,
+        };
+    (h.len >= start).then_some(start)
+}
+
+/// Do the PCP options of a message `well_formed` accepted fill it exactly: each option is
+/// code(1) reserved(1) length(2) and its data padded to 4 bytes (RFC 6887 §7.3), none
+/// overruns the message. Mirrors the socket relay's
+/// `check_options`. A bounded loop with one 2-byte load per option.
+#[inline(always)]
+fn options_framed<P: Packet>(p: &P, pkt: &Udp4, h: &Header) -> bool {
+    let Some(start) = options_start(h) else {
+        return true;
+    };
+    // h.len <= PCP_MAX_LEN (well_formed): nothing below overflows.
+    let mut rest = h.len - start;
+    let mut at = pkt.payload() + start;
+    for _ in 0..PCP_MAX_OPTIONS {
+        if rest == 0 {
+            return true;
+        }
+        if rest < PCP_OPTION_HEADER_LEN {
+            return false;
+        }
+        let Ok(len_be) = p.load::<u16>(at + 2) else {
+            return false;
+        };
+        let padded = PCP_OPTION_HEADER_LEN + usize::from(u16::from_be(len_be)).div_ceil(4) * 4;
+        if padded > rest {
+            return false;
+        }
+        rest -= padded;
+        at += padded;
+    }
+    rest == 0
+}
+
+/// A (fragmented) request declaring more bytes than any NAT-PMP/PCP message has.
+#[inline(always)]
+pub fn oversized(pkt: &Udp4) -> bool {
+    pkt.payload_len > PCP_MAX_LEN
+}
+
 /// LAN -> CGN: `pkt` is UDP to LAN_ADDR:5351 from a LAN client.
 #[inline(always)]
 pub fn request<P: Packet>(p: &P, pkt: Udp4) -> Result<Verdict, i64> {
@@ -104,7 +164,7 @@ pub fn request<P: Packet>(p: &P, pkt: Udp4) -> Result<Verdict, i64> {
         return Ok(Verdict::Drop(STAT_DROP_MALFORMED));
     }
     let header = Header::load(p, &pkt)?;
-    if !well_formed(&header, false) {
+    if !well_formed(&header, false) || !options_framed(p, &pkt, &header) {
         return Ok(Verdict::Drop(STAT_DROP_MALFORMED));
     }
     let stat = if header.is_natpmp() {
@@ -141,7 +201,7 @@ pub fn reply<P: Packet>(p: &P, cfg: &Config, pkt: Udp4) -> Result<Verdict, i64> 
         return Ok(Verdict::Drop(STAT_DROP_MALFORMED));
     }
     let header = Header::load(p, &pkt)?;
-    if !well_formed(&header, true) {
+    if !well_formed(&header, true) || !options_framed(p, &pkt, &header) {
         return Ok(Verdict::Drop(STAT_DROP_MALFORMED));
     }
     let stat = if header.is_natpmp() {
@@ -158,9 +218,9 @@ pub fn reply<P: Packet>(p: &P, cfg: &Config, pkt: Udp4) -> Result<Verdict, i64> 
 /// `CLIENT_QUOTA`: a host flooding new source ports stops at its quota instead of making the
 /// LRU evict other clients' entries. `Some(stat)`: drop the request and count `stat`.
 #[inline(always)]
-pub fn admit<P: Packet>(p: &P, pkt: &Udp4) -> Result<Option<u32>, i64> {
+pub fn admit<P: Packet>(p: &P, cfg: &Config, pkt: &Udp4) -> Result<Option<u32>, i64> {
     let now = limit::now();
-    let Some(bucket) = limit::charge(pkt.src_be, now)? else {
+    let Some(bucket) = limit::charge(pkt.src_be, now, cfg.rate_per_sec)? else {
         return Ok(Some(STAT_DROP_RATE_LIMIT));
     };
     let key = ClientKey {

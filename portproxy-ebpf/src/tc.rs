@@ -58,7 +58,7 @@ fn act(ctx: &TcContext, cfg: &Config, verdict: Verdict) -> Result<i32, i64> {
             Ok(TC_ACT_SHOT as i32)
         }
         Verdict::Request(pkt, stat) => {
-            if let Some(dropped) = port_control::admit(ctx, &pkt)? {
+            if let Some(dropped) = port_control::admit(ctx, cfg, &pkt)? {
                 count(dropped);
                 return Ok(TC_ACT_SHOT as i32);
             }
@@ -68,7 +68,7 @@ fn act(ctx: &TcContext, cfg: &Config, verdict: Verdict) -> Result<i32, i64> {
             Ok(action)
         }
         Verdict::Search(pkt) => {
-            if let Some(dropped) = ssdp::admit(&pkt)? {
+            if let Some(dropped) = ssdp::admit(cfg, &pkt)? {
                 count(dropped);
                 return Ok(TC_ACT_SHOT as i32);
             }

@@ -102,7 +102,7 @@ fn act(ctx: &XdpContext, cfg: &Config, verdict: Verdict) -> Result<u32, i64> {
                 count(STAT_XDP_DEFERRED);
                 return Ok(XDP_PASS);
             };
-            if let Some(dropped) = port_control::admit(ctx, &pkt)? {
+            if let Some(dropped) = port_control::admit(ctx, cfg, &pkt)? {
                 count(dropped);
                 return Ok(XDP_DROP);
             }
@@ -111,7 +111,7 @@ fn act(ctx: &XdpContext, cfg: &Config, verdict: Verdict) -> Result<u32, i64> {
             relayed(redirect(cfg.wan_ifindex)?, stat)
         }
         Verdict::Search(pkt) => {
-            if let Some(dropped) = ssdp::admit(&pkt)? {
+            if let Some(dropped) = ssdp::admit(cfg, &pkt)? {
                 count(dropped);
                 return Ok(XDP_DROP);
             }

@@ -36,15 +36,15 @@ impl DataPath {
         }
     }
 
-    /// The part of `cfg` the socket relay must still carry.
+    /// The part of `cfg` the socket relay must still carry. Next to the fast
+    /// path the SSDP sockets stay: they get only what the programs pass up to
+    /// the stack, which is a search the kernel reassembled from IP fragments
+    /// (a program sees fragments one by one) and, with `--upnp-tcp 1`, all of
+    /// SSDP. NAT-PMP/PCP never needs it: PCP messages are at most 1100 bytes.
     pub fn socket_share(&self, cfg: &Config) -> Config {
         match self {
             DataPath::Sockets(_) => cfg.clone(),
-            DataPath::Fast(_) => Config {
-                nat_pmp: false,
-                upnp_udp: cfg.upnp_udp && !kernel_share(cfg).upnp_udp,
-                ..cfg.clone()
-            },
+            DataPath::Fast(_) => Config { nat_pmp: false, ..cfg.clone() },
         }
     }
 }

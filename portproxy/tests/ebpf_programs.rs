@@ -287,6 +287,8 @@ fn config(wan_is_l3: bool) -> Config {
         wan_is_l3: u8::from(wan_is_l3),
         flags: FLAG_PORT_CONTROL | FLAG_SSDP,
         _pad: [0; 2],
+        lan_mask_be: mask_be(24),
+        rate_per_sec: RATE_PER_SEC as u32,
     }
 }
 
@@ -798,6 +800,277 @@ fn lan_to_cgn_requests() {
         )
         .output(relayed_request(&padded).build(), 14)
         .entry(CLIENT, CLIENT_PORT),
+    );
+    run_table(cases);
+}
+
+/// Requests and searches from a source outside the LAN prefix (192.168.1.0/24 here) would
+/// make the CGN map for and answer a third party: dropped, "dropped not on lan".
+#[test]
+fn off_lan_sources() {
+    let mut cases = Vec::new();
+    let mut l3_cases = Vec::new();
+    let outside = [
+        ("documentation", Ipv4Addr::new(203, 0, 114, 2)),
+        ("next-subnet", Ipv4Addr::new(192, 168, 2, 2)),
+        ("unspecified", Ipv4Addr::UNSPECIFIED),
+    ];
+    for (name, src) in outside {
+        for (proto, payload) in [("natpmp", NATPMP_MAP_UDP.to_vec()), ("pcp", pcp_map(2))] {
+            let input = lan_request(&payload).src(src);
+            cases.push(Case::new(
+                format!("off-lan-{proto}-{name}"),
+                Prog::Lan,
+                input.build(),
+                TC_ACT_SHOT,
+                STAT_DROP_NOT_ON_LAN,
+            ));
+            let l3 = Case::new(
+                format!("off-lan-{proto}-{name}-l3-wan"),
+                Prog::Lan,
+                input.build(),
+                TC_ACT_SHOT,
+                STAT_DROP_NOT_ON_LAN,
+            )
+            .l3_wan();
+            // xdp_lan leaves everything to TC when the WAN is L3 (drops too).
+            let mut xdp = l3.clone();
+            xdp.name = format!("{}-xdp", l3.name);
+            xdp.prog = Prog::XdpLan;
+            xdp.action = XDP_PASS;
+            xdp.stats.clear();
+            l3_cases.extend([l3, xdp]);
+        }
+        let search = Udp::new(src, 50000, GROUP, 1900, MSEARCH).eth(GROUP_MAC, CLIENT_MAC);
+        cases.push(Case::new(
+            format!("off-lan-msearch-{name}"),
+            Prog::Lan,
+            search.build(),
+            TC_ACT_SHOT,
+            STAT_DROP_NOT_ON_LAN,
+        ));
+        cases.push(Case::new(
+            format!("off-lan-msearch-unicast-{name}"),
+            Prog::Lan,
+            search
+                .clone()
+                .dst(LAN_ADDR)
+                .eth(LAN_MAC, CLIENT_MAC)
+                .build(),
+            TC_ACT_SHOT,
+            STAT_DROP_NOT_ON_LAN,
+        ));
+        // SSDP that stays on the LAN anyway is not ours to drop.
+        let notify = Udp::new(src, 1900, GROUP, 1900, NOTIFY).eth(GROUP_MAC, CLIENT_MAC);
+        cases.push(Case::new(
+            format!("off-lan-notify-{name}-stays"),
+            Prog::Lan,
+            notify.build(),
+            TC_ACT_OK,
+            STAT_PASSED,
+        ));
+    }
+    // The edges of the prefix are on the LAN.
+    for last in [0u8, 254, 255] {
+        let src = Ipv4Addr::new(192, 168, 1, last);
+        let input = lan_request(&NATPMP_MAP_UDP).src(src);
+        cases.push(
+            Case::new(
+                format!("on-lan-natpmp-192.168.1.{last}"),
+                Prog::Lan,
+                input.build(),
+                TC_ACT_REDIRECT,
+                STAT_NATPMP_TO_CGN,
+            )
+            .output(relayed_request(&input).build(), 14)
+            .entry(src, CLIENT_PORT),
+        );
+    }
+    run_table(cases);
+    run_cases(l3_cases);
+    // A /0 LAN (mask 0) takes any source; a /32 only the CPE's own address (passed as own).
+    let input = lan_request(&NATPMP_MAP_UDP).src(Ipv4Addr::new(203, 0, 114, 2));
+    let mut any = config(false);
+    any.lan_mask_be = mask_be(0);
+    let case = Case::new(
+        "off-lan-mask-0-relays",
+        Prog::Lan,
+        input.build(),
+        TC_ACT_REDIRECT,
+        STAT_NATPMP_TO_CGN,
+    )
+    .output(relayed_request(&input).build(), 14)
+    .entry(Ipv4Addr::new(203, 0, 114, 2), CLIENT_PORT);
+    if let Err(why) = run_case_with(&case, any) {
+        panic!("case {}: {why}", case.name);
+    }
+    let mut host = config(false);
+    host.lan_mask_be = mask_be(32);
+    let case = Case::new(
+        "off-lan-mask-32-drops-client",
+        Prog::Lan,
+        lan_request(&NATPMP_MAP_UDP).build(),
+        TC_ACT_SHOT,
+        STAT_DROP_NOT_ON_LAN,
+    );
+    if let Err(why) = run_case_with(&case, host) {
+        panic!("case {}: {why}", case.name);
+    }
+}
+
+/// A PCP option: code, reserved, length, data padded to 4 bytes (RFC 6887 §7.3).
+fn pcp_option(code: u8, data: &[u8]) -> Vec<u8> {
+    let mut option = vec![code, 0];
+    option.extend_from_slice(&(data.len() as u16).to_be_bytes());
+    option.extend_from_slice(data);
+    option.resize(4 + data.len().div_ceil(4) * 4, 0);
+    option
+}
+
+/// PCP options are walked as the socket relay's `check_options` does: framed ones pass,
+/// overrunning or unframed ones are malformed, in requests and replies.
+#[test]
+fn pcp_options() {
+    let mut cases = Vec::new();
+    let with = |base: Vec<u8>, options: &[Vec<u8>]| -> Vec<u8> {
+        let mut m = base;
+        for option in options {
+            m.extend_from_slice(option);
+        }
+        m
+    };
+    let announce = {
+        let mut m = pcp_map(2);
+        m[1] = 0;
+        m.truncate(24);
+        m
+    };
+    let third_party = pcp_option(1, &CLIENT.to_ipv6_mapped().octets());
+    let prefer_failure = pcp_option(2, &[]);
+    let filter = pcp_option(3, &[0; 20]);
+    let odd = pcp_option(0x80, &[1, 2, 3, 4, 5]);
+    let good: Vec<(&str, Vec<u8>)> = vec![
+        ("third-party", with(pcp_map(2), &[third_party.clone()])),
+        (
+            "three-options",
+            with(
+                pcp_map(2),
+                &[third_party.clone(), prefer_failure.clone(), filter.clone()],
+            ),
+        ),
+        ("padded-data", with(pcp_map(2), &[odd.clone()])),
+        ("announce-option", with(announce.clone(), &[odd.clone()])),
+        // The most options 1100 bytes hold: the walk's bound refuses nothing well formed.
+        (
+            "260-options",
+            with(pcp_map(2), &vec![prefer_failure.clone(); 260]),
+        ),
+        (
+            "announce-269-options",
+            with(announce.clone(), &vec![prefer_failure.clone(); 269]),
+        ),
+        ("longest-option", {
+            // 60 + 4 + 1036 = 1100 bytes, the most PCP allows.
+            with(pcp_map(2), &[pcp_option(0x81, &[7; 1036])])
+        }),
+    ];
+    for (name, payload) in good {
+        let input = lan_request(&payload);
+        cases.push(
+            Case::new(
+                format!("pcp-options-{name}"),
+                Prog::Lan,
+                input.build(),
+                TC_ACT_REDIRECT,
+                STAT_PCP_TO_CGN,
+            )
+            .output(relayed_request(&input).build(), 14)
+            .entry(CLIENT, CLIENT_PORT),
+        );
+    }
+    let overrun = |declared: u16| {
+        let mut option = vec![1, 0];
+        option.extend_from_slice(&declared.to_be_bytes());
+        option.extend_from_slice(&[0; 16]);
+        option
+    };
+    let bad: Vec<(&str, Vec<u8>)> = vec![
+        ("overrun-by-4", with(pcp_map(2), &[overrun(20)])),
+        ("overrun-max-length", with(pcp_map(2), &[overrun(u16::MAX)])),
+        (
+            "second-overruns",
+            with(pcp_map(2), &[third_party.clone(), overrun(17)]),
+        ),
+        // 5 bytes of data take 8 on the wire: 4 + 4 here is not framed.
+        (
+            "data-not-padded",
+            with(pcp_map(2), &[vec![0x80, 0, 0, 5, 1, 2, 3, 4]]),
+        ),
+        (
+            "261-options-too-long",
+            with(pcp_map(2), &vec![prefer_failure.clone(); 261]),
+        ),
+        ("260-options-last-overruns", {
+            let mut m = with(pcp_map(2), &vec![prefer_failure.clone(); 260]);
+            m[1100 - 1] = 1;
+            m
+        }),
+        ("announce-overrun", with(announce.clone(), &[overrun(100)])),
+        ("peer-overrun", {
+            let mut m = pcp_map(2);
+            m[1] = 2;
+            m.resize(24 + 56, 0);
+            with(m, &[overrun(24)])
+        }),
+    ];
+    for (name, payload) in &bad {
+        cases.push(Case::new(
+            format!("pcp-options-{name}"),
+            Prog::Lan,
+            lan_request(payload).build(),
+            TC_ACT_SHOT,
+            STAT_DROP_MALFORMED,
+        ));
+    }
+    // A first fragment declaring more than any message holds: malformed whatever follows
+    // (one that could be a request goes to the stack, "first-fragment").
+    let mut fragment = lan_request(&[0; 1200]);
+    fragment.frag_off = 0x2000;
+    cases.push(Case::new(
+        "pcp-oversized-first-fragment",
+        Prog::Lan,
+        fragment.build(),
+        TC_ACT_SHOT,
+        STAT_DROP_MALFORMED,
+    ));
+    // Replies: the same walk.
+    let reply = |options: &[Vec<u8>]| {
+        let mut m = with(pcp_map_reply(), options);
+        m[1] = 0x81;
+        m
+    };
+    let good_reply = cgn_reply(&reply(&[third_party.clone(), odd.clone()]));
+    cases.push(
+        Case::new(
+            "pcp-reply-options",
+            Prog::Wan,
+            good_reply.build(),
+            TC_ACT_REDIRECT,
+            STAT_PCP_TO_CLIENT,
+        )
+        .seed(CLIENT, CLIENT_PORT)
+        .output(delivered_reply(&good_reply).build(), 14)
+        .entry(CLIENT, CLIENT_PORT),
+    );
+    cases.push(
+        Case::new(
+            "pcp-reply-options-overrun",
+            Prog::Wan,
+            cgn_reply(&reply(&[overrun(40)])).build(),
+            TC_ACT_SHOT,
+            STAT_DROP_MALFORMED,
+        )
+        .seed(CLIENT, CLIENT_PORT),
     );
     run_table(cases);
 }
@@ -1372,6 +1645,178 @@ fn ssdp() {
         "search-answer-routed-normally",
         Prog::Wan,
         answer.build(),
+        TC_ACT_OK,
+        STAT_PASSED,
+    ));
+    run_table(cases);
+}
+
+/// The socket relay's idea of a search (`proto::ssdp::Message::parse`), to check the
+/// table's expectations against.
+fn search_ok_reference(d: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(d) else {
+        return false;
+    };
+    if d.len() > 2048 {
+        return false;
+    }
+    let Some(end) = text.find("\r\n\r\n").or_else(|| text.find("\n\n")) else {
+        return false;
+    };
+    let mut lines = text[..end].lines();
+    lines
+        .next()
+        .is_some_and(|l| l.trim().eq_ignore_ascii_case("M-SEARCH * HTTP/1.1"))
+        && lines.all(|l| l.contains(':'))
+}
+
+/// M-SEARCH from the LAN is relayed only when well formed as the socket relay parses it;
+/// otherwise dropped as "dropped malformed search". Anything not starting with "M-SEARCH"
+/// stays on the LAN.
+#[test]
+fn ssdp_search_validation() {
+    let padded_to = |len: usize| {
+        let head = b"M-SEARCH * HTTP/1.1\r\nST: ";
+        let mut d = head.to_vec();
+        d.resize(len - 4, b'u');
+        d.extend_from_slice(b"\r\n\r\n");
+        d
+    };
+    let good: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "lowercase",
+            b"m-search * http/1.1\r\nST: ssdp:all\r\n\r\n".to_vec(),
+        ),
+        (
+            "lf-only",
+            b"M-SEARCH * HTTP/1.1\nST: ssdp:all\nMX: 1\n\n".to_vec(),
+        ),
+        ("start-line-only", b"M-SEARCH * HTTP/1.1\r\n\r\n".to_vec()),
+        (
+            "trailing-space-on-start-line",
+            b"M-SEARCH * HTTP/1.1 \t\r\nST: ssdp:all\r\n\r\n".to_vec(),
+        ),
+        (
+            "utf8-values",
+            "M-SEARCH * HTTP/1.1\r\nST: urn:\u{e9}\u{20ac}\u{1f600}\r\n\r\n"
+                .as_bytes()
+                .to_vec(),
+        ),
+        (
+            "body-after-header-end",
+            b"M-SEARCH * HTTP/1.1\r\nST: a\r\n\r\nno colon here\n\n".to_vec(),
+        ),
+        ("exactly-2048", padded_to(2048)),
+        ("exactly-2047", padded_to(2047)),
+        (
+            "crlf-end-after-lone-cr",
+            b"M-SEARCH * HTTP/1.1\r\r\n\r\n".to_vec(),
+        ),
+    ];
+    let bad: Vec<(&str, Vec<u8>)> = vec![
+        ("cut-off", MSEARCH[..MSEARCH.len() - 2].to_vec()),
+        ("start-line-cut", b"M-SEARCH * HTTP/1".to_vec()),
+        (
+            "no-blank-line",
+            b"M-SEARCH * HTTP/1.1\r\nST: ssdp:all\r\n".to_vec(),
+        ),
+        (
+            "header-without-colon",
+            b"M-SEARCH * HTTP/1.1\r\nST ssdp-all\r\n\r\n".to_vec(),
+        ),
+        (
+            "blank-lf-line-before-crlf-end",
+            b"M-SEARCH * HTTP/1.1\nST: a\n\nMX: 1\r\n\r\n".to_vec(),
+        ),
+        ("http-1.0", b"M-SEARCH * HTTP/1.0\r\n\r\n".to_vec()),
+        ("start-line-junk", b"M-SEARCH * HTTP/1.1x\r\n\r\n".to_vec()),
+        (
+            "not-utf8",
+            b"M-SEARCH * HTTP/1.1\r\nST: \xff\xfe\r\n\r\n".to_vec(),
+        ),
+        (
+            "overlong-utf8",
+            b"M-SEARCH * HTTP/1.1\r\nST: \xc0\xaf\r\n\r\n".to_vec(),
+        ),
+        (
+            "surrogate",
+            b"M-SEARCH * HTTP/1.1\r\nST: \xed\xa0\x80\r\n\r\n".to_vec(),
+        ),
+        (
+            "above-10ffff",
+            b"M-SEARCH * HTTP/1.1\r\nST: \xf4\x90\x80\x80\r\n\r\n".to_vec(),
+        ),
+        (
+            "utf8-cut-at-end",
+            b"M-SEARCH * HTTP/1.1\r\nST: a\r\n\r\n\xe2\x82".to_vec(),
+        ),
+        (
+            "not-utf8-after-header-end",
+            b"M-SEARCH * HTTP/1.1\r\n\r\n\x80".to_vec(),
+        ),
+        (
+            "multibyte-in-start-line",
+            b"M-SEARCH \xe2\x82\xac HTTP/1.1\r\n\r\n".to_vec(),
+        ),
+        ("2049-bytes", padded_to(2049)),
+        ("only-m-search", b"M-SEARCH".to_vec()),
+    ];
+    let mut cases = Vec::new();
+    for (name, payload) in &good {
+        assert!(
+            search_ok_reference(payload),
+            "{name}: the socket relay refuses it"
+        );
+        let search = Udp::new(CLIENT, 50000, GROUP, 1900, payload).eth(GROUP_MAC, CLIENT_MAC);
+        cases.push(
+            Case::new(
+                format!("search-ok-{name}"),
+                Prog::Lan,
+                search.build(),
+                TC_ACT_REDIRECT,
+                STAT_SEARCH_OUT,
+            )
+            .output(search.clone().eth(GROUP_MAC, WAN_MAC).build(), 14),
+        );
+    }
+    for (name, payload) in &bad {
+        assert!(
+            !search_ok_reference(payload),
+            "{name}: the socket relay takes it"
+        );
+        for (to, dst, mac) in [("group", GROUP, GROUP_MAC), ("unicast", LAN_ADDR, LAN_MAC)] {
+            cases.push(Case::new(
+                format!("search-bad-{name}-{to}"),
+                Prog::Lan,
+                Udp::new(CLIENT, 50000, dst, 1900, payload)
+                    .eth(mac, CLIENT_MAC)
+                    .build(),
+                TC_ACT_SHOT,
+                STAT_DROP_MALFORMED_SEARCH,
+            ));
+        }
+    }
+    // Every cut of a search: only the whole one is relayed.
+    for len in 8..MSEARCH.len() {
+        let cut = &MSEARCH[..len];
+        assert!(!search_ok_reference(cut));
+        cases.push(Case::new(
+            format!("search-cut-{len}"),
+            Prog::Lan,
+            Udp::new(CLIENT, 50000, GROUP, 1900, cut)
+                .eth(GROUP_MAC, CLIENT_MAC)
+                .build(),
+            TC_ACT_SHOT,
+            STAT_DROP_MALFORMED_SEARCH,
+        ));
+    }
+    // Not a search at all: the LAN's business.
+    let noise =
+        Udp::new(CLIENT, 50000, GROUP, 1900, b"\xffGARBAGE\r\n\r\n").eth(GROUP_MAC, CLIENT_MAC);
+    cases.push(Case::new(
+        "ssdp-noise-stays",
+        Prog::Lan,
+        noise.build(),
         TC_ACT_OK,
         STAT_PASSED,
     ));
@@ -2017,5 +2462,98 @@ fn flood_limits() {
         ("rate-refill", rate_refill),
         ("client-quota", client_quota),
         ("client-quota-seeded", client_quota_seeded),
+        ("rate-from-config", rate_from_config),
+        ("rate-0-is-no-limit", rate_zero_is_no_limit),
+        ("rate-0-keeps-the-quota", rate_zero_keeps_the_quota),
+        (
+            "rate-lowered-clamps-the-bucket",
+            rate_lowered_clamps_the_bucket,
+        ),
     ]);
+}
+
+/// `config(false)` with `rate_per_sec` set.
+fn config_with_rate(rate_per_sec: u32) -> Config {
+    let mut cfg = config(false);
+    cfg.rate_per_sec = rate_per_sec;
+    cfg
+}
+
+/// `--rate-limit 3`: a fresh bucket lets 6 through at once (twice the rate), then one per
+/// 333 ms.
+fn rate_from_config() -> Result<(), String> {
+    let loaded = Loaded::new(Some(config_with_rate(3)));
+    let request = lan_request(&NATPMP_MAP_UDP).build();
+    let (actions, elapsed) = burst(&loaded, Prog::Lan, &request, 20);
+    let passed = actions.iter().filter(|&&a| a == TC_ACT_REDIRECT).count() as u64;
+    let earned = elapsed / rate_token_ns(3);
+    if actions[..6].iter().any(|&a| a != TC_ACT_REDIRECT) || passed > 6 + earned {
+        return Err(format!(
+            "actions {actions:?}: expected 6 redirects then drops ({earned} tokens earned)"
+        ));
+    }
+    expect_stats(
+        &loaded,
+        &[
+            (STAT_NATPMP_TO_CGN, passed),
+            (STAT_DROP_RATE_LIMIT, 20 - passed),
+        ],
+    )
+}
+
+/// `--rate-limit 0`: no limit, even from an empty bucket; the tuple is still counted.
+fn rate_zero_is_no_limit() -> Result<(), String> {
+    let mut loaded = Loaded::new(Some(config_with_rate(0)));
+    loaded.set_rate(CLIENT, frozen_bucket(0, 0));
+    let request = lan_request(&NATPMP_MAP_UDP).build();
+    let search = Udp::new(CLIENT, 50000, GROUP, 1900, MSEARCH)
+        .eth(GROUP_MAC, CLIENT_MAC)
+        .build();
+    for i in 0..100 {
+        let packet = if i % 2 == 0 { &request } else { &search };
+        let (action, _) = loaded.run(Prog::Lan, packet);
+        if action != TC_ACT_REDIRECT {
+            return Err(format!("packet {i}: action {action}, expected redirect"));
+        }
+    }
+    let bucket = loaded.rate(CLIENT).ok_or("no RATE entry")?;
+    if bucket.in_flight != 1 || bucket.tokens != 0 {
+        return Err(format!(
+            "RATE entry {bucket:?}: expected 1 tuple, tokens untouched"
+        ));
+    }
+    expect_stats(&loaded, &[(STAT_NATPMP_TO_CGN, 50), (STAT_SEARCH_OUT, 50)])
+}
+
+/// `--rate-limit 0` still stops a host at its `CLIENTS` quota.
+fn rate_zero_keeps_the_quota() -> Result<(), String> {
+    let mut loaded = Loaded::new(Some(config_with_rate(0)));
+    loaded.set_rate(CLIENT, frozen_bucket(0, CLIENT_QUOTA));
+    let (action, _) = loaded.run(Prog::Lan, &lan_request(&NATPMP_MAP_UDP).build());
+    if action != TC_ACT_SHOT {
+        return Err(format!("action {action}, expected a drop at the quota"));
+    }
+    expect_stats(&loaded, &[(STAT_DROP_CLIENT_QUOTA, 1)])
+}
+
+/// A bucket filled at a higher rate is clamped to the burst of the rate now in CONFIG.
+fn rate_lowered_clamps_the_bucket() -> Result<(), String> {
+    let mut loaded = Loaded::new(Some(config_with_rate(1)));
+    loaded.set_rate(CLIENT, frozen_bucket(150, 0));
+    let request = lan_request(&NATPMP_MAP_UDP).build();
+    let actions: Vec<u32> = (0..5).map(|_| loaded.run(Prog::Lan, &request).0).collect();
+    let expected = [
+        TC_ACT_REDIRECT,
+        TC_ACT_REDIRECT,
+        TC_ACT_SHOT,
+        TC_ACT_SHOT,
+        TC_ACT_SHOT,
+    ];
+    if actions != expected {
+        return Err(format!("actions {actions:?}, expected {expected:?}"));
+    }
+    expect_stats(
+        &loaded,
+        &[(STAT_NATPMP_TO_CGN, 2), (STAT_DROP_RATE_LIMIT, 3)],
+    )
 }

@@ -11,8 +11,8 @@ use anyhow::Context as _;
 use aya::Ebpf;
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use portproxy_common::{
-    ClientKey, ClientValue, Config as MapConfig, FLAG_PORT_CONTROL, FLAG_SSDP, RATE_BURST,
-    RATE_TOKEN_NS, RateKey, RateValue, STAT_COUNT, STAT_EVICTED, STAT_NAMES,
+    ClientKey, ClientValue, Config as MapConfig, FLAG_PORT_CONTROL, FLAG_SSDP, RATE_REFILL_NS,
+    RateKey, RateValue, STAT_COUNT, STAT_EVICTED, STAT_NAMES, mask_be,
 };
 
 /// `BPF_NOEXIST` (create only).
@@ -55,6 +55,8 @@ pub fn map_config(cfg: &Config) -> anyhow::Result<MapConfig> {
         wan_is_l3: u8::from(wan_is_l3),
         flags,
         _pad: [0; 2],
+        lan_mask_be: mask_be(cfg.lan.prefix_len),
+        rate_per_sec: cfg.rate_limit,
     })
 }
 
@@ -243,9 +245,6 @@ pub fn expire_clients(ebpf: &mut Ebpf, now: Duration, max_idle: Duration) -> any
     Ok(Sweep { removed, evicted })
 }
 
-/// Time after which an unused bucket is full again.
-const RATE_REFILL_NS: u64 = RATE_BURST as u64 * RATE_TOKEN_NS;
-
 /// `(entries evicted, entry count to store)` for one address: what it was counted with
 /// before the walk but the walk did not find, or found but could not remove, vanished
 /// without the sweep; the count to store is the current one less those and the removed
@@ -399,6 +398,9 @@ mod tests {
             wan_is_l3: 1,
             flags: FLAG_PORT_CONTROL,
             _pad: [0; 2],
+            // The clients below are 10.0.0.n: any source.
+            lan_mask_be: 0,
+            rate_per_sec: portproxy_common::RATE_PER_SEC as u32,
         };
         write_config(ebpf.map_mut("CONFIG").unwrap(), cfg).unwrap();
         let program: &mut SchedClassifier = ebpf
