@@ -61,9 +61,16 @@ impl ReplyCapture {
             .action(RuleAction::ToTable)
             .input_interface(cfg.wan.iface.clone())
             .source_prefix(cfg.cgn, 32);
-        let port = RulePortRange { start: cfg.nat_pmp_port, end: cfg.nat_pmp_port };
-        rule.message_mut().attributes.push(RuleAttribute::IpProtocol(IpProtocol::Udp));
-        rule.message_mut().attributes.push(RuleAttribute::SourcePortRange(port));
+        let port = RulePortRange {
+            start: cfg.nat_pmp_port,
+            end: cfg.nat_pmp_port,
+        };
+        rule.message_mut()
+            .attributes
+            .push(RuleAttribute::IpProtocol(IpProtocol::Udp));
+        rule.message_mut()
+            .attributes
+            .push(RuleAttribute::SourcePortRange(port));
         rule.execute().await.with_context(|| {
             format!(
                 "adding the policy-routing rule for the CGN's replies (needs a kernel with \
@@ -72,7 +79,9 @@ impl ReplyCapture {
                 cfg.wan.iface, cfg.cgn, cfg.nat_pmp_port
             )
         })?;
-        Ok(ReplyCapture { handle: handle.clone() })
+        Ok(ReplyCapture {
+            handle: handle.clone(),
+        })
     }
 
     pub async fn remove(self) -> Result<()> {
@@ -90,10 +99,21 @@ impl ReplyCapture {
 }
 
 async fn remove_rules(handle: &Handle) -> Result<()> {
-    let rules: Vec<_> = handle.rule().get(IpVersion::V4).execute().try_collect().await.context("listing policy-routing rules")?;
+    let rules: Vec<_> = handle
+        .rule()
+        .get(IpVersion::V4)
+        .execute()
+        .try_collect()
+        .await
+        .context("listing policy-routing rules")?;
     for rule in rules {
         if rule.attributes.contains(&RuleAttribute::Priority(PRIORITY)) {
-            handle.rule().del(rule).execute().await.context("removing a stale portproxy rule")?;
+            handle
+                .rule()
+                .del(rule)
+                .execute()
+                .await
+                .context("removing a stale portproxy rule")?;
         }
     }
     Ok(())

@@ -22,7 +22,9 @@ pub struct Side {
 impl Side {
     /// Whether `ip` is in this side's network (its address and prefix length).
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix_len.min(32))).unwrap_or(0);
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(self.prefix_len.min(32)))
+            .unwrap_or(0);
         u32::from(ip) & mask == u32::from(self.addr) & mask
     }
 }
@@ -47,13 +49,23 @@ pub struct Config {
 impl Config {
     pub async fn resolve(opts: &Options, handle: &Handle) -> Result<Config> {
         if opts.lan_iface == opts.wan_iface {
-            bail!("--lan-iface and --wan-iface are both '{}'; they must differ", opts.lan_iface);
+            bail!(
+                "--lan-iface and --wan-iface are both '{}'; they must differ",
+                opts.lan_iface
+            );
         }
-        let lan = netif::iface(handle, &opts.lan_iface).await.context("LAN interface (--lan-iface)")?;
-        let wan = netif::iface(handle, &opts.wan_iface).await.context("WAN interface (--wan-iface)")?;
+        let lan = netif::iface(handle, &opts.lan_iface)
+            .await
+            .context("LAN interface (--lan-iface)")?;
+        let wan = netif::iface(handle, &opts.wan_iface)
+            .await
+            .context("WAN interface (--wan-iface)")?;
         for iface in [&lan, &wan] {
             if !iface.up {
-                log::warn!("interface {} is down; relaying starts when it comes up", iface.name);
+                log::warn!(
+                    "interface {} is down; relaying starts when it comes up",
+                    iface.name
+                );
             }
         }
         let cgn = match opts.cgn_addr {
@@ -85,20 +97,45 @@ impl Config {
 
 fn side(iface: netif::Iface, given: Option<Ipv4Addr>, option: &str) -> Result<Side> {
     let addr = netif::pick_address(&iface, given, option)?;
-    Ok(Side { iface: iface.name, index: iface.index, addr: addr.local, prefix_len: addr.prefix_len })
+    Ok(Side {
+        iface: iface.name,
+        index: iface.index,
+        addr: addr.local,
+        prefix_len: addr.prefix_len,
+    })
 }
 
 impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let on = |b: bool| if b { "on" } else { "off" };
         for (name, side) in [("LAN", &self.lan), ("WAN", &self.wan)] {
-            writeln!(f, "{name}  {} (index {}) address {}/{}", side.iface, side.index, side.addr, side.prefix_len)?;
+            writeln!(
+                f,
+                "{name}  {} (index {}) address {}/{}",
+                side.iface, side.index, side.addr, side.prefix_len
+            )?;
         }
         writeln!(f, "CGN  {}", self.cgn)?;
-        writeln!(f, "NAT-PMP/PCP {} (port {})", on(self.nat_pmp), self.nat_pmp_port)?;
+        writeln!(
+            f,
+            "NAT-PMP/PCP {} (port {})",
+            on(self.nat_pmp),
+            self.nat_pmp_port
+        )?;
         writeln!(f, "SSDP {} (port {})", on(self.upnp_udp), self.ssdp_port)?;
-        writeln!(f, "UPnP HTTP {} (ports {} {})", on(self.upnp_tcp), self.http_ports[0], self.http_ports[1])?;
-        write!(f, "pending timeout {}s, at most {} clients in flight", self.pending_timeout.as_secs(), self.max_clients)
+        writeln!(
+            f,
+            "UPnP HTTP {} (ports {} {})",
+            on(self.upnp_tcp),
+            self.http_ports[0],
+            self.http_ports[1]
+        )?;
+        write!(
+            f,
+            "pending timeout {}s, at most {} clients in flight",
+            self.pending_timeout.as_secs(),
+            self.max_clients
+        )
     }
 }
 
@@ -107,7 +144,12 @@ mod tests {
     use super::*;
 
     fn lan(prefix_len: u8) -> Side {
-        Side { iface: "br-lan".into(), index: 2, addr: Ipv4Addr::new(192, 168, 1, 1), prefix_len }
+        Side {
+            iface: "br-lan".into(),
+            index: 2,
+            addr: Ipv4Addr::new(192, 168, 1, 1),
+            prefix_len,
+        }
     }
 
     #[test]
@@ -115,7 +157,10 @@ mod tests {
         assert!(lan(24).contains(Ipv4Addr::new(192, 168, 1, 200)));
         assert!(!lan(24).contains(Ipv4Addr::new(192, 168, 2, 2)));
         assert!(!lan(24).contains(Ipv4Addr::new(203, 0, 114, 2)));
-        assert!(lan(32).contains(Ipv4Addr::new(192, 168, 1, 1)) && !lan(32).contains(Ipv4Addr::new(192, 168, 1, 2)));
+        assert!(
+            lan(32).contains(Ipv4Addr::new(192, 168, 1, 1))
+                && !lan(32).contains(Ipv4Addr::new(192, 168, 1, 2))
+        );
         assert!(lan(0).contains(Ipv4Addr::new(8, 8, 8, 8)));
     }
 }

@@ -44,7 +44,10 @@ impl DataPath {
     pub fn socket_share(&self, cfg: &Config) -> Config {
         match self {
             DataPath::Sockets(_) => cfg.clone(),
-            DataPath::Fast(_) => Config { nat_pmp: false, ..cfg.clone() },
+            DataPath::Fast(_) => Config {
+                nat_pmp: false,
+                ..cfg.clone()
+            },
         }
     }
 }
@@ -53,5 +56,8 @@ impl DataPath {
 /// must be rewritten for the HTTP relay (that changes packet lengths, which
 /// the programs do not do; HTTP itself is TCP and always on sockets).
 fn kernel_share(cfg: &Config) -> Config {
-    Config { upnp_udp: cfg.upnp_udp && !cfg.upnp_tcp, ..cfg.clone() }
+    Config {
+        upnp_udp: cfg.upnp_udp && !cfg.upnp_tcp,
+        ..cfg.clone()
+    }
 }

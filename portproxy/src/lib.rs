@@ -77,7 +77,8 @@ async fn run(opts: cli::Options) -> Result<()> {
 fn check_privileges() -> Result<()> {
     const CAP_NET_BIND_SERVICE: u32 = 10;
     const CAP_NET_ADMIN: u32 = 12;
-    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
     let effective = status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))

@@ -39,7 +39,13 @@ pub struct Route {
 
 /// Reads an interface and its IPv4 addresses.
 pub async fn iface(handle: &Handle, name: &str) -> Result<Iface> {
-    let link = handle.link().get().match_name(name.to_string()).execute().try_next().await;
+    let link = handle
+        .link()
+        .get()
+        .match_name(name.to_string())
+        .execute()
+        .try_next()
+        .await;
     let link = match link {
         Ok(Some(link)) => link,
         _ => bail!(
@@ -50,8 +56,16 @@ pub async fn iface(handle: &Handle, name: &str) -> Result<Iface> {
     let index = link.header.index;
     let up = link.header.flags.contains(LinkFlags::Up);
     let mut addrs = Vec::new();
-    let mut stream = handle.address().get().set_link_index_filter(index).execute();
-    while let Some(msg) = stream.try_next().await.with_context(|| format!("reading addresses of {name}"))? {
+    let mut stream = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute();
+    while let Some(msg) = stream
+        .try_next()
+        .await
+        .with_context(|| format!("reading addresses of {name}"))?
+    {
         let (mut local, mut address) = (None, None);
         for attr in &msg.attributes {
             match attr {
@@ -64,10 +78,19 @@ pub async fn iface(handle: &Handle, name: &str) -> Result<Iface> {
         // point-to-point links. Without IFA_LOCAL, IFA_ADDRESS is ours.
         if let Some(ours) = local.or(address) {
             let peer = address.filter(|a| *a != ours);
-            addrs.push(IfAddr { local: ours, prefix_len: msg.header.prefix_len, peer });
+            addrs.push(IfAddr {
+                local: ours,
+                prefix_len: msg.header.prefix_len,
+                peer,
+            });
         }
     }
-    Ok(Iface { name: name.to_string(), index, up, addrs })
+    Ok(Iface {
+        name: name.to_string(),
+        index,
+        up,
+        addrs,
+    })
 }
 
 async fn iface_names(handle: &Handle) -> Result<Vec<String>> {
@@ -86,12 +109,24 @@ async fn iface_names(handle: &Handle) -> Result<Vec<String>> {
 /// Reads the IPv4 routes of the main table.
 pub async fn routes(handle: &Handle) -> Result<Vec<Route>> {
     let mut routes = Vec::new();
-    let mut stream = handle.route().get(rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
-    while let Some(msg) = stream.try_next().await.context("reading the routing table")? {
+    let mut stream = handle
+        .route()
+        .get(rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute();
+    while let Some(msg) = stream
+        .try_next()
+        .await
+        .context("reading the routing table")?
+    {
         if msg.header.table != netlink_packet_route::route::RouteHeader::RT_TABLE_MAIN {
             continue;
         }
-        let mut route = Route { dst: Ipv4Addr::UNSPECIFIED, prefix_len: msg.header.destination_prefix_length, gateway: None, oif: None };
+        let mut route = Route {
+            dst: Ipv4Addr::UNSPECIFIED,
+            prefix_len: msg.header.destination_prefix_length,
+            gateway: None,
+            oif: None,
+        };
         for attr in &msg.attributes {
             match attr {
                 RouteAttribute::Destination(RouteAddress::Inet(a)) => route.dst = *a,
@@ -121,7 +156,9 @@ pub fn cgn_address(wan: &Iface, routes: &[Route]) -> Option<Ipv4Addr> {
 /// configured there) or the interface's first IPv4 address.
 pub fn pick_address(iface: &Iface, given: Option<Ipv4Addr>, option: &str) -> Result<IfAddr> {
     match (given, iface.addrs.first()) {
-        (Some(addr), _) if let Some(found) = iface.addrs.iter().find(|a| a.local == addr) => Ok(*found),
+        (Some(addr), _) if let Some(found) = iface.addrs.iter().find(|a| a.local == addr) => {
+            Ok(*found)
+        }
         (Some(addr), _) => bail!(
             "{addr} is not an address of {} (it has: {}); fix {option} or configure the address",
             iface.name,
@@ -139,7 +176,12 @@ fn list(iface: &Iface) -> String {
     if iface.addrs.is_empty() {
         return "no IPv4 address".into();
     }
-    iface.addrs.iter().map(|a| format!("{}/{}", a.local, a.prefix_len)).collect::<Vec<_>>().join(", ")
+    iface
+        .addrs
+        .iter()
+        .map(|a| format!("{}/{}", a.local, a.prefix_len))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -147,7 +189,12 @@ mod tests {
     use super::*;
 
     fn wan(addrs: Vec<IfAddr>) -> Iface {
-        Iface { name: "softwire".into(), index: 7, up: true, addrs }
+        Iface {
+            name: "softwire".into(),
+            index: 7,
+            up: true,
+            addrs,
+        }
     }
 
     const B4: Ipv4Addr = Ipv4Addr::new(192, 0, 0, 2);
@@ -155,39 +202,91 @@ mod tests {
 
     #[test]
     fn cgn_from_the_default_gateway_on_the_wan() {
-        let iface = wan(vec![IfAddr { local: B4, prefix_len: 29, peer: None }]);
+        let iface = wan(vec![IfAddr {
+            local: B4,
+            prefix_len: 29,
+            peer: None,
+        }]);
         let routes = [
-            Route { dst: Ipv4Addr::UNSPECIFIED, prefix_len: 0, gateway: Some(Ipv4Addr::new(10, 0, 0, 1)), oif: Some(3) },
-            Route { dst: Ipv4Addr::new(192, 0, 0, 0), prefix_len: 29, gateway: None, oif: Some(7) },
-            Route { dst: Ipv4Addr::UNSPECIFIED, prefix_len: 0, gateway: Some(AFTR), oif: Some(7) },
+            Route {
+                dst: Ipv4Addr::UNSPECIFIED,
+                prefix_len: 0,
+                gateway: Some(Ipv4Addr::new(10, 0, 0, 1)),
+                oif: Some(3),
+            },
+            Route {
+                dst: Ipv4Addr::new(192, 0, 0, 0),
+                prefix_len: 29,
+                gateway: None,
+                oif: Some(7),
+            },
+            Route {
+                dst: Ipv4Addr::UNSPECIFIED,
+                prefix_len: 0,
+                gateway: Some(AFTR),
+                oif: Some(7),
+            },
         ];
         assert_eq!(cgn_address(&iface, &routes), Some(AFTR));
     }
 
     #[test]
     fn cgn_from_the_tunnel_peer() {
-        let iface = wan(vec![IfAddr { local: B4, prefix_len: 32, peer: Some(AFTR) }]);
-        let routes = [Route { dst: Ipv4Addr::UNSPECIFIED, prefix_len: 0, gateway: None, oif: Some(7) }];
+        let iface = wan(vec![IfAddr {
+            local: B4,
+            prefix_len: 32,
+            peer: Some(AFTR),
+        }]);
+        let routes = [Route {
+            dst: Ipv4Addr::UNSPECIFIED,
+            prefix_len: 0,
+            gateway: None,
+            oif: Some(7),
+        }];
         assert_eq!(cgn_address(&iface, &routes), Some(AFTR));
     }
 
     #[test]
     fn no_cgn_without_route_or_peer() {
-        let iface = wan(vec![IfAddr { local: B4, prefix_len: 29, peer: None }]);
+        let iface = wan(vec![IfAddr {
+            local: B4,
+            prefix_len: 29,
+            peer: None,
+        }]);
         assert_eq!(cgn_address(&iface, &[]), None);
     }
 
     #[test]
     fn addresses_default_to_the_first_and_are_checked() {
         let iface = wan(vec![
-            IfAddr { local: B4, prefix_len: 29, peer: None },
-            IfAddr { local: Ipv4Addr::new(192, 0, 0, 3), prefix_len: 29, peer: None },
+            IfAddr {
+                local: B4,
+                prefix_len: 29,
+                peer: None,
+            },
+            IfAddr {
+                local: Ipv4Addr::new(192, 0, 0, 3),
+                prefix_len: 29,
+                peer: None,
+            },
         ]);
         assert_eq!(pick_address(&iface, None, "-w").unwrap().local, B4);
-        assert_eq!(pick_address(&iface, Some(Ipv4Addr::new(192, 0, 0, 3)), "-w").unwrap().local, Ipv4Addr::new(192, 0, 0, 3));
-        let err = pick_address(&iface, Some(AFTR), "-w").unwrap_err().to_string();
-        assert!(err.contains("192.0.0.1 is not an address of softwire") && err.contains("192.0.0.2/29"), "{err}");
-        let err = pick_address(&wan(vec![]), None, "-w").unwrap_err().to_string();
+        assert_eq!(
+            pick_address(&iface, Some(Ipv4Addr::new(192, 0, 0, 3)), "-w")
+                .unwrap()
+                .local,
+            Ipv4Addr::new(192, 0, 0, 3)
+        );
+        let err = pick_address(&iface, Some(AFTR), "-w")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("192.0.0.1 is not an address of softwire") && err.contains("192.0.0.2/29"),
+            "{err}"
+        );
+        let err = pick_address(&wan(vec![]), None, "-w")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("has no IPv4 address"), "{err}");
     }
 }

@@ -28,11 +28,18 @@ pub fn run(state_dir: &Path, json: bool) -> Result<()> {
     let (live_entries, kernel_counters) = match (&status.data_path, &status.pin_dir) {
         (DataPathKind::FastPath, Some(pins)) => (
             Some(count_clients(pins)?),
-            fastpath::read_pinned_counters(pins)?.iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            fastpath::read_pinned_counters(pins)?
+                .iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
         ),
         _ => (None, BTreeMap::new()),
     };
-    let report = Report { status, live_entries, kernel_counters };
+    let report = Report {
+        status,
+        live_entries,
+        kernel_counters,
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -44,8 +51,9 @@ pub fn run(state_dir: &Path, json: bool) -> Result<()> {
 fn count_clients(pin_dir: &Path) -> Result<usize> {
     let path = pin_dir.join("CLIENTS");
     let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-    let clients: HashMap<_, ClientKey, ClientValue> =
-        Map::LruHashMap(data).try_into().context("CLIENTS is not a hash map of client entries")?;
+    let clients: HashMap<_, ClientKey, ClientValue> = Map::LruHashMap(data)
+        .try_into()
+        .context("CLIENTS is not a hash map of client entries")?;
     Ok(clients.keys().filter(Result::is_ok).count())
 }
 
@@ -54,7 +62,9 @@ fn text(report: &Report) -> String {
     let mut out = match s.data_path {
         DataPathKind::FastPath => format!("data path: fast path (eBPF), pid {}\n", s.pid),
         DataPathKind::Sockets => format!("data path: sockets, pid {}\n", s.pid),
-        DataPathKind::Stopped => format!("data path: none (an interface is missing), pid {}\n", s.pid),
+        DataPathKind::Stopped => {
+            format!("data path: none (an interface is missing), pid {}\n", s.pid)
+        }
     };
     if let Some(reason) = &s.fallback_reason {
         out += &format!("fallback reason: {reason}\n");
@@ -68,7 +78,10 @@ fn text(report: &Report) -> String {
     if let Some(n) = report.live_entries {
         out += &format!("live client entries: {n}\n");
     }
-    for (title, counters) in [("kernel counters", &report.kernel_counters), ("userspace counters", &s.counters)] {
+    for (title, counters) in [
+        ("kernel counters", &report.kernel_counters),
+        ("userspace counters", &s.counters),
+    ] {
         if counters.is_empty() {
             continue;
         }

@@ -63,7 +63,10 @@ impl Stats {
 
     /// Every counter by label, for the status file.
     pub fn snapshot(&self) -> std::collections::BTreeMap<String, u64> {
-        Counter::ALL.iter().map(|c| (c.label().to_string(), self.get(*c))).collect()
+        Counter::ALL
+            .iter()
+            .map(|c| (c.label().to_string(), self.get(*c)))
+            .collect()
     }
 
     /// The non-zero counters, one per line.

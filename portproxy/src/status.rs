@@ -39,16 +39,23 @@ fn path(state_dir: &Path) -> PathBuf {
 impl Status {
     /// Replaces the file atomically, so a reader never sees half of it.
     pub fn write(&self, state_dir: &Path) -> Result<()> {
-        fs::create_dir_all(state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
+        fs::create_dir_all(state_dir)
+            .with_context(|| format!("creating {}", state_dir.display()))?;
         let tmp = state_dir.join("status.json.tmp");
-        fs::write(&tmp, serde_json::to_vec_pretty(self)?).with_context(|| format!("writing {}", tmp.display()))?;
-        fs::rename(&tmp, path(state_dir)).with_context(|| format!("writing {}", path(state_dir).display()))
+        fs::write(&tmp, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, path(state_dir))
+            .with_context(|| format!("writing {}", path(state_dir).display()))
     }
 
     pub fn read(state_dir: &Path) -> Result<Status> {
         let file = path(state_dir);
         let text = fs::read(&file).with_context(|| {
-            format!("reading {} (is portproxy running with --state-dir {}?)", file.display(), state_dir.display())
+            format!(
+                "reading {} (is portproxy running with --state-dir {}?)",
+                file.display(),
+                state_dir.display()
+            )
         })?;
         serde_json::from_slice(&text).with_context(|| format!("parsing {}", file.display()))
     }
@@ -75,9 +82,17 @@ mod tests {
         };
         status.write(&dir).unwrap();
         let read = Status::read(&dir).unwrap();
-        assert_eq!((read.pid, read.data_path, read.counters["x"]), (7, DataPathKind::Sockets, 3));
+        assert_eq!(
+            (read.pid, read.data_path, read.counters["x"]),
+            (7, DataPathKind::Sockets, 3)
+        );
         Status::remove(&dir);
-        assert!(Status::read(&dir).unwrap_err().to_string().contains("is portproxy running"));
+        assert!(
+            Status::read(&dir)
+                .unwrap_err()
+                .to_string()
+                .contains("is portproxy running")
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 }

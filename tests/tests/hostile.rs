@@ -508,100 +508,105 @@ fn send_paced(socket: &UdpSocket, to: SocketAddrV4, datagrams: &[Vec<u8>]) -> Re
 fn malformed_input(softwire: Softwire, path: DataPath) -> Result<()> {
     // The corpus holds ~400 well-formed requests from one host, all expected at the CGN:
     // this test is about parsing, so the per-host rate limit is off.
-    with_portproxy(Lab::builder(softwire), path, &["--rate-limit", "0"], |lab, daemon| {
-        let pc = port_control_corpus();
-        let pc_valid = pc.iter().filter(|d| port_control_request_ok(d)).count() as u64;
-        let pc_bad = pc.len() as u64 - pc_valid;
-        // The few patterned datagrams that happen to be valid searches are left out.
-        let mut ssdp_bad = ssdp_corpus();
-        ssdp_bad.retain(|d| !ssdp_search_ok(d));
-        let odd = odd_searches();
-        ensure!(odd.iter().all(|d| ssdp_search_ok(d)));
+    with_portproxy(
+        Lab::builder(softwire),
+        path,
+        &["--rate-limit", "0"],
+        |lab, daemon| {
+            let pc = port_control_corpus();
+            let pc_valid = pc.iter().filter(|d| port_control_request_ok(d)).count() as u64;
+            let pc_bad = pc.len() as u64 - pc_valid;
+            // The few patterned datagrams that happen to be valid searches are left out.
+            let mut ssdp_bad = ssdp_corpus();
+            ssdp_bad.retain(|d| !ssdp_search_ok(d));
+            let odd = odd_searches();
+            ensure!(odd.iter().all(|d| ssdp_search_ok(d)));
 
-        let cgn = Counters::install(
-            lab.cgn(),
-            &[
-                ("pc_in", "iifname \"softwire\" udp dport 5351"),
-                ("ssdp_in", "iifname \"softwire\" udp dport 1900"),
-            ],
-        )?;
-        let before = stats(lab, daemon)?;
-        let lost_before = udp_counter(lab.cpe(), "RcvbufErrors")?;
-        let start = Instant::now();
-        lab.lan(1).enter(|| -> Result<()> {
-            let socket = UdpSocket::bind((LAN1_IP, 0))?;
-            socket.set_multicast_loop_v4(false)?;
-            // The well-formed searches first, while the relay's buffers are empty.
-            send_paced(&socket, SocketAddrV4::new(SSDP_GROUP, SSDP_PORT), &odd)?;
-            send_paced(&socket, SocketAddrV4::new(LAN_GATEWAY, PCP_PORT), &pc)?;
-            send_paced(
-                &socket,
-                SocketAddrV4::new(LAN_GATEWAY, SSDP_PORT),
-                &ssdp_bad,
+            let cgn = Counters::install(
+                lab.cgn(),
+                &[
+                    ("pc_in", "iifname \"softwire\" udp dport 5351"),
+                    ("ssdp_in", "iifname \"softwire\" udp dport 1900"),
+                ],
             )?;
-            send_paced(&socket, SocketAddrV4::new(SSDP_GROUP, SSDP_PORT), &ssdp_bad)?;
-            Ok(())
-        })??;
-        eprintln!(
-            "sent {} NAT-PMP/PCP datagrams ({pc_valid} well formed), 2 x {} malformed and {} odd searches in {:?}",
-            pc.len(),
-            ssdp_bad.len(),
-            odd.len(),
-            start.elapsed()
-        );
-        ensure_alive(daemon)?;
-        let after = settled_stats(lab, daemon)?;
-        let (pc_at_cgn, ssdp_at_cgn) = (cgn.packets("pc_in")?, cgn.packets("ssdp_in")?);
-        eprintln!("the CGN saw {pc_at_cgn} datagrams to 5351 and {ssdp_at_cgn} to 1900");
-        let delta = |f: &dyn Fn(&Value) -> u64| f(&after) - f(&before);
-
-        if in_kernel(path) {
-            let dropped = delta(&|s| kernel(s, "dropped malformed"));
-            let relayed = delta(&|s| kernel(s, "nat-pmp to cgn") + kernel(s, "pcp to cgn"));
-            eprintln!("kernel: dropped malformed +{dropped}, relayed +{relayed}");
-            ensure!(
-                dropped == pc_bad && relayed == pc_valid,
-                "kernel counted {dropped} malformed and {relayed} relayed; expected {pc_bad} and {pc_valid}"
-            );
-        } else {
-            let dropped = delta(&|s| user(s, "dropped: malformed"));
-            let relayed = delta(&|s| {
-                user(s, "nat-pmp requests relayed to the CGN")
-                    + user(s, "pcp requests relayed to the CGN")
-            });
-            let searches = delta(&|s| user(s, "ssdp searches relayed to the CGN"));
+            let before = stats(lab, daemon)?;
+            let lost_before = udp_counter(lab.cpe(), "RcvbufErrors")?;
+            let start = Instant::now();
+            lab.lan(1).enter(|| -> Result<()> {
+                let socket = UdpSocket::bind((LAN1_IP, 0))?;
+                socket.set_multicast_loop_v4(false)?;
+                // The well-formed searches first, while the relay's buffers are empty.
+                send_paced(&socket, SocketAddrV4::new(SSDP_GROUP, SSDP_PORT), &odd)?;
+                send_paced(&socket, SocketAddrV4::new(LAN_GATEWAY, PCP_PORT), &pc)?;
+                send_paced(
+                    &socket,
+                    SocketAddrV4::new(LAN_GATEWAY, SSDP_PORT),
+                    &ssdp_bad,
+                )?;
+                send_paced(&socket, SocketAddrV4::new(SSDP_GROUP, SSDP_PORT), &ssdp_bad)?;
+                Ok(())
+            })??;
             eprintln!(
-                "userspace: dropped malformed +{dropped}, relayed +{relayed}, searches +{searches}"
+                "sent {} NAT-PMP/PCP datagrams ({pc_valid} well formed), 2 x {} malformed and {} odd searches in {:?}",
+                pc.len(),
+                ssdp_bad.len(),
+                odd.len(),
+                start.elapsed()
             );
-            // Datagrams the relay's sockets had no room for (2 cores, tests in parallel) are
-            // lost before portproxy sees them: the kernel counts them.
-            let lost = udp_counter(lab.cpe(), "RcvbufErrors")? - lost_before;
-            let expected = pc_bad + 2 * ssdp_bad.len() as u64;
-            eprintln!("lost in full socket buffers: {lost}");
-            ensure!(
-                dropped <= expected
-                    && dropped + relayed + searches + lost
-                        >= expected + pc_valid + odd.len() as u64
-                    && relayed == pc_at_cgn
-                    && searches == odd.len() as u64,
-                "counted {dropped} malformed, {relayed} requests and {searches} searches relayed, \
+            ensure_alive(daemon)?;
+            let after = settled_stats(lab, daemon)?;
+            let (pc_at_cgn, ssdp_at_cgn) = (cgn.packets("pc_in")?, cgn.packets("ssdp_in")?);
+            eprintln!("the CGN saw {pc_at_cgn} datagrams to 5351 and {ssdp_at_cgn} to 1900");
+            let delta = |f: &dyn Fn(&Value) -> u64| f(&after) - f(&before);
+
+            if in_kernel(path) {
+                let dropped = delta(&|s| kernel(s, "dropped malformed"));
+                let relayed = delta(&|s| kernel(s, "nat-pmp to cgn") + kernel(s, "pcp to cgn"));
+                eprintln!("kernel: dropped malformed +{dropped}, relayed +{relayed}");
+                ensure!(
+                    dropped == pc_bad && relayed == pc_valid,
+                    "kernel counted {dropped} malformed and {relayed} relayed; expected {pc_bad} and {pc_valid}"
+                );
+            } else {
+                let dropped = delta(&|s| user(s, "dropped: malformed"));
+                let relayed = delta(&|s| {
+                    user(s, "nat-pmp requests relayed to the CGN")
+                        + user(s, "pcp requests relayed to the CGN")
+                });
+                let searches = delta(&|s| user(s, "ssdp searches relayed to the CGN"));
+                eprintln!(
+                    "userspace: dropped malformed +{dropped}, relayed +{relayed}, searches +{searches}"
+                );
+                // Datagrams the relay's sockets had no room for (2 cores, tests in parallel) are
+                // lost before portproxy sees them: the kernel counts them.
+                let lost = udp_counter(lab.cpe(), "RcvbufErrors")? - lost_before;
+                let expected = pc_bad + 2 * ssdp_bad.len() as u64;
+                eprintln!("lost in full socket buffers: {lost}");
+                ensure!(
+                    dropped <= expected
+                        && dropped + relayed + searches + lost
+                            >= expected + pc_valid + odd.len() as u64
+                        && relayed == pc_at_cgn
+                        && searches == odd.len() as u64,
+                    "counted {dropped} malformed, {relayed} requests and {searches} searches relayed, \
                  {lost} lost; expected {expected}, {pc_valid} and {}",
+                    odd.len()
+                );
+            }
+            ensure!(
+                pc_at_cgn <= pc_valid,
+                "the CGN received {pc_at_cgn} datagrams on 5351; only the {pc_valid} well-formed ones may reach it"
+            );
+            ensure!(
+                ssdp_at_cgn == odd.len() as u64,
+                "the CGN received {ssdp_at_cgn} datagrams on 1900; only the {} well-formed searches may reach it",
                 odd.len()
             );
-        }
-        ensure!(
-            pc_at_cgn <= pc_valid,
-            "the CGN received {pc_at_cgn} datagrams on 5351; only the {pc_valid} well-formed ones may reach it"
-        );
-        ensure!(
-            ssdp_at_cgn == odd.len() as u64,
-            "the CGN received {ssdp_at_cgn} datagrams on 1900; only the {} well-formed searches may reach it",
-            odd.len()
-        );
-        // Searches with absurd MX hold their slot MX + 0.5 s at most: discovery still works.
-        run_expect(lab.lan(1), "upnpc", &["-s"], &["Found valid IGD"])?;
-        Ok(())
-    })
+            // Searches with absurd MX hold their slot MX + 0.5 s at most: discovery still works.
+            run_expect(lab.lan(1), "upnpc", &["-s"], &["Found valid IGD"])?;
+            Ok(())
+        },
+    )
 }
 
 every_path!(malformed_input);
@@ -1242,12 +1247,16 @@ fn flood_from_one_host(softwire: Softwire, path: DataPath) -> Result<()> {
         let (sent, answered) = thread::scope(|scope| -> Result<(u64, usize)> {
             let flooder = scope.spawn(|| {
                 lab.lan(2).enter(|| -> Result<u64> {
-                    let sockets: Vec<UdpSocket> =
-                        (0..256).map(|_| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))).collect::<Result<_, _>>()?;
+                    let sockets: Vec<UdpSocket> = (0..256)
+                        .map(|_| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))
+                        .collect::<Result<_, _>>()?;
                     let mut sent = 0u64;
                     let deadline = Instant::now() + Duration::from_secs(3);
                     // Bounded in time and count.
-                    while Instant::now() < deadline && sent < 2_000_000 && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    while Instant::now() < deadline
+                        && sent < 2_000_000
+                        && !stop.load(std::sync::atomic::Ordering::Relaxed)
+                    {
                         for socket in &sockets {
                             if socket.send_to(&[0, 0], gateway).is_ok() {
                                 sent += 1;
@@ -1287,7 +1296,10 @@ fn flood_from_one_host(softwire: Softwire, path: DataPath) -> Result<()> {
         eprintln!(
             "flood: lan2 sent {sent} requests in 3 s, {limited} dropped by the rate limit; lan1 got {answered}/20 answers; daemon RSS {rss} kB"
         );
-        ensure!(answered == 20, "lan1 got only {answered}/20 answers during lan2's flood");
+        ensure!(
+            answered == 20,
+            "lan1 got only {answered}/20 answers during lan2's flood"
+        );
         ensure!(limited > 0, "the flood was not rate limited:\n{stats:#}");
         ensure!(rss < 64 * 1024, "daemon RSS {rss} kB after the flood");
         Ok(())

@@ -31,7 +31,9 @@ fn rewrite_line(line: &str, from: Ipv4Addr, to: Ipv4Addr) -> Option<(String, u16
         return None;
     }
     let url = value.trim_start();
-    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("HTTP://"))?;
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("HTTP://"))?;
     let authority_end = rest.find(['/', '\r', '\n']).unwrap_or(rest.len());
     let (host, port) = match rest[..authority_end].split_once(':') {
         Some((h, p)) => (h, p.parse::<u16>().ok()?),
@@ -40,7 +42,10 @@ fn rewrite_line(line: &str, from: Ipv4Addr, to: Ipv4Addr) -> Option<(String, u16
     if host.parse::<Ipv4Addr>().ok()? != from {
         return None;
     }
-    Some((format!("{name}: http://{to}:{port}{}", &rest[authority_end..]), port))
+    Some((
+        format!("{name}: http://{to}:{port}{}", &rest[authority_end..]),
+        port,
+    ))
 }
 
 #[cfg(test)]
@@ -66,14 +71,39 @@ mod tests {
         let reply = b"NOTIFY * HTTP/1.1\r\nLocation:http://192.0.0.1/desc.xml\r\n\r\n";
         let (out, port) = rewrite(reply, CGN, LAN).unwrap();
         assert_eq!(port, 80);
-        assert!(String::from_utf8(out).unwrap().contains("Location: http://192.168.1.1:80/desc.xml\r\n"));
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .contains("Location: http://192.168.1.1:80/desc.xml\r\n")
+        );
     }
 
     #[test]
     fn leaves_other_hosts_and_garbage_alone() {
-        assert!(rewrite(b"HTTP/1.1 200 OK\r\nLOCATION: http://10.9.9.9:5000/x\r\n\r\n", CGN, LAN).is_none());
-        assert!(rewrite(b"HTTP/1.1 200 OK\r\nLOCATION: https://192.0.0.1:5000/x\r\n\r\n", CGN, LAN).is_none());
-        assert!(rewrite(b"HTTP/1.1 200 OK\r\nLOCATION: http://192.0.0.1:99999/x\r\n\r\n", CGN, LAN).is_none());
+        assert!(
+            rewrite(
+                b"HTTP/1.1 200 OK\r\nLOCATION: http://10.9.9.9:5000/x\r\n\r\n",
+                CGN,
+                LAN
+            )
+            .is_none()
+        );
+        assert!(
+            rewrite(
+                b"HTTP/1.1 200 OK\r\nLOCATION: https://192.0.0.1:5000/x\r\n\r\n",
+                CGN,
+                LAN
+            )
+            .is_none()
+        );
+        assert!(
+            rewrite(
+                b"HTTP/1.1 200 OK\r\nLOCATION: http://192.0.0.1:99999/x\r\n\r\n",
+                CGN,
+                LAN
+            )
+            .is_none()
+        );
         assert!(rewrite(b"HTTP/1.1 200 OK\r\n\r\n", CGN, LAN).is_none());
         assert!(rewrite(&[0xff, 0x00], CGN, LAN).is_none());
     }

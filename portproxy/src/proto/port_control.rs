@@ -87,7 +87,11 @@ fn check(msg: &[u8], response: bool) -> Result<Checked<'_>, Malformed> {
         return Err(Malformed::WrongDirection);
     }
     let protocol = if msg[0] == 0 {
-        if response { natpmp_response(msg)? } else { natpmp_request(msg)? }
+        if response {
+            natpmp_response(msg)?
+        } else {
+            natpmp_request(msg)?
+        }
         Protocol::NatPmp
     } else {
         // Any other version is framed as PCP: versions the CGN does not speak are
@@ -96,7 +100,11 @@ fn check(msg: &[u8], response: bool) -> Result<Checked<'_>, Malformed> {
         pcp(msg, response)?;
         Protocol::Pcp
     };
-    Ok(Checked { protocol, response, msg })
+    Ok(Checked {
+        protocol,
+        response,
+        msg,
+    })
 }
 
 fn be16(msg: &[u8], at: usize) -> u16 {
@@ -173,7 +181,12 @@ impl fmt::Display for Checked<'_> {
                 be32(msg, 8)
             ),
             (Protocol::NatPmp, true, 0) => {
-                write!(f, "result {} public address {}", be16(msg, 2), Ipv4Addr::from(be32(msg, 8)))
+                write!(
+                    f,
+                    "result {} public address {}",
+                    be16(msg, 2),
+                    Ipv4Addr::from(be32(msg, 8))
+                )
             }
             (Protocol::NatPmp, true, 1 | 2) => write!(
                 f,
@@ -212,7 +225,13 @@ impl Checked<'_> {
                 17 => write!(f, " udp")?,
                 n => write!(f, " proto {n}")?,
             }
-            write!(f, " internal {} external {}:{}", be16(body, 16), show_ip(&body[20..36]), be16(body, 18))?;
+            write!(
+                f,
+                " internal {} external {}:{}",
+                be16(body, 16),
+                show_ip(&body[20..36]),
+                be16(body, 18)
+            )?;
         }
         write!(f, " lifetime {}s", be32(msg, 4))
     }
@@ -269,9 +288,15 @@ mod tests {
         assert_eq!(public.to_string(), "public address request");
         // The example from protocols.md: UDP 5000->5000 for 7200 s.
         let map = check_request(&[0, 1, 0, 0, 0x13, 0x88, 0x13, 0x88, 0, 0, 0x1c, 0x20]).unwrap();
-        assert_eq!(map.to_string(), "map udp internal 5000 suggested external 5000 lifetime 7200s");
+        assert_eq!(
+            map.to_string(),
+            "map udp internal 5000 suggested external 5000 lifetime 7200s"
+        );
         assert_eq!(check_request(&[0, 2, 0, 0]), Err(Malformed::BadLength));
-        assert_eq!(check_request(&[0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), Err(Malformed::UnknownOpcode));
+        assert_eq!(
+            check_request(&[0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            Err(Malformed::UnknownOpcode)
+        );
         assert_eq!(check_request(&[0]), Err(Malformed::TooShort));
         assert_eq!(check_request(&[]), Err(Malformed::TooShort));
         assert_eq!(check_request(&[0, 0x80]), Err(Malformed::WrongDirection));
@@ -281,14 +306,24 @@ mod tests {
     fn natpmp_responses() {
         let mut public = vec![0, 0x80, 0, 0, 0, 0, 0, 9];
         public.extend_from_slice(&[203, 0, 113, 1]);
-        assert_eq!(check_response(&public).unwrap().to_string(), "result 0 public address 203.0.113.1");
-        let map = [0, 0x82, 0, 0, 0, 0, 0, 9, 0x1f, 0x91, 0x23, 0x79, 0, 0, 2, 0x58];
+        assert_eq!(
+            check_response(&public).unwrap().to_string(),
+            "result 0 public address 203.0.113.1"
+        );
+        let map = [
+            0, 0x82, 0, 0, 0, 0, 0, 9, 0x1f, 0x91, 0x23, 0x79, 0, 0, 2, 0x58,
+        ];
         assert_eq!(
             check_response(&map).unwrap().to_string(),
             "result 0 map tcp internal 8081 external 9081 lifetime 600s"
         );
         assert_eq!(check_response(&map[..12]), Err(Malformed::TooShort));
-        assert_eq!(check_response(&[0, 0x85, 0, 5, 0, 0, 0, 1]).unwrap().to_string(), "result 5 for opcode 5");
+        assert_eq!(
+            check_response(&[0, 0x85, 0, 5, 0, 0, 0, 1])
+                .unwrap()
+                .to_string(),
+            "result 5 for opcode 5"
+        );
         assert_eq!(check_response(&[0, 2]), Err(Malformed::WrongDirection));
     }
 
@@ -304,21 +339,35 @@ mod tests {
         let mut resp = req.clone();
         resp[1] |= RESPONSE_BIT;
         resp[3] = 0;
-        assert!(check_response(&resp).unwrap().to_string().starts_with("v2 MAP result 0 tcp internal 8083"));
+        assert!(
+            check_response(&resp)
+                .unwrap()
+                .to_string()
+                .starts_with("v2 MAP result 0 tcp internal 8083")
+        );
         assert_eq!(check_request(&resp), Err(Malformed::WrongDirection));
     }
 
     #[test]
     fn pcp_framing() {
-        assert_eq!(check_request(&pcp_map(2, 1, &[])[..20]), Err(Malformed::TooShort));
-        assert_eq!(check_request(&pcp_map(2, 1, &[0, 0])), Err(Malformed::NotAligned));
+        assert_eq!(
+            check_request(&pcp_map(2, 1, &[])[..20]),
+            Err(Malformed::TooShort)
+        );
+        assert_eq!(
+            check_request(&pcp_map(2, 1, &[0, 0])),
+            Err(Malformed::NotAligned)
+        );
         assert_eq!(check_request(&vec![2; 1104]), Err(Malformed::TooLong));
         // THIRD_PARTY option: 16 bytes of data.
         let mut third_party = vec![1, 0, 0, 16];
         third_party.extend_from_slice(&[0; 16]);
         assert!(check_request(&pcp_map(2, 1, &third_party)).is_ok());
         // An option claiming more data than the message holds.
-        assert_eq!(check_request(&pcp_map(2, 1, &[1, 0, 0, 20, 0, 0, 0, 0])), Err(Malformed::OptionOverrun));
+        assert_eq!(
+            check_request(&pcp_map(2, 1, &[1, 0, 0, 20, 0, 0, 0, 0])),
+            Err(Malformed::OptionOverrun)
+        );
         // MAP request cut before its payload ends.
         let mut cut = pcp_map(2, 1, &[]);
         cut.truncate(48);
@@ -326,7 +375,12 @@ mod tests {
         // A short error response (no payload) is still a valid response.
         let mut err = vec![2, 0x81, 0, 1];
         err.extend_from_slice(&[0; 20]);
-        assert!(check_response(&err).unwrap().to_string().contains("result 1"));
+        assert!(
+            check_response(&err)
+                .unwrap()
+                .to_string()
+                .contains("result 1")
+        );
     }
 
     #[test]

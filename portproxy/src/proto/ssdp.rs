@@ -53,14 +53,21 @@ impl<'a> Message<'a> {
         }
         let text = std::str::from_utf8(datagram).map_err(|_| Malformed::NotText)?;
         // Some stacks end lines with a bare LF; accept both.
-        let end = text.find("\r\n\r\n").or_else(|| text.find("\n\n")).ok_or(Malformed::NoHeaderEnd)?;
+        let end = text
+            .find("\r\n\r\n")
+            .or_else(|| text.find("\n\n"))
+            .ok_or(Malformed::NoHeaderEnd)?;
         let mut lines = text[..end].lines();
         let start = lines.next().unwrap_or("").trim();
         let kind = if start.eq_ignore_ascii_case("M-SEARCH * HTTP/1.1") {
             Kind::Search
         } else if start.eq_ignore_ascii_case("NOTIFY * HTTP/1.1") {
             Kind::Notify
-        } else if start.as_bytes().get(..12).is_some_and(|s| s.eq_ignore_ascii_case(b"HTTP/1.1 200")) {
+        } else if start
+            .as_bytes()
+            .get(..12)
+            .is_some_and(|s| s.eq_ignore_ascii_case(b"HTTP/1.1 200"))
+        {
             Kind::Response
         } else {
             return Err(Malformed::UnknownStartLine);
@@ -75,19 +82,28 @@ impl<'a> Message<'a> {
 
     /// The value of the first header with this name (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&'a str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| *v)
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| *v)
     }
 
     /// How long replies to this search may take, in seconds, clamped to 1..=5.
     /// A missing or unreadable MX counts as 1 (the unicast-search default).
     pub fn mx(&self) -> u8 {
-        self.header("MX").and_then(|v| v.parse::<u32>().ok()).map_or(1, |mx| mx.clamp(1, MX_MAX.into()) as u8)
+        self.header("MX")
+            .and_then(|v| v.parse::<u32>().ok())
+            .map_or(1, |mx| mx.clamp(1, MX_MAX.into()) as u8)
     }
 
     /// One line for the log: kind plus the search target or notification type.
     pub fn summary(&self) -> String {
         match self.kind {
-            Kind::Search => format!("M-SEARCH st={} mx={}", self.header("ST").unwrap_or("-"), self.mx()),
+            Kind::Search => format!(
+                "M-SEARCH st={} mx={}",
+                self.header("ST").unwrap_or("-"),
+                self.mx()
+            ),
             Kind::Notify => format!(
                 "NOTIFY {} nt={}",
                 self.header("NTS").unwrap_or("-"),
@@ -114,7 +130,10 @@ mod tests {
         assert_eq!(m.kind, Kind::Search);
         assert_eq!(m.mx(), 2);
         assert_eq!(m.header("man"), Some("\"ssdp:discover\""));
-        assert_eq!(m.summary(), "M-SEARCH st=urn:schemas-upnp-org:device:InternetGatewayDevice:1 mx=2");
+        assert_eq!(
+            m.summary(),
+            "M-SEARCH st=urn:schemas-upnp-org:device:InternetGatewayDevice:1 mx=2"
+        );
     }
 
     #[test]
@@ -124,7 +143,10 @@ mod tests {
         let resp = b"HTTP/1.1 200 OK\r\nST: upnp:rootdevice\r\nLocation: http://192.0.0.1:5000/rootDesc.xml\r\n\r\n";
         let m = Message::parse(resp).unwrap();
         assert_eq!(m.kind, Kind::Response);
-        assert_eq!(m.header("LOCATION"), Some("http://192.0.0.1:5000/rootDesc.xml"));
+        assert_eq!(
+            m.header("LOCATION"),
+            Some("http://192.0.0.1:5000/rootDesc.xml")
+        );
     }
 
     #[test]
@@ -132,17 +154,37 @@ mod tests {
         let with_mx = |mx: &str| format!("M-SEARCH * HTTP/1.1\r\nMX: {mx}\r\n\r\n");
         assert_eq!(Message::parse(with_mx("0").as_bytes()).unwrap().mx(), 1);
         assert_eq!(Message::parse(with_mx("120").as_bytes()).unwrap().mx(), 5);
-        assert_eq!(Message::parse(with_mx("99999999999").as_bytes()).unwrap().mx(), 1);
+        assert_eq!(
+            Message::parse(with_mx("99999999999").as_bytes())
+                .unwrap()
+                .mx(),
+            1
+        );
         assert_eq!(Message::parse(with_mx("x").as_bytes()).unwrap().mx(), 1);
     }
 
     #[test]
     fn rejects_malformed() {
-        assert_eq!(Message::parse(b"GET / HTTP/1.1\r\n\r\n").unwrap_err(), Malformed::UnknownStartLine);
-        assert_eq!(Message::parse(b"M-SEARCH * HTTP/1.1\r\nMX: 1\r\n").unwrap_err(), Malformed::NoHeaderEnd);
-        assert_eq!(Message::parse(b"M-SEARCH * HTTP/1.1\r\nnocolon\r\n\r\n").unwrap_err(), Malformed::BadHeader);
-        assert_eq!(Message::parse(&[0xff, 0xfe, b'\r', b'\n']).unwrap_err(), Malformed::NotText);
-        assert_eq!(Message::parse(&vec![b'a'; MAX_LEN + 1]).unwrap_err(), Malformed::TooLong);
+        assert_eq!(
+            Message::parse(b"GET / HTTP/1.1\r\n\r\n").unwrap_err(),
+            Malformed::UnknownStartLine
+        );
+        assert_eq!(
+            Message::parse(b"M-SEARCH * HTTP/1.1\r\nMX: 1\r\n").unwrap_err(),
+            Malformed::NoHeaderEnd
+        );
+        assert_eq!(
+            Message::parse(b"M-SEARCH * HTTP/1.1\r\nnocolon\r\n\r\n").unwrap_err(),
+            Malformed::BadHeader
+        );
+        assert_eq!(
+            Message::parse(&[0xff, 0xfe, b'\r', b'\n']).unwrap_err(),
+            Malformed::NotText
+        );
+        assert_eq!(
+            Message::parse(&vec![b'a'; MAX_LEN + 1]).unwrap_err(),
+            Malformed::TooLong
+        );
         assert_eq!(Message::parse(b"").unwrap_err(), Malformed::NoHeaderEnd);
     }
 
@@ -150,9 +192,23 @@ mod tests {
     /// line made the status-line check slice inside it and panic, which stopped the daemon.
     #[test]
     fn start_line_with_multibyte_character() {
-        assert_eq!(Message::parse("HTTP/1.1 20é OK\r\n\r\n".as_bytes()).unwrap_err(), Malformed::UnknownStartLine);
-        let fuzzed = [0x07, 0x00, 0x30, 0, 0, 0, 0, 0, 0, 0, 0, 0xc3, 0x88, 0x0b, 0xc3, 0x88, 0x0a, 0x0a, 0x0a];
-        assert_eq!(Message::parse(&fuzzed).unwrap_err(), Malformed::UnknownStartLine);
-        assert_eq!(Message::parse("HTTP/1.1 200 OK é\r\n\r\n".as_bytes()).unwrap().kind, Kind::Response);
+        assert_eq!(
+            Message::parse("HTTP/1.1 20é OK\r\n\r\n".as_bytes()).unwrap_err(),
+            Malformed::UnknownStartLine
+        );
+        let fuzzed = [
+            0x07, 0x00, 0x30, 0, 0, 0, 0, 0, 0, 0, 0, 0xc3, 0x88, 0x0b, 0xc3, 0x88, 0x0a, 0x0a,
+            0x0a,
+        ];
+        assert_eq!(
+            Message::parse(&fuzzed).unwrap_err(),
+            Malformed::UnknownStartLine
+        );
+        assert_eq!(
+            Message::parse("HTTP/1.1 200 OK é\r\n\r\n".as_bytes())
+                .unwrap()
+                .kind,
+            Kind::Response
+        );
     }
 }

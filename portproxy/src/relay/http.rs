@@ -41,13 +41,17 @@ impl HttpRelay {
         for port in cfg.http_ports {
             if ports.insert(port) {
                 let addr = SocketAddrV4::new(cfg.lan.addr, port);
-                listeners.push(
-                    sockets::tcp_listener(&cfg.lan, port)
-                        .map_err(|e| sockets::explain_bind(e, "UPnP HTTP relay", addr, "--upnp-tcp"))?,
-                );
+                listeners.push(sockets::tcp_listener(&cfg.lan, port).map_err(|e| {
+                    sockets::explain_bind(e, "UPnP HTTP relay", addr, "--upnp-tcp")
+                })?);
             }
         }
-        let relay = HttpRelay { cfg, stats, ports: Mutex::new(ports), connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)) };
+        let relay = HttpRelay {
+            cfg,
+            stats,
+            ports: Mutex::new(ports),
+            connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+        };
         Ok((Arc::new(relay), listeners))
     }
 
@@ -63,12 +67,18 @@ impl HttpRelay {
         match sockets::tcp_listener(&self.cfg.lan, port) {
             Ok(listener) => {
                 ports.insert(port);
-                info!("relaying UPnP HTTP on {}:{port} (seen in a LOCATION header)", self.cfg.lan.addr);
+                info!(
+                    "relaying UPnP HTTP on {}:{port} (seen in a LOCATION header)",
+                    self.cfg.lan.addr
+                );
                 tokio::spawn(self.clone().serve(listener));
                 true
             }
             Err(e) => {
-                warn!("cannot relay UPnP HTTP on {}:{port}: {e}; LOCATION left pointing at the CGN", self.cfg.lan.addr);
+                warn!(
+                    "cannot relay UPnP HTTP on {}:{port}: {e}; LOCATION left pointing at the CGN",
+                    self.cfg.lan.addr
+                );
                 false
             }
         }
@@ -94,7 +104,11 @@ impl HttpRelay {
         let mut upstream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(cgn)).await??;
         self.stats.add(Counter::HttpConnections);
         debug!("http {} -> {cgn}", client.peer_addr()?);
-        tokio::time::timeout(SESSION_TIMEOUT, tokio::io::copy_bidirectional(&mut client, &mut upstream)).await??;
+        tokio::time::timeout(
+            SESSION_TIMEOUT,
+            tokio::io::copy_bidirectional(&mut client, &mut upstream),
+        )
+        .await??;
         Ok(())
     }
 }

@@ -66,8 +66,17 @@ impl PortControlRelay {
         let addr = SocketAddrV4::new(cfg.lan.addr, cfg.nat_pmp_port);
         let lan = sockets::udp_on(&cfg.lan, addr)
             .map_err(|e| sockets::explain_bind(e, "NAT-PMP/PCP relay", addr, "--nat-pmp"))?;
-        let table = Table { clients: HashMap::new(), per_host: HashMap::new(), rate: RateLimit::new(cfg.rate_limit) };
-        Ok(Arc::new(PortControlRelay { cfg, stats, lan: Arc::new(lan), table: Mutex::new(table) }))
+        let table = Table {
+            clients: HashMap::new(),
+            per_host: HashMap::new(),
+            rate: RateLimit::new(cfg.rate_limit),
+        };
+        Ok(Arc::new(PortControlRelay {
+            cfg,
+            stats,
+            lan: Arc::new(lan),
+            table: Mutex::new(table),
+        }))
     }
 
     /// Receives requests from the LAN until the socket fails. Each wake-up
@@ -82,7 +91,9 @@ impl PortControlRelay {
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) => return Err(e.into()),
                 };
-                let SocketAddr::V4(client) = from else { continue };
+                let SocketAddr::V4(client) = from else {
+                    continue;
+                };
                 self.request(client, &buf[..len]).await;
             }
         }
@@ -92,29 +103,47 @@ impl PortControlRelay {
         // A spoofed off-LAN source would make the CGN map for, and answer, a third party.
         if !self.cfg.lan.contains(*client.ip()) {
             self.stats.add(Counter::DropNotOnLan);
-            debug!("dropped a request from {client}: not on the LAN {}/{}", self.cfg.lan.addr, self.cfg.lan.prefix_len);
+            debug!(
+                "dropped a request from {client}: not on the LAN {}/{}",
+                self.cfg.lan.addr, self.cfg.lan.prefix_len
+            );
             return;
         }
         let checked = match port_control::check_request(msg) {
             Ok(checked) => checked,
             Err(why) => {
                 self.stats.add(Counter::DropMalformed);
-                debug!("dropped {} bytes from {client} on port {}: {why}", msg.len(), self.cfg.nat_pmp_port);
+                debug!(
+                    "dropped {} bytes from {client} on port {}: {why}",
+                    msg.len(),
+                    self.cfg.nat_pmp_port
+                );
                 return;
             }
         };
-        let Some(upstream) = self.upstream_for(client) else { return };
+        let Some(upstream) = self.upstream_for(client) else {
+            return;
+        };
         match upstream.send(msg).await {
             Ok(_) => {
                 self.stats.add(match checked.protocol {
                     Protocol::NatPmp => Counter::NatPmpToCgn,
                     Protocol::Pcp => Counter::PcpToCgn,
                 });
-                debug!("{} {client} -> {}: {}", checked.protocol.name(), self.cfg.cgn, checked);
+                debug!(
+                    "{} {client} -> {}: {}",
+                    checked.protocol.name(),
+                    self.cfg.cgn,
+                    checked
+                );
             }
             Err(e) => {
                 self.stats.add(Counter::DropSendFailed);
-                warn!("relaying {} from {client} to the CGN {}: {e}", checked.protocol.name(), self.cfg.cgn);
+                warn!(
+                    "relaying {} from {client} to the CGN {}: {e}",
+                    checked.protocol.name(),
+                    self.cfg.cgn
+                );
             }
         }
     }
@@ -124,7 +153,10 @@ impl PortControlRelay {
         let mut table = self.table.lock().unwrap();
         if !table.rate.allow(*client.ip(), Instant::now()) {
             self.stats.add(Counter::DropRateLimit);
-            debug!("dropped request from {client}: over {}/s", self.cfg.rate_limit);
+            debug!(
+                "dropped request from {client}: over {}/s",
+                self.cfg.rate_limit
+            );
             return None;
         }
         if let Some(entry) = table.clients.get_mut(&client) {
@@ -133,13 +165,18 @@ impl PortControlRelay {
         }
         if table.clients.len() >= self.cfg.max_clients as usize {
             self.stats.add(Counter::DropTableFull);
-            debug!("dropped request from {client}: {} clients already in flight", self.cfg.max_clients);
+            debug!(
+                "dropped request from {client}: {} clients already in flight",
+                self.cfg.max_clients
+            );
             return None;
         }
         let quota_on = self.cfg.rate_limit != 0;
         if quota_on && table.per_host.get(client.ip()).copied().unwrap_or(0) >= QUOTA_PER_HOST {
             self.stats.add(Counter::DropQuota);
-            debug!("dropped request from {client}: its host has {QUOTA_PER_HOST} requests in flight");
+            debug!(
+                "dropped request from {client}: its host has {QUOTA_PER_HOST} requests in flight"
+            );
             return None;
         }
         let server = SocketAddrV4::new(self.cfg.cgn, self.cfg.nat_pmp_port);
@@ -151,7 +188,13 @@ impl PortControlRelay {
                 return None;
             }
         };
-        table.clients.insert(client, Client { upstream: upstream.clone(), last_request: Instant::now() });
+        table.clients.insert(
+            client,
+            Client {
+                upstream: upstream.clone(),
+                last_request: Instant::now(),
+            },
+        );
         *table.per_host.entry(*client.ip()).or_default() += 1;
         tokio::spawn(self.clone().replies(client, upstream.clone()));
         Some(upstream)
@@ -178,7 +221,10 @@ impl PortControlRelay {
             Ok(checked) => checked,
             Err(why) => {
                 self.stats.add(Counter::DropMalformed);
-                debug!("dropped {} bytes from the CGN for {client}: {why}", msg.len());
+                debug!(
+                    "dropped {} bytes from the CGN for {client}: {why}",
+                    msg.len()
+                );
                 return;
             }
         };
@@ -188,7 +234,12 @@ impl PortControlRelay {
                     Protocol::NatPmp => Counter::NatPmpToClient,
                     Protocol::Pcp => Counter::PcpToClient,
                 });
-                debug!("{} {} -> {client}: {}", checked.protocol.name(), self.cfg.cgn, checked);
+                debug!(
+                    "{} {} -> {client}: {}",
+                    checked.protocol.name(),
+                    self.cfg.cgn,
+                    checked
+                );
             }
             Err(e) => {
                 self.stats.add(Counter::DropSendFailed);
@@ -200,7 +251,10 @@ impl PortControlRelay {
     /// Forgets the client if it sent nothing for the pending timeout.
     fn expire(&self, client: SocketAddrV4) -> bool {
         let mut table = self.table.lock().unwrap();
-        let idle = table.clients.get(&client).is_none_or(|c| c.last_request.elapsed() >= self.cfg.pending_timeout);
+        let idle = table
+            .clients
+            .get(&client)
+            .is_none_or(|c| c.last_request.elapsed() >= self.cfg.pending_timeout);
         if idle {
             table.remove(client);
             self.stats.add(Counter::Expired);

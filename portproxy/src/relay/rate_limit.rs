@@ -26,7 +26,10 @@ pub struct RateLimit {
 
 impl RateLimit {
     pub fn new(rate: u32) -> RateLimit {
-        RateLimit { rate, buckets: HashMap::new() }
+        RateLimit {
+            rate,
+            buckets: HashMap::new(),
+        }
     }
 
     fn burst(&self) -> f64 {
@@ -45,7 +48,10 @@ impl RateLimit {
             }
         }
         let (rate, burst) = (f64::from(self.rate), self.burst());
-        let bucket = self.buckets.entry(client).or_insert(Bucket { tokens: burst, refilled: now });
+        let bucket = self.buckets.entry(client).or_insert(Bucket {
+            tokens: burst,
+            refilled: now,
+        });
         let elapsed = now.saturating_duration_since(bucket.refilled).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
         bucket.refilled = now;
@@ -60,7 +66,8 @@ impl RateLimit {
     /// Drops the buckets that would be full by now: forgetting them changes nothing.
     fn forget_full(&mut self, now: Instant) {
         let full_after = Duration::from_secs_f64(self.burst() / f64::from(self.rate));
-        self.buckets.retain(|_, b| now.saturating_duration_since(b.refilled) < full_after);
+        self.buckets
+            .retain(|_, b| now.saturating_duration_since(b.refilled) < full_after);
     }
 }
 

@@ -40,14 +40,27 @@ pub struct SsdpRelay {
 }
 
 impl SsdpRelay {
-    pub fn bind(cfg: Arc<Config>, stats: Arc<Stats>, http: Option<Arc<HttpRelay>>) -> Result<Arc<Self>> {
+    pub fn bind(
+        cfg: Arc<Config>,
+        stats: Arc<Stats>,
+        http: Option<Arc<HttpRelay>>,
+    ) -> Result<Arc<Self>> {
         let listen = |side| {
             let addr = SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, cfg.ssdp_port);
-            sockets::ssdp_listener(side, cfg.ssdp_port).map_err(|e| sockets::explain_bind(e, "SSDP relay", addr, "--upnp-udp"))
+            sockets::ssdp_listener(side, cfg.ssdp_port)
+                .map_err(|e| sockets::explain_bind(e, "SSDP relay", addr, "--upnp-udp"))
         };
         let lan = listen(&cfg.lan).with_context(|| format!("SSDP on {}", cfg.lan.iface))?;
         let wan = listen(&cfg.wan).with_context(|| format!("SSDP on {}", cfg.wan.iface))?;
-        Ok(Arc::new(SsdpRelay { lan, wan, http, searches: Arc::new(Semaphore::new(MAX_SEARCHES)), rate: std::sync::Mutex::new(RateLimit::new(cfg.rate_limit)), cfg, stats }))
+        Ok(Arc::new(SsdpRelay {
+            lan,
+            wan,
+            http,
+            searches: Arc::new(Semaphore::new(MAX_SEARCHES)),
+            rate: std::sync::Mutex::new(RateLimit::new(cfg.rate_limit)),
+            cfg,
+            stats,
+        }))
     }
 
     pub async fn run(self: Arc<Self>) -> Result<()> {
@@ -63,7 +76,9 @@ impl SsdpRelay {
         let mut buf = vec![0u8; ssdp::MAX_LEN + 1];
         loop {
             let (len, from) = self.lan.recv_from(&mut buf).await?;
-            let SocketAddr::V4(client) = from else { continue };
+            let SocketAddr::V4(client) = from else {
+                continue;
+            };
             if self.is_own(from.ip()) {
                 self.stats.add(Counter::DropOwn);
                 continue;
@@ -86,7 +101,12 @@ impl SsdpRelay {
                 self.stats.add(Counter::DropUnexpected);
                 continue;
             }
-            if !self.rate.lock().unwrap().allow(*client.ip(), std::time::Instant::now()) {
+            if !self
+                .rate
+                .lock()
+                .unwrap()
+                .allow(*client.ip(), std::time::Instant::now())
+            {
                 self.stats.add(Counter::DropRateLimit);
                 continue;
             }
@@ -111,12 +131,16 @@ impl SsdpRelay {
 
     /// Sends one search to the WAN and returns every reply in `window` to `client`.
     async fn search(&self, client: SocketAddrV4, search: &[u8], window: Duration) -> Result<()> {
-        let socket = sockets::ssdp_searcher(&self.cfg.wan).context("opening a search socket on the WAN")?;
-        socket.send_to(search, SocketAddrV4::new(ssdp::GROUP, self.cfg.ssdp_port)).await?;
+        let socket =
+            sockets::ssdp_searcher(&self.cfg.wan).context("opening a search socket on the WAN")?;
+        socket
+            .send_to(search, SocketAddrV4::new(ssdp::GROUP, self.cfg.ssdp_port))
+            .await?;
         self.stats.add(Counter::SearchToCgn);
         let deadline = Instant::now() + window;
         let mut buf = vec![0u8; ssdp::MAX_LEN + 1];
-        while let Ok(received) = tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await {
+        while let Ok(received) = tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await
+        {
             let (len, from) = received?;
             if from.ip() != IpAddr::V4(self.cfg.cgn) {
                 self.stats.add(Counter::DropNotFromCgn);
@@ -175,7 +199,9 @@ impl SsdpRelay {
     /// LAN address, where the relay listens on the same port.
     fn rewrite_location(&self, datagram: &[u8]) -> Vec<u8> {
         if let Some(http) = &self.http {
-            if let Some((rewritten, port)) = location::rewrite(datagram, self.cfg.cgn, self.cfg.lan.addr) {
+            if let Some((rewritten, port)) =
+                location::rewrite(datagram, self.cfg.cgn, self.cfg.lan.addr)
+            {
                 if http.ensure_port(port) {
                     return rewritten;
                 }
