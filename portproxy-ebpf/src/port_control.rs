@@ -216,7 +216,8 @@ pub fn reply<P: Packet>(p: &P, cfg: &Config, pkt: Udp4) -> Result<Verdict, i64> 
 /// then records (or refreshes) the client's tuple in `CLIENTS` with its MAC for the way back
 /// and the time, for aging. A tuple not yet in `CLIENTS` needs the address to be under its
 /// `CLIENT_QUOTA`: a host flooding new source ports stops at its quota instead of making the
-/// LRU evict other clients' entries. `Some(stat)`: drop the request and count `stat`.
+/// LRU evict other clients' entries (unless `--rate-limit 0` turned the per-host limits off).
+/// `Some(stat)`: drop the request and count `stat`.
 #[inline(always)]
 pub fn admit<P: Packet>(p: &P, cfg: &Config, pkt: &Udp4) -> Result<Option<u32>, i64> {
     let now = limit::now();
@@ -240,7 +241,8 @@ pub fn admit<P: Packet>(p: &P, cfg: &Config, pkt: &Udp4) -> Result<Option<u32>, 
         }
         return Ok(None);
     }
-    if bucket.in_flight() >= u64::from(CLIENT_QUOTA) {
+    // `--rate-limit 0` lifts the per-host limits altogether, as on sockets.
+    if cfg.rate_per_sec != 0 && bucket.in_flight() >= u64::from(CLIENT_QUOTA) {
         return Ok(Some(STAT_DROP_CLIENT_QUOTA));
     }
     let value = ClientValue {

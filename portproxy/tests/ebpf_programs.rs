@@ -2464,7 +2464,7 @@ fn flood_limits() {
         ("client-quota-seeded", client_quota_seeded),
         ("rate-from-config", rate_from_config),
         ("rate-0-is-no-limit", rate_zero_is_no_limit),
-        ("rate-0-keeps-the-quota", rate_zero_keeps_the_quota),
+        ("rate-0-lifts-the-quota", rate_zero_lifts_the_quota),
         (
             "rate-lowered-clamps-the-bucket",
             rate_lowered_clamps_the_bucket,
@@ -2525,15 +2525,16 @@ fn rate_zero_is_no_limit() -> Result<(), String> {
     expect_stats(&loaded, &[(STAT_NATPMP_TO_CGN, 50), (STAT_SEARCH_OUT, 50)])
 }
 
-/// `--rate-limit 0` still stops a host at its `CLIENTS` quota.
-fn rate_zero_keeps_the_quota() -> Result<(), String> {
+/// `--rate-limit 0` lifts the per-host quota too (as on sockets): a host at its quota
+/// still gets a new tuple relayed.
+fn rate_zero_lifts_the_quota() -> Result<(), String> {
     let mut loaded = Loaded::new(Some(config_with_rate(0)));
     loaded.set_rate(CLIENT, frozen_bucket(0, CLIENT_QUOTA));
     let (action, _) = loaded.run(Prog::Lan, &lan_request(&NATPMP_MAP_UDP).build());
-    if action != TC_ACT_SHOT {
-        return Err(format!("action {action}, expected a drop at the quota"));
+    if action != TC_ACT_REDIRECT {
+        return Err(format!("action {action}, expected the request relayed"));
     }
-    expect_stats(&loaded, &[(STAT_DROP_CLIENT_QUOTA, 1)])
+    expect_stats(&loaded, &[(STAT_NATPMP_TO_CGN, 1)])
 }
 
 /// A bucket filled at a higher rate is clamped to the burst of the rate now in CONFIG.
