@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 /// Set to 1 to keep `--xdp` off the kernel path, as on a kernel without BPF
 /// (tests use it to cover the fallback).
@@ -90,6 +90,11 @@ pub struct Options {
     #[arg(long)]
     pub xdp: bool,
 
+    /// Fast path hook layout: auto (XDP in front of TC where it fits, native where the
+    /// driver allows), generic (the same with XDP in skb mode), tc (TC only).
+    #[arg(long, value_enum, default_value_t = Hooks::Auto, value_name = "LAYOUT")]
+    pub hooks: Hooks,
+
     /// Where the fast path pins its maps (on a BPF filesystem, mounted if needed).
     #[arg(long, default_value = crate::fastpath::DEFAULT_PIN_DIR, value_name = "DIR", global = true)]
     pub pin_dir: PathBuf,
@@ -106,6 +111,14 @@ pub struct Options {
     /// More output: -v configuration and counters, -vv one line per relayed packet.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+/// Which hooks the fast path uses (TC always carries what XDP does not finish).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Hooks {
+    Auto,
+    Generic,
+    Tc,
 }
 
 #[derive(Debug, Clone, Subcommand)]

@@ -44,6 +44,8 @@ pub struct Config {
     pub max_clients: u32,
     /// Requests per second per LAN host; 0 for no limit.
     pub rate_limit: u32,
+    /// The fast path's hook layout.
+    pub hooks: crate::cli::Hooks,
 }
 
 impl Config {
@@ -91,6 +93,7 @@ impl Config {
             pending_timeout: opts.pending_timeout,
             max_clients: opts.max_clients,
             rate_limit: opts.rate_limit,
+            hooks: opts.hooks,
         })
     }
 }

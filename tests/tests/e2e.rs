@@ -562,3 +562,80 @@ fn wan_address_changed(softwire: Softwire, path: DataPath) -> Result<()> {
 }
 
 every_path!(wan_address_changed);
+
+/// Each fast-path hook layout (`--hooks`) carries a NAT-PMP mapping, and `portproxy stats`
+/// shows the hooks it asked for: XDP (generic or native where the driver allows) in front of
+/// TC with an Ethernet WAN, TC alone with `tc` or on an L3 softwire.
+fn hook_layouts(softwire: Softwire) -> Result<()> {
+    for (layout, external) in [("auto", "9331"), ("generic", "9332"), ("tc", "9333")] {
+        with_lab(Lab::builder(softwire), |lab| {
+            let args = [
+                "--lan-iface",
+                "br-lan",
+                "--wan-iface",
+                "softwire",
+                "-vv",
+                "--hooks",
+                layout,
+            ];
+            let portproxy = lab.spawn_portproxy_on(DataPath::FastPath, &args)?;
+            let result = (|| {
+                run_expect(
+                    lab.lan(1),
+                    "natpmpc",
+                    &[
+                        "-g",
+                        &LAN_GATEWAY.to_string(),
+                        "-a",
+                        external,
+                        "8331",
+                        "tcp",
+                        "600",
+                    ],
+                    &[&format!(
+                        "Mapped public port {external} protocol TCP to local port 8331"
+                    )],
+                )?;
+                lab.check_data_path(
+                    &portproxy,
+                    DataPath::FastPath,
+                    &["nat-pmp to cgn", "nat-pmp to client"],
+                )?;
+                let stats = lab.portproxy_stats(&portproxy)?;
+                let hooks: Vec<&str> = stats["hooks"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|h| h.as_str())
+                    .collect();
+                let xdp: Vec<&&str> = hooks.iter().filter(|h| h.starts_with("xdp_")).collect();
+                let tc = hooks.iter().filter(|h| h.starts_with("tc_")).count();
+                ensure!(
+                    tc == 2,
+                    "--hooks {layout}: expected both TC programs, got {hooks:?}"
+                );
+                match (layout, softwire) {
+                    ("tc", _) | (_, Softwire::L3) => {
+                        ensure!(xdp.is_empty(), "--hooks {layout}: unexpected XDP {hooks:?}")
+                    }
+                    ("generic", Softwire::L2) => ensure!(
+                        xdp.len() == 2 && xdp.iter().all(|h| h.ends_with("(generic)")),
+                        "--hooks generic: expected both XDP programs in generic mode, got {hooks:?}"
+                    ),
+                    _ => ensure!(
+                        xdp.len() == 2,
+                        "--hooks auto: expected both XDP programs, got {hooks:?}"
+                    ),
+                }
+                Ok(())
+            })();
+            if result.is_err() {
+                eprintln!("=== portproxy log\n{}", portproxy.log());
+            }
+            result
+        })?;
+    }
+    Ok(())
+}
+
+both_softwires!(hook_layouts: hook_layouts_l2, hook_layouts_l3);

@@ -72,6 +72,7 @@ use log::{debug, info, warn};
 use portproxy_common::FLAG_XDP_WAN_REDIRECT;
 
 use super::{EBPF_OBJECT, PROGRAMS, boot_time, iface, load_program, maps, raise_memlock_limit};
+use crate::cli::Hooks;
 use crate::config::Config;
 
 /// Maps pinned for inspection.
@@ -151,7 +152,9 @@ impl FastPath {
                 .attach_tc(name, iface)
                 .with_context(|| format!("attaching {name} to {iface}"))?;
         }
-        if map_config.wan_is_l3 != 0 {
+        if cfg.hooks == Hooks::Tc {
+            info!("fast path: TC only (--hooks tc)");
+        } else if map_config.wan_is_l3 != 0 {
             info!(
                 "fast path: no XDP on {}: it is an L3 device (XDP cannot redirect into it or \
                  rewrite on it); TC carries both directions",
@@ -159,7 +162,10 @@ impl FastPath {
             );
         } else {
             let [xdp_lan, xdp_wan] = XDP_PROGRAMS;
-            if let Some(mode) = fast_path.attach_xdp(xdp_wan, &cfg.wan.iface, cfg.wan.index) {
+            let native_first = cfg.hooks == Hooks::Auto;
+            if let Some(mode) =
+                fast_path.attach_xdp(xdp_wan, &cfg.wan.iface, cfg.wan.index, native_first)
+            {
                 if mode == "generic" {
                     // A redirect into the bridge works from skb mode: relay in XDP.
                     map_config.flags |= FLAG_XDP_WAN_REDIRECT;
@@ -172,7 +178,7 @@ impl FastPath {
                     )?;
                 }
             }
-            fast_path.attach_xdp(xdp_lan, &cfg.lan.iface, cfg.lan.index);
+            fast_path.attach_xdp(xdp_lan, &cfg.lan.iface, cfg.lan.index, native_first);
         }
         info!(
             "fast path: {} ({} WAN); maps pinned in {}",
@@ -224,16 +230,25 @@ impl FastPath {
         Ok(())
     }
 
-    /// Attaches XDP program `name` to `iface`: native, else skb mode. Returns the mode, or
-    /// `None` (logged) when XDP cannot be used there: TC behind it carries the traffic.
+    /// Attaches XDP program `name` to `iface`: native (if `native_first`), else skb mode.
+    /// Returns the mode, or `None` (logged) when XDP cannot be used there: TC behind it
+    /// carries the traffic.
     fn attach_xdp(
         &mut self,
         name: &'static str,
         iface: &str,
         ifindex: u32,
+        native_first: bool,
     ) -> Option<&'static str> {
-        let result = match self.attach_xdp_mode(name, iface, ifindex, XdpMode::Driver) {
-            Ok(link) => Ok((link, "native")),
+        let first = if native_first {
+            XdpMode::Driver
+        } else {
+            XdpMode::Skb
+        };
+        let result = match self.attach_xdp_mode(name, iface, ifindex, first) {
+            Ok(link) if native_first => Ok((link, "native")),
+            Ok(link) => Ok((link, "generic")),
+            Err(XdpAttachError::Mode(why)) if !native_first => Err(anyhow!("skb mode: {why}")),
             Err(XdpAttachError::Mode(why)) => {
                 info!(
                     "XDP native mode unsupported on {iface} ({why}); falling back to skb (generic) mode for {name}"
