@@ -316,22 +316,7 @@ impl Lab {
         let (cpe, cgn, inet) = (self.cpe(), self.cgn(), self.inet());
 
         // LAN: bridge br-lan in the CPE with a veth port per LAN host.
-        cpe.ip("link add br-lan type bridge")?;
-        cpe.ip(&format!("addr add {LAN_GATEWAY}/24 dev br-lan"))?;
-        cpe.ip("link set br-lan up")?;
-        for (n, addr) in [(1, LAN1_IP), (2, LAN2_IP)] {
-            let lan = self.lan(n);
-            let port = lan.role();
-            cpe.ip(&format!(
-                "link add {port} type veth peer name eth0 netns {}",
-                lan.name()
-            ))?;
-            cpe.ip(&format!("link set {port} master br-lan up"))?;
-            lan.ip(&format!("addr add {addr}/24 dev eth0"))?;
-            lan.ip("link set eth0 up")?;
-            lan.ip(&format!("route add default via {LAN_GATEWAY}"))?;
-        }
-        cpe.sysctl("net/ipv4/ip_forward", "1")?;
+        wire_lan(cpe, [self.lan(1), self.lan(2)])?;
 
         // Internet: the CGN's wan0 to the internet host; neither has a default route.
         cgn.ip(&format!(
@@ -423,6 +408,27 @@ impl Lab {
             Softwire::L3 => "route replace default dev softwire".to_owned(),
         })
     }
+}
+
+/// The LAN side shared by the lab and the bench: bridge br-lan (192.168.1.1/24) in the CPE
+/// with a veth port per LAN host (192.168.1.2 and .3, default route via the CPE), and IPv4
+/// forwarding on in the CPE.
+pub(crate) fn wire_lan(cpe: &Netns, lans: [&Netns; 2]) -> Result<()> {
+    cpe.ip("link add br-lan type bridge")?;
+    cpe.ip(&format!("addr add {LAN_GATEWAY}/24 dev br-lan"))?;
+    cpe.ip("link set br-lan up")?;
+    for (lan, addr) in lans.into_iter().zip([LAN1_IP, LAN2_IP]) {
+        let port = lan.role();
+        cpe.ip(&format!(
+            "link add {port} type veth peer name eth0 netns {}",
+            lan.name()
+        ))?;
+        cpe.ip(&format!("link set {port} master br-lan up"))?;
+        lan.ip(&format!("addr add {addr}/24 dev eth0"))?;
+        lan.ip("link set eth0 up")?;
+        lan.ip(&format!("route add default via {LAN_GATEWAY}"))?;
+    }
+    cpe.sysctl("net/ipv4/ip_forward", "1")
 }
 
 impl Drop for Lab {

@@ -20,7 +20,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    CGN_SOFTWIRE_IP, CPE_SOFTWIRE_IP, LAN_GATEWAY, LAN1_IP, LAN2_IP, Netns, Softwire,
+    CGN_SOFTWIRE_IP, CPE_SOFTWIRE_IP, LAN_GATEWAY, Netns, Softwire,
     tunpipe::{TunPipe, open_tun},
 };
 
@@ -78,22 +78,7 @@ impl BenchNet {
 
     fn wire(&mut self) -> Result<()> {
         let cpe = self.cpe();
-        cpe.ip("link add br-lan type bridge")?;
-        cpe.ip(&format!("addr add {LAN_GATEWAY}/24 dev br-lan"))?;
-        cpe.ip("link set br-lan up")?;
-        for (n, addr) in [(1, LAN1_IP), (2, LAN2_IP)] {
-            let lan = self.lan(n);
-            let port = lan.role();
-            cpe.ip(&format!(
-                "link add {port} type veth peer name eth0 netns {}",
-                lan.name()
-            ))?;
-            cpe.ip(&format!("link set {port} master br-lan up"))?;
-            lan.ip(&format!("addr add {addr}/24 dev eth0"))?;
-            lan.ip("link set eth0 up")?;
-            lan.ip(&format!("route add default via {LAN_GATEWAY}"))?;
-        }
-        cpe.sysctl("net/ipv4/ip_forward", "1")?;
+        crate::topology::wire_lan(cpe, [self.lan(1), self.lan(2)])?;
         let cgn = self.cgn();
         let pipe = match self.softwire {
             Softwire::L2 => {
