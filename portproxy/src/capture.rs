@@ -37,7 +37,10 @@ impl ReplyCapture {
     pub async fn install(handle: &Handle, cfg: &Config) -> Result<ReplyCapture> {
         // A previous run killed with SIGKILL leaves its rule behind: replace it.
         remove_rules(handle).await?;
-        let lo = crate::netif::iface(handle, "lo").await?.index;
+        let lo = crate::netif::iface(handle, "lo")
+            .await?
+            .context("the loopback interface 'lo' is missing")?
+            .index;
         let route = RouteMessageBuilder::<Ipv4Addr>::new()
             .table_id(TABLE)
             .kind(RouteType::Local)

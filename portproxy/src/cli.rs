@@ -113,6 +113,19 @@ pub struct Options {
     pub verbose: u8,
 }
 
+impl Options {
+    /// What clap cannot check alone: options that contradict each other.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.lan_iface == self.wan_iface {
+            anyhow::bail!(
+                "--lan-iface and --wan-iface are both '{}'; they must differ",
+                self.lan_iface
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Which hooks the fast path uses (TC always carries what XDP does not finish).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Hooks {
@@ -222,5 +235,11 @@ mod tests {
                 .contains("between 1 and 3600")
         );
         assert!(parse(&["--bogus"]).is_err());
+        let err = parse(&["--lan-iface", "x", "--wan-iface", "x"])
+            .unwrap()
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("must differ"), "{err}");
     }
 }

@@ -5,7 +5,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use rtnetlink::Handle;
 
 use crate::cli::Options;
@@ -48,41 +48,60 @@ pub struct Config {
     pub hooks: crate::cli::Hooks,
 }
 
+/// What the interfaces allow right now.
+#[derive(Debug)]
+pub enum Resolved {
+    Ready(Config),
+    /// Something that can still appear (an interface, its address, the route to the CGN):
+    /// what it is, for the log and `portproxy stats`.
+    Waiting(String),
+}
+
 impl Config {
-    pub async fn resolve(opts: &Options, handle: &Handle) -> Result<Config> {
-        if opts.lan_iface == opts.wan_iface {
-            bail!(
-                "--lan-iface and --wan-iface are both '{}'; they must differ",
-                opts.lan_iface
-            );
-        }
-        let lan = netif::iface(handle, &opts.lan_iface)
-            .await
-            .context("LAN interface (--lan-iface)")?;
-        let wan = netif::iface(handle, &opts.wan_iface)
-            .await
-            .context("WAN interface (--wan-iface)")?;
+    /// Fills in every address from the interfaces. `Err` only when netlink itself fails;
+    /// anything not there yet is `Resolved::Waiting`, since on a router the softwire
+    /// appears late (after DHCPv6 and the AFTR's name resolve).
+    pub async fn resolve(opts: &Options, handle: &Handle) -> Result<Resolved> {
+        use Resolved::Waiting;
+        let Some(lan) = netif::iface(handle, &opts.lan_iface).await? else {
+            return Ok(Waiting(
+                missing_iface(handle, &opts.lan_iface, "--lan-iface").await,
+            ));
+        };
+        let Some(wan) = netif::iface(handle, &opts.wan_iface).await? else {
+            return Ok(Waiting(
+                missing_iface(handle, &opts.wan_iface, "--wan-iface").await,
+            ));
+        };
         for iface in [&lan, &wan] {
             if !iface.up {
-                log::warn!(
-                    "interface {} is down; relaying starts when it comes up",
-                    iface.name
-                );
+                return Ok(Waiting(format!("{} to come up", iface.name)));
             }
         }
+        // The address first: without one there is no route through the interface either.
+        let (lan_side, wan_side) = match (
+            side(&lan, opts.lan_addr, "-l"),
+            side(&wan, opts.wan_addr, "-w"),
+        ) {
+            (Ok(lan), Ok(wan)) => (lan, wan),
+            (Err(missing), _) | (_, Err(missing)) => return Ok(Waiting(missing)),
+        };
         let cgn = match opts.cgn_addr {
             Some(addr) => addr,
             None => match netif::cgn_address(&wan, &netif::routes(handle).await?) {
                 Some(addr) => addr,
-                None => bail!(
-                    "cannot find the CGN address: no default route with a gateway through {} and no tunnel peer; give it with -n ADDR",
-                    wan.name
-                ),
+                None => {
+                    return Ok(Waiting(format!(
+                        "a default route with a gateway through {} or a tunnel peer, to find the \
+                         CGN (or give its address with -n ADDR)",
+                        wan.name
+                    )));
+                }
             },
         };
-        Ok(Config {
-            lan: side(lan, opts.lan_addr, "-l")?,
-            wan: side(wan, opts.wan_addr, "-w")?,
+        Ok(Resolved::Ready(Config {
+            lan: lan_side,
+            wan: wan_side,
             cgn,
             nat_pmp: opts.nat_pmp,
             upnp_udp: opts.upnp_udp,
@@ -94,14 +113,23 @@ impl Config {
             max_clients: opts.max_clients,
             rate_limit: opts.rate_limit,
             hooks: opts.hooks,
-        })
+        }))
     }
 }
 
-fn side(iface: netif::Iface, given: Option<Ipv4Addr>, option: &str) -> Result<Side> {
-    let addr = netif::pick_address(&iface, given, option)?;
+/// "interface X (--option) to exist", with the interfaces there are, for a typo.
+async fn missing_iface(handle: &Handle, name: &str, option: &str) -> String {
+    let names = netif::iface_names(handle).await.unwrap_or_default();
+    format!(
+        "interface {name} ({option}) to exist (interfaces here: {})",
+        names.join(", ")
+    )
+}
+
+fn side(iface: &netif::Iface, given: Option<Ipv4Addr>, option: &str) -> Result<Side, String> {
+    let addr = netif::pick_address(iface, given, option)?;
     Ok(Side {
-        iface: iface.name,
+        iface: iface.name.clone(),
         index: iface.index,
         addr: addr.local,
         prefix_len: addr.prefix_len,

@@ -68,6 +68,7 @@ fn init_logging(verbose: u8) {
 }
 
 async fn run(opts: cli::Options) -> Result<()> {
+    opts.check()?;
     check_privileges()?;
     supervisor::run(opts).await
 }

@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use futures_util::TryStreamExt;
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{LinkAttribute, LinkFlags};
@@ -37,8 +37,8 @@ pub struct Route {
     pub oif: Option<u32>,
 }
 
-/// Reads an interface and its IPv4 addresses.
-pub async fn iface(handle: &Handle, name: &str) -> Result<Iface> {
+/// Reads an interface and its IPv4 addresses; `None` if it does not exist (yet).
+pub async fn iface(handle: &Handle, name: &str) -> Result<Option<Iface>> {
     let link = handle
         .link()
         .get()
@@ -48,10 +48,10 @@ pub async fn iface(handle: &Handle, name: &str) -> Result<Iface> {
         .await;
     let link = match link {
         Ok(Some(link)) => link,
-        _ => bail!(
-            "interface '{name}' does not exist (interfaces here: {})",
-            iface_names(handle).await.unwrap_or_default().join(", ")
-        ),
+        // The kernel answers ENODEV for a name it does not know.
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => return Ok(None),
+        Ok(None) => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading interface {name}")),
     };
     let index = link.header.index;
     let up = link.header.flags.contains(LinkFlags::Up);
@@ -85,15 +85,15 @@ pub async fn iface(handle: &Handle, name: &str) -> Result<Iface> {
             });
         }
     }
-    Ok(Iface {
+    Ok(Some(Iface {
         name: name.to_string(),
         index,
         up,
         addrs,
-    })
+    }))
 }
 
-async fn iface_names(handle: &Handle) -> Result<Vec<String>> {
+pub async fn iface_names(handle: &Handle) -> Result<Vec<String>> {
     let mut names = Vec::new();
     let mut links = handle.link().get().execute();
     while let Some(link) = links.try_next().await? {
@@ -152,23 +152,32 @@ pub fn cgn_address(wan: &Iface, routes: &[Route]) -> Option<Ipv4Addr> {
         .or_else(|| wan.addrs.iter().find_map(|a| a.peer))
 }
 
-/// The address portproxy uses on an interface: the given one (which must be
-/// configured there) or the interface's first IPv4 address.
-pub fn pick_address(iface: &Iface, given: Option<Ipv4Addr>, option: &str) -> Result<IfAddr> {
-    match (given, iface.addrs.first()) {
-        (Some(addr), _) if let Some(found) = iface.addrs.iter().find(|a| a.local == addr) => {
-            Ok(*found)
-        }
-        (Some(addr), _) => bail!(
-            "{addr} is not an address of {} (it has: {}); fix {option} or configure the address",
-            iface.name,
-            list(iface)
-        ),
-        (None, Some(first)) => Ok(*first),
-        (None, None) => bail!(
-            "interface {} has no IPv4 address; configure one or give it with {option}",
-            iface.name
-        ),
+/// The address portproxy uses on an interface: the given one or the interface's first
+/// IPv4 address. `Err` says what is missing, which may still appear (DHCP, netifd).
+pub fn pick_address(
+    iface: &Iface,
+    given: Option<Ipv4Addr>,
+    option: &str,
+) -> Result<IfAddr, String> {
+    match given {
+        Some(addr) => iface
+            .addrs
+            .iter()
+            .find(|a| a.local == addr)
+            .copied()
+            .ok_or_else(|| {
+                format!(
+                    "address {addr} ({option}) on {} (it has: {})",
+                    iface.name,
+                    list(iface)
+                )
+            }),
+        None => iface.addrs.first().copied().ok_or_else(|| {
+            format!(
+                "an IPv4 address on {} (or give one with {option})",
+                iface.name
+            )
+        }),
     }
 }
 
@@ -277,16 +286,12 @@ mod tests {
                 .local,
             Ipv4Addr::new(192, 0, 0, 3)
         );
-        let err = pick_address(&iface, Some(AFTR), "-w")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("192.0.0.1 is not an address of softwire") && err.contains("192.0.0.2/29"),
-            "{err}"
+        let missing = pick_address(&iface, Some(AFTR), "-w").unwrap_err();
+        assert_eq!(
+            missing,
+            "address 192.0.0.1 (-w) on softwire (it has: 192.0.0.2/29, 192.0.0.3/29)"
         );
-        let err = pick_address(&wan(vec![]), None, "-w")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("has no IPv4 address"), "{err}");
+        let missing = pick_address(&wan(vec![]), None, "-w").unwrap_err();
+        assert_eq!(missing, "an IPv4 address on softwire (or give one with -w)");
     }
 }

@@ -59,12 +59,19 @@ fn count_clients(pin_dir: &Path) -> Result<usize> {
 
 fn text(report: &Report) -> String {
     let s = &report.status;
-    let mut out = match s.data_path {
-        DataPathKind::FastPath => format!("data path: fast path (eBPF), pid {}\n", s.pid),
-        DataPathKind::Sockets => format!("data path: sockets, pid {}\n", s.pid),
-        DataPathKind::Stopped => {
-            format!("data path: none (an interface is missing), pid {}\n", s.pid)
-        }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut out = format!(
+        "state: {} (for {} s), pid {}\n",
+        s.state,
+        now.saturating_sub(s.since),
+        s.pid
+    );
+    out += match s.data_path {
+        DataPathKind::FastPath => "data path: fast path (eBPF)\n",
+        DataPathKind::Sockets => "data path: sockets\n",
+        DataPathKind::Stopped => "data path: none\n",
     };
     if let Some(reason) = &s.fallback_reason {
         out += &format!("fallback reason: {reason}\n");

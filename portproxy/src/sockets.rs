@@ -107,13 +107,37 @@ pub fn tcp_listener(side: &Side, port: u16) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// Adds what to do to an "address in use" error.
-pub fn explain_bind(err: io::Error, what: &str, addr: SocketAddrV4, option: &str) -> anyhow::Error {
-    if err.kind() == io::ErrorKind::AddrInUse {
-        anyhow::anyhow!(
-            "{what}: {addr} is already in use by another program (is a NAT-PMP/UPnP server such as \
-             miniupnpd running here?); stop it or turn this relay off with {option} 0"
+/// A port portproxy must bind is held by another program: a person must decide which of
+/// the two runs, so at start-up this ends the daemon.
+#[derive(Debug)]
+pub struct PortInUse {
+    what: &'static str,
+    addr: SocketAddrV4,
+    option: &'static str,
+}
+
+impl std::fmt::Display for PortInUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {} is already in use by another program (is a NAT-PMP/UPnP server such as \
+             miniupnpd running here?); stop it or turn this relay off with {} 0",
+            self.what, self.addr, self.option
         )
+    }
+}
+
+impl std::error::Error for PortInUse {}
+
+/// Turns "address in use" into `PortInUse`, and names what was bound otherwise.
+pub fn explain_bind(
+    err: io::Error,
+    what: &'static str,
+    addr: SocketAddrV4,
+    option: &'static str,
+) -> anyhow::Error {
+    if err.kind() == io::ErrorKind::AddrInUse {
+        PortInUse { what, addr, option }.into()
     } else {
         anyhow::Error::new(err).context(format!("{what}: binding {addr}"))
     }

@@ -14,13 +14,38 @@ use serde::{Deserialize, Serialize};
 pub enum DataPathKind {
     FastPath,
     Sockets,
-    /// An interface is gone; relaying resumes when it is back.
+    /// Nothing relays: see `State`.
     Stopped,
+}
+
+/// What the daemon is doing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state", content = "detail")]
+pub enum State {
+    Relaying,
+    /// For something that can still appear: an interface, its address, the route to the CGN.
+    WaitingFor(String),
+    /// Building the data path failed (why); tried again with backoff.
+    Retrying(String),
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            State::Relaying => write!(f, "relaying"),
+            State::WaitingFor(what) => write!(f, "waiting for {what}"),
+            State::Retrying(why) => write!(f, "retrying: {why}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
     pub pid: u32,
+    #[serde(flatten)]
+    pub state: State,
+    /// When the daemon entered `state`, in seconds since the Unix epoch.
+    pub since: u64,
     pub data_path: DataPathKind,
     /// Why `--xdp` ended up on sockets, if it did.
     pub fallback_reason: Option<String>,
@@ -74,6 +99,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("portproxy-status-{}", std::process::id()));
         let status = Status {
             pid: 7,
+            state: State::WaitingFor("softwire to come up".into()),
+            since: 1_700_000_000,
             data_path: DataPathKind::Sockets,
             fallback_reason: Some("no BPF".into()),
             hooks: vec![],
@@ -85,6 +112,13 @@ mod tests {
         assert_eq!(
             (read.pid, read.data_path, read.counters["x"]),
             (7, DataPathKind::Sockets, 3)
+        );
+        assert_eq!(read.state, status.state);
+        let json: serde_json::Value =
+            serde_json::from_slice(&fs::read(path(&dir)).unwrap()).unwrap();
+        assert_eq!(
+            (&json["state"], &json["detail"]),
+            (&"waiting_for".into(), &"softwire to come up".into())
         );
         Status::remove(&dir);
         assert!(

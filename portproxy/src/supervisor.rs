@@ -1,38 +1,59 @@
-//! Runs the chosen data path and keeps it matching the interfaces.
+//! Runs the chosen data path and keeps it matching the interfaces, whatever
+//! order they come in and however often they flap.
 //!
-//! On every link, IPv4 address or route change (rtnetlink multicast) the
-//! configuration is read again; if it differs, the data path is rebuilt for
-//! it: a softwire re-created with a new ifindex, a changed address or a new
-//! CGN gateway take effect without a restart. If an interface disappears,
-//! relaying stops (and says why) until it is back.
+//! The daemon's state is one of (see `status::State`):
+//! - *waiting for* something that can still appear: an interface, it being up, its
+//!   address, the default route that names the CGN. A router brings its softwire up
+//!   late, so this is normal at boot and during a flap; the daemon says once what it
+//!   waits for and starts relaying when everything is there.
+//! - *relaying*, on the fast path or on sockets.
+//! - *retrying*: building the data path failed (a bind, a rule, a program); tried
+//!   again with backoff, never abandoned.
+//!
+//! Every link, IPv4 address or route change (rtnetlink multicast) makes it resolve
+//! the configuration again, and so does a timer (in case a change notice was lost,
+//! say while the daemon was stopped): a changed configuration rebuilds the data path.
+//! A rebuild is transactional: the old data path is fully released (loops and every
+//! task they spawned joined, so every socket is closed; the capture rule removed;
+//! the programs detached) before the new one binds.
+//!
+//! Only what a person must fix ends the daemon: a port held by another program at
+//! start-up (bad options and missing privileges are refused before this runs).
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
 use log::{info, warn};
 use rtnetlink::{Handle, MulticastGroup};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use crate::capture::ReplyCapture;
 use crate::cli::Options;
-use crate::config::Config;
+use crate::config::{Config, Resolved};
 use crate::datapath::DataPath;
-use crate::relay;
+use crate::relay::SocketRelay;
+use crate::sockets::PortInUse;
 use crate::stats::{Counter, Stats};
-use crate::status::{DataPathKind, Status};
+use crate::status::{DataPathKind, State, Status};
 
 /// Changes come in bursts (a re-created device: link, addresses, routes); act once.
 const SETTLE: Duration = Duration::from_millis(250);
+/// How often the configuration is resolved again without a change notice.
+const RECHECK_WAITING: Duration = Duration::from_secs(1);
+const RECHECK_RELAYING: Duration = Duration::from_secs(10);
+/// Backoff between failed builds: doubling from the first to the last.
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// A data path running for one configuration.
 struct Running {
     cfg: Config,
     data_path: DataPath,
-    tasks: JoinSet<Result<()>>,
+    relay: SocketRelay,
     capture: Option<ReplyCapture>,
 }
 
@@ -47,31 +68,40 @@ impl Running {
         let on_sockets = Arc::new(data_path.socket_share(&cfg));
         // Bind first: a port in use (say, a second portproxy) must fail before the
         // routing rule, which a running instance depends on, is touched.
-        let tasks = relay::start(&on_sockets, stats)?;
+        let relay = SocketRelay::start(&on_sockets, stats)?;
         let capture = match on_sockets.nat_pmp {
-            true => Some(ReplyCapture::install(handle, &on_sockets).await?),
+            true => match ReplyCapture::install(handle, &on_sockets).await {
+                Ok(capture) => Some(capture),
+                Err(e) => {
+                    relay.stop().await;
+                    return Err(e);
+                }
+            },
             false => None,
         };
         Ok(Running {
             cfg,
             data_path,
-            tasks,
+            relay,
             capture,
         })
     }
 
-    async fn stop(mut self) -> Result<()> {
-        self.tasks.shutdown().await;
-        if let Some(capture) = self.capture {
-            capture
-                .remove()
-                .await
-                .context("removing the reply-capture rule")?;
+    /// Releases everything: when this returns, the next data path can bind the same ports.
+    async fn stop(self) {
+        self.relay.stop().await;
+        if let Some(capture) = self.capture
+            && let Err(e) = capture.remove().await
+        {
+            warn!("removing the reply-capture rule: {e:#}");
         }
         if let DataPath::Fast(fast) = &self.data_path {
-            info!("kernel counters:\n{}", fast.stats()?);
+            match fast.stats() {
+                Ok(counters) => info!("kernel counters:\n{counters}"),
+                Err(e) => warn!("reading the kernel counters: {e:#}"),
+            }
         }
-        Ok(())
+        // Dropping the fast path detaches its programs and removes its pins.
     }
 
     fn describe(&self) -> String {
@@ -84,6 +114,133 @@ impl Running {
             "relaying between {} ({}) and the CGN {} via {} ({}) on {on}",
             c.lan.iface, c.lan.addr, c.cgn, c.wan.iface, c.wan.addr
         )
+    }
+}
+
+struct Supervisor {
+    opts: Options,
+    handle: Handle,
+    stats: Arc<Stats>,
+    running: Option<Running>,
+    state: State,
+    since: SystemTime,
+    retry_delay: Duration,
+    next_check: Instant,
+}
+
+impl Supervisor {
+    /// Brings the data path in line with the interfaces. `Err` only for what ends the
+    /// daemon: a port held by another program on the first attempt.
+    async fn converge(&mut self, first: bool) -> Result<()> {
+        let cfg = match Config::resolve(&self.opts, &self.handle).await {
+            Ok(Resolved::Ready(cfg)) => cfg,
+            Ok(Resolved::Waiting(what)) => {
+                self.stop().await;
+                self.enter(State::WaitingFor(what));
+                return Ok(());
+            }
+            Err(e) => {
+                self.stop().await;
+                self.retry(format!("{e:#}"));
+                return Ok(());
+            }
+        };
+        if self.state == State::Relaying && self.running.as_ref().is_some_and(|r| r.cfg == cfg) {
+            self.next_check = Instant::now() + RECHECK_RELAYING;
+            return Ok(());
+        }
+        if self.running.is_some() {
+            self.stop().await;
+            info!("interfaces changed");
+        }
+        info!("configuration:\n{cfg}");
+        match Running::start(&self.opts, cfg, &self.handle, &self.stats).await {
+            Ok(new) => {
+                let described = new.describe();
+                self.running = Some(new);
+                self.retry_delay = RETRY_FIRST;
+                self.enter(State::Relaying);
+                info!("ready: {described}");
+            }
+            Err(e) if first && e.chain().any(|c| c.is::<PortInUse>()) => return Err(e),
+            Err(e) => self.retry(format!("{e:#}")),
+        }
+        Ok(())
+    }
+
+    async fn stop(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop().await;
+        }
+    }
+
+    /// Records a new state; says so once, not on every check.
+    fn enter(&mut self, state: State) {
+        self.next_check = Instant::now()
+            + match state {
+                State::Relaying => RECHECK_RELAYING,
+                _ => RECHECK_WAITING,
+            };
+        if state == self.state {
+            return;
+        }
+        if let State::WaitingFor(_) = state {
+            warn!("{state}; relaying starts when it is there");
+        }
+        self.state = state;
+        self.since = SystemTime::now();
+    }
+
+    /// Every failed build is logged: the same failure again is worth seeing.
+    fn retry(&mut self, why: String) {
+        let delay = self.retry_delay;
+        warn!("{why}; trying again in {delay:?}");
+        self.enter(State::Retrying(why));
+        self.next_check = Instant::now() + delay;
+        self.retry_delay = (delay * 2).min(RETRY_MAX);
+    }
+
+    fn status(&self) -> Status {
+        let (kind, reason, hooks, pins) = match self.running.as_ref().map(|r| &r.data_path) {
+            Some(DataPath::Fast(fast)) => (
+                DataPathKind::FastPath,
+                None,
+                fast.hooks(),
+                Some(self.opts.pin_dir.clone()),
+            ),
+            Some(DataPath::Sockets(reason)) => {
+                (DataPathKind::Sockets, reason.clone(), Vec::new(), None)
+            }
+            None => (DataPathKind::Stopped, None, Vec::new(), None),
+        };
+        let since = self
+            .since
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Status {
+            pid: std::process::id(),
+            state: self.state.clone(),
+            since,
+            data_path: kind,
+            fallback_reason: reason,
+            hooks,
+            pin_dir: pins,
+            counters: self.stats.snapshot(),
+        }
+    }
+
+    fn write_status(&self, state_dir: &Path) {
+        if let Err(e) = self.status().write(state_dir) {
+            warn!("status file for `portproxy stats`: {e:#}");
+        }
+    }
+}
+
+/// The next failure of a running relay; never while nothing runs.
+async fn relay_failed(running: &mut Option<Running>) -> anyhow::Error {
+    match running {
+        Some(r) => r.relay.failed().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -102,122 +259,60 @@ pub async fn run(opts: Options) -> Result<()> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
 
-    let cfg = Config::resolve(&opts, &handle).await?;
-    info!("configuration:\n{cfg}");
-    let stats = Arc::new(Stats::default());
-    let mut running = Some(Running::start(&opts, cfg, &handle, &stats).await?);
-    // Written before "ready", so that `portproxy stats` works as soon as that line shows.
-    status(running.as_ref(), &opts.pin_dir, &stats).write(&opts.state_dir)?;
-    info!(
-        "ready: {}",
-        running.as_ref().map(Running::describe).unwrap_or_default()
-    );
+    let state_dir = opts.state_dir.clone();
+    let mut sup = Supervisor {
+        opts,
+        handle,
+        stats: Arc::new(Stats::default()),
+        running: None,
+        // The first `enter` logs whatever it is, even relaying.
+        state: State::WaitingFor("the first look at the interfaces".into()),
+        since: SystemTime::now(),
+        retry_delay: RETRY_FIRST,
+        next_check: Instant::now(),
+    };
+    sup.converge(true).await?;
+    // Written before the first check completes, so `portproxy stats` works as soon as
+    // "ready" (or "waiting for") shows.
+    sup.write_status(&state_dir);
 
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut last_aging = tokio::time::Instant::now();
-    let outcome = loop {
+    let mut last_aging = Instant::now();
+    loop {
         tokio::select! {
-            _ = interrupt.recv() => { info!("SIGINT: stopping"); break Ok(()); }
-            _ = terminate.recv() => { info!("SIGTERM: stopping"); break Ok(()); }
-            Some(done) = join_next(&mut running) => {
-                if let Err(e) = done.context("a relay task panicked").and_then(|r| r) {
-                    break Err(e);
-                }
-                break Err(anyhow::anyhow!("a relay task stopped unexpectedly"));
+            _ = interrupt.recv() => { info!("SIGINT: stopping"); break; }
+            _ = terminate.recv() => { info!("SIGTERM: stopping"); break; }
+            e = relay_failed(&mut sup.running) => {
+                sup.stop().await;
+                sup.retry(format!("the relay failed: {e:#}"));
             }
             Some(_) = events.next() => {
                 tokio::time::sleep(SETTLE).await;
                 while events.try_recv().is_ok() {}
-                running = follow_interfaces(&opts, &handle, &stats, running).await?;
+                sup.converge(false).await?;
+                sup.write_status(&state_dir);
+            }
+            _ = tokio::time::sleep_until(sup.next_check) => {
+                sup.converge(false).await?;
+                sup.write_status(&state_dir);
             }
             _ = tick.tick() => {
-                if let Some(Running { cfg, data_path: DataPath::Fast(fast), .. }) = &mut running {
+                if let Some(Running { cfg, data_path: DataPath::Fast(fast), .. }) = &mut sup.running {
                     // The kernel does not age its entries: sweep a few times per timeout.
                     if last_aging.elapsed() >= (cfg.pending_timeout / 4).max(Duration::from_secs(1)) {
-                        last_aging = tokio::time::Instant::now();
-                        let expired = fast.expire_idle_clients(cfg.pending_timeout)?;
-                        stats.add_n(Counter::Expired, expired as u64);
+                        last_aging = Instant::now();
+                        match fast.expire_idle_clients(cfg.pending_timeout) {
+                            Ok(expired) => sup.stats.add_n(Counter::Expired, expired as u64),
+                            Err(e) => warn!("aging the fast path's client entries: {e:#}"),
+                        }
                     }
                 }
-                if let Err(e) = status(running.as_ref(), &opts.pin_dir, &stats).write(&opts.state_dir) {
-                    warn!("status file for `portproxy stats`: {e:#}");
-                }
+                sup.write_status(&state_dir);
             }
         }
-    };
-    Status::remove(&opts.state_dir);
-    if let Some(running) = running {
-        running.stop().await?;
     }
-    info!("counters:\n{}", stats.report());
-    outcome
-}
-
-/// The next finished relay task, or never while nothing runs.
-async fn join_next(
-    running: &mut Option<Running>,
-) -> Option<Result<Result<()>, tokio::task::JoinError>> {
-    match running {
-        Some(r) if !r.tasks.is_empty() => r.tasks.join_next().await,
-        _ => std::future::pending().await,
-    }
-}
-
-/// Re-reads the configuration and rebuilds the data path if it changed.
-async fn follow_interfaces(
-    opts: &Options,
-    handle: &Handle,
-    stats: &Arc<Stats>,
-    running: Option<Running>,
-) -> Result<Option<Running>> {
-    let cfg = match Config::resolve(opts, handle).await {
-        Ok(cfg) => cfg,
-        Err(e) => {
-            if let Some(old) = running {
-                warn!("{e:#}: relaying stops until the interfaces are back");
-                old.stop().await?;
-            }
-            return Ok(None);
-        }
-    };
-    if running.as_ref().is_some_and(|r| r.cfg == cfg) {
-        return Ok(running);
-    }
-    if let Some(old) = running {
-        old.stop().await?;
-    }
-    info!("interfaces changed; new configuration:\n{cfg}");
-    match Running::start(opts, cfg, handle, stats).await {
-        Ok(new) => {
-            info!("{}", new.describe());
-            Ok(Some(new))
-        }
-        Err(e) => {
-            warn!("{e:#}: relaying stops until the next interface change");
-            Ok(None)
-        }
-    }
-}
-
-fn status(running: Option<&Running>, pin_dir: &Path, stats: &Stats) -> Status {
-    let (kind, reason, hooks, pins) = match running.map(|r| (&r.data_path, &r.cfg)) {
-        Some((DataPath::Fast(fast), _)) => (
-            DataPathKind::FastPath,
-            None,
-            fast.hooks(),
-            Some(pin_dir.to_path_buf()),
-        ),
-        Some((DataPath::Sockets(reason), _)) => {
-            (DataPathKind::Sockets, reason.clone(), Vec::new(), None)
-        }
-        None => (DataPathKind::Stopped, None, Vec::new(), None),
-    };
-    Status {
-        pid: std::process::id(),
-        data_path: kind,
-        fallback_reason: reason,
-        hooks,
-        pin_dir: pins,
-        counters: stats.snapshot(),
-    }
+    Status::remove(&state_dir);
+    sup.stop().await;
+    info!("counters:\n{}", sup.stats.report());
+    Ok(())
 }

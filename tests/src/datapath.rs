@@ -25,6 +25,16 @@ pub enum DataPath {
 impl Lab {
     /// Starts portproxy on `path` with `args`, keeping its status file in the lab's directory.
     pub fn spawn_portproxy_on(&self, path: DataPath, args: &[&str]) -> Result<Daemon> {
+        self.spawn_portproxy_on_until(path, args, "ready:")
+    }
+
+    /// Like `spawn_portproxy_on`, waiting until portproxy logs a line containing `needle`.
+    pub fn spawn_portproxy_on_until(
+        &self,
+        path: DataPath,
+        args: &[&str],
+        needle: &str,
+    ) -> Result<Daemon> {
         let state_dir = self.dir().join("state");
         let mut all = vec![
             "--state-dir",
@@ -35,7 +45,7 @@ impl Lab {
         }
         all.extend_from_slice(args);
         let env = (path == DataPath::Fallback).then_some((FORCE_SOCKETS_ENV, "1"));
-        self.spawn_portproxy_env(&all, env)
+        self.spawn_portproxy_until(self.cpe(), &all, env, needle)
     }
 
     /// `portproxy stats --json` of a running daemon, read from inside its mount namespace

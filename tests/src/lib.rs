@@ -21,6 +21,7 @@ pub mod bench;
 mod cgn;
 mod daemon;
 mod datapath;
+pub mod load;
 mod net_check;
 mod netns;
 mod pcp_client;
@@ -34,7 +35,7 @@ pub use datapath::DataPath;
 pub use net_check::TcpServer;
 pub use netns::{Netns, show_output};
 pub use pcp_client::{PcpMapping, pcp_map_tcp};
-pub use topology::{Lab, LabBuilder, Softwire};
+pub use topology::{Lab, LabBuilder, Softwire, SoftwireStage};
 
 /// The CPE's LAN address: the LAN hosts' default gateway, where portproxy listens.
 pub const LAN_GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);

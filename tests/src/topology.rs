@@ -56,6 +56,19 @@ impl FromStr for Softwire {
     }
 }
 
+/// How far the CPE's softwire is set up: each stage lacks what the ones after it add.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SoftwireStage {
+    /// No device yet.
+    Missing,
+    /// The device exists but is down (so it has no routes).
+    Down,
+    /// Up, without an address (so without routes).
+    NoAddress,
+    /// Up and addressed, without the default route through it.
+    NoRoute,
+}
+
 /// Options of a [`Lab`].
 pub struct LabBuilder {
     softwire: Softwire,
@@ -91,6 +104,7 @@ impl LabBuilder {
             notify_interval: self.notify_interval,
             miniupnpd: None,
             pipe: None,
+            cgn_tun: None,
             namespaces: Vec::new(),
         };
         for role in ROLES {
@@ -122,6 +136,8 @@ pub struct Lab {
     miniupnpd: Option<Daemon>,
     /// The L3 softwire's forwarder.
     pipe: Option<TunPipe>,
+    /// The CGN's end of the L3 softwire while the CPE's end is deleted.
+    cgn_tun: Option<std::os::fd::OwnedFd>,
     /// In `ROLES` order.
     namespaces: Vec<Netns>,
 }
@@ -189,6 +205,17 @@ impl Lab {
         args: &[&str],
         env: Option<(&str, &str)>,
     ) -> Result<Daemon> {
+        self.spawn_portproxy_until(ns, args, env, "ready:")
+    }
+
+    /// Like `spawn_portproxy_in`, waiting until portproxy logs a line containing `needle`.
+    pub fn spawn_portproxy_until(
+        &self,
+        ns: &Netns,
+        args: &[&str],
+        env: Option<(&str, &str)>,
+        needle: &str,
+    ) -> Result<Daemon> {
         let Some(bin) = std::env::var_os("PORTPROXY_BIN") else {
             bail!(
                 "PORTPROXY_BIN is not set: use `cargo xtask test` or `cargo xtask lab`, which \
@@ -204,7 +231,7 @@ impl Lab {
         let log = self.dir.join(format!("portproxy-{n}.log"));
         let mut daemon = Daemon::spawn("portproxy", cmd, log)?;
         daemon.wait_ready(PORTPROXY_READY_TIMEOUT, |d| {
-            d.log().lines().any(|line| line.contains("ready:"))
+            d.log().lines().any(|line| line.contains(needle))
         })?;
         Ok(daemon)
     }
@@ -270,11 +297,38 @@ impl Lab {
     /// Replaces the CPE's softwire device with a new one of the same name (a new ifindex),
     /// as when a tunnel is torn down and set up again. The CGN side stays as it is.
     pub fn recreate_softwire(&mut self) -> Result<()> {
-        match self.softwire {
-            Softwire::L2 => {
-                self.cpe().ip("link del softwire")?;
-                self.add_l2_softwire()?;
+        self.undo_softwire(SoftwireStage::Missing)?;
+        self.redo_softwire(SoftwireStage::Missing)
+    }
+
+    /// Takes the CPE's softwire back to `stage`, as a router has it during boot (netifd
+    /// creates the DS-Lite device late, then brings it up, addresses and routes it).
+    pub fn undo_softwire(&mut self, stage: SoftwireStage) -> Result<()> {
+        let cpe = self.cpe();
+        match stage {
+            SoftwireStage::Missing => self.delete_cpe_softwire(),
+            SoftwireStage::Down => cpe.ip("link set softwire down"),
+            SoftwireStage::NoAddress => cpe.ip("addr flush dev softwire"),
+            SoftwireStage::NoRoute => cpe.ip("route del default"),
+        }
+    }
+
+    /// Sets the CPE's softwire up again from `stage` (see `undo_softwire`).
+    pub fn redo_softwire(&mut self, stage: SoftwireStage) -> Result<()> {
+        match stage {
+            SoftwireStage::Missing => {
+                self.add_cpe_softwire()?;
+                self.configure_cpe_softwire()
             }
+            SoftwireStage::Down => self.set_softwire_up(true),
+            SoftwireStage::NoAddress => self.configure_cpe_softwire(),
+            SoftwireStage::NoRoute => self.route_cpe_softwire(),
+        }
+    }
+
+    fn delete_cpe_softwire(&mut self) -> Result<()> {
+        match self.softwire {
+            Softwire::L2 => self.cpe().ip("link del softwire"),
             Softwire::L3 => {
                 let pipe = self
                     .pipe
@@ -282,6 +336,7 @@ impl Lab {
                     .context("the L3 softwire has no forwarder")?;
                 let [old, cgn_end] = pipe.stop();
                 drop(old);
+                self.cgn_tun = Some(cgn_end);
                 // The device goes with the last reference to its fd, and a process another
                 // thread is forking right now may hold a copy until it execs.
                 let deadline = Instant::now() + Duration::from_secs(2);
@@ -291,11 +346,24 @@ impl Lab {
                     }
                     thread::sleep(Duration::from_millis(10));
                 }
-                let cpe_end = open_tun(self.cpe(), "softwire")?;
-                self.pipe = Some(TunPipe::start(cpe_end, cgn_end)?);
+                Ok(())
             }
         }
-        self.configure_cpe_softwire()
+    }
+
+    fn add_cpe_softwire(&mut self) -> Result<()> {
+        match self.softwire {
+            Softwire::L2 => self.add_l2_softwire(),
+            Softwire::L3 => {
+                let cgn_end = self
+                    .cgn_tun
+                    .take()
+                    .context("the CPE's L3 softwire is not deleted")?;
+                let cpe_end = open_tun(self.cpe(), "softwire")?;
+                self.pipe = Some(TunPipe::start(cpe_end, cgn_end)?);
+                Ok(())
+            }
+        }
     }
 
     /// The CPE's softwire ifindex.
@@ -435,6 +503,7 @@ impl Drop for Lab {
     fn drop(&mut self) {
         self.miniupnpd = None;
         self.pipe = None;
+        self.cgn_tun = None;
         self.namespaces.clear();
         if let Err(error) = fs::remove_dir_all(&self.dir) {
             eprintln!("lab cleanup: removing {:?}: {error}", self.dir);

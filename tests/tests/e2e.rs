@@ -14,10 +14,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use common::{run_expect, with_lab};
+use common::{check_mapping, run_expect, with_lab};
 use tests::{
-    Daemon, DataPath, IGD_HTTP_PORT, LAN_GATEWAY, LAN1_IP, LAN2_IP, Lab, LabBuilder, Netns,
-    PCP_PORT, PUBLIC_IP, SSDP_GROUP, Softwire, pcp_map_tcp,
+    Daemon, DataPath, IGD_HTTP_PORT, LAN_GATEWAY, LAN1_IP, Lab, LabBuilder, PCP_PORT, PUBLIC_IP,
+    SSDP_GROUP, Softwire, pcp_map_tcp,
 };
 
 /// Runs portproxy in the CPE on `path` (`--lan-iface br-lan --wan-iface softwire -vv` and
@@ -42,31 +42,6 @@ fn with_portproxy(
         }
         result
     })
-}
-
-/// Checks that the CGN maps TCP `external` to `host`:`internal` and that the internet host
-/// reaches the service there (answering with its role).
-fn check_mapping(lab: &Lab, external: u16, host: &Netns, internal: u16) -> Result<()> {
-    let ruleset = run_expect(lab.cgn(), "nft", &["list", "table", "inet", "nat"], &[])?;
-    let addr = if host.role() == "lan1" {
-        LAN1_IP
-    } else {
-        LAN2_IP
-    };
-    ensure!(
-        ruleset.contains(&format!("dport {external} dnat ip to {addr}:{internal}")),
-        "the CGN has no mapping {external} -> {addr}:{internal}:\n{ruleset}"
-    );
-    let _server = host.serve_tcp(internal)?;
-    let reply = lab
-        .inet()
-        .connect_tcp(SocketAddr::from((PUBLIC_IP, external)))?;
-    ensure!(
-        reply == host.role(),
-        "inet reached {reply:?} instead of {}",
-        host.role()
-    );
-    Ok(())
 }
 
 fn natpmp_public_address(softwire: Softwire, path: DataPath) -> Result<()> {

@@ -20,6 +20,7 @@ use serde_json::Value;
 use tests::{
     CGN_SOFTWIRE_IP, CPE_SOFTWIRE_IP, Daemon, DataPath, INET_IP, LAN_GATEWAY, LAN1_IP, LAN2_IP,
     Lab, LabBuilder, Netns, PCP_PORT, PUBLIC_IP, SSDP_GROUP, Softwire,
+    load::{flood_nat_pmp, public_address},
 };
 
 const SSDP_PORT: u16 = 1900;
@@ -1245,27 +1246,8 @@ fn flood_from_one_host(softwire: Softwire, path: DataPath) -> Result<()> {
         let gateway = SocketAddrV4::new(LAN_GATEWAY, PCP_PORT);
         let stop = std::sync::atomic::AtomicBool::new(false);
         let (sent, answered) = thread::scope(|scope| -> Result<(u64, usize)> {
-            let flooder = scope.spawn(|| {
-                lab.lan(2).enter(|| -> Result<u64> {
-                    let sockets: Vec<UdpSocket> = (0..256)
-                        .map(|_| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))
-                        .collect::<Result<_, _>>()?;
-                    let mut sent = 0u64;
-                    let deadline = Instant::now() + Duration::from_secs(3);
-                    // Bounded in time and count.
-                    while Instant::now() < deadline
-                        && sent < 2_000_000
-                        && !stop.load(std::sync::atomic::Ordering::Relaxed)
-                    {
-                        for socket in &sockets {
-                            if socket.send_to(&[0, 0], gateway).is_ok() {
-                                sent += 1;
-                            }
-                        }
-                    }
-                    Ok(sent)
-                })?
-            });
+            let flooder =
+                scope.spawn(|| flood_nat_pmp(lab.lan(2), gateway, Duration::from_secs(3), &stop));
             thread::sleep(Duration::from_millis(300));
             let answered = lab.lan(1).enter(|| -> Result<usize> {
                 let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
@@ -1307,21 +1289,3 @@ fn flood_from_one_host(softwire: Softwire, path: DataPath) -> Result<()> {
 }
 
 every_path!(flood_from_one_host);
-
-/// One NAT-PMP public-address request with libnatpmp's retries (250 ms doubling, 4 tries);
-/// true if the gateway answered it.
-fn public_address(socket: &UdpSocket, gateway: SocketAddrV4) -> Result<bool> {
-    let mut wait = Duration::from_millis(250);
-    let mut buf = [0u8; 64];
-    for _ in 0..4 {
-        socket.send_to(&[0, 0], gateway)?;
-        socket.set_read_timeout(Some(wait))?;
-        wait *= 2;
-        while let Ok((len, from)) = socket.recv_from(&mut buf) {
-            if from == std::net::SocketAddr::V4(gateway) && len >= 12 && buf[..2] == [0, 0x80] {
-                return Ok(true);
-            }
-        }
-    }
-    Ok(false)
-}

@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::config::Config;
+use crate::relay::Tasks;
 use crate::sockets;
 use crate::stats::{Counter, Stats};
 
@@ -31,11 +32,16 @@ pub struct HttpRelay {
     stats: Arc<Stats>,
     ports: Mutex<HashSet<u16>>,
     connections: Arc<Semaphore>,
+    tasks: Tasks,
 }
 
 impl HttpRelay {
     /// Opens the configured ports; failing to bind them is a start-up error.
-    pub fn bind(cfg: Arc<Config>, stats: Arc<Stats>) -> Result<(Arc<Self>, Vec<TcpListener>)> {
+    pub fn bind(
+        cfg: Arc<Config>,
+        stats: Arc<Stats>,
+        tasks: &Tasks,
+    ) -> Result<(Arc<Self>, Vec<TcpListener>)> {
         let mut listeners = Vec::new();
         let mut ports = HashSet::new();
         for port in cfg.http_ports {
@@ -51,6 +57,7 @@ impl HttpRelay {
             stats,
             ports: Mutex::new(ports),
             connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            tasks: tasks.clone(),
         };
         Ok((Arc::new(relay), listeners))
     }
@@ -71,7 +78,12 @@ impl HttpRelay {
                     "relaying UPnP HTTP on {}:{port} (seen in a LOCATION header)",
                     self.cfg.lan.addr
                 );
-                tokio::spawn(self.clone().serve(listener));
+                let (relay, addr) = (self.clone(), self.cfg.lan.addr);
+                self.tasks.spawn(async move {
+                    if let Err(e) = relay.serve(listener).await {
+                        warn!("UPnP HTTP relay on {addr}:{port} stopped: {e:#}");
+                    }
+                });
                 true
             }
             Err(e) => {
@@ -90,7 +102,7 @@ impl HttpRelay {
             let permit = self.connections.clone().acquire_owned().await?;
             let (client, peer) = listener.accept().await?;
             let relay = self.clone();
-            tokio::spawn(async move {
+            self.tasks.spawn(async move {
                 if let Err(e) = relay.splice(client, port).await {
                     debug!("http {peer} -> {}:{port}: {e:#}", relay.cfg.cgn);
                 }

@@ -1,36 +1,67 @@
-//! The socket relay: one module per protocol family. `start` binds every
-//! socket first, so that configuration errors surface before "ready", then
-//! runs the relays as tasks.
+//! The socket relay: one module per protocol family. `SocketRelay::start`
+//! binds every socket first, so that configuration errors surface before
+//! "ready", then runs the relays as tasks; `stop` ends all of them.
 
 pub mod http;
 pub mod port_control;
 mod rate_limit;
 pub mod ssdp;
+mod tasks;
 
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Result, anyhow};
 use tokio::task::JoinSet;
 
 use crate::config::Config;
 use crate::stats::Stats;
+pub use tasks::Tasks;
 
-pub fn start(cfg: &Arc<Config>, stats: &Arc<Stats>) -> Result<JoinSet<Result<()>>> {
-    let mut tasks = JoinSet::new();
-    let http = if cfg.upnp_tcp {
-        let (relay, listeners) = http::HttpRelay::bind(cfg.clone(), stats.clone())?;
-        for listener in listeners {
-            tasks.spawn(relay.clone().serve(listener));
+/// The relays running for one configuration.
+pub struct SocketRelay {
+    /// The long-running receive loops; one ending means its relay failed.
+    loops: JoinSet<Result<()>>,
+    /// What the loops spawn (per client, search, connection).
+    tasks: Tasks,
+}
+
+impl SocketRelay {
+    pub fn start(cfg: &Arc<Config>, stats: &Arc<Stats>) -> Result<SocketRelay> {
+        let tasks = Tasks::default();
+        let mut loops = JoinSet::new();
+        let http = if cfg.upnp_tcp {
+            let (relay, listeners) = http::HttpRelay::bind(cfg.clone(), stats.clone(), &tasks)?;
+            for listener in listeners {
+                loops.spawn(relay.clone().serve(listener));
+            }
+            Some(relay)
+        } else {
+            None
+        };
+        if cfg.nat_pmp {
+            let relay = port_control::PortControlRelay::bind(cfg.clone(), stats.clone(), &tasks)?;
+            loops.spawn(relay.run());
         }
-        Some(relay)
-    } else {
-        None
-    };
-    if cfg.nat_pmp {
-        tasks.spawn(port_control::PortControlRelay::bind(cfg.clone(), stats.clone())?.run());
+        if cfg.upnp_udp {
+            let relay = ssdp::SsdpRelay::bind(cfg.clone(), stats.clone(), http, &tasks)?;
+            loops.spawn(relay.run());
+        }
+        Ok(SocketRelay { loops, tasks })
     }
-    if cfg.upnp_udp {
-        tasks.spawn(ssdp::SsdpRelay::bind(cfg.clone(), stats.clone(), http)?.run());
+
+    /// Waits until a receive loop ends (which is always a failure); never while none runs.
+    pub async fn failed(&mut self) -> anyhow::Error {
+        match self.loops.join_next().await {
+            Some(Ok(Err(e))) => e,
+            Some(Ok(Ok(()))) => anyhow!("a relay stopped unexpectedly"),
+            Some(Err(e)) => anyhow!("a relay task panicked: {e}"),
+            None => std::future::pending().await,
+        }
     }
-    Ok(tasks)
+
+    /// Stops every loop and task; when it returns, every socket of this relay is closed.
+    pub async fn stop(mut self) {
+        self.loops.shutdown().await;
+        self.tasks.stop().await;
+    }
 }

@@ -17,6 +17,7 @@ use tokio::net::UdpSocket;
 
 use crate::config::Config;
 use crate::proto::port_control::{self, Protocol};
+use crate::relay::Tasks;
 use crate::relay::rate_limit::RateLimit;
 use crate::sockets;
 use crate::stats::{Counter, Stats};
@@ -59,10 +60,11 @@ pub struct PortControlRelay {
     stats: Arc<Stats>,
     lan: Arc<UdpSocket>,
     table: Mutex<Table>,
+    tasks: Tasks,
 }
 
 impl PortControlRelay {
-    pub fn bind(cfg: Arc<Config>, stats: Arc<Stats>) -> Result<Arc<Self>> {
+    pub fn bind(cfg: Arc<Config>, stats: Arc<Stats>, tasks: &Tasks) -> Result<Arc<Self>> {
         let addr = SocketAddrV4::new(cfg.lan.addr, cfg.nat_pmp_port);
         let lan = sockets::udp_on(&cfg.lan, addr)
             .map_err(|e| sockets::explain_bind(e, "NAT-PMP/PCP relay", addr, "--nat-pmp"))?;
@@ -76,6 +78,7 @@ impl PortControlRelay {
             stats,
             lan: Arc::new(lan),
             table: Mutex::new(table),
+            tasks: tasks.clone(),
         }))
     }
 
@@ -196,7 +199,8 @@ impl PortControlRelay {
             },
         );
         *table.per_host.entry(*client.ip()).or_default() += 1;
-        tokio::spawn(self.clone().replies(client, upstream.clone()));
+        self.tasks
+            .spawn(self.clone().replies(client, upstream.clone()));
         Some(upstream)
     }
 

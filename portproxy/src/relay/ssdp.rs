@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::proto::{location, ssdp};
+use crate::relay::Tasks;
 use crate::relay::http::HttpRelay;
 use crate::relay::rate_limit::RateLimit;
 use crate::sockets;
@@ -37,6 +38,7 @@ pub struct SsdpRelay {
     wan: UdpSocket,
     searches: Arc<Semaphore>,
     rate: std::sync::Mutex<RateLimit>,
+    tasks: Tasks,
 }
 
 impl SsdpRelay {
@@ -44,6 +46,7 @@ impl SsdpRelay {
         cfg: Arc<Config>,
         stats: Arc<Stats>,
         http: Option<Arc<HttpRelay>>,
+        tasks: &Tasks,
     ) -> Result<Arc<Self>> {
         let listen = |side| {
             let addr = SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, cfg.ssdp_port);
@@ -58,6 +61,7 @@ impl SsdpRelay {
             http,
             searches: Arc::new(Semaphore::new(MAX_SEARCHES)),
             rate: std::sync::Mutex::new(RateLimit::new(cfg.rate_limit)),
+            tasks: tasks.clone(),
             cfg,
             stats,
         }))
@@ -119,7 +123,7 @@ impl SsdpRelay {
             let window = Duration::from_secs(msg.mx().into()) + MX_MARGIN;
             let search = buf[..len].to_vec();
             let relay = self.clone();
-            tokio::spawn(async move {
+            self.tasks.spawn(async move {
                 if let Err(e) = relay.search(client, &search, window).await {
                     relay.stats.add(Counter::DropSendFailed);
                     warn!("ssdp: relaying a search from {client}: {e:#}");

@@ -1,9 +1,9 @@
 //! Helpers shared by the namespace test files.
 
-use std::time::Instant;
+use std::{net::SocketAddr, time::Instant};
 
-use anyhow::{Result, bail};
-use tests::{Lab, LabBuilder, Netns, show_output};
+use anyhow::{Result, bail, ensure};
+use tests::{LAN1_IP, LAN2_IP, Lab, LabBuilder, Netns, PUBLIC_IP, show_output};
 
 /// Generates a test per softwire kind: `both_softwires!(scenario: name_l2, name_l3);` with
 /// `fn scenario(Softwire) -> anyhow::Result<()>`.
@@ -85,4 +85,30 @@ pub fn run_expect(ns: &Netns, program: &str, args: &[&str], expected: &[&str]) -
         }
     }
     Ok(stdout)
+}
+
+#[allow(dead_code)] // not every test file checks reachability
+/// Checks that the CGN maps TCP `external` to `host`:`internal` and that the internet host
+/// reaches the service there (answering with its role).
+pub fn check_mapping(lab: &Lab, external: u16, host: &Netns, internal: u16) -> Result<()> {
+    let ruleset = run_expect(lab.cgn(), "nft", &["list", "table", "inet", "nat"], &[])?;
+    let addr = if host.role() == "lan1" {
+        LAN1_IP
+    } else {
+        LAN2_IP
+    };
+    ensure!(
+        ruleset.contains(&format!("dport {external} dnat ip to {addr}:{internal}")),
+        "the CGN has no mapping {external} -> {addr}:{internal}:\n{ruleset}"
+    );
+    let _server = host.serve_tcp(internal)?;
+    let reply = lab
+        .inet()
+        .connect_tcp(SocketAddr::from((PUBLIC_IP, external)))?;
+    ensure!(
+        reply == host.role(),
+        "inet reached {reply:?} instead of {}",
+        host.role()
+    );
+    Ok(())
 }
