@@ -2,10 +2,13 @@
 //!
 //! Every type here is `#[repr(C)]`, fixed width and free of implicit padding (explicit `_pad`
 //! fields, a size assertion next to each): the kernel compares map keys byte for byte, so a
-//! key with uninitialised padding would never match. Byte order is in the field name (`_be`).
+//! key with uninitialised padding would never match. `bytemuck`'s `Pod` derive refuses to
+//! compile a type with implicit padding, so that mistake cannot come back unnoticed. Byte order is in the field name (`_be`).
 #![no_std]
 
 use core::mem::size_of;
+
+use bytemuck::{Pod, Zeroable};
 
 // ---------------------------------------------------------------------------------------------
 // STATS: per-CPU array of u64, one counter per packet fate.
@@ -62,8 +65,12 @@ pub const STAT_DROP_NOT_ON_LAN: u32 = 18;
 /// the start line, a ':' in every header line, a blank line): dropped. Apart from
 /// `STAT_DROP_MALFORMED` so that counter stays NAT-PMP/PCP only.
 pub const STAT_DROP_MALFORMED_SEARCH: u32 = 19;
+/// A packet to relay that arrived with TTL 1 or 0: as a router, the fast path forwards only
+/// what has a hop left (and relays the rest with TTL - 1), so two relays facing each other
+/// cannot pass a search back and forth. Dropped.
+pub const STAT_DROP_TTL: u32 = 20;
 /// Number of `STATS` entries (its `max_entries`).
-pub const STAT_COUNT: u32 = 20;
+pub const STAT_COUNT: u32 = 21;
 
 /// Counter names for reports, indexed by `STAT_*`.
 pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
@@ -87,6 +94,7 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "evicted",
     "dropped not on lan",
     "dropped malformed search",
+    "dropped ttl",
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -98,7 +106,7 @@ pub const KIND_PORT_CONTROL: u8 = 1;
 
 /// A LAN client that sent a port-control request: the reply's destination tuple.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct ClientKey {
     /// Client IPv4 address, network byte order.
     pub addr_be: u32,
@@ -114,7 +122,7 @@ const _: () = assert!(size_of::<ClientKey>() == 8 && size_of::<ClientKey>() == 4
 /// Where and since when: the client's MAC and the boot-time clock (`bpf_ktime_get_boot_ns`,
 /// userspace `CLOCK_BOOTTIME`) of its last request or reply.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct ClientValue {
     pub mac: [u8; 6],
     pub _pad: [u8; 2],
@@ -194,7 +202,7 @@ pub const RATE_MAX_ENTRIES: u32 = 1024;
 
 /// `RATE` key: a LAN client's IPv4 address.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct RateKey {
     /// Network byte order.
     pub addr_be: u32,
@@ -203,7 +211,7 @@ const _: () = assert!(size_of::<RateKey>() == 4);
 
 /// `RATE` value: a token bucket and the address's `CLIENTS` entry count.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct RateValue {
     /// Tokens left, 0..=`rate_burst` (`RATE_FULL` until the first refill).
     pub tokens: u64,
@@ -292,7 +300,7 @@ pub const FLAG_XDP_WAN_REDIRECT: u8 = 4;
 /// Everything the programs need to know about the CPE. All zero (the map's initial state)
 /// means "not configured": the programs pass every packet.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct Config {
     /// The CPE's LAN address (what clients use as gateway), network byte order.
     pub lan_addr_be: u32,
@@ -368,6 +376,19 @@ pub fn csum_replace_u32(check: u16, old_be: u32, new_be: u32) -> u16 {
     !(sum as u16)
 }
 
+/// RFC 1624 incremental update of an Internet checksum `check` (host order) when the 16-bit
+/// word `old_be` (as it lies in the packet) becomes `new_be`: the IPv4 header checksum when
+/// the TTL (which shares its word with the protocol) changes.
+#[inline(always)]
+pub fn csum_replace_u16(check: u16, old_be: u16, new_be: u16) -> u16 {
+    let mut sum = u32::from(!check);
+    sum += u32::from(!u16::from_be(old_be));
+    sum += u32::from(u16::from_be(new_be));
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
 /// `csum_replace_u32` for a UDP checksum: 0 means "no checksum" and stays 0; a computed 0
 /// is sent as 0xffff (RFC 768).
 #[inline(always)]
@@ -381,19 +402,23 @@ pub fn udp_csum_replace_u32(check: u16, old_be: u32, new_be: u32) -> u16 {
     }
 }
 
+/// aya reads and writes map keys and values as bytes, which its `Pod` asks to be sound:
+/// `bytemuck::Pod`, derived above, proves exactly that (no padding, every bit pattern valid),
+/// and the bound below makes each impl depend on it.
 #[cfg(feature = "user")]
-mod user {
-    // SAFETY: plain-old-data, `#[repr(C)]`, no padding (asserted above), every bit pattern valid.
-    unsafe impl aya::Pod for super::ClientKey {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::ClientValue {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::Config {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::RateKey {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::RateValue {}
+macro_rules! aya_pod {
+    ($($t:ty),*) => {$(
+        const _: () = {
+            const fn is_bytemuck_pod<T: Pod>() {}
+            is_bytemuck_pod::<$t>()
+        };
+        // SAFETY: `$t` is `bytemuck::Pod` (checked just above).
+        unsafe impl aya::Pod for $t {}
+    )*};
 }
+
+#[cfg(feature = "user")]
+aya_pod!(ClientKey, ClientValue, Config, RateKey, RateValue);
 
 #[cfg(test)]
 mod tests {
@@ -474,6 +499,26 @@ mod tests {
                 assert_eq!(checksum(&got), 0, "header {got:02x?} does not verify");
                 assert_eq!(got, expected, "src {src:?} dst {dst:?} -> {new:?}");
             }
+        }
+    }
+
+    #[test]
+    fn ttl_update_matches_recomputation() {
+        let mut rng = 0x1234_5678_9abc_def0u64;
+        for ttl in 1..=255u8 {
+            let id = xorshift(&mut rng) as u16;
+            let src = (xorshift(&mut rng) as u32).to_be_bytes();
+            let mut header = ip_header(src, [192, 168, 1, 1], id);
+            header[8] = ttl;
+            header[10..12].copy_from_slice(&[0, 0]);
+            let c = checksum(&header);
+            header[10..12].copy_from_slice(&c.to_be_bytes());
+            let old = u16::from_ne_bytes([ttl, 17]);
+            let new = u16::from_ne_bytes([ttl - 1, 17]);
+            let mut got = header.clone();
+            got[8] = ttl - 1;
+            got[10..12].copy_from_slice(&csum_replace_u16(c, old, new).to_be_bytes());
+            assert_eq!(checksum(&got), 0, "ttl {ttl}: {got:02x?} does not verify");
         }
     }
 

@@ -5,7 +5,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 
-use crate::packet::{IP_CSUM, UDP_CSUM, Udp4};
+use crate::packet::{IP_CSUM, IP_TTL, UDP_CSUM, Udp4, ttl_word};
 
 /// Replaces the IPv4 address at `field` (`packet::IP_SRC` or `IP_DST`) of `pkt`, fixing the
 /// IP header checksum and the UDP checksum (pseudo-header); a zero (absent) UDP checksum
@@ -27,5 +27,20 @@ pub fn set_addr(
     )?;
     ctx.l3_csum_replace(pkt.l3 + IP_CSUM, u64::from(old_be), u64::from(new_be), 4)?;
     ctx.store(pkt.l3 + field, &new_be, 0)?;
+    Ok(())
+}
+
+/// Sends `pkt` one hop further: TTL - 1, IP header checksum fixed (the caller has checked
+/// that the TTL is above 1, see `dispatch`).
+#[inline(always)]
+pub fn hop(ctx: &TcContext, pkt: &Udp4) -> Result<(), i64> {
+    let ttl = pkt.ttl.wrapping_sub(1);
+    ctx.l3_csum_replace(
+        pkt.l3 + IP_CSUM,
+        u64::from(ttl_word(pkt.ttl)),
+        u64::from(ttl_word(ttl)),
+        2,
+    )?;
+    ctx.store(pkt.l3 + IP_TTL, &ttl, 0)?;
     Ok(())
 }

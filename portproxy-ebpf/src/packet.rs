@@ -20,6 +20,7 @@ const UDP_HLEN: usize = 8;
 
 /// Offsets inside the IPv4 header.
 pub const IP_TOT_LEN: usize = 2;
+pub const IP_TTL: usize = 8;
 pub const IP_SRC: usize = 12;
 pub const IP_DST: usize = 16;
 pub const IP_CSUM: usize = 10;
@@ -83,6 +84,7 @@ pub struct Udp4 {
     pub dst_be: u32,
     pub sport_be: u16,
     pub dport_be: u16,
+    pub ttl: u8,
     /// IP total length (host order).
     pub tot_len: u16,
     /// Whether the IP total length and the UDP length are consistent with each other and
@@ -129,6 +131,7 @@ pub fn udp4<P: Packet>(p: &P, l3: usize) -> Option<Udp4> {
         return None;
     }
     let first_fragment = frag & 0x2000 != 0;
+    let ttl: u8 = p.load(l3 + IP_TTL).ok()?;
     let proto: u8 = p.load(l3 + 9).ok()?;
     if proto != IPPROTO_UDP {
         return None;
@@ -150,11 +153,18 @@ pub fn udp4<P: Packet>(p: &P, l3: usize) -> Option<Udp4> {
         dst_be,
         sport_be,
         dport_be,
+        ttl,
         tot_len,
         complete,
         payload_len: udp_len.saturating_sub(UDP_HLEN),
         first_fragment,
     })
+}
+
+/// The IPv4 header's word holding the TTL and the protocol (UDP), as it lies in the packet.
+#[inline(always)]
+pub fn ttl_word(ttl: u8) -> u16 {
+    u16::from_ne_bytes([ttl, IPPROTO_UDP])
 }
 
 /// The client's MAC: the Ethernet source of a LAN packet.

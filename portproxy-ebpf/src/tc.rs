@@ -63,6 +63,7 @@ fn act(ctx: &TcContext, cfg: &Config, verdict: Verdict) -> Result<i32, i64> {
                 return Ok(TC_ACT_SHOT as i32);
             }
             csum::set_addr(ctx, &pkt, IP_DST, pkt.dst_be, cfg.cgn_addr_be)?;
+            csum::hop(ctx, &pkt)?;
             let action = redirect::to_wan_unicast(cfg)?;
             count(stat);
             Ok(action)
@@ -75,6 +76,7 @@ fn act(ctx: &TcContext, cfg: &Config, verdict: Verdict) -> Result<i32, i64> {
             if pkt.dst_be != SSDP_GROUP_BE {
                 csum::set_addr(ctx, &pkt, IP_DST, pkt.dst_be, SSDP_GROUP_BE)?;
             }
+            csum::hop(ctx, &pkt)?;
             let action = redirect::to_wan_multicast(ctx, cfg, SSDP_GROUP_MAC)?;
             count(STAT_SEARCH_OUT);
             Ok(action)
@@ -82,12 +84,14 @@ fn act(ctx: &TcContext, cfg: &Config, verdict: Verdict) -> Result<i32, i64> {
         Verdict::Reply(pkt, stat, entry) => {
             let mac = port_control::touch(entry);
             csum::set_addr(ctx, &pkt, IP_SRC, pkt.src_be, cfg.lan_addr_be)?;
+            csum::hop(ctx, &pkt)?;
             let action = redirect::to_lan(ctx, cfg, mac)?;
             count(stat);
             Ok(action)
         }
         Verdict::Notify(pkt) => {
             csum::set_addr(ctx, &pkt, IP_SRC, pkt.src_be, cfg.lan_addr_be)?;
+            csum::hop(ctx, &pkt)?;
             let action = redirect::to_lan(ctx, cfg, SSDP_GROUP_MAC)?;
             count(STAT_NOTIFY_IN);
             Ok(action)

@@ -32,13 +32,13 @@ use aya_ebpf::{
 };
 use portproxy_common::{
     Config, FLAG_XDP_WAN_REDIRECT, SSDP_GROUP_BE, SSDP_GROUP_MAC, STAT_NOTIFY_IN, STAT_SEARCH_OUT,
-    STAT_XDP_DEFERRED, STAT_XDP_RELAYED, csum_replace_u32, udp_csum_replace_u32,
+    STAT_XDP_DEFERRED, STAT_XDP_RELAYED, csum_replace_u16, csum_replace_u32, udp_csum_replace_u32,
 };
 
 use crate::{
     dispatch::{self, Verdict},
     maps,
-    packet::{ETH_HLEN, IP_CSUM, IP_DST, IP_SRC, Packet as _, UDP_CSUM, Udp4},
+    packet::{ETH_HLEN, IP_CSUM, IP_DST, IP_SRC, IP_TTL, Packet as _, UDP_CSUM, Udp4, ttl_word},
     port_control, ssdp,
     stats::count,
 };
@@ -107,6 +107,7 @@ fn act(ctx: &XdpContext, cfg: &Config, verdict: Verdict) -> Result<u32, i64> {
                 return Ok(XDP_DROP);
             }
             set_addr(ctx, &pkt, IP_DST, pkt.dst_be, cfg.cgn_addr_be)?;
+            hop(ctx, &pkt)?;
             write_eth(ctx, dmac, smac)?;
             relayed(redirect(cfg.wan_ifindex)?, stat)
         }
@@ -118,6 +119,7 @@ fn act(ctx: &XdpContext, cfg: &Config, verdict: Verdict) -> Result<u32, i64> {
             if pkt.dst_be != SSDP_GROUP_BE {
                 set_addr(ctx, &pkt, IP_DST, pkt.dst_be, SSDP_GROUP_BE)?;
             }
+            hop(ctx, &pkt)?;
             write_eth(ctx, SSDP_GROUP_MAC, cfg.wan_mac)?;
             relayed(redirect(cfg.wan_ifindex)?, STAT_SEARCH_OUT)
         }
@@ -128,6 +130,7 @@ fn act(ctx: &XdpContext, cfg: &Config, verdict: Verdict) -> Result<u32, i64> {
             }
             let mac = port_control::touch(entry);
             set_addr(ctx, &pkt, IP_SRC, pkt.src_be, cfg.lan_addr_be)?;
+            hop(ctx, &pkt)?;
             write_eth(ctx, mac, cfg.lan_mac)?;
             relayed(redirect(cfg.lan_ifindex)?, stat)
         }
@@ -137,6 +140,7 @@ fn act(ctx: &XdpContext, cfg: &Config, verdict: Verdict) -> Result<u32, i64> {
                 return Ok(XDP_PASS);
             }
             set_addr(ctx, &pkt, IP_SRC, pkt.src_be, cfg.lan_addr_be)?;
+            hop(ctx, &pkt)?;
             write_eth(ctx, SSDP_GROUP_MAC, cfg.lan_mac)?;
             relayed(redirect(cfg.lan_ifindex)?, STAT_NOTIFY_IN)
         }
@@ -218,6 +222,16 @@ fn set_addr(
         &udp_csum_replace_u32(udp_csum, old_be, new_be).to_be(),
     )?;
     store(ctx, pkt.l3 + field, &new_be)
+}
+
+/// TTL - 1 with the IP header checksum updated by RFC 1624 (the TTL is above 1, `dispatch`).
+#[inline(always)]
+fn hop(ctx: &XdpContext, pkt: &Udp4) -> Result<(), i64> {
+    let ttl = pkt.ttl.wrapping_sub(1);
+    let ip_csum = u16::from_be(ctx.load::<u16>(pkt.l3 + IP_CSUM)?);
+    let updated = csum_replace_u16(ip_csum, ttl_word(pkt.ttl), ttl_word(ttl));
+    store(ctx, pkt.l3 + IP_CSUM, &updated.to_be())?;
+    store(ctx, pkt.l3 + IP_TTL, &ttl)
 }
 
 #[inline(always)]

@@ -90,9 +90,10 @@ pub struct Options {
     #[arg(long)]
     pub xdp: bool,
 
-    /// Fast path hook layout: auto (XDP in front of TC where it fits, native where the driver
-    /// allows), generic (the same with XDP in skb mode), tc (TC only).
-    #[arg(long, value_enum, default_value_t = Hooks::Auto, value_name = "LAYOUT")]
+    /// Fast path hook layout: tc (TC only; the fastest in `cargo xtask bench`), auto (XDP in
+    /// front of TC where it fits, native where the driver allows), generic (the same with XDP
+    /// in skb mode).
+    #[arg(long, value_enum, default_value_t = Hooks::Tc, value_name = "LAYOUT")]
     pub hooks: Hooks,
 
     /// Where the fast path pins its maps (on a BPF filesystem, mounted if needed).
@@ -129,9 +130,9 @@ impl Options {
 /// Which hooks the fast path uses (TC always carries what XDP does not finish).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Hooks {
+    Tc,
     Auto,
     Generic,
-    Tc,
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -187,6 +188,7 @@ mod tests {
         assert_eq!(o.verbose, 0);
         assert!(o.command.is_none());
         assert_eq!(o.pin_dir, PathBuf::from("/sys/fs/bpf/portproxy"));
+        assert_eq!(o.hooks, Hooks::Tc);
     }
 
     #[test]

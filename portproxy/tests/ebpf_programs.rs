@@ -84,6 +84,7 @@ struct Udp {
     /// Bytes after the IP packet (Ethernet minimum-frame padding).
     trailer: Vec<u8>,
     frag_off: u16,
+    ttl: u8,
 }
 
 impl Udp {
@@ -99,6 +100,7 @@ impl Udp {
             payload: payload.to_vec(),
             trailer: Vec::new(),
             frag_off: 0,
+            ttl: 64,
         }
     }
     fn eth(mut self, dst: [u8; 6], src: [u8; 6]) -> Udp {
@@ -126,6 +128,15 @@ impl Udp {
         self.udp_csum = false;
         self
     }
+    fn ttl(mut self, ttl: u8) -> Udp {
+        self.ttl = ttl;
+        self
+    }
+    /// As relayed: one hop further (TTL - 1).
+    fn hop(mut self) -> Udp {
+        self.ttl -= 1;
+        self
+    }
     fn trailer(mut self, trailer: &[u8]) -> Udp {
         self.trailer = trailer.to_vec();
         self
@@ -146,7 +157,7 @@ impl Udp {
         ip.extend_from_slice(&((ihl + udp_len) as u16).to_be_bytes());
         ip.extend_from_slice(&0x1234u16.to_be_bytes());
         ip.extend_from_slice(&self.frag_off.to_be_bytes());
-        ip.extend_from_slice(&[64, 17, 0, 0]);
+        ip.extend_from_slice(&[self.ttl, 17, 0, 0]);
         ip.extend_from_slice(&self.src.octets());
         ip.extend_from_slice(&self.dst.octets());
         ip.extend_from_slice(&self.ip_options);
@@ -680,7 +691,7 @@ fn lan_request(payload: &[u8]) -> Udp {
 /// That request as it must leave: to the CGN, same source, MAC header untouched (the kernel
 /// writes it in `bpf_redirect_neigh` / strips it on an L3 WAN).
 fn relayed_request(request: &Udp) -> Udp {
-    request.clone().dst(CGN_ADDR)
+    request.clone().dst(CGN_ADDR).hop()
 }
 
 /// The CGN's reply arriving on an L2 WAN.
@@ -690,7 +701,7 @@ fn cgn_reply(payload: &[u8]) -> Udp {
 
 /// That reply as it must leave on the LAN.
 fn delivered_reply(reply: &Udp) -> Udp {
-    reply.clone().src(LAN_ADDR).eth(CLIENT_MAC, LAN_MAC)
+    reply.clone().src(LAN_ADDR).eth(CLIENT_MAC, LAN_MAC).hop()
 }
 
 const ROUTER_ALERT: [u8; 4] = [0x94, 0x04, 0x00, 0x00];
@@ -1523,7 +1534,7 @@ fn ssdp() {
             TC_ACT_REDIRECT,
             STAT_SEARCH_OUT,
         )
-        .output(search.clone().eth(GROUP_MAC, WAN_MAC).build(), 14),
+        .output(search.clone().hop().eth(GROUP_MAC, WAN_MAC).build(), 14),
     );
     cases.push(
         Case::new(
@@ -1534,7 +1545,7 @@ fn ssdp() {
             STAT_SEARCH_OUT,
         )
         .l3_wan()
-        .output(search.build(), 14),
+        .output(search.clone().hop().build(), 14),
     );
     let unicast = search.clone().dst(LAN_ADDR).eth(LAN_MAC, CLIENT_MAC);
     cases.push(
@@ -1545,7 +1556,7 @@ fn ssdp() {
             TC_ACT_REDIRECT,
             STAT_SEARCH_OUT,
         )
-        .output(search.clone().eth(GROUP_MAC, WAN_MAC).build(), 14),
+        .output(search.clone().hop().eth(GROUP_MAC, WAN_MAC).build(), 14),
     );
     cases.push(
         Case::new(
@@ -1560,6 +1571,7 @@ fn ssdp() {
                 .clone()
                 .options(&ROUTER_ALERT)
                 .no_udp_csum()
+                .hop()
                 .eth(GROUP_MAC, WAN_MAC)
                 .build(),
             14,
@@ -1584,7 +1596,7 @@ fn ssdp() {
     ));
 
     let notify = Udp::new(CGN_ADDR, 1900, GROUP, 1900, NOTIFY).eth(GROUP_MAC, CGN_MAC);
-    let notify_out = notify.clone().src(LAN_ADDR).eth(GROUP_MAC, LAN_MAC);
+    let notify_out = notify.clone().src(LAN_ADDR).eth(GROUP_MAC, LAN_MAC).hop();
     cases.push(
         Case::new(
             "notify-in",
@@ -1764,7 +1776,7 @@ fn ssdp_search_validation() {
                 TC_ACT_REDIRECT,
                 STAT_SEARCH_OUT,
             )
-            .output(search.clone().eth(GROUP_MAC, WAN_MAC).build(), 14),
+            .output(search.clone().hop().eth(GROUP_MAC, WAN_MAC).build(), 14),
         );
     }
     for (name, payload) in &bad {
@@ -1808,6 +1820,92 @@ fn ssdp_search_validation() {
         TC_ACT_OK,
         STAT_PASSED,
     ));
+    run_table(cases);
+}
+
+/// Relayed as a router forwards: with TTL - 1 (checksums re-verified), and not at all once
+/// no hop is left (TTL 1 or 0), so two relays facing each other cannot bounce a packet.
+#[test]
+fn ttl() {
+    let mut cases = Vec::new();
+    for ttl in [0, 1] {
+        cases.push(Case::new(
+            format!("request-ttl-{ttl}"),
+            Prog::Lan,
+            lan_request(&NATPMP_MAP_UDP).ttl(ttl).build(),
+            TC_ACT_SHOT,
+            STAT_DROP_TTL,
+        ));
+        cases.push(
+            Case::new(
+                format!("reply-ttl-{ttl}"),
+                Prog::Wan,
+                cgn_reply(&NATPMP_MAP_REPLY).ttl(ttl).build(),
+                TC_ACT_SHOT,
+                STAT_DROP_TTL,
+            )
+            .seed(CLIENT, CLIENT_PORT),
+        );
+        cases.push(Case::new(
+            format!("search-ttl-{ttl}"),
+            Prog::Lan,
+            Udp::new(CLIENT, 50000, GROUP, 1900, MSEARCH)
+                .eth(GROUP_MAC, CLIENT_MAC)
+                .ttl(ttl)
+                .build(),
+            TC_ACT_SHOT,
+            STAT_DROP_TTL,
+        ));
+        cases.push(Case::new(
+            format!("notify-ttl-{ttl}"),
+            Prog::Wan,
+            Udp::new(CGN_ADDR, 1900, GROUP, 1900, NOTIFY)
+                .eth(GROUP_MAC, CGN_MAC)
+                .ttl(ttl)
+                .build(),
+            TC_ACT_SHOT,
+            STAT_DROP_TTL,
+        ));
+    }
+    // The last hop there is: relayed with TTL 1.
+    let request = lan_request(&NATPMP_MAP_UDP).ttl(2);
+    cases.push(
+        Case::new(
+            "request-ttl-2",
+            Prog::Lan,
+            request.build(),
+            TC_ACT_REDIRECT,
+            STAT_NATPMP_TO_CGN,
+        )
+        .output(relayed_request(&request).build(), 14)
+        .entry(CLIENT, CLIENT_PORT),
+    );
+    let search = Udp::new(CLIENT, 50000, GROUP, 1900, MSEARCH)
+        .eth(GROUP_MAC, CLIENT_MAC)
+        .ttl(2);
+    cases.push(
+        Case::new(
+            "search-ttl-2",
+            Prog::Lan,
+            search.build(),
+            TC_ACT_REDIRECT,
+            STAT_SEARCH_OUT,
+        )
+        .output(search.clone().hop().eth(GROUP_MAC, WAN_MAC).build(), 14),
+    );
+    let reply = cgn_reply(&NATPMP_MAP_REPLY).ttl(2);
+    cases.push(
+        Case::new(
+            "reply-ttl-2",
+            Prog::Wan,
+            reply.build(),
+            TC_ACT_REDIRECT,
+            STAT_NATPMP_TO_CLIENT,
+        )
+        .seed(CLIENT, CLIENT_PORT)
+        .output(delivered_reply(&reply).build(), 14)
+        .entry(CLIENT, CLIENT_PORT),
+    );
     run_table(cases);
 }
 

@@ -61,7 +61,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     programs::{
         ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         tc::{self, SchedClassifierLinkId, TcError},
@@ -71,7 +71,7 @@ use aya::{
 use log::{debug, info, warn};
 use portproxy_common::FLAG_XDP_WAN_REDIRECT;
 
-use super::{EBPF_OBJECT, PROGRAMS, boot_time, iface, load_program, maps, raise_memlock_limit};
+use super::{PROGRAMS, boot_time, iface, load_program, maps, object, raise_memlock_limit};
 use crate::cli::Hooks;
 use crate::config::Config;
 
@@ -118,16 +118,7 @@ impl FastPath {
     pub fn start(cfg: &Config, pin_dir: &Path) -> anyhow::Result<FastPath> {
         raise_memlock_limit();
         let mut map_config = maps::map_config(cfg)?;
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries("CLIENTS", cfg.max_clients)
-            .load(EBPF_OBJECT)
-            .context(
-                "loading the embedded eBPF object (creating its maps needs root or CAP_BPF)",
-            )?;
-        // aya parsed the kernel's BTF (about 15 MB of heap) to load the object; hand that
-        // back to the system now, or it stays in the daemon's RSS for its whole life.
-        // SAFETY: plain libc call, no pointers.
-        unsafe { libc::malloc_trim(0) };
+        let mut ebpf = object::load(cfg.max_clients)?;
         for name in PROGRAMS {
             load_program(&mut ebpf, name)?;
         }

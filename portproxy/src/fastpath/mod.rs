@@ -8,10 +8,12 @@
 //! - `iface`: what the programs need to know about an interface (MAC, L2 or L3).
 //! - `loader`: loading, attaching, pinning, detaching.
 //! - `maps`: `CONFIG` contents, `STATS` counters, `CLIENTS` aging.
+//! - `object`: loading the embedded object without parsing the kernel's BTF.
 
 mod iface;
 mod loader;
 mod maps;
+mod object;
 
 use std::time::Duration;
 
