@@ -4,7 +4,7 @@
 
 use portproxy_common::{
     ClientValue, Config, FLAG_PORT_CONTROL, FLAG_SSDP, SSDP_GROUP_BE, STAT_DROP_MALFORMED,
-    STAT_DROP_NOT_ON_LAN, STAT_DROP_TTL, STAT_PASSED_OWN,
+    STAT_DROP_NOT_ON_LAN, STAT_PASSED_OWN,
 };
 
 use crate::{
@@ -32,6 +32,17 @@ pub enum Verdict {
     Notify(Udp4),
 }
 
+/// As a router, relay only what has a hop left: `tc` and `xdp` drop a packet to relay that
+/// arrived with TTL 1 or 0 (`STAT_DROP_TTL`) and send the rest with TTL - 1. Without this,
+/// two relays facing each other pass a search back and forth until the rate limit stops it.
+/// (Checked where a verdict is carried out, not by rewriting the verdict here: moving a
+/// `Verdict` through one more match made LLVM copy its undefined padding, which the
+/// verifier refuses.)
+#[inline(always)]
+pub fn hop_left(pkt: &Udp4) -> bool {
+    pkt.ttl > 1
+}
+
 /// Sent by the CPE itself: never relayed again (no loops).
 #[inline(always)]
 fn own_source(cfg: &Config, pkt: &Udp4) -> bool {
@@ -52,39 +63,9 @@ fn multicast_or_broadcast(addr_be: u32) -> bool {
     first & 0xf0 == 0xe0 || addr_be == u32::MAX
 }
 
-/// As a router, relay only what has a hop left: a packet to relay that arrived with TTL 1
-/// or 0 is dropped (`tc` and `xdp` send the rest with TTL - 1). Without this, two relays
-/// facing each other pass a search back and forth until the rate limit stops it.
-#[inline(always)]
-fn hop_left(verdict: Verdict) -> Verdict {
-    match &verdict {
-        Verdict::Request(pkt, _)
-        | Verdict::Search(pkt)
-        | Verdict::Reply(pkt, ..)
-        | Verdict::Notify(pkt)
-            if pkt.ttl <= 1 =>
-        {
-            Verdict::Drop(STAT_DROP_TTL)
-        }
-        _ => verdict,
-    }
-}
-
 /// A packet arriving on the LAN device (always Ethernet).
 #[inline(always)]
 pub fn lan<P: Packet>(p: &P, cfg: &Config) -> Result<Verdict, i64> {
-    lan_verdict(p, cfg).map(hop_left)
-}
-
-/// A packet arriving on the WAN device: Ethernet, or bare IP on an L3 softwire
-/// (`wan_is_l3`).
-#[inline(always)]
-pub fn wan<P: Packet>(p: &P, cfg: &Config) -> Result<Verdict, i64> {
-    wan_verdict(p, cfg).map(hop_left)
-}
-
-#[inline(always)]
-fn lan_verdict<P: Packet>(p: &P, cfg: &Config) -> Result<Verdict, i64> {
     if !packet::is_ethernet_ipv4(p) {
         return Ok(Verdict::Pass);
     }
@@ -132,8 +113,10 @@ fn lan_verdict<P: Packet>(p: &P, cfg: &Config) -> Result<Verdict, i64> {
     Ok(Verdict::Pass)
 }
 
+/// A packet arriving on the WAN device: Ethernet, or bare IP on an L3 softwire
+/// (`wan_is_l3`).
 #[inline(always)]
-fn wan_verdict<P: Packet>(p: &P, cfg: &Config) -> Result<Verdict, i64> {
+pub fn wan<P: Packet>(p: &P, cfg: &Config) -> Result<Verdict, i64> {
     let l3 = if cfg.wan_is_l3 != 0 {
         // No MAC header: skb->protocol is not checked (a test run derives it from bytes
         // that are not an Ethernet header); `udp4` checks the IP version nibble.

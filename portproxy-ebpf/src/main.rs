@@ -2,7 +2,8 @@
 //! is decided once in `dispatch` (per protocol in `port_control` and `ssdp`, headers parsed
 //! through `packet::Packet` for both hooks); `tc` and `xdp` carry the decision out (TC with
 //! the kernel's checksum and redirect helpers in `csum` and `redirect`, XDP by hand), charging
-//! each relayed request and search once against its client's rate limit and quota (`limit`).
+//! each relayed request and search once against its client's rate limit and quota (`limit`);
+//! with `-vv`, `trace` logs each relayed packet.
 #![no_std]
 #![no_main]
 
@@ -16,6 +17,7 @@ mod redirect;
 mod ssdp;
 mod stats;
 mod tc;
+mod trace;
 mod xdp;
 
 use aya_ebpf::{

@@ -9,7 +9,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use portproxy_common::{
-    Config, SSDP_GROUP_BE, SSDP_GROUP_MAC, STAT_NOTIFY_IN, STAT_PASSED, STAT_SEARCH_OUT,
+    Config, SSDP_GROUP_BE, SSDP_GROUP_MAC, STAT_DROP_TTL, STAT_NOTIFY_IN, STAT_PASSED,
+    STAT_SEARCH_OUT,
 };
 
 use crate::{
@@ -19,6 +20,7 @@ use crate::{
     packet::{IP_DST, IP_SRC},
     port_control, redirect, ssdp,
     stats::count,
+    trace,
 };
 
 /// `tc_lan_ingress`.
@@ -57,6 +59,15 @@ fn act(ctx: &TcContext, cfg: &Config, verdict: Verdict) -> Result<i32, i64> {
             count(stat);
             Ok(TC_ACT_SHOT as i32)
         }
+        Verdict::Request(pkt, _)
+        | Verdict::Search(pkt)
+        | Verdict::Reply(pkt, ..)
+        | Verdict::Notify(pkt)
+            if !dispatch::hop_left(&pkt) =>
+        {
+            count(STAT_DROP_TTL);
+            Ok(TC_ACT_SHOT as i32)
+        }
         Verdict::Request(pkt, stat) => {
             if let Some(dropped) = port_control::admit(ctx, cfg, &pkt)? {
                 count(dropped);
@@ -66,6 +77,7 @@ fn act(ctx: &TcContext, cfg: &Config, verdict: Verdict) -> Result<i32, i64> {
             csum::hop(ctx, &pkt)?;
             let action = redirect::to_wan_unicast(cfg)?;
             count(stat);
+            trace::request(ctx, stat, &pkt, cfg.cgn_addr_be);
             Ok(action)
         }
         Verdict::Search(pkt) => {
@@ -79,6 +91,7 @@ fn act(ctx: &TcContext, cfg: &Config, verdict: Verdict) -> Result<i32, i64> {
             csum::hop(ctx, &pkt)?;
             let action = redirect::to_wan_multicast(ctx, cfg, SSDP_GROUP_MAC)?;
             count(STAT_SEARCH_OUT);
+            trace::search(ctx, &pkt);
             Ok(action)
         }
         Verdict::Reply(pkt, stat, entry) => {
@@ -87,6 +100,7 @@ fn act(ctx: &TcContext, cfg: &Config, verdict: Verdict) -> Result<i32, i64> {
             csum::hop(ctx, &pkt)?;
             let action = redirect::to_lan(ctx, cfg, mac)?;
             count(stat);
+            trace::reply(ctx, stat, &pkt);
             Ok(action)
         }
         Verdict::Notify(pkt) => {
@@ -94,6 +108,7 @@ fn act(ctx: &TcContext, cfg: &Config, verdict: Verdict) -> Result<i32, i64> {
             csum::hop(ctx, &pkt)?;
             let action = redirect::to_lan(ctx, cfg, SSDP_GROUP_MAC)?;
             count(STAT_NOTIFY_IN);
+            trace::notify(ctx, &pkt);
             Ok(action)
         }
     }

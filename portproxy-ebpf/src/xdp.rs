@@ -31,8 +31,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use portproxy_common::{
-    Config, FLAG_XDP_WAN_REDIRECT, SSDP_GROUP_BE, SSDP_GROUP_MAC, STAT_NOTIFY_IN, STAT_SEARCH_OUT,
-    STAT_XDP_DEFERRED, STAT_XDP_RELAYED, csum_replace_u16, csum_replace_u32, udp_csum_replace_u32,
+    Config, FLAG_XDP_WAN_REDIRECT, SSDP_GROUP_BE, SSDP_GROUP_MAC, STAT_DROP_TTL, STAT_NOTIFY_IN,
+    STAT_SEARCH_OUT, STAT_XDP_DEFERRED, STAT_XDP_RELAYED, csum_replace_u16, csum_replace_u32,
+    udp_csum_replace_u32,
 };
 
 use crate::{
@@ -41,6 +42,7 @@ use crate::{
     packet::{ETH_HLEN, IP_CSUM, IP_DST, IP_SRC, IP_TTL, Packet as _, UDP_CSUM, Udp4, ttl_word},
     port_control, ssdp,
     stats::count,
+    trace,
 };
 
 const AF_INET: u8 = 2;
@@ -97,6 +99,15 @@ fn act(ctx: &XdpContext, cfg: &Config, verdict: Verdict) -> Result<u32, i64> {
             count(stat);
             Ok(XDP_DROP)
         }
+        Verdict::Request(pkt, _)
+        | Verdict::Search(pkt)
+        | Verdict::Reply(pkt, ..)
+        | Verdict::Notify(pkt)
+            if !dispatch::hop_left(&pkt) =>
+        {
+            count(STAT_DROP_TTL);
+            Ok(XDP_DROP)
+        }
         Verdict::Request(pkt, stat) => {
             let Some((dmac, smac)) = next_hop(ctx, cfg, &pkt) else {
                 count(STAT_XDP_DEFERRED);
@@ -109,7 +120,9 @@ fn act(ctx: &XdpContext, cfg: &Config, verdict: Verdict) -> Result<u32, i64> {
             set_addr(ctx, &pkt, IP_DST, pkt.dst_be, cfg.cgn_addr_be)?;
             hop(ctx, &pkt)?;
             write_eth(ctx, dmac, smac)?;
-            relayed(redirect(cfg.wan_ifindex)?, stat)
+            let action = redirect(cfg.wan_ifindex)?;
+            trace::request(ctx, stat, &pkt, cfg.cgn_addr_be);
+            relayed(action, stat)
         }
         Verdict::Search(pkt) => {
             if let Some(dropped) = ssdp::admit(cfg, &pkt)? {
@@ -121,7 +134,9 @@ fn act(ctx: &XdpContext, cfg: &Config, verdict: Verdict) -> Result<u32, i64> {
             }
             hop(ctx, &pkt)?;
             write_eth(ctx, SSDP_GROUP_MAC, cfg.wan_mac)?;
-            relayed(redirect(cfg.wan_ifindex)?, STAT_SEARCH_OUT)
+            let action = redirect(cfg.wan_ifindex)?;
+            trace::search(ctx, &pkt);
+            relayed(action, STAT_SEARCH_OUT)
         }
         Verdict::Reply(pkt, stat, entry) => {
             if cfg.flags & FLAG_XDP_WAN_REDIRECT == 0 {
@@ -132,7 +147,9 @@ fn act(ctx: &XdpContext, cfg: &Config, verdict: Verdict) -> Result<u32, i64> {
             set_addr(ctx, &pkt, IP_SRC, pkt.src_be, cfg.lan_addr_be)?;
             hop(ctx, &pkt)?;
             write_eth(ctx, mac, cfg.lan_mac)?;
-            relayed(redirect(cfg.lan_ifindex)?, stat)
+            let action = redirect(cfg.lan_ifindex)?;
+            trace::reply(ctx, stat, &pkt);
+            relayed(action, stat)
         }
         Verdict::Notify(pkt) => {
             if cfg.flags & FLAG_XDP_WAN_REDIRECT == 0 {
@@ -142,7 +159,9 @@ fn act(ctx: &XdpContext, cfg: &Config, verdict: Verdict) -> Result<u32, i64> {
             set_addr(ctx, &pkt, IP_SRC, pkt.src_be, cfg.lan_addr_be)?;
             hop(ctx, &pkt)?;
             write_eth(ctx, SSDP_GROUP_MAC, cfg.lan_mac)?;
-            relayed(redirect(cfg.lan_ifindex)?, STAT_NOTIFY_IN)
+            let action = redirect(cfg.lan_ifindex)?;
+            trace::notify(ctx, &pkt);
+            relayed(action, STAT_NOTIFY_IN)
         }
     }
 }

@@ -17,7 +17,8 @@ pub enum DataPath {
 }
 
 impl DataPath {
-    pub fn choose(xdp: bool, cfg: &Config, pin_dir: &Path) -> DataPath {
+    /// `kernel_log`: the programs log each relayed packet (`-vv`).
+    pub fn choose(xdp: bool, cfg: &Config, pin_dir: &Path, kernel_log: bool) -> DataPath {
         if !xdp {
             return DataPath::Sockets(None);
         }
@@ -26,7 +27,7 @@ impl DataPath {
             warn!("--xdp: {reason}; relaying on sockets");
             return DataPath::Sockets(Some(reason));
         }
-        match FastPath::start(&kernel_share(cfg), pin_dir) {
+        match FastPath::start(&kernel_share(cfg), pin_dir, kernel_log) {
             Ok(fast) => DataPath::Fast(fast),
             Err(e) => {
                 let reason = format!("{e:#}");

@@ -35,6 +35,7 @@ use crate::capture::ReplyCapture;
 use crate::cli::Options;
 use crate::config::{Config, Resolved};
 use crate::datapath::DataPath;
+use crate::fastpath;
 use crate::relay::SocketRelay;
 use crate::sockets::PortInUse;
 use crate::stats::{Counter, Stats};
@@ -55,6 +56,8 @@ struct Running {
     data_path: DataPath,
     relay: SocketRelay,
     capture: Option<ReplyCapture>,
+    /// Forwards the programs' per-packet log (fast path with `-vv`).
+    kernel_log: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
@@ -64,7 +67,7 @@ impl Running {
         handle: &Handle,
         stats: &Arc<Stats>,
     ) -> Result<Running> {
-        let data_path = DataPath::choose(opts.xdp, &cfg, &opts.pin_dir);
+        let mut data_path = DataPath::choose(opts.xdp, &cfg, &opts.pin_dir, opts.verbose >= 2);
         let on_sockets = Arc::new(data_path.socket_share(&cfg));
         // Bind first: a port in use (say, a second portproxy) must fail before the
         // routing rule, which a running instance depends on, is touched.
@@ -79,17 +82,28 @@ impl Running {
             },
             false => None,
         };
+        let kernel_log = match &mut data_path {
+            DataPath::Fast(fast) => fast
+                .take_kernel_log()
+                .map(|log| tokio::spawn(fastpath::forward_kernel_log(log))),
+            DataPath::Sockets(_) => None,
+        };
         Ok(Running {
             cfg,
             data_path,
             relay,
             capture,
+            kernel_log,
         })
     }
 
     /// Releases everything: when this returns, the next data path can bind the same ports.
     async fn stop(self) {
         self.relay.stop().await;
+        if let Some(task) = self.kernel_log {
+            task.abort();
+            let _ = task.await;
+        }
         if let Some(capture) = self.capture
             && let Err(e) = capture.remove().await
         {

@@ -16,8 +16,8 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use common::{check_mapping, run_expect, with_lab};
 use tests::{
-    Daemon, DataPath, IGD_HTTP_PORT, LAN_GATEWAY, LAN1_IP, Lab, LabBuilder, PCP_PORT, PUBLIC_IP,
-    SSDP_GROUP, Softwire, pcp_map_tcp,
+    CGN_SOFTWIRE_IP, Daemon, DataPath, IGD_HTTP_PORT, LAN_GATEWAY, LAN1_IP, Lab, LabBuilder,
+    PCP_PORT, PUBLIC_IP, SSDP_GROUP, Softwire, pcp_map_tcp,
 };
 
 /// Runs portproxy in the CPE on `path` (`--lan-iface br-lan --wan-iface softwire -vv` and
@@ -614,3 +614,66 @@ fn hook_layouts(softwire: Softwire) -> Result<()> {
 }
 
 both_softwires!(hook_layouts: hook_layouts_l2, hook_layouts_l3);
+
+/// On the fast path, `-vv` logs one line per relayed packet, from the programs themselves
+/// (aya-log); with `-v` there are none (the programs' log calls are compiled out by the
+/// verifier).
+fn fast_path_logs_each_packet(softwire: Softwire) -> Result<()> {
+    for (verbosity, logs) in [("-vv", true), ("-v", false)] {
+        with_lab(Lab::builder(softwire), |lab| {
+            let args = [
+                "--lan-iface",
+                "br-lan",
+                "--wan-iface",
+                "softwire",
+                verbosity,
+            ];
+            let portproxy = lab.spawn_portproxy_on(DataPath::FastPath, &args)?;
+            let result = (|| {
+                run_expect(
+                    lab.lan(1),
+                    "natpmpc",
+                    &[
+                        "-g",
+                        &LAN_GATEWAY.to_string(),
+                        "-a",
+                        "9341",
+                        "8341",
+                        "tcp",
+                        "600",
+                    ],
+                    &["Mapped public port 9341 protocol TCP to local port 8341"],
+                )?;
+                lab.check_data_path(
+                    &portproxy,
+                    DataPath::FastPath,
+                    &["nat-pmp to cgn", "nat-pmp to client"],
+                )?;
+                let request = format!("NAT-PMP request {LAN1_IP}:");
+                let reply = format!("NAT-PMP reply CGN {CGN_SOFTWIRE_IP} -> {LAN1_IP}:");
+                let deadline = Instant::now() + Duration::from_secs(2);
+                let mut log = portproxy.log();
+                while logs && !(log.contains(&request) && log.contains(&reply)) {
+                    ensure!(
+                        Instant::now() < deadline,
+                        "{verbosity}: no per-packet lines {request:?} and {reply:?} from the programs"
+                    );
+                    thread::sleep(Duration::from_millis(50));
+                    log = portproxy.log();
+                }
+                ensure!(
+                    logs || !log.contains("(fast path)"),
+                    "{verbosity}: per-packet lines without -vv"
+                );
+                Ok(())
+            })();
+            if result.is_err() {
+                eprintln!("=== portproxy log\n{}", portproxy.log());
+            }
+            result
+        })?;
+    }
+    Ok(())
+}
+
+both_softwires!(fast_path_logs_each_packet: fast_path_logs_each_packet_l2, fast_path_logs_each_packet_l3);

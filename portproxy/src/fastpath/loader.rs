@@ -101,7 +101,12 @@ pub struct FastPath {
     ebpf: Ebpf,
     attachments: Vec<Attachment>,
     pins: Vec<PathBuf>,
+    /// The programs' per-packet log (`-vv`), until `take_kernel_log`.
+    kernel_log: Option<KernelLog>,
 }
+
+/// Where the programs' log records arrive (aya-log's ring buffer).
+pub type KernelLog = aya_log::EbpfLogger<&'static dyn log::Log>;
 
 /// Why an XDP attach in one mode failed.
 enum XdpAttachError {
@@ -115,10 +120,17 @@ impl FastPath {
     /// Loads the programs, configures them for `cfg`, attaches them (layout in the module
     /// doc) and pins the maps under `pin_dir`. Every error names the step, interface and
     /// program, so the caller can fall back to the socket relay with one line.
-    pub fn start(cfg: &Config, pin_dir: &Path) -> anyhow::Result<FastPath> {
+    pub fn start(cfg: &Config, pin_dir: &Path, kernel_log: bool) -> anyhow::Result<FastPath> {
         raise_memlock_limit();
         let mut map_config = maps::map_config(cfg)?;
-        let mut ebpf = object::load(cfg.max_clients)?;
+        let mut ebpf = object::load(cfg.max_clients, kernel_log)?;
+        let kernel_log = match kernel_log {
+            true => Some(
+                aya_log::EbpfLogger::init(&mut ebpf)
+                    .context("opening the programs' log (aya-log ring buffer)")?,
+            ),
+            false => None,
+        };
         for name in PROGRAMS {
             load_program(&mut ebpf, name)?;
         }
@@ -134,6 +146,7 @@ impl FastPath {
             ebpf,
             attachments: Vec::new(),
             pins: Vec::new(),
+            kernel_log,
         };
         fast_path.pin_maps(pin_dir)?;
         // TC first, WAN first: replies must be handled before requests leave, and whatever
@@ -182,6 +195,11 @@ impl FastPath {
             pin_dir.display()
         );
         Ok(fast_path)
+    }
+
+    /// The programs' log, to be read by `forward_kernel_log` (with `-vv` only).
+    pub fn take_kernel_log(&mut self) -> Option<KernelLog> {
+        self.kernel_log.take()
     }
 
     /// The hooks in use, e.g. "xdp_lan on br-lan (generic)", "tc_wan_ingress on softwire

@@ -20,7 +20,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use aya::{Ebpf, programs::SchedClassifier};
 
-pub use loader::FastPath;
+pub use loader::{FastPath, KernelLog};
 pub use maps::read_pinned_counters;
 
 /// ELF object holding every eBPF program and map (built by `build.rs`).
@@ -44,6 +44,25 @@ fn load_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Sc
         .load()
         .with_context(|| format!("loading program {name} into the kernel (verifier)"))?;
     Ok(program)
+}
+
+/// Writes the programs' log records (one per relayed packet, `-vv`) to the daemon's log as
+/// they arrive; runs until cancelled.
+pub async fn forward_kernel_log(log: KernelLog) {
+    use tokio::io::{Interest, unix::AsyncFd};
+    // SAFETY: the fd is the ring buffer map's, owned by `log` for as long as the AsyncFd
+    // holds it, and `as_raw_fd` always returns that one.
+    let mut log = match unsafe { AsyncFd::register_with_interest(log, Interest::READABLE) } {
+        Ok(log) => log,
+        Err(e) => {
+            log::warn!("the fast path's per-packet log is not shown: {e}");
+            return;
+        }
+    };
+    while let Ok(mut ready) = log.readable_mut().await {
+        ready.get_inner_mut().flush();
+        ready.clear_ready();
+    }
 }
 
 /// Kernels before 5.11 charge BPF maps and programs to RLIMIT_MEMLOCK (64 KiB by default);

@@ -20,10 +20,20 @@ use log::debug;
 use super::EBPF_OBJECT;
 
 const KERNEL_BTF_DIR: &CStr = c"/sys/kernel/btf";
+/// aya-log's ring buffer, and its size with `-vv` (room for bursts of log records).
+const KERNEL_LOG_MAP: &str = "AYA_LOGS";
+const KERNEL_LOG_BYTES: u32 = 1 << 17;
 
 /// Loads the object (maps created, programs not yet loaded) with `CLIENTS` sized for
-/// `max_clients`.
-pub fn load(max_clients: u32) -> anyhow::Result<Ebpf> {
+/// `max_clients`, and the programs' per-packet log lines (`trace` in portproxy-ebpf) on
+/// when `kernel_log`: off, the verifier removes them and their ring buffer is one page.
+pub fn load(max_clients: u32, kernel_log: bool) -> anyhow::Result<Ebpf> {
+    let (level, log_bytes) = match kernel_log {
+        // aya-log numbers its levels as the log crate does.
+        true => (log::Level::Debug as u8, KERNEL_LOG_BYTES),
+        // SAFETY: sysconf has no memory effects.
+        false => (0u8, unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u32),
+    };
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
@@ -33,6 +43,8 @@ pub fn load(max_clients: u32) -> anyhow::Result<Ebpf> {
                 }
                 let ebpf = EbpfLoader::new()
                     .map_max_entries("CLIENTS", max_clients)
+                    .override_global(aya_log::LEVEL, &level, true)
+                    .map_max_entries(KERNEL_LOG_MAP, log_bytes)
                     .load(EBPF_OBJECT);
                 if hidden.is_err() {
                     // Hand the parsed BTF back to the system, or it stays in the daemon's RSS.
