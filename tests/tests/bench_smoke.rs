@@ -14,7 +14,7 @@ use serde_json::Value;
 const TIMEOUT: Duration = Duration::from_secs(90);
 
 const MODES: [&str; 4] = ["routing", "sockets", "fast", "nft"];
-const METRICS: [&str; 13] = [
+const METRICS: [&str; 14] = [
     "delivered_pps",
     "sent_pps",
     "delivered_of_sent",
@@ -27,6 +27,7 @@ const METRICS: [&str; 13] = [
     "flood_delivered_pps",
     "rss_kib",
     "hwm_kib",
+    "load_hwm_kib",
     "bpf_maps",
 ];
 

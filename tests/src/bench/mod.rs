@@ -183,6 +183,9 @@ pub struct Round {
     pub flood_throughput: Throughput,
     pub rss_kib: Option<u64>,
     pub hwm_kib: Option<u64>,
+    /// The daemon's VmHWM as soon as it is ready: what loading (the fast path's programs,
+    /// or the sockets) cost at its peak, before any traffic.
+    pub load_hwm_kib: Option<u64>,
     pub bpf_maps: Option<Result<(Vec<String>, u64), String>>,
     pub daemon_counters: Vec<String>,
     pub leftover_rule: bool,
@@ -624,6 +627,9 @@ impl<'a> Rig<'a> {
         let pid = setup.pid();
         let dst = target(&mode.kind);
         let mut round = Round::default();
+        if let Some(pid) = pid {
+            round.load_hwm_kib = Some(sys::memory_kib(pid)?.1);
+        }
         let outcome = (|| -> Result<()> {
             let all: Vec<Arc<Vec<OwnedFd>>> =
                 vec![self.lan1_sockets.clone(), self.lan2_sockets.clone()];

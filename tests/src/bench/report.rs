@@ -49,6 +49,7 @@ pub struct Summary {
     pub flood_delivered_pps: Option<f64>,
     pub rss_kib: Option<u64>,
     pub hwm_kib: Option<u64>,
+    pub load_hwm_kib: Option<u64>,
     pub bpf_maps: Option<std::result::Result<(Vec<String>, u64), String>>,
 }
 
@@ -152,6 +153,7 @@ pub fn summarize(result: &ModeResult) -> Summary {
         flood_delivered_pps: per(&|r| Some(r.flood_throughput.pps(r.flood_throughput.delivered))),
         rss_kib: rounds.iter().filter_map(|r| r.rss_kib).max(),
         hwm_kib: rounds.iter().filter_map(|r| r.hwm_kib).max(),
+        load_hwm_kib: rounds.iter().filter_map(|r| r.load_hwm_kib).max(),
         bpf_maps: rounds.iter().rev().find_map(|r| r.bpf_maps.clone()),
     }
 }
@@ -317,6 +319,14 @@ impl Report {
                 why.clone(),
             );
             push(
+                format!("{} load peak (VmHWM when ready)", fast.name),
+                fast.load_hwm_kib.map(|k| k as f64 / 1024.0),
+                " MiB",
+                "<= 8 MiB".into(),
+                &|v| v <= 8.0,
+                why.clone(),
+            );
+            push(
                 format!("{} daemon RSS (VmHWM)", fast.name),
                 fast.hwm_kib.map(|k| k as f64 / 1024.0),
                 " MiB",
@@ -385,7 +395,7 @@ impl Report {
         let _ = writeln!(t);
         let _ = writeln!(
             t,
-            "{:<9} {:>11} {:>11} {:>9} {:>8} {:>9} {:>10} {:>7} {:>7} {:>8} {:>8} {:>12} {:>12}",
+            "{:<9} {:>11} {:>11} {:>9} {:>8} {:>9} {:>10} {:>7} {:>7} {:>8} {:>8} {:>17} {:>12}",
             "mode",
             "deliv pps",
             "sent pps",
@@ -397,7 +407,7 @@ impl Report {
             "p99 us",
             "p999 us",
             "flood %",
-            "RSS/HWM KiB",
+            "RSS/HWM/load KiB",
             "BPF maps"
         );
         for s in &summaries {
@@ -408,8 +418,8 @@ impl Report {
             let f0 = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
             let f1 = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
             let pct = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.0}%", v * 100.0));
-            let mem = match (s.rss_kib, s.hwm_kib) {
-                (Some(r), Some(h)) => format!("{r}/{h}"),
+            let mem = match (s.rss_kib, s.hwm_kib, s.load_hwm_kib) {
+                (Some(r), Some(h), Some(l)) => format!("{r}/{h}/{l}"),
                 _ => "-".into(),
             };
             let maps = match &s.bpf_maps {
@@ -421,7 +431,7 @@ impl Report {
             let flood = s.flood_legit_pct.map_or("-".into(), |v| format!("{v:.1}"));
             let _ = writeln!(
                 t,
-                "{:<9} {:>11} {:>11} {:>9} {:>8} {:>9} {:>10} {:>7} {:>7} {:>8} {:>8} {:>12} {:>12}",
+                "{:<9} {:>11} {:>11} {:>9} {:>8} {:>9} {:>10} {:>7} {:>7} {:>8} {:>8} {:>17} {:>12}",
                 s.name,
                 f0(s.delivered_pps),
                 f0(s.sent_pps),
@@ -694,6 +704,7 @@ impl Report {
                 "flood_delivered_pps": opt(s.flood_delivered_pps),
                 "rss_kib": s.rss_kib,
                 "hwm_kib": s.hwm_kib,
+                "load_hwm_kib": s.load_hwm_kib,
                 "bpf_maps": maps,
             });
             let rounds: Vec<Value> = r
@@ -706,6 +717,7 @@ impl Report {
                         "flood": {"probe": probe_json(&round.flood), "flood_from_lan2": tp_json(&round.flood_throughput)},
                         "rss_kib": round.rss_kib,
                         "hwm_kib": round.hwm_kib,
+                        "load_hwm_kib": round.load_hwm_kib,
                         "daemon_counters": round.daemon_counters,
                         "leftover_capture_rule": round.leftover_rule,
                     })
