@@ -14,7 +14,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use common::{check_mapping, run_expect, with_lab};
+use common::{check_mapping, natpmpc_map, run_expect, with_lab};
 use tests::{
     CGN_SOFTWIRE_IP, Daemon, DataPath, IGD_HTTP_PORT, LAN_GATEWAY, LAN1_IP, Lab, LabBuilder,
     PCP_PORT, PUBLIC_IP, SSDP_GROUP, Softwire, pcp_map_tcp,
@@ -630,20 +630,7 @@ fn fast_path_logs_each_packet(softwire: Softwire) -> Result<()> {
             ];
             let portproxy = lab.spawn_portproxy_on(DataPath::FastPath, &args)?;
             let result = (|| {
-                run_expect(
-                    lab.lan(1),
-                    "natpmpc",
-                    &[
-                        "-g",
-                        &LAN_GATEWAY.to_string(),
-                        "-a",
-                        "9341",
-                        "8341",
-                        "tcp",
-                        "600",
-                    ],
-                    &["Mapped public port 9341 protocol TCP to local port 8341"],
-                )?;
+                natpmpc_map(lab.lan(1), 9341, 8341)?;
                 lab.check_data_path(
                     &portproxy,
                     DataPath::FastPath,

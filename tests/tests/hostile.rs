@@ -15,7 +15,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, ensure};
-use common::{run_expect, with_lab};
+use common::{natpmpc_map, run_expect, with_lab};
 use serde_json::Value;
 use tests::{
     CGN_SOFTWIRE_IP, CPE_SOFTWIRE_IP, Daemon, DataPath, INET_IP, LAN_GATEWAY, LAN1_IP, LAN2_IP,
@@ -64,30 +64,11 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-const KEPT_INTERNAL: &str = "8501";
-const KEPT_EXTERNAL: &str = "9501";
+const KEPT_INTERNAL: u16 = 8501;
+const KEPT_EXTERNAL: u16 = 9501;
 
 fn map_before_abuse(lab: &Lab) -> Result<()> {
     natpmpc_map(lab.lan(1), KEPT_EXTERNAL, KEPT_INTERNAL).map(drop)
-}
-
-fn natpmpc_map(ns: &Netns, external: &str, internal: &str) -> Result<String> {
-    run_expect(
-        ns,
-        "natpmpc",
-        &[
-            "-g",
-            &LAN_GATEWAY.to_string(),
-            "-a",
-            external,
-            internal,
-            "tcp",
-            "600",
-        ],
-        &[&format!(
-            "Mapped public port {external} protocol TCP to local port {internal}"
-        )],
-    )
 }
 
 /// The daemon has not exited, answers a public-address request and renews the mapping
@@ -1199,7 +1180,7 @@ fn cgn_restart(softwire: Softwire, path: DataPath) -> Result<()> {
             "the client's last map after the restart failed: {outcomes:?}"
         );
         // The e2e scenarios again: a new mapping reachable from the internet, discovery.
-        natpmpc_map(lab.lan(1), "9702", "8702")?;
+        natpmpc_map(lab.lan(1), 9702, 8702)?;
         let ruleset = run_expect(lab.cgn(), "nft", &["list", "table", "inet", "nat"], &[])?;
         ensure!(
             ruleset.contains(&format!("dport 9702 dnat ip to {LAN1_IP}:8702")),

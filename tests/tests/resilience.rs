@@ -16,7 +16,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use common::{check_mapping, run_expect, with_lab};
+use common::{check_mapping, natpmpc_map, with_lab};
 use tests::{
     Daemon, DataPath, LAN_GATEWAY, Lab, PCP_PORT, Softwire, SoftwireStage, load::flood_nat_pmp,
 };
@@ -76,23 +76,7 @@ fn resumes(lab: &Lab) -> Result<Duration> {
 
 /// A NAT-PMP mapping from lan1 is granted and reachable from the internet host.
 fn maps_and_reaches(lab: &Lab, external: u16, internal: u16) -> Result<()> {
-    let (ext, int) = (external.to_string(), internal.to_string());
-    run_expect(
-        lab.lan(1),
-        "natpmpc",
-        &[
-            "-g",
-            &LAN_GATEWAY.to_string(),
-            "-a",
-            &ext,
-            &int,
-            "tcp",
-            "600",
-        ],
-        &[&format!(
-            "Mapped public port {external} protocol TCP to local port {internal}"
-        )],
-    )?;
+    natpmpc_map(lab.lan(1), external, internal)?;
     check_mapping(lab, external, lab.lan(1), internal)
 }
 

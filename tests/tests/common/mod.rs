@@ -112,3 +112,25 @@ pub fn check_mapping(lab: &Lab, external: u16, host: &Netns, internal: u16) -> R
     );
     Ok(())
 }
+
+/// `natpmpc -g GATEWAY -a EXTERNAL INTERNAL tcp 600` in `ns`, which must report the mapping;
+/// returns its output.
+#[allow(dead_code)] // not every test file maps with natpmpc
+pub fn natpmpc_map(ns: &Netns, external: u16, internal: u16) -> Result<String> {
+    run_expect(
+        ns,
+        "natpmpc",
+        &[
+            "-g",
+            &tests::LAN_GATEWAY.to_string(),
+            "-a",
+            &external.to_string(),
+            &internal.to_string(),
+            "tcp",
+            "600",
+        ],
+        &[&format!(
+            "Mapped public port {external} protocol TCP to local port {internal}"
+        )],
+    )
+}
