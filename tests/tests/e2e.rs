@@ -461,14 +461,12 @@ fn wait_for_log(daemon: &Daemon, needle: &str, count: usize) -> Result<()> {
     Ok(())
 }
 
-/// After a change of the interfaces, the daemon (not restarted) rebuilds its data path and
-/// NAT-PMP, SSDP and the mapping's reachability work again.
-/// `rebuilds`: whether the change alters portproxy's configuration (and so must show up as
-/// a rebuild in its log before the clients try again).
+/// After a change of the interfaces, the daemon (not restarted) rebuilds its data path (its
+/// log says so before the clients try again) and NAT-PMP, SSDP and the mapping's
+/// reachability work again.
 fn after_interface_change(
     softwire: Softwire,
     path: DataPath,
-    rebuilds: bool,
     change: impl FnOnce(&mut Lab) -> Result<()>,
 ) -> Result<()> {
     with_lab(Lab::builder(softwire), |lab| {
@@ -476,10 +474,8 @@ fn after_interface_change(
         let portproxy = lab.spawn_portproxy_on(path, &args)?;
         let result = (|| {
             change(lab)?;
-            if rebuilds {
-                // The ready line says "relaying between"; so does every rebuild.
-                wait_for_log(&portproxy, "relaying between", 2)?;
-            }
+            // The ready line says "relaying between"; so does every rebuild.
+            wait_for_log(&portproxy, "relaying between", 2)?;
             run_expect(
                 lab.lan(1),
                 "natpmpc",
@@ -511,16 +507,15 @@ fn after_interface_change(
 
 /// The softwire is deleted and created again (a new ifindex), as when the tunnel restarts.
 fn softwire_recreated(softwire: Softwire, path: DataPath) -> Result<()> {
-    after_interface_change(softwire, path, true, |lab| lab.recreate_softwire())
+    after_interface_change(softwire, path, |lab| lab.recreate_softwire())
 }
 
 every_path!(softwire_recreated);
 
-/// The softwire goes down and up again. On L2 the default route (and so the CGN address)
-/// goes away meanwhile, so portproxy stops and rebuilds; an L3 tunnel keeps its peer
-/// address, so nothing changes for it.
+/// The softwire goes down and up again. portproxy stops relaying while it is down (waiting
+/// for it to come up) and rebuilds when it is back, on both softwire kinds.
 fn softwire_down_up(softwire: Softwire, path: DataPath) -> Result<()> {
-    after_interface_change(softwire, path, softwire == Softwire::L2, |lab| {
+    after_interface_change(softwire, path, |lab| {
         lab.set_softwire_up(false)?;
         thread::sleep(Duration::from_millis(500));
         lab.set_softwire_up(true)
@@ -531,7 +526,7 @@ every_path!(softwire_down_up);
 
 /// The CPE's WAN (B4) address changes.
 fn wan_address_changed(softwire: Softwire, path: DataPath) -> Result<()> {
-    after_interface_change(softwire, path, true, |lab| {
+    after_interface_change(softwire, path, |lab| {
         lab.change_cpe_softwire_address(Ipv4Addr::new(192, 0, 0, 3))
     })
 }
