@@ -517,6 +517,9 @@ fn malformed_input(softwire: Softwire, path: DataPath) -> Result<()> {
             lab.lan(1).enter(|| -> Result<()> {
                 let socket = UdpSocket::bind((LAN1_IP, 0))?;
                 socket.set_multicast_loop_v4(false)?;
+                // TTL 2 as UDA 1.1 and miniupnpc: a TTL-1 search is link-local, which the
+                // fast path, like a router, does not forward.
+                socket.set_multicast_ttl_v4(2)?;
                 // The well-formed searches first, while the relay's buffers are empty.
                 send_paced(&socket, SocketAddrV4::new(SSDP_GROUP, SSDP_PORT), &odd)?;
                 send_paced(&socket, SocketAddrV4::new(LAN_GATEWAY, PCP_PORT), &pc)?;
