@@ -1,12 +1,15 @@
-//! Builds `portproxy-ebpf` for the BPF target (nightly + bpf-linker, through aya-build) and
-//! leaves the object at `$OUT_DIR/portproxy`, which `fastpath.rs` embeds.
+//! With the `fastpath` feature (the default): builds `portproxy-ebpf` for the BPF target
+//! (nightly + bpf-linker, through aya-build; bpfel or bpfeb as the target's byte order needs)
+//! and leaves the object at `$OUT_DIR/portproxy`, which `fastpath.rs` embeds. Without it
+//! (`--no-default-features`, the socket-only build) there is nothing to build.
 
-use std::{env, path::PathBuf};
-
-use anyhow::Context as _;
-use aya_build::{Package, Toolchain};
-
+#[cfg(feature = "fastpath")]
 fn main() -> anyhow::Result<()> {
+    use std::{env, path::PathBuf};
+
+    use anyhow::Context as _;
+    use aya_build::{Package, Toolchain};
+
     let manifest_dir = env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR not set")?;
     let root_dir = PathBuf::from(manifest_dir).join("../portproxy-ebpf");
     let root_dir = root_dir
@@ -21,3 +24,6 @@ fn main() -> anyhow::Result<()> {
         "building portproxy-ebpf (if bpf-linker or rust-src is missing: cargo xtask setup)",
     )
 }
+
+#[cfg(not(feature = "fastpath"))]
+fn main() {}

@@ -11,6 +11,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// (tests use it to cover the fallback).
 pub const FORCE_SOCKETS_ENV: &str = "PORTPROXY_FORCE_SOCKETS";
 
+/// Where the fast path pins its maps unless told otherwise (`bpftool map dump pinned .../CLIENTS`).
+/// The option exists in the socket-only build too, so one command line fits both builds.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/portproxy";
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "portproxy",
@@ -97,7 +101,7 @@ pub struct Options {
     pub hooks: Hooks,
 
     /// Where the fast path pins its maps (on a BPF filesystem, mounted if needed).
-    #[arg(long, default_value = crate::fastpath::DEFAULT_PIN_DIR, value_name = "DIR", global = true)]
+    #[arg(long, default_value = DEFAULT_PIN_DIR, value_name = "DIR", global = true)]
     pub pin_dir: PathBuf,
 
     /// Where the daemon keeps its status file for `portproxy stats`.

@@ -62,3 +62,58 @@ fn kernel_share(cfg: &Config) -> Config {
         ..cfg.clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::cli::Hooks;
+    use crate::config::Side;
+
+    fn config() -> Config {
+        let side = |iface: &str, index, addr| Side {
+            iface: iface.into(),
+            index,
+            addr,
+            prefix_len: 24,
+        };
+        Config {
+            lan: side("br-lan", 2, Ipv4Addr::new(192, 168, 1, 1)),
+            wan: side("softwire", 3, Ipv4Addr::new(192, 0, 0, 2)),
+            cgn: Ipv4Addr::new(192, 0, 0, 1),
+            nat_pmp: true,
+            upnp_udp: true,
+            upnp_tcp: false,
+            nat_pmp_port: 5351,
+            ssdp_port: 1900,
+            http_ports: [5000, 2869],
+            pending_timeout: Duration::from_secs(60),
+            max_clients: 4096,
+            rate_limit: 10,
+            hooks: Hooks::Auto,
+        }
+    }
+
+    #[test]
+    fn without_xdp_the_sockets_carry_everything() {
+        let cfg = config();
+        let path = DataPath::choose(false, &cfg, Path::new("/nonexistent"), false);
+        assert!(matches!(path, DataPath::Sockets(None)));
+        assert_eq!(path.socket_share(&cfg), cfg);
+    }
+
+    /// The socket-only build: `--xdp` falls back with the reason that this build has none.
+    #[cfg(not(feature = "fastpath"))]
+    #[test]
+    fn xdp_on_a_socket_only_build_says_why_and_relays_on_sockets() {
+        let cfg = config();
+        let path = DataPath::choose(true, &cfg, Path::new("/nonexistent"), false);
+        let DataPath::Sockets(Some(reason)) = &path else {
+            panic!("--xdp on a socket-only build must fall back to sockets with a reason");
+        };
+        assert_eq!(reason, crate::fastpath::NO_FAST_PATH);
+        assert_eq!(path.socket_share(&cfg), cfg);
+    }
+}

@@ -9,11 +9,18 @@
 //! and rebuilds it when the interfaces change.
 //!
 //! The codecs in `proto` are public for the fuzz targets; the binary is `main.rs`.
+//!
+//! Without the `fastpath` cargo feature (the socket-only build) `fastpath` is
+//! `no_fastpath.rs`: `--xdp` then says in one line that this build has no fast path.
 
 mod capture;
 mod cli;
 mod config;
 mod datapath;
+#[cfg(feature = "fastpath")]
+mod fastpath;
+#[cfg(not(feature = "fastpath"))]
+#[path = "no_fastpath.rs"]
 mod fastpath;
 mod netif;
 pub mod proto;

@@ -5,12 +5,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{Context, Result};
-use aya::maps::{HashMap, Map, MapData};
-use portproxy_common::{ClientKey, ClientValue};
+use anyhow::Result;
 use serde::Serialize;
 
-use crate::fastpath;
 use crate::status::{DataPathKind, Status};
 
 #[derive(Serialize)]
@@ -26,9 +23,11 @@ struct Report {
 pub fn run(state_dir: &Path, json: bool) -> Result<()> {
     let status = Status::read(state_dir)?;
     let (live_entries, kernel_counters) = match (&status.data_path, &status.pin_dir) {
+        // A socket-only build cannot read the maps of a fast-path daemon that wrote this status.
+        #[cfg(feature = "fastpath")]
         (DataPathKind::FastPath, Some(pins)) => (
             Some(count_clients(pins)?),
-            fastpath::read_pinned_counters(pins)?
+            crate::fastpath::read_pinned_counters(pins)?
                 .iter()
                 .map(|(k, v)| (k.to_string(), v))
                 .collect(),
@@ -48,7 +47,12 @@ pub fn run(state_dir: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "fastpath")]
 fn count_clients(pin_dir: &Path) -> Result<usize> {
+    use anyhow::Context as _;
+    use aya::maps::{HashMap, Map, MapData};
+    use portproxy_common::{ClientKey, ClientValue};
+
     let path = pin_dir.join("CLIENTS");
     let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
     let clients: HashMap<_, ClientKey, ClientValue> = Map::LruHashMap(data)

@@ -26,9 +26,6 @@ pub use maps::read_pinned_counters;
 /// ELF object holding every eBPF program and map (built by `build.rs`).
 pub const EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portproxy"));
 
-/// Where the maps are pinned unless told otherwise (`bpftool map dump pinned .../CLIENTS`).
-pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/portproxy";
-
 /// Programs, in the order they are attached (WAN first: replies must be handled before
 /// requests leave).
 pub const PROGRAMS: [&str; 2] = ["tc_wan_ingress", "tc_lan_ingress"];

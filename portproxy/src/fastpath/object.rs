@@ -46,8 +46,10 @@ pub fn load(max_clients: u32, kernel_log: bool) -> anyhow::Result<Ebpf> {
                     .override_global(aya_log::LEVEL, &level, true)
                     .map_max_entries(KERNEL_LOG_MAP, log_bytes)
                     .load(EBPF_OBJECT);
+                // Hand the parsed BTF back to the system, or it stays in the daemon's RSS.
+                // (musl, the routers' C library, has no malloc_trim.)
+                #[cfg(target_env = "gnu")]
                 if hidden.is_err() {
-                    // Hand the parsed BTF back to the system, or it stays in the daemon's RSS.
                     // SAFETY: plain libc call, no pointers.
                     unsafe { libc::malloc_trim(0) };
                 }
