@@ -23,6 +23,8 @@ mod fastpath;
 #[path = "no_fastpath.rs"]
 mod fastpath;
 mod netif;
+#[cfg(test)]
+mod packaging_tests;
 pub mod proto;
 mod relay;
 mod show_stats;
