@@ -1,6 +1,7 @@
 //! Counters for every fate a packet can meet in the socket relay.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+// std's AtomicU64 where the CPU has 64-bit atomics; a lock on those without (32-bit MIPS).
+use portable_atomic::{AtomicU64, Ordering};
 
 macro_rules! counters {
     ($($name:ident => $label:literal,)*) => {
