@@ -18,6 +18,7 @@ section=
 config() { section=${2:-$1}; }
 option() { eval "CONFIG_${section}_$1=\$2"; }
 list() { option "$@"; }
+# shellcheck source=/dev/null # the UCI file under test
 config_load() { . "$uci_file"; }
 config_get() {
 	eval "_value=\${CONFIG_$2_$3-}"
@@ -60,6 +61,7 @@ json_add_string() { echo "json add_string $*"; }
 procd_add_reload_trigger() { echo "trigger reload $*"; }
 procd_add_interface_trigger() { echo "trigger interface $*"; }
 
+# shellcheck source=/dev/null # the init script, checked on its own
 . "$init_script"
 start_service
 service_triggers

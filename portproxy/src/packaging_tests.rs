@@ -60,6 +60,8 @@ fn long_options() -> Vec<String> {
         .collect()
 }
 
+/// `sh -n`, then shellcheck as dash (OpenWrt's busybox ash, like dash, has `local`;
+/// shellcheck 0.9 knows no busybox dialect).
 #[test]
 fn the_init_script_is_valid_shell() {
     for script in [
@@ -72,6 +74,16 @@ fn the_init_script_is_valid_shell() {
             .status()
             .expect("running sh -n");
         assert!(status.success(), "sh -n {script}: {status}");
+        let out = Command::new("shellcheck")
+            .args(["--shell=dash", "--format=gcc"])
+            .arg(repo().join(&script))
+            .output()
+            .expect("running shellcheck (Debian package shellcheck; cargo xtask setup)");
+        assert!(
+            out.status.success(),
+            "shellcheck {script}:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
 }
 
@@ -228,4 +240,44 @@ fn a_disabled_service_starts_nothing() {
     let rendered = render("openwrt/tests/disabled.config");
     assert!(rendered.command.is_empty(), "{:?}", rendered.command);
     assert!(!rendered.rest.iter().any(|l| l.starts_with("param ")));
+}
+
+const UNIT: &str = "dist/systemd/portproxy.service";
+const FASTPATH_DROP_IN: &str = "dist/systemd/portproxy.service.d/fastpath.conf";
+
+/// `systemd-analyze verify` of the unit (with `drop_ins` appended, as systemd merges them)
+/// must pass without a word: it warns about unknown or misspelt settings but exits 0.
+fn verify_unit(drop_ins: &[&str]) {
+    let mut unit = std::fs::read_to_string(repo().join(UNIT)).expect("reading the unit");
+    for drop_in in drop_ins {
+        unit += &std::fs::read_to_string(repo().join(drop_in)).expect("reading a drop-in");
+    }
+    // verify checks that ExecStart's program exists: point it at this test binary.
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let unit = unit.replace(
+        "ExecStart=/usr/local/sbin/portproxy",
+        &format!("ExecStart={}", exe.display()),
+    );
+    let dir = std::env::temp_dir().join(format!("portproxy-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("creating a scratch directory");
+    let path = dir.join(format!("portproxy-{}.service", drop_ins.len()));
+    std::fs::write(&path, unit).expect("writing the unit");
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .expect("running systemd-analyze (Debian package systemd; cargo xtask setup)");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "systemd-analyze verify {UNIT} + {drop_ins:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_systemd_unit_verifies() {
+    verify_unit(&[]);
+    verify_unit(&[FASTPATH_DROP_IN]);
 }
