@@ -42,8 +42,10 @@ pub fn link(iface: &str) -> anyhow::Result<Link> {
         *dst = src as libc::c_char;
     }
     use std::os::fd::AsRawFd as _;
+    // The request's type is the C library's (glibc: unsigned long, musl: int).
+    let request = libc::SIOCGIFHWADDR as libc::Ioctl;
     // SAFETY: valid socket and a properly initialised ifreq the kernel writes into.
-    let ret = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) };
+    let ret = unsafe { libc::ioctl(socket.as_raw_fd(), request, &mut req) };
     if ret != 0 {
         return Err(io::Error::last_os_error())
             .with_context(|| format!("reading the link type and address of {iface}"));
