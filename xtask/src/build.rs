@@ -16,3 +16,17 @@ pub fn run(release: bool) -> anyhow::Result<PathBuf> {
     let profile = if release { "release" } else { "debug" };
     Ok(cmd::target_dir().join(profile).join("portproxy"))
 }
+
+/// Builds the socket-only release binary (no eBPF object, stable Rust alone) in a target
+/// directory of its own, so that it does not replace the default build's binary.
+pub fn socket_only_release() -> anyhow::Result<PathBuf> {
+    let target_dir = cmd::target_dir().join("socket-only");
+    let mut cargo = cmd::cargo();
+    cargo
+        .args(["build", "--package", "portproxy", "--release"])
+        .arg("--no-default-features")
+        .arg("--target-dir")
+        .arg(&target_dir);
+    cmd::run(&mut cargo)?;
+    Ok(target_dir.join("release").join("portproxy"))
+}

@@ -1,14 +1,17 @@
 //! The project's own commands, used by the README and `.ci/run`:
-//! `cargo xtask setup | build [--release] | test [-- ARGS] | lab [--keep] [--softwire l2|l3] [--xdp] | bench [-- ARGS]`.
+//! `cargo xtask setup | build [--release] | test [-- ARGS] | lab [--keep] [--softwire l2|l3] [--xdp] | bench [-- ARGS]
+//! | cross | install [--socket-only] [--root DIR]`.
 
 mod bench;
 mod build;
 mod cmd;
+mod cross;
+mod install;
 mod lab;
 mod setup;
 mod test;
 
-use std::process::ExitCode;
+use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
@@ -20,7 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install what building and testing need (Debian packages, nightly rust-src, bpf-linker).
+    /// Install what building and testing need (Debian packages, nightly rust-src, bpf-linker,
+    /// cargo-fuzz, ziglang and cargo-zigbuild).
     Setup,
     /// Build the daemon with its embedded eBPF object into target/{debug,release}/portproxy.
     Build {
@@ -51,6 +55,18 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Static router binaries (aarch64, armv7, mipsel, mips; musl) into target/cross/, with
+    /// and without the fast path, and their sizes against the footprint budget.
+    Cross,
+    /// Install the release binary, the systemd unit and /etc/default/portproxy.
+    Install {
+        /// The socket-only build (no eBPF fast path, no CAP_BPF/CAP_SYS_ADMIN in the unit).
+        #[arg(long)]
+        socket_only: bool,
+        /// Install below this directory instead of / (packaging, trying it out).
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -66,6 +82,8 @@ fn main() -> ExitCode {
             xdp,
         } => lab::run(keep, softwire.as_deref(), xdp),
         Command::Bench { args } => bench::run(&args),
+        Command::Cross => cross::run(),
+        Command::Install { socket_only, root } => install::run(socket_only, &root),
     };
     // No backtrace (RUST_BACKTRACE may be set): these errors are for the user, not a bug.
     if let Err(error) = result {

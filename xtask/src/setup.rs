@@ -18,18 +18,29 @@ const PACKAGES: &[&str] = &[
     "nftables",
     "iproute2",
     "tcpdump",
+    // Cross builds: qemu-user runs the router binaries (`cargo xtask cross`, the qemu checks
+    // of `cargo xtask test`); file tells that they are static.
+    "qemu-user",
+    "file",
+    // Packaging tests: systemd-analyze verifies the systemd unit, shellcheck the init script.
+    "systemd",
+    "shellcheck",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The fuzz smoke run of `cargo xtask test` (portproxy/fuzz) needs it.
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 const NIGHTLY: [&str; 2] = ["--toolchain", "nightly"];
+/// Cross builds: zig links against its own musl; cargo-zigbuild drives cargo with it. Both come
+/// from PyPI (pip), the only registry here that has them.
+const PIP_PACKAGES: [(&str, &str); 2] = [("ziglang", "0.17.1"), ("cargo-zigbuild", "0.24.1")];
 
 pub fn run() -> anyhow::Result<()> {
     cmd::require_root("setup")?;
     packages()?;
     rust_src()?;
     bpf_linker()?;
-    cargo_fuzz()
+    cargo_fuzz()?;
+    pip_packages()
 }
 
 /// Runs setup if the cheap check finds something missing.
@@ -44,6 +55,7 @@ pub fn ensure() -> anyhow::Result<()> {
     if !cargo_fuzz_works() {
         missing.push(format!("cargo-fuzz {CARGO_FUZZ_VERSION}"));
     }
+    missing.extend(missing_pip_packages());
     if missing.is_empty() {
         return Ok(());
     }
@@ -151,6 +163,41 @@ fn cargo_fuzz() -> anyhow::Result<()> {
             .args(["install", "cargo-fuzz", "--version", CARGO_FUZZ_VERSION])
             .args(["--locked", "--force"]),
     )
+}
+
+fn missing_pip_packages() -> Vec<String> {
+    PIP_PACKAGES
+        .iter()
+        .filter(|(name, version)| {
+            let shown = cmd::output(Command::new("python3").args(["-m", "pip", "show", name]));
+            !shown.is_some_and(|out| out.lines().any(|l| l == format!("Version: {version}")))
+        })
+        .map(|(name, version)| format!("{name}=={version}"))
+        .collect()
+}
+
+fn pip_packages() -> anyhow::Result<()> {
+    let missing = missing_pip_packages();
+    if missing.is_empty() {
+        println!("ok: PyPI packages ziglang, cargo-zigbuild");
+        return Ok(());
+    }
+    cmd::run(
+        Command::new("python3")
+            .args(["-m", "pip", "install", "--disable-pip-version-check"])
+            .args(&missing),
+    )
+}
+
+/// The cargo-zigbuild that pip installed: in the scripts directory of the python3 on PATH
+/// (which need not be on PATH itself).
+pub fn cargo_zigbuild() -> PathBuf {
+    let scripts = cmd::output(Command::new("python3").args([
+        "-c",
+        "import sysconfig; print(sysconfig.get_path('scripts'))",
+    ]))
+    .unwrap_or_default();
+    PathBuf::from(scripts.trim()).join("cargo-zigbuild")
 }
 
 /// Makes `$HOME/.cache/portproxy/llvm-prefix/lib` hold `libLLVM.so` (to link bpf-linker) and

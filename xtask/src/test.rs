@@ -1,4 +1,7 @@
-//! `cargo xtask test`: unit tests, then the privileged network-namespace suite, with a total.
+//! `cargo xtask test`: unit tests (also of the socket-only build, under OpenWrt's release
+//! profile, and for one ARM and one MIPS router CPU under qemu-user), then the privileged
+//! network-namespace suite (plus scenarios with a cross-built binary under qemu-user), with a
+//! total.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -7,7 +10,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{build, cmd};
+use crate::{build, cmd, cross};
 
 const NETNS_TEST_THREADS: &str = "--test-threads=4";
 
@@ -31,6 +34,36 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         .args(args);
     let unit = cargo_test(&mut unit, &mut totals);
 
+    // The socket-only build (no eBPF object) has tests of its own.
+    let mut socket_only = cmd::cargo();
+    socket_only
+        .args([
+            "test",
+            "--package",
+            "portproxy",
+            "--no-default-features",
+            "--lib",
+            "--",
+        ])
+        .args(args);
+    let socket_only = cargo_test(&mut socket_only, &mut totals);
+
+    // OpenWrt builds release with overflow checks and panic=unwind (the `openwrt` profile):
+    // arithmetic that only debug builds checked must hold there too.
+    let mut openwrt = cmd::cargo();
+    openwrt
+        .args([
+            "test",
+            "--package",
+            "portproxy",
+            "--profile",
+            "openwrt",
+            "--lib",
+            "--",
+        ])
+        .args(args);
+    let openwrt = cargo_test(&mut openwrt, &mut totals);
+
     let mut netns = cmd::cargo();
     netns
         .args(["test", "--package", "tests", "--"])
@@ -45,7 +78,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let fuzz =
         cmd::run(Command::new("sh").arg(cmd::workspace_root().join("portproxy/fuzz/smoke.sh")));
 
-    let errors: Vec<_> = [unit, netns, fuzz]
+    let qemu = qemu_checks(args, &mut totals);
+
+    let errors: Vec<_> = [unit, socket_only, openwrt, netns, fuzz, qemu]
         .into_iter()
         .filter_map(Result::err)
         .collect();
@@ -63,6 +98,31 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     );
     if !errors.is_empty() {
         std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// For one ARM and one MIPS router CPU: the daemon's unit tests built for it (socket-only,
+/// `openwrt` profile) run under qemu-user; for the ARM one also a static binary, and the lab
+/// scenario of tests/tests/router_binary.rs with that binary under qemu-user.
+fn qemu_checks(args: &[String], totals: &mut Totals) -> anyhow::Result<()> {
+    for triple in cross::CI_TARGETS {
+        let target = cross::target(triple);
+        if let Err(reason) = cross::qemu_available(target) {
+            println!("skipped: the checks for {triple} under qemu-user: {reason}");
+            continue;
+        }
+        cargo_test(cross::unit_tests(target).arg("--").args(args), totals)?;
+        if triple != cross::CI_TARGETS[0] {
+            continue;
+        }
+        let bin = cross::build(target, cross::Build::Sockets)?;
+        let wrapper = cross::qemu_wrapper(target, &bin)?;
+        let mut netns = cmd::cargo();
+        netns
+            .args(["test", "--package", "tests", "--test", "router_binary"])
+            .env("PORTPROXY_BIN", &wrapper);
+        cargo_test(&mut netns, totals)?;
     }
     Ok(())
 }

@@ -1,0 +1,267 @@
+//! `cargo xtask cross`: static portproxy binaries for router CPUs, their sizes against the
+//! footprint budget, and the unit tests under qemu-user.
+//!
+//! Route (no OpenWrt SDK, only package registries reachable): the nightly toolchain builds
+//! std for the target from rust-src (`-Z build-std`: rustup has no prebuilt std here for
+//! armv7 or the tier-3 MIPS targets), cargo-zigbuild links with zig's musl (both from PyPI,
+//! installed by `cargo xtask setup`). Binaries use the `openwrt` profile (opt-level "z",
+//! panic=unwind, overflow checks: what OpenWrt's rust-values.mk does) and are stripped.
+//! Debian's qemu-user runs them.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{cmd, setup};
+
+pub struct Target {
+    pub triple: &'static str,
+    /// The qemu-user binary that runs it.
+    pub qemu: &'static str,
+    /// Why this target gets no fast-path build, if it gets none.
+    pub no_fast_path: Option<&'static str>,
+}
+
+pub const TARGETS: [Target; 4] = [
+    Target {
+        triple: "aarch64-unknown-linux-musl",
+        qemu: "qemu-aarch64",
+        no_fast_path: None,
+    },
+    Target {
+        triple: "armv7-unknown-linux-musleabihf",
+        qemu: "qemu-arm",
+        no_fast_path: None,
+    },
+    Target {
+        triple: "mipsel-unknown-linux-musl",
+        qemu: "qemu-mipsel",
+        no_fast_path: None,
+    },
+    Target {
+        triple: "mips-unknown-linux-musl",
+        qemu: "qemu-mips",
+        no_fast_path: None,
+    },
+];
+
+/// The targets `cargo xtask test` checks under qemu-user: one ARM, one (big-endian) MIPS.
+/// The lab scenario runs on the ARM one: qemu 7.2 mistranslates the bridge's link messages
+/// for big-endian MIPS (nested attributes come out unparseable) and, for 64-bit targets
+/// (aarch64), the ifindex of IP_ADD_MEMBERSHIP; for 32-bit little-endian ARM both are right.
+pub const CI_TARGETS: [&str; 2] = ["armv7-unknown-linux-musleabihf", "mips-unknown-linux-musl"];
+
+/// Budget for a stripped binary (issue 14): the socket-only build, which is what small MIPS
+/// routers get, and a build with the fast path.
+const BUDGET_SOCKETS: u64 = 1536 * 1024;
+const BUDGET_FAST_PATH: u64 = 4 * 1024 * 1024;
+
+const PROFILE: &str = "openwrt";
+
+/// For every target. Measured on mips (socket-only): 2.44 MiB as rustc's default static-pie,
+/// 2.09 MiB non-PIE, 1.80 MiB adding the std features above and no panic locations.
+const RUSTFLAGS: [&str; 3] = [
+    // rustc's musl targets link its own crt objects, which a build of std from source does
+    // not have: let zig supply them, as it supplies musl.
+    "-Clink-self-contained=no",
+    // A static executable at a fixed address: MIPS position-independent code goes through
+    // the GOT for every call and global (15 % of the binary).
+    "-Crelocation-model=static",
+    // Panic messages without file and line (the strings of every panic site).
+    "-Zlocation-detail=none",
+];
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Build {
+    Sockets,
+    FastPath,
+}
+
+impl Build {
+    fn name(self) -> &'static str {
+        match self {
+            Build::Sockets => "sockets",
+            Build::FastPath => "fast path",
+        }
+    }
+
+    fn budget(self) -> u64 {
+        match self {
+            Build::Sockets => BUDGET_SOCKETS,
+            Build::FastPath => BUDGET_FAST_PATH,
+        }
+    }
+}
+
+pub fn target(triple: &str) -> &'static Target {
+    TARGETS
+        .iter()
+        .find(|t| t.triple == triple)
+        .expect("a triple from TARGETS")
+}
+
+/// `cargo xtask cross`: every target, socket-only and (where it builds) with the fast path;
+/// then the size table, also written to target/cross/sizes.txt.
+pub fn run() -> anyhow::Result<()> {
+    setup::ensure()?;
+    let mut rows = Vec::new();
+    for target in &TARGETS {
+        for build in [Build::Sockets, Build::FastPath] {
+            if build == Build::FastPath
+                && let Some(reason) = target.no_fast_path
+            {
+                rows.push(format!(
+                    "| {} | fast path | - | {} | not built: {reason} |",
+                    target.triple,
+                    mib(build.budget())
+                ));
+                continue;
+            }
+            let started = Instant::now();
+            let bin = self::build(target, build)?;
+            rows.push(size_row(target, build, &bin, started.elapsed())?);
+        }
+    }
+    let mut table = String::from(
+        "| target | build | stripped size | budget | verdict (build time) |\n|---|---|---|---|---|\n",
+    );
+    for row in rows {
+        writeln!(table, "{row}").expect("writing to a String");
+    }
+    let path = out_dir().join("sizes.txt");
+    fs::write(&path, &table).with_context(|| format!("writing {}", path.display()))?;
+    println!("\n{table}\n(also in {})", path.display());
+    Ok(())
+}
+
+fn size_row(
+    target: &Target,
+    build: Build,
+    bin: &PathBuf,
+    took: Duration,
+) -> anyhow::Result<String> {
+    let size = fs::metadata(bin)
+        .with_context(|| format!("reading {}", bin.display()))?
+        .len();
+    let verdict = if size <= build.budget() {
+        "met"
+    } else {
+        "MISSED"
+    };
+    Ok(format!(
+        "| {} | {} | {} | {} | {verdict} ({} s) |",
+        target.triple,
+        build.name(),
+        mib(size),
+        mib(build.budget()),
+        took.as_secs()
+    ))
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.2} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// Where the binaries are collected: target/cross/portproxy-<triple>[-sockets].
+pub fn out_dir() -> PathBuf {
+    cmd::target_dir().join("cross")
+}
+
+/// Builds portproxy for `target` and copies it to `out_dir()`; returns that path.
+pub fn build(target: &Target, build: Build) -> anyhow::Result<PathBuf> {
+    let mut cargo = zigbuild(target, "zigbuild");
+    if build == Build::Sockets {
+        cargo.arg("--no-default-features");
+    }
+    cmd::run(&mut cargo)?;
+    let built = cmd::target_dir()
+        .join(target.triple)
+        .join(PROFILE)
+        .join("portproxy");
+    let suffix = match build {
+        Build::Sockets => "-sockets",
+        Build::FastPath => "",
+    };
+    let out = out_dir().join(format!("portproxy-{}{suffix}", target.triple));
+    fs::create_dir_all(out_dir()).context("creating target/cross")?;
+    fs::copy(&built, &out)
+        .with_context(|| format!("copying {} to {}", built.display(), out.display()))?;
+    check_static(&out)?;
+    Ok(out)
+}
+
+/// Runs the daemon's unit tests for `target` under qemu-user (socket-only build: the fast
+/// path's tests load programs into the kernel, which qemu-user does not translate).
+pub fn unit_tests(target: &Target) -> Command {
+    let mut cargo = zigbuild(target, "test");
+    cargo
+        .args(["--no-default-features", "--lib"])
+        .env(env_key(target.triple, "RUNNER"), target.qemu);
+    cargo
+}
+
+/// `cargo-zigbuild SUBCOMMAND` for `target` with the nightly toolchain, building std from
+/// rust-src, under `nice` (builds share the machine).
+fn zigbuild(target: &Target, subcommand: &str) -> Command {
+    let mut cargo = Command::new("nice");
+    cargo
+        .arg(setup::cargo_zigbuild())
+        .arg(subcommand)
+        .args(["--profile", PROFILE, "--package", "portproxy"])
+        .args(["--target", target.triple])
+        .arg("-Zbuild-std=std,panic_unwind")
+        // std without its backtrace printer (addr2line, gimli, miniz: about 75 KB on x86-64).
+        .arg("-Zbuild-std-features=panic-unwind,optimize_for_size")
+        .current_dir(cmd::workspace_root())
+        .env("RUSTUP_TOOLCHAIN", "nightly")
+        .env(env_key(target.triple, "RUSTFLAGS"), RUSTFLAGS.join(" "));
+    cargo
+}
+
+/// e.g. CARGO_TARGET_MIPS_UNKNOWN_LINUX_MUSL_RUNNER.
+fn env_key(triple: &str, what: &str) -> String {
+    format!(
+        "CARGO_TARGET_{}_{what}",
+        triple.to_uppercase().replace('-', "_")
+    )
+}
+
+/// A script that runs the cross-built `bin` under qemu-user, for PORTPROXY_BIN: the lab
+/// starts it like a native binary (`exec` keeps the pid, so signals reach portproxy).
+pub fn qemu_wrapper(target: &Target, bin: &PathBuf) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let path = out_dir().join(format!("qemu-{}", target.triple));
+    let script = format!("#!/bin/sh\nexec {} {} \"$@\"\n", target.qemu, bin.display());
+    fs::write(&path, script).with_context(|| format!("writing {}", path.display()))?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("making {} executable", path.display()))?;
+    Ok(path)
+}
+
+/// Whether qemu-user can run `target`'s binaries here, or why not.
+pub fn qemu_available(target: &Target) -> Result<(), String> {
+    match cmd::output(Command::new(target.qemu).arg("--version")) {
+        Some(_) => Ok(()),
+        None => Err(format!(
+            "{} not found (Debian package qemu-user; cargo xtask setup installs it)",
+            target.qemu
+        )),
+    }
+}
+
+/// Fails unless `file` says `bin` is statically linked (a router has no musl of this build).
+fn check_static(bin: &PathBuf) -> anyhow::Result<()> {
+    let out = cmd::output(Command::new("file").arg("-b").arg(bin))
+        .with_context(|| format!("running file {}", bin.display()))?;
+    if !out.contains("statically linked") {
+        bail!("{} is not statically linked: {}", bin.display(), out.trim());
+    }
+    Ok(())
+}
