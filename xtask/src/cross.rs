@@ -111,6 +111,7 @@ pub fn target(triple: &str) -> &'static Target {
 pub fn run() -> anyhow::Result<()> {
     setup::ensure()?;
     let mut rows = Vec::new();
+    let mut failed = Vec::new();
     for target in &TARGETS {
         for build in [Build::Sockets, Build::FastPath] {
             if build == Build::FastPath
@@ -124,8 +125,19 @@ pub fn run() -> anyhow::Result<()> {
                 continue;
             }
             let started = Instant::now();
-            let bin = self::build(target, build)?;
-            rows.push(size_row(target, build, &bin, started.elapsed())?);
+            match self::build(target, build) {
+                Ok(bin) => rows.push(size_row(target, build, &bin, started.elapsed())?),
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    failed.push(format!("{} ({})", target.triple, build.name()));
+                    rows.push(format!(
+                        "| {} | {} | - | {} | BUILD FAILED (see above) |",
+                        target.triple,
+                        build.name(),
+                        mib(build.budget())
+                    ));
+                }
+            }
         }
     }
     let mut table = String::from(
@@ -137,6 +149,9 @@ pub fn run() -> anyhow::Result<()> {
     let path = out_dir().join("sizes.txt");
     fs::write(&path, &table).with_context(|| format!("writing {}", path.display()))?;
     println!("\n{table}\n(also in {})", path.display());
+    if !failed.is_empty() {
+        bail!("builds failed: {}", failed.join(", "));
+    }
     Ok(())
 }
 
@@ -219,6 +234,9 @@ fn zigbuild(target: &Target, subcommand: &str) -> Command {
         // std without its backtrace printer (addr2line, gimli, miniz: about 75 KB on x86-64).
         .arg("-Zbuild-std-features=panic-unwind,optimize_for_size")
         .current_dir(cmd::workspace_root())
+        // cargo-zigbuild runs $CARGO, which `cargo xtask` sets to the stable cargo: let the
+        // rustup proxy on PATH pick the nightly instead.
+        .env_remove("CARGO")
         .env("RUSTUP_TOOLCHAIN", "nightly")
         .env(env_key(target.triple, "RUSTFLAGS"), RUSTFLAGS.join(" "));
     cargo
