@@ -1,7 +1,8 @@
 //! Running commands, and where things are.
 
 use std::{
-    env,
+    env, fs,
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -57,4 +58,13 @@ pub fn require_root(task: &str) -> anyhow::Result<()> {
         bail!("`cargo xtask {task}` needs root (run it with sudo)");
     }
     Ok(())
+}
+
+/// Writes an executable script (the wrappers that PORTPROXY_BIN points at).
+pub fn write_script(path: &Path, script: &str) -> anyhow::Result<()> {
+    let dir = path.parent().expect("a file in a directory");
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    fs::write(path, script).with_context(|| format!("writing {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("making {} executable", path.display()))
 }

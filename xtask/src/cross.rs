@@ -11,7 +11,7 @@
 use std::{
     fmt::Write as _,
     fs,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
@@ -158,7 +158,7 @@ pub fn run() -> anyhow::Result<()> {
 fn size_row(
     target: &Target,
     build: Build,
-    bin: &PathBuf,
+    bin: &Path,
     took: Duration,
 ) -> anyhow::Result<String> {
     let size = fs::metadata(bin)
@@ -252,14 +252,10 @@ fn env_key(triple: &str, what: &str) -> String {
 
 /// A script that runs the cross-built `bin` under qemu-user, for PORTPROXY_BIN: the lab
 /// starts it like a native binary (`exec` keeps the pid, so signals reach portproxy).
-pub fn qemu_wrapper(target: &Target, bin: &PathBuf) -> anyhow::Result<PathBuf> {
-    use std::os::unix::fs::PermissionsExt as _;
-
+pub fn qemu_wrapper(target: &Target, bin: &Path) -> anyhow::Result<PathBuf> {
     let path = out_dir().join(format!("qemu-{}", target.triple));
     let script = format!("#!/bin/sh\nexec {} {} \"$@\"\n", target.qemu, bin.display());
-    fs::write(&path, script).with_context(|| format!("writing {}", path.display()))?;
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
-        .with_context(|| format!("making {} executable", path.display()))?;
+    cmd::write_script(&path, &script)?;
     Ok(path)
 }
 
@@ -275,7 +271,7 @@ pub fn qemu_available(target: &Target) -> Result<(), String> {
 }
 
 /// Fails unless `file` says `bin` is statically linked (a router has no musl of this build).
-fn check_static(bin: &PathBuf) -> anyhow::Result<()> {
+fn check_static(bin: &Path) -> anyhow::Result<()> {
     let out = cmd::output(Command::new("file").arg("-b").arg(bin))
         .with_context(|| format!("running file {}", bin.display()))?;
     if !out.contains("statically linked") {

@@ -4,7 +4,9 @@
 //! total.
 
 use std::{
+    fs,
     io::{BufRead as _, BufReader},
+    path::Path,
     process::{Command, Stdio},
 };
 
@@ -13,6 +15,17 @@ use anyhow::{Context as _, bail};
 use crate::{build, cmd, cross};
 
 const NETNS_TEST_THREADS: &str = "--test-threads=4";
+
+/// Run with the systemd unit's capabilities (dist/systemd/portproxy.service): the socket
+/// relay as an unprivileged user with the unit's ambient capabilities alone.
+const UNIT_SCENARIOS: [&str; 4] = [
+    "natpmp_map::sockets_l3",
+    "pcp_map::sockets_l2",
+    "upnp_map::sockets_l2",
+    "upnp_tcp_relay::sockets_l2",
+];
+/// ... and the fast path as root bounded to the drop-in's capabilities (fastpath.conf).
+const DROP_IN_SCENARIOS: [&str; 2] = ["natpmp_map::fast_path_l3", "upnp_map::fast_path_l2"];
 
 #[derive(Default)]
 struct Totals {
@@ -74,16 +87,26 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     }
     let netns = cargo_test(&mut netns, &mut totals);
 
+    let unit_capabilities = systemd_capabilities(&bin, &mut totals);
+
     // Every codec under libFuzzer for a bounded number of inputs (a few seconds once built).
     let fuzz =
         cmd::run(Command::new("sh").arg(cmd::workspace_root().join("portproxy/fuzz/smoke.sh")));
 
     let qemu = qemu_checks(args, &mut totals);
 
-    let errors: Vec<_> = [unit, socket_only, openwrt, netns, fuzz, qemu]
-        .into_iter()
-        .filter_map(Result::err)
-        .collect();
+    let errors: Vec<_> = [
+        unit,
+        socket_only,
+        openwrt,
+        netns,
+        unit_capabilities,
+        fuzz,
+        qemu,
+    ]
+    .into_iter()
+    .filter_map(Result::err)
+    .collect();
     for error in &errors {
         eprintln!("error: {error:#}");
     }
@@ -100,6 +123,72 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// Runs lab scenarios with `bin` started as the systemd unit would start it, under `setpriv`:
+/// `UNIT_SCENARIOS` as user nobody with the unit's `AmbientCapabilities=` only,
+/// `DROP_IN_SCENARIOS` as root within the drop-in's `CapabilityBoundingSet=`.
+fn systemd_capabilities(bin: &Path, totals: &mut Totals) -> anyhow::Result<()> {
+    let dir = cmd::workspace_root().join("dist/systemd");
+    let unit_caps = unit_setting(&dir.join("portproxy.service"), "AmbientCapabilities")?;
+    let drop_in_caps = unit_setting(
+        &dir.join("portproxy.service.d/fastpath.conf"),
+        "CapabilityBoundingSet",
+    )?;
+    for (name, user, caps, scenarios) in [
+        ("unit", Some(65534), unit_caps, &UNIT_SCENARIOS[..]),
+        ("drop-in", None, drop_in_caps, &DROP_IN_SCENARIOS[..]),
+    ] {
+        // CAP_NET_ADMIN CAP_BPF -> +net_admin,+bpf
+        let caps = caps
+            .split_whitespace()
+            .map(|cap| format!("+{}", cap.trim_start_matches("CAP_").to_lowercase()))
+            .collect::<Vec<_>>()
+            .join(",");
+        let setpriv = match user {
+            // The state directory stands in for RuntimeDirectory=, owned by the user.
+            Some(uid) => format!(
+                "prev=\nfor arg in \"$@\"; do\n\
+                 \t[ \"$prev\" = --state-dir ] && mkdir -p \"$arg\" && chown {uid}:{uid} \"$arg\"\n\
+                 \tprev=$arg\ndone\n\
+                 exec setpriv --reuid={uid} --regid={uid} --clear-groups --inh-caps=-all,{caps} \
+                 --ambient-caps={caps} --bounding-set=-all,{caps}"
+            ),
+            None => format!("exec setpriv --bounding-set=-all,{caps}"),
+        };
+        let wrapper = cmd::target_dir().join(format!("systemd-{name}/portproxy"));
+        let script = format!(
+            "#!/bin/sh\n# {} with the capabilities of the systemd {name}.\n{setpriv} {} \"$@\"\n",
+            bin.display(),
+            bin.display()
+        );
+        cmd::write_script(&wrapper, &script)?;
+        let mut netns = cmd::cargo();
+        netns
+            .args([
+                "test",
+                "--package",
+                "tests",
+                "--test",
+                "e2e",
+                "--",
+                "--exact",
+            ])
+            .args(scenarios)
+            .env("PORTPROXY_BIN", &wrapper);
+        cargo_test(&mut netns, totals)?;
+    }
+    Ok(())
+}
+
+/// The value of `key=` in a unit file (its last occurrence, as systemd reads it).
+fn unit_setting(path: &Path, key: &str) -> anyhow::Result<String> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .filter_map(|line| line.strip_prefix(key)?.strip_prefix('='))
+        .last()
+        .map(str::to_string)
+        .with_context(|| format!("no {key}= in {}", path.display()))
 }
 
 /// For one ARM and one MIPS router CPU: the daemon's unit tests built for it (socket-only,
