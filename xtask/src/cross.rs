@@ -156,12 +156,7 @@ pub fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn size_row(
-    target: &Target,
-    build: Build,
-    bin: &Path,
-    took: Duration,
-) -> anyhow::Result<String> {
+fn size_row(target: &Target, build: Build, bin: &Path, took: Duration) -> anyhow::Result<String> {
     let size = fs::metadata(bin)
         .with_context(|| format!("reading {}", bin.display()))?
         .len();
