@@ -6,15 +6,20 @@
 //! (UDP 5351), `relay::ssdp` (UDP 1900) and `relay::http` (the IGD's TCP
 //! ports). Its fate is decided by the codecs in `proto`; it leaves through
 //! the sockets made in `sockets`. `datapath` decides which of the two runs; `supervisor` keeps it running
-//! and rebuilds it when the interfaces change.
+//! and rebuilds it when the interfaces change. What the CGN grants is learned
+//! into `mapping` (the table), which opens holes in the CPE's firewall
+//! (`firewall`) and answers `portproxy mappings` over `control`.
 //!
 //! The codecs in `proto` are public for the fuzz targets; the binary is `main.rs`.
 
 mod capture;
 mod cli;
 mod config;
+mod control;
 mod datapath;
 mod fastpath;
+mod firewall;
+mod mapping;
 mod netif;
 pub mod proto;
 mod relay;
@@ -36,6 +41,7 @@ pub fn main() -> ExitCode {
     init_logging(opts.verbose);
     let result = match opts.command {
         Some(cli::Command::Stats { json }) => show_stats::run(&opts.state_dir, json),
+        Some(cli::Command::Mappings { json }) => control::show_mappings(&opts.state_dir, json),
         None => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

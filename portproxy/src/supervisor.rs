@@ -34,8 +34,11 @@ use tokio::time::Instant;
 use crate::capture::ReplyCapture;
 use crate::cli::Options;
 use crate::config::{Config, Resolved};
+use crate::control;
 use crate::datapath::DataPath;
 use crate::fastpath;
+use crate::firewall::Firewall;
+use crate::mapping::{Limits, Mappings};
 use crate::relay::SocketRelay;
 use crate::sockets::PortInUse;
 use crate::stats::{Counter, Stats};
@@ -66,12 +69,13 @@ impl Running {
         cfg: Config,
         handle: &Handle,
         stats: &Arc<Stats>,
+        mappings: &Arc<Mappings>,
     ) -> Result<Running> {
         let mut data_path = DataPath::choose(opts.xdp, &cfg, &opts.pin_dir, opts.verbose >= 2);
         let on_sockets = Arc::new(data_path.socket_share(&cfg));
         // Bind first: a port in use (say, a second portproxy) must fail before the
         // routing rule, which a running instance depends on, is touched.
-        let relay = SocketRelay::start(&on_sockets, stats)?;
+        let relay = SocketRelay::start(&on_sockets, stats, mappings)?;
         let capture = match on_sockets.nat_pmp {
             true => match ReplyCapture::install(handle, &on_sockets).await {
                 Ok(capture) => Some(capture),
@@ -135,6 +139,8 @@ struct Supervisor {
     opts: Options,
     handle: Handle,
     stats: Arc<Stats>,
+    /// Outlives every data path: mappings (and their holes) survive a rebuild.
+    mappings: Arc<Mappings>,
     running: Option<Running>,
     state: State,
     since: SystemTime,
@@ -168,7 +174,7 @@ impl Supervisor {
             info!("interfaces changed");
         }
         info!("configuration:\n{cfg}");
-        match Running::start(&self.opts, cfg, &self.handle, &self.stats).await {
+        match Running::start(&self.opts, cfg, &self.handle, &self.stats, &self.mappings).await {
             Ok(new) => {
                 let described = new.describe();
                 self.running = Some(new);
@@ -240,6 +246,7 @@ impl Supervisor {
             hooks,
             pin_dir: pins,
             counters: self.stats.snapshot(),
+            mappings: self.mappings.len(),
         }
     }
 
@@ -274,10 +281,31 @@ pub async fn run(opts: Options) -> Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
 
     let state_dir = opts.state_dir.clone();
+    let stats = Arc::new(Stats::default());
+    let firewall =
+        Firewall::install(opts.firewall, &opts.wan_iface, opts.max_mappings as usize).await?;
+    if firewall.is_some() && opts.xdp {
+        warn!(
+            "firewall: the fast path does not report grants yet; holes open only for what the socket relay carries"
+        );
+    }
+    let limits = Limits {
+        total: opts.max_mappings as usize,
+        per_host: opts.max_mappings_per_host as usize,
+    };
+    let mappings = Mappings::new(limits, firewall, stats.clone());
+    let control = match control::bind(&state_dir) {
+        Ok(listener) => tokio::spawn(control::serve(listener, mappings.clone())),
+        Err(e) => {
+            mappings.close_firewall().await;
+            return Err(e);
+        }
+    };
     let mut sup = Supervisor {
         opts,
         handle,
-        stats: Arc::new(Stats::default()),
+        stats,
+        mappings: mappings.clone(),
         running: None,
         // The first `enter` logs whatever it is, even relaying.
         state: State::WaitingFor("the first look at the interfaces".into()),
@@ -285,7 +313,12 @@ pub async fn run(opts: Options) -> Result<()> {
         retry_delay: RETRY_FIRST,
         next_check: Instant::now(),
     };
-    sup.converge(true).await?;
+    if let Err(e) = sup.converge(true).await {
+        control.abort();
+        control::remove(&state_dir);
+        mappings.close_firewall().await;
+        return Err(e);
+    }
     // Written before the first check completes, so `portproxy stats` works as soon as
     // "ready" (or "waiting for") shows.
     sup.write_status(&state_dir);
@@ -321,12 +354,16 @@ pub async fn run(opts: Options) -> Result<()> {
                         }
                     }
                 }
+                mappings.expire().await;
                 sup.write_status(&state_dir);
             }
         }
     }
     Status::remove(&state_dir);
+    control.abort();
+    control::remove(&state_dir);
     sup.stop().await;
+    mappings.close_firewall().await;
     info!("counters:\n{}", sup.stats.report());
     Ok(())
 }
