@@ -1,0 +1,374 @@
+//! The mapping table and the firewall holes, behind a CPE firewall like OpenWrt's fw4 (new
+//! connections from the softwire rejected): a mapping granted by the CGN is reachable from the
+//! internet host exactly while portproxy holds it, and nothing else is. Each scenario checks
+//! the nftables set in the CPE and `portproxy mappings`, not only a log line.
+//!
+//! They run on the socket relay (and its forced fallback) on both softwire kinds; the fast
+//! path does not report grants to userspace yet, so holes need the socket relay.
+
+#[macro_use]
+mod common;
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use common::{run_expect, with_lab};
+use serde_json::Value;
+use tests::{
+    CGN_SOFTWIRE_IP, Daemon, DataPath, LAN_GATEWAY, LAN1_IP, LAN2_IP, Lab, Netns, PCP_PORT,
+    PUBLIC_IP, Softwire, send_raw_udp,
+};
+
+/// Generates, for `scenario(Softwire, DataPath)`, a module with one test per softwire kind
+/// on the socket relay and on the forced fallback to it.
+macro_rules! socket_paths {
+    ($scenario:ident) => {
+        mod $scenario {
+            use tests::{DataPath, Softwire};
+
+            #[test]
+            fn sockets_l2() -> anyhow::Result<()> {
+                super::$scenario(Softwire::L2, DataPath::Sockets)
+            }
+            #[test]
+            fn sockets_l3() -> anyhow::Result<()> {
+                super::$scenario(Softwire::L3, DataPath::Sockets)
+            }
+            #[test]
+            fn fallback_l2() -> anyhow::Result<()> {
+                super::$scenario(Softwire::L2, DataPath::Fallback)
+            }
+            #[test]
+            fn fallback_l3() -> anyhow::Result<()> {
+                super::$scenario(Softwire::L3, DataPath::Fallback)
+            }
+        }
+    };
+}
+
+/// Runs portproxy (`extra` added to the usual arguments) in a lab whose CPE has the fw4-like
+/// firewall, then `test`; prints portproxy's log on failure.
+fn behind_firewall(
+    softwire: Softwire,
+    path: DataPath,
+    extra: &[&str],
+    test: impl FnOnce(&Lab, &Daemon) -> Result<()>,
+) -> Result<()> {
+    with_lab(Lab::builder(softwire).cpe_firewall(), |lab| {
+        let mut args = vec!["--lan-iface", "br-lan", "--wan-iface", "softwire", "-vv"];
+        args.extend_from_slice(extra);
+        let portproxy = lab.spawn_portproxy_on(path, &args)?;
+        let result =
+            test(lab, &portproxy).and_then(|()| lab.check_data_path(&portproxy, path, &[]));
+        if result.is_err() {
+            eprintln!("=== portproxy log\n{}", portproxy.log());
+        }
+        result
+    })
+}
+
+/// `natpmpc -a external internal tcp lifetime` from `ns`, expecting success.
+fn natpmp_map(ns: &Netns, external: u16, internal: u16, lifetime: u32) -> Result<()> {
+    run_expect(
+        ns,
+        "natpmpc",
+        &[
+            "-g",
+            &LAN_GATEWAY.to_string(),
+            "-a",
+            &external.to_string(),
+            &internal.to_string(),
+            "tcp",
+            &lifetime.to_string(),
+        ],
+        &[&format!(
+            "Mapped public port {external} protocol TCP to local port {internal}"
+        )],
+    )
+    .map(drop)
+}
+
+/// `natpmpc -a external internal tcp 0` from `ns`: the delete, confirmed by the CGN.
+fn natpmp_delete(ns: &Netns, external: u16, internal: u16) -> Result<()> {
+    run_expect(
+        ns,
+        "natpmpc",
+        &[
+            "-g",
+            &LAN_GATEWAY.to_string(),
+            "-a",
+            &external.to_string(),
+            &internal.to_string(),
+            "tcp",
+            "0",
+        ],
+        &[&format!(
+            "Mapped public port 0 protocol TCP to local port {internal} liftime 0"
+        )],
+    )
+    .map(drop)
+}
+
+/// The internet host connects to PUBLIC_IP:`external` and must reach `ns`'s server on `internal`.
+fn reachable(lab: &Lab, ns: &Netns, internal: u16, external: u16) -> Result<()> {
+    let _server = ns.serve_tcp(internal)?;
+    let reply = lab
+        .inet()
+        .connect_tcp(SocketAddr::from((PUBLIC_IP, external)))?;
+    ensure!(
+        reply == ns.role(),
+        "inet reached {reply:?} instead of {}",
+        ns.role()
+    );
+    Ok(())
+}
+
+/// The internet host's connection to PUBLIC_IP:`external` fails although `ns` listens.
+fn refused(lab: &Lab, ns: &Netns, internal: u16, external: u16) -> Result<()> {
+    let _server = ns.serve_tcp(internal)?;
+    match lab
+        .inet()
+        .connect_tcp(SocketAddr::from((PUBLIC_IP, external)))
+    {
+        Ok(reply) => bail!("inet reached {reply:?} on {external}, which must be shut"),
+        Err(_) => Ok(()),
+    }
+}
+
+/// The holes as `host:port/proto` strings, sorted.
+fn hole_names(lab: &Lab) -> Result<Vec<String>> {
+    let mut names: Vec<String> = lab
+        .holes()?
+        .iter()
+        .map(|h| format!("{}:{}/{}", h.host, h.port, h.protocol))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// `portproxy mappings --json` as `host:internal/proto->external` strings, sorted.
+fn mapping_names(lab: &Lab) -> Result<Vec<String>> {
+    let json = lab.portproxy_mappings()?;
+    let mut names: Vec<String> = json
+        .as_array()
+        .context("mappings --json is not an array")?
+        .iter()
+        .map(|m| {
+            format!(
+                "{}:{}/{}->{}",
+                m["host"].as_str().unwrap_or_default(),
+                m["internal_port"],
+                m["protocol"].as_str().unwrap_or_default(),
+                m["external_port"]
+            )
+        })
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// A userspace counter from `portproxy stats`.
+fn counter(lab: &Lab, daemon: &Daemon, name: &str) -> Result<u64> {
+    // The status file is rewritten once a second.
+    thread::sleep(Duration::from_millis(1200));
+    let stats: Value = lab.portproxy_stats(daemon)?;
+    Ok(stats["counters"][name].as_u64().unwrap_or(0))
+}
+
+/// Granted: a hole for exactly that host, port and protocol, with the lifetime as its
+/// timeout, and the internet host gets through. Deleted (lifetime 0): the hole and the
+/// table entry are gone and the internet host is refused.
+fn granted_then_deleted(softwire: Softwire, path: DataPath) -> Result<()> {
+    behind_firewall(softwire, path, &[], |lab, _| {
+        natpmp_map(lab.lan(1), 9181, 8181, 600)?;
+        let holes = lab.holes()?;
+        ensure!(
+            holes.len() == 1
+                && holes[0].host == LAN1_IP.to_string()
+                && holes[0].port == 8181
+                && holes[0].protocol == "tcp"
+                && (590..=600).contains(&holes[0].expires),
+            "expected one hole 192.168.1.2:8181/tcp expiring in ~600 s: {holes:?}"
+        );
+        let mappings = lab.portproxy_mappings()?;
+        let m = &mappings[0];
+        ensure!(
+            m["external_address"] == PUBLIC_IP.to_string()
+                && m["external_port"] == 9181
+                && m["origin"] == "nat-pmp"
+                && m["client"]
+                    .as_str()
+                    .is_some_and(|c| c.starts_with("192.168.1.2:")),
+            "unexpected portproxy mappings: {mappings:#}"
+        );
+        reachable(lab, lab.lan(1), 8181, 9181)?;
+        natpmp_delete(lab.lan(1), 9181, 8181)?;
+        ensure!(hole_names(lab)?.is_empty(), "a hole after the delete");
+        ensure!(mapping_names(lab)?.is_empty(), "a mapping after the delete");
+        refused(lab, lab.lan(1), 8181, 9181)
+    })
+}
+
+socket_paths!(granted_then_deleted);
+
+/// A mapping with a short lifetime: reachable while it lasts, refused within a second of
+/// its expiry, with neither hole nor table entry left.
+fn expired_then_refused(softwire: Softwire, path: DataPath) -> Result<()> {
+    const LIFETIME: u64 = 4;
+    behind_firewall(softwire, path, &[], |lab, _| {
+        natpmp_map(lab.lan(1), 9182, 8182, LIFETIME as u32)?;
+        // The hole was open before natpmpc saw the grant, so it ends by `end` at the latest.
+        let end = Instant::now() + Duration::from_secs(LIFETIME);
+        let expires = lab.portproxy_mappings()?[0]["expires_in_secs"].as_u64();
+        ensure!(
+            expires.is_some_and(|s| s + 1 >= LIFETIME && s <= LIFETIME),
+            "the CGN granted another lifetime than {LIFETIME} s: {expires:?}"
+        );
+        reachable(lab, lab.lan(1), 8182, 9182)?;
+        thread::sleep(end.saturating_duration_since(Instant::now() + Duration::from_secs(1)));
+        ensure!(
+            hole_names(lab)?.len() == 1,
+            "the hole closed more than a second before the mapping expired"
+        );
+        while !hole_names(lab)?.is_empty() {
+            ensure!(
+                Instant::now() < end + Duration::from_secs(1),
+                "the hole outlived the mapping's expiry by a second"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!(
+            "hole gone {:?} after the mapping's expiry at the latest",
+            Instant::now().saturating_duration_since(end)
+        );
+        refused(lab, lab.lan(1), 8182, 9182)?;
+        // The daemon's table sweeps once a second.
+        thread::sleep(Duration::from_millis(1100));
+        ensure!(
+            mapping_names(lab)?.is_empty(),
+            "the table kept an expired mapping"
+        );
+        Ok(())
+    })
+}
+
+socket_paths!(expired_then_refused);
+
+/// lan1 and lan2 use the same internal port; each is reachable on its own external port,
+/// through its own hole.
+fn two_hosts_same_internal_port(softwire: Softwire, path: DataPath) -> Result<()> {
+    behind_firewall(softwire, path, &[], |lab, _| {
+        natpmp_map(lab.lan(1), 9281, 8280, 600)?;
+        natpmp_map(lab.lan(2), 9282, 8280, 600)?;
+        let holes = hole_names(lab)?;
+        ensure!(
+            holes == [format!("{LAN1_IP}:8280/tcp"), format!("{LAN2_IP}:8280/tcp")],
+            "unexpected holes {holes:?}"
+        );
+        reachable(lab, lab.lan(1), 8280, 9281)?;
+        reachable(lab, lab.lan(2), 8280, 9282)
+    })
+}
+
+socket_paths!(two_hosts_same_internal_port);
+
+/// The negative control: with `--firewall off` the CGN's grant is useless behind fw4,
+/// which is the problem the holes solve (and shows the lab's firewall really rejects).
+fn firewall_off_leaves_the_mapping_shut(softwire: Softwire, path: DataPath) -> Result<()> {
+    behind_firewall(softwire, path, &["--firewall", "off"], |lab, _| {
+        natpmp_map(lab.lan(1), 9183, 8183, 600)?;
+        ensure!(
+            !lab.has_portproxy_table()?,
+            "a portproxy table with --firewall off"
+        );
+        ensure!(
+            mapping_names(lab)? == ["192.168.1.2:8183/tcp->9183"],
+            "the table learns the mapping with or without holes"
+        );
+        refused(lab, lab.lan(1), 8183, 9183)
+    })
+}
+
+socket_paths!(firewall_off_leaves_the_mapping_shut);
+
+/// Table and holes are removed when portproxy stops, and a table left by a killed run is
+/// replaced at start (its holes with it).
+fn removed_on_exit_replaced_after_kill(softwire: Softwire, path: DataPath) -> Result<()> {
+    with_lab(Lab::builder(softwire).cpe_firewall(), |lab| {
+        let args = ["--lan-iface", "br-lan", "--wan-iface", "softwire", "-vv"];
+        let mut first = lab.spawn_portproxy_on(path, &args)?;
+        natpmp_map(lab.lan(1), 9184, 8184, 600)?;
+        ensure!(hole_names(lab)?.len() == 1, "no hole for the mapping");
+        first.kill()?;
+        ensure!(lab.has_portproxy_table()?, "the kill took the table along?");
+        let second = lab.spawn_portproxy_on(path, &args)?;
+        ensure!(
+            hole_names(lab)?.is_empty(),
+            "the new run kept the killed run's holes"
+        );
+        drop(second);
+        ensure!(!lab.has_portproxy_table()?, "the table outlived the daemon");
+        Ok(())
+    })
+}
+
+socket_paths!(removed_on_exit_replaced_after_kill);
+
+// ---------------------------------------------------------------------------------------------
+// Hostile
+
+/// A reply forged from the CGN's address and port, for a client tuple that has a request in
+/// flight but asked for no mapping, is relayed (it comes from the CGN) but opens no hole.
+fn forged_grant_opens_no_hole(softwire: Softwire, path: DataPath) -> Result<()> {
+    behind_firewall(softwire, path, &[], |lab, portproxy| {
+        // lan1 asks for the public address only, from a fixed port.
+        let socket = lab.lan(1).enter(|| -> Result<UdpSocket> {
+            let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 41000))?;
+            socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+            socket.send_to(&[0, 0], (LAN_GATEWAY, PCP_PORT))?;
+            let mut buf = [0; 64];
+            socket
+                .recv_from(&mut buf)
+                .context("no public address answer")?;
+            Ok(socket)
+        })??;
+        // The CGN's namespace sends a NAT-PMP TCP map "grant" for 8185 to that tuple.
+        let mut forged = vec![0, 0x82, 0, 0, 0, 0, 0, 9];
+        forged.extend_from_slice(&8185u16.to_be_bytes());
+        forged.extend_from_slice(&9185u16.to_be_bytes());
+        forged.extend_from_slice(&600u32.to_be_bytes());
+        lab.cgn().enter(|| {
+            send_raw_udp(
+                SocketAddrV4::new(CGN_SOFTWIRE_IP, PCP_PORT),
+                SocketAddrV4::new(LAN1_IP, 41000),
+                &forged,
+            )
+        })??;
+        let mut buf = [0; 64];
+        let delivered = lab.lan(1).enter(|| socket.recv_from(&mut buf).is_ok())?;
+        ensure!(
+            delivered,
+            "the forged reply was not relayed, so this test proves nothing"
+        );
+        ensure!(hole_names(lab)?.is_empty(), "a forged grant opened a hole");
+        ensure!(
+            mapping_names(lab)?.is_empty(),
+            "a forged grant made a mapping"
+        );
+        ensure!(
+            counter(
+                lab,
+                portproxy,
+                "grants not taken: no matching request in flight"
+            )? >= 1,
+            "the forged grant was not counted"
+        );
+        refused(lab, lab.lan(1), 8185, 9185)
+    })
+}
+
+socket_paths!(forged_grant_opens_no_hole);
