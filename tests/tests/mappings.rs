@@ -20,7 +20,7 @@ use common::{run_expect, with_lab};
 use serde_json::Value;
 use tests::{
     CGN_SOFTWIRE_IP, Daemon, DataPath, LAN_GATEWAY, LAN1_IP, LAN2_IP, Lab, Netns, PCP_PORT,
-    PUBLIC_IP, Softwire, send_raw_udp,
+    PUBLIC_IP, Softwire, pcp_map_tcp, send_raw_udp,
 };
 
 /// Generates, for `scenario(Softwire, DataPath)`, a module with one test per softwire kind
@@ -372,3 +372,171 @@ fn forged_grant_opens_no_hole(softwire: Softwire, path: DataPath) -> Result<()> 
 }
 
 socket_paths!(forged_grant_opens_no_hole);
+
+/// A PCP MAP: learned with its origin and nonce, and reachable through its hole.
+fn pcp_granted_then_reachable(softwire: Softwire, path: DataPath) -> Result<()> {
+    behind_firewall(softwire, path, &[], |lab, _| {
+        let granted = pcp_map_tcp(lab.lan(1), LAN_GATEWAY, LAN1_IP, 8383, 9383, 600)?;
+        ensure!(
+            granted.external_port == 9383,
+            "unexpected grant {granted:?}"
+        );
+        ensure!(
+            hole_names(lab)? == [format!("{LAN1_IP}:8383/tcp")],
+            "no hole for the PCP mapping"
+        );
+        let mappings = lab.portproxy_mappings()?;
+        ensure!(
+            mappings[0]["origin"] == "pcp-map"
+                && mappings[0]["nonce"].as_str().is_some_and(|n| n.len() == 24)
+                && mappings[0]["external_address"] == PUBLIC_IP.to_string(),
+            "unexpected portproxy mappings: {mappings:#}"
+        );
+        reachable(lab, lab.lan(1), 8383, 9383)
+    })
+}
+
+socket_paths!(pcp_granted_then_reachable);
+
+/// A PCP MAP request from lan1 with a THIRD_PARTY option naming `third_party`; returns the
+/// result code of the CGN's answer.
+fn pcp_map_third_party(lab: &Lab, third_party: Ipv4Addr, internal: u16) -> Result<u8> {
+    let mut request = vec![2, 1, 0, 0];
+    request.extend_from_slice(&600u32.to_be_bytes());
+    request.extend_from_slice(&LAN1_IP.to_ipv6_mapped().octets());
+    request.extend_from_slice(&[0x5a; 12]); // nonce
+    request.extend_from_slice(&[6, 0, 0, 0]); // TCP
+    request.extend_from_slice(&internal.to_be_bytes());
+    request.extend_from_slice(&(internal + 1000).to_be_bytes());
+    request.extend_from_slice(&Ipv4Addr::UNSPECIFIED.to_ipv6_mapped().octets());
+    request.extend_from_slice(&[1, 0, 0, 16]); // THIRD_PARTY
+    request.extend_from_slice(&third_party.to_ipv6_mapped().octets());
+    lab.lan(1).enter(|| -> Result<u8> {
+        let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+        socket.send_to(&request, (LAN_GATEWAY, PCP_PORT))?;
+        let mut buf = [0; 1100];
+        let (len, _) = socket
+            .recv_from(&mut buf)
+            .context("no answer to the PCP MAP")?;
+        ensure!(
+            len >= 60 && buf[1] == 0x81,
+            "not a MAP response: {:02x?}",
+            &buf[..len]
+        );
+        Ok(buf[3])
+    })?
+}
+
+/// The CGN grants a mapping for the CPE's own LAN address (THIRD_PARTY 192.168.1.1): the
+/// CPE's own services are never exposed, so no hole opens and the refusal is counted. A
+/// grant for another LAN host (lan2) is that host's mapping: its hole opens.
+fn cpe_address_never_exposed(softwire: Softwire, path: DataPath) -> Result<()> {
+    behind_firewall(softwire, path, &[], |lab, portproxy| {
+        let result = pcp_map_third_party(lab, LAN_GATEWAY, 8386)?;
+        ensure!(
+            result == 0,
+            "the CGN refused (result {result}), so this proves nothing"
+        );
+        ensure!(
+            hole_names(lab)?.is_empty(),
+            "a hole for the CPE's own address"
+        );
+        ensure!(
+            mapping_names(lab)?.is_empty(),
+            "a mapping for the CPE's own address"
+        );
+        ensure!(
+            counter(lab, portproxy, "grants not taken: not for a LAN host")? == 1,
+            "the refusal was not counted"
+        );
+        let result = pcp_map_third_party(lab, LAN2_IP, 8387)?;
+        ensure!(
+            result == 0,
+            "the CGN refused the mapping for lan2 (result {result})"
+        );
+        ensure!(
+            hole_names(lab)? == [format!("{LAN2_IP}:8387/tcp")],
+            "no hole for the mapping the CGN granted lan2"
+        );
+        reachable(lab, lab.lan(2), 8387, 9387)
+    })
+}
+
+socket_paths!(cpe_address_never_exposed);
+
+/// lan1 floods map requests for `FLOOD` internal ports (rate limit off): the CGN grants them
+/// all, but lan1 gets no more holes than its quota (3), the table no more than its total
+/// (4, so lan2's second grant finds it full), and each refusal is counted.
+fn flood_stays_within_the_quota(softwire: Softwire, path: DataPath) -> Result<()> {
+    const FLOOD: usize = 12;
+    let extra = [
+        "--rate-limit",
+        "0",
+        "--max-mappings-per-host",
+        "3",
+        "--max-mappings",
+        "4",
+    ];
+    behind_firewall(softwire, path, &extra, |lab, portproxy| {
+        // One socket (client tuple) per request, all sent at once.
+        let granted = lab.lan(1).enter(|| -> Result<usize> {
+            let sockets = (0..FLOOD)
+                .map(|_| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))
+                .collect::<std::io::Result<Vec<_>>>()?;
+            for (internal, socket) in (8700u16..).zip(&sockets) {
+                let mut request = vec![0, 2, 0, 0];
+                request.extend_from_slice(&internal.to_be_bytes());
+                request.extend_from_slice(&(internal + 1000).to_be_bytes());
+                request.extend_from_slice(&600u32.to_be_bytes());
+                socket.send_to(&request, (LAN_GATEWAY, PCP_PORT))?;
+            }
+            // miniupnpd takes a while per mapping (it writes nftables rules).
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut granted = 0;
+            for socket in &sockets {
+                let left = deadline.saturating_duration_since(Instant::now());
+                socket.set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
+                let mut buf = [0; 64];
+                if let Ok((len, _)) = socket.recv_from(&mut buf)
+                    && len == 16
+                    && buf[1] == 0x82
+                    && buf[2..4] == [0, 0]
+                {
+                    granted += 1;
+                }
+            }
+            Ok(granted)
+        })??;
+        ensure!(
+            granted > 3,
+            "the CGN granted only {granted}: no flood to hold back"
+        );
+        ensure!(
+            hole_names(lab)?.len() == 3,
+            "lan1 got more holes than its quota"
+        );
+        natpmp_map(lab.lan(2), 9801, 8801, 600)?;
+        natpmp_map(lab.lan(2), 9802, 8802, 600)?;
+        let holes = hole_names(lab)?;
+        ensure!(
+            holes.len() == 4 && holes.contains(&format!("{LAN2_IP}:8801/tcp")),
+            "expected lan1's 3 holes and lan2's first: {holes:?}"
+        );
+        ensure!(
+            counter(
+                lab,
+                portproxy,
+                "grants not taken: host over its mapping quota"
+            )? == granted as u64 - 3,
+            "quota refusals not counted"
+        );
+        ensure!(
+            counter(lab, portproxy, "grants not taken: mapping table full")? == 1,
+            "the full table's refusal not counted"
+        );
+        refused(lab, lab.lan(2), 8802, 9802)
+    })
+}
+
+socket_paths!(flood_stays_within_the_quota);
