@@ -118,18 +118,22 @@ fn table(views: &[View]) -> String {
         return "no mappings\n".to_string();
     }
     let mut out = format!(
-        "{:<22} {:<5} {:<22} {:>8}  {:<8} {}\n",
+        "{:<22} {:<5} {:<22} {:>8}  {:<12} {}\n",
         "LAN host", "proto", "external", "expires", "origin", "client"
     );
     for v in views {
         out += &format!(
-            "{:<22} {:<5} {:<22} {:>7}s  {:<8} {}\n",
+            "{:<22} {:<5} {:<22} {:>8}  {:<12} {}{}\n",
             format!("{}:{}", v.host, v.internal_port),
             v.protocol,
             format!("{}:{}", v.external_address, v.external_port),
-            v.expires_in_secs,
+            v.expires_in_secs
+                .map_or("never".to_string(), |s| format!("{s}s")),
             v.origin,
-            v.client
+            v.client,
+            v.description
+                .as_ref()
+                .map_or(String::new(), |d| format!(" {d:?}")),
         );
     }
     out
@@ -150,9 +154,10 @@ mod tests {
             protocol: "tcp".into(),
             external_address: Ipv4Addr::new(203, 0, 114, 1),
             external_port: 9080,
-            expires_in_secs: 599,
+            expires_in_secs: Some(599),
             origin: "nat-pmp".into(),
             nonce: None,
+            description: None,
             client: SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 2), 40000),
             first_seen_secs_ago: 1,
             last_seen_secs_ago: 1,

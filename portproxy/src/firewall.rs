@@ -113,20 +113,23 @@ impl Firewall {
         Ok(Some(firewall))
     }
 
-    /// Opens (or re-times) the hole for `key` for `remaining`. The element is
-    /// added, deleted and added again with its new timeout in one transaction:
-    /// an `add` alone leaves an existing element's timeout as it was.
-    pub async fn open(&self, key: &Key, remaining: Duration) -> Result<()> {
+    /// Opens (or re-times) the hole for `key` for `remaining` (`None`: until
+    /// closed). The element is added, deleted and added again with its new
+    /// timeout in one transaction: an `add` alone leaves an existing element's
+    /// timeout as it was.
+    pub async fn open(&self, key: &Key, remaining: Option<Duration>) -> Result<()> {
         // nft takes timeouts in whole seconds; round up so the hole never closes before the mapping.
-        let secs = remaining
-            .as_secs()
-            .saturating_add(u64::from(remaining.subsec_nanos() > 0))
-            .max(1);
-        let timeout = u32::try_from(secs).unwrap_or(u32::MAX);
+        let timeout = remaining.map(|r| {
+            let secs = r
+                .as_secs()
+                .saturating_add(u64::from(r.subsec_nanos() > 0))
+                .max(1);
+            u32::try_from(secs).unwrap_or(u32::MAX)
+        });
         let mut batch = Batch::new();
         batch.add(element(key, None));
         batch.delete(element(key, None));
-        batch.add(element(key, Some(timeout)));
+        batch.add(element(key, timeout));
         apply(&batch.to_nftables())
             .await
             .with_context(|| format!("opening the firewall for {}", describe(key)))

@@ -118,7 +118,7 @@ pub struct Hole {
     pub host: String,
     pub protocol: String,
     pub port: u16,
-    /// Seconds left before the kernel removes it.
+    /// Seconds left before the kernel removes it; 0 for a hole without a timeout.
     pub expires: u64,
 }
 
@@ -149,8 +149,12 @@ impl Lab {
         let mut holes = Vec::new();
         for object in json["nftables"].as_array().into_iter().flatten() {
             for elem in object["set"]["elem"].as_array().into_iter().flatten() {
-                let inner = &elem["elem"];
-                let concat = &inner["val"]["concat"];
+                // `{"elem": {"val": {"concat": [...]}, "expires": N}}` with a timeout,
+                // `{"concat": [...]}` without one.
+                let (concat, inner) = match elem.get("elem") {
+                    Some(inner) => (&inner["val"]["concat"], inner),
+                    None => (&elem["concat"], elem),
+                };
                 holes.push(Hole {
                     host: concat[0].as_str().unwrap_or_default().to_string(),
                     protocol: concat[1].as_str().unwrap_or_default().to_string(),

@@ -42,6 +42,11 @@ pub enum Origin {
     PcpMap {
         nonce: [u8; 12],
     },
+    /// UPnP AddPortMapping, or AddAnyPortMapping when `any`, with its description.
+    Upnp {
+        any: bool,
+        description: String,
+    },
 }
 
 /// A grant from the CGN, matched to the request in flight that asked for it.
@@ -50,7 +55,8 @@ pub struct Grant {
     pub key: Key,
     /// External address (unspecified when the protocol does not say) and port.
     pub external: SocketAddrV4,
-    /// Granted lifetime in seconds (non-zero: a zero lifetime is a delete).
+    /// Granted lifetime in seconds; 0 is a permanent UPnP lease (NAT-PMP and
+    /// PCP deletes, their lifetime 0, never become grants).
     pub lifetime: u32,
     pub origin: Origin,
     /// The client tuple whose request the CGN answered.
@@ -63,7 +69,8 @@ pub struct Grant {
 pub struct Entry {
     pub key: Key,
     pub external: SocketAddrV4,
-    pub expires: Duration,
+    /// `None`: until deleted (a permanent UPnP lease).
+    pub expires: Option<Duration>,
     pub origin: Origin,
     pub client: SocketAddrV4,
     pub first_seen: Duration,
@@ -93,11 +100,14 @@ pub struct View {
     pub protocol: String,
     pub external_address: Ipv4Addr,
     pub external_port: u16,
-    pub expires_in_secs: u64,
-    /// `nat-pmp` or `pcp-map`.
+    /// `None`: until deleted.
+    pub expires_in_secs: Option<u64>,
+    /// `nat-pmp`, `pcp-map`, `upnp-add` or `upnp-add-any`.
     pub origin: String,
     /// PCP's nonce, in hex.
     pub nonce: Option<String>,
+    /// UPnP's NewPortMappingDescription.
+    pub description: Option<String>,
     pub client: SocketAddrV4,
     pub first_seen_secs_ago: u64,
     pub last_seen_secs_ago: u64,
@@ -106,11 +116,17 @@ pub struct View {
 impl View {
     fn of(e: &Entry, now: Duration) -> View {
         let ago = |t: Duration| now.saturating_sub(t).as_secs();
-        let (origin, nonce) = match &e.origin {
-            Origin::NatPmp => ("nat-pmp", None),
+        let (origin, nonce, description) = match &e.origin {
+            Origin::NatPmp => ("nat-pmp", None, None),
             Origin::PcpMap { nonce } => (
                 "pcp-map",
                 Some(nonce.iter().map(|b| format!("{b:02x}")).collect()),
+                None,
+            ),
+            Origin::Upnp { any, description } => (
+                if *any { "upnp-add-any" } else { "upnp-add" },
+                None,
+                Some(description.clone()),
             ),
         };
         View {
@@ -119,9 +135,10 @@ impl View {
             protocol: e.key.proto.name().to_string(),
             external_address: *e.external.ip(),
             external_port: e.external.port(),
-            expires_in_secs: e.expires.saturating_sub(now).as_secs(),
+            expires_in_secs: e.expires.map(|t| t.saturating_sub(now).as_secs()),
             origin: origin.to_string(),
             nonce,
+            description,
             client: e.client,
             first_seen_secs_ago: ago(e.first_seen),
             last_seen_secs_ago: ago(e.last_seen),
@@ -231,7 +248,7 @@ impl Mappings {
             }
         }
         if let Some(firewall) = &state.firewall {
-            let remaining = entry.expires.saturating_sub(now);
+            let remaining = entry.expires.map(|t| t.saturating_sub(now));
             if let Err(e) = firewall.open(&entry.key, remaining).await {
                 self.stats.add(Counter::FirewallErrors);
                 warn!("{e:#}");
@@ -248,6 +265,18 @@ impl Mappings {
         } else {
             state.table.remove(&key).into_iter().collect()
         };
+        self.closed(&mut state, gone).await;
+    }
+
+    /// A UPnP DeletePortMapping the CGN confirmed (it names the external port).
+    pub async fn deleted_external(&self, proto: Transport, external_port: u16) {
+        let mut state = self.state.lock().await;
+        let gone = state.table.remove_external(proto, external_port);
+        self.closed(&mut state, gone.into_iter().collect()).await;
+    }
+
+    /// Counts and logs deleted entries and closes their holes.
+    async fn closed(&self, state: &mut State, gone: Vec<Entry>) {
         self.held.store(state.table.len(), Ordering::Relaxed);
         for entry in &gone {
             self.stats.add(Counter::MappingsDeleted);

@@ -67,9 +67,13 @@ impl Table {
     /// Takes in a grant the CGN made at `now`. A grant for a mapping the table
     /// has renews it; a new one counts against the quotas.
     pub fn grant(&mut self, grant: Grant, now: Duration) -> Result<Learned, Refused> {
-        let expires = now
-            .checked_add(Duration::from_secs(u64::from(grant.lifetime)))
-            .ok_or(Refused::LifetimeOverflow)?;
+        let expires = match grant.lifetime {
+            0 => None,
+            secs => Some(
+                now.checked_add(Duration::from_secs(u64::from(secs)))
+                    .ok_or(Refused::LifetimeOverflow)?,
+            ),
+        };
         if let Some(entry) = self.entries.get_mut(&grant.key) {
             entry.external = grant.external;
             entry.expires = expires;
@@ -119,12 +123,23 @@ impl Table {
         keys.iter().filter_map(|k| self.remove(k)).collect()
     }
 
+    /// Removes the mapping of external port `port` for `proto`, if any (UPnP
+    /// deletes name the external side).
+    pub fn remove_external(&mut self, proto: Transport, port: u16) -> Option<Entry> {
+        let key = self
+            .entries
+            .values()
+            .find(|e| e.key.proto == proto && e.external.port() == port)?
+            .key;
+        self.remove(&key)
+    }
+
     /// Removes and returns the mappings whose lifetime has run out by `now`.
     pub fn expire(&mut self, now: Duration) -> Vec<Entry> {
         let keys: Vec<Key> = self
             .entries
             .values()
-            .filter(|e| e.expires <= now)
+            .filter(|e| e.expires.is_some_and(|t| t <= now))
             .map(|e| e.key)
             .collect();
         keys.iter().filter_map(|k| self.remove(k)).collect()
@@ -183,7 +198,7 @@ mod tests {
         let mut t = table(10, 10);
         let learned = t.grant(grant(LAN1, 8080, 9080, 60), secs(100)).unwrap();
         assert!(matches!(learned, Learned::Added(_)));
-        assert_eq!(learned.entry().expires, secs(160));
+        assert_eq!(learned.entry().expires, Some(secs(160)));
         assert!(t.expire(secs(159)).is_empty());
         assert_eq!(t.len(), 1);
         let gone = t.expire(secs(160));
@@ -203,7 +218,7 @@ mod tests {
         };
         assert_eq!(
             (e.first_seen, e.last_seen, e.expires, e.external.port()),
-            (secs(100), secs(130), secs(190), 9081)
+            (secs(100), secs(130), Some(secs(190)), 9081)
         );
         assert!(t.expire(secs(160)).is_empty());
     }
@@ -231,7 +246,7 @@ mod tests {
     }
 
     #[test]
-    fn deletes_all_of_a_host_by_protocol() {
+    fn deletes_by_host_and_protocol_and_by_external_port() {
         let mut t = table(10, 10);
         t.grant(grant(LAN1, 1, 11, 60), secs(0)).unwrap();
         t.grant(grant(LAN1, 2, 12, 60), secs(0)).unwrap();
@@ -241,8 +256,21 @@ mod tests {
         t.grant(grant(LAN2, 1, 14, 60), secs(0)).unwrap();
         assert_eq!(t.remove_all(LAN1, Transport::Tcp).len(), 2);
         assert_eq!(t.len(), 2);
-        assert_eq!(t.remove_all(LAN1, Transport::Udp).len(), 1);
+        assert_eq!(t.remove_external(Transport::Tcp, 13), None);
+        assert_eq!(
+            t.remove_external(Transport::Udp, 13)
+                .map(|e| e.key.internal_port),
+            Some(3)
+        );
         assert_eq!(t.entries().count(), 1);
+    }
+
+    #[test]
+    fn lifetime_zero_is_permanent() {
+        let mut t = table(10, 10);
+        let learned = t.grant(grant(LAN1, 1, 1, 0), secs(5)).unwrap();
+        assert_eq!(learned.entry().expires, None);
+        assert!(t.expire(Duration::from_secs(u64::MAX)).is_empty());
     }
 
     #[test]

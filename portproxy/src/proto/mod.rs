@@ -4,6 +4,7 @@
 pub mod location;
 pub mod port_control;
 pub mod ssdp;
+pub mod upnp;
 
 /// The transport protocol of a port mapping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -35,7 +35,8 @@ impl SocketRelay {
         let tasks = Tasks::default();
         let mut loops = JoinSet::new();
         let http = if cfg.upnp_tcp {
-            let (relay, listeners) = http::HttpRelay::bind(cfg.clone(), stats.clone(), &tasks)?;
+            let (relay, listeners) =
+                http::HttpRelay::bind(cfg.clone(), stats.clone(), mappings.clone(), &tasks)?;
             for listener in listeners {
                 loops.spawn(relay.clone().serve(listener));
             }
