@@ -18,7 +18,13 @@ pub enum DataPath {
 
 impl DataPath {
     /// `kernel_log`: the programs log each relayed packet (`-vv`).
-    pub fn choose(xdp: bool, cfg: &Config, pin_dir: &Path, kernel_log: bool) -> DataPath {
+    pub fn choose(
+        xdp: bool,
+        cfg: &Config,
+        pin_dir: &Path,
+        kernel_log: bool,
+        hold_grants: bool,
+    ) -> DataPath {
         if !xdp {
             return DataPath::Sockets(None);
         }
@@ -27,7 +33,7 @@ impl DataPath {
             warn!("--xdp: {reason}; relaying on sockets");
             return DataPath::Sockets(Some(reason));
         }
-        match FastPath::start(&kernel_share(cfg), pin_dir, kernel_log) {
+        match FastPath::start(&kernel_share(cfg), pin_dir, kernel_log, hold_grants) {
             Ok(fast) => DataPath::Fast(fast),
             Err(e) => {
                 let reason = format!("{e:#}");

@@ -40,7 +40,7 @@ use crate::fastpath;
 use crate::firewall::Firewall;
 use crate::mapping::{Limits, Mappings};
 use crate::relay::SocketRelay;
-use crate::sockets::PortInUse;
+use crate::sockets::{self, PortInUse};
 use crate::stats::{Counter, Stats};
 use crate::status::{DataPathKind, State, Status};
 
@@ -61,6 +61,8 @@ struct Running {
     capture: Option<ReplyCapture>,
     /// Forwards the programs' per-packet log (fast path with `-vv`).
     kernel_log: Option<tokio::task::JoinHandle<()>>,
+    /// Learns (and, with firewall holes, delivers) the fast path's grants.
+    grants: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
@@ -71,7 +73,15 @@ impl Running {
         stats: &Arc<Stats>,
         mappings: &Arc<Mappings>,
     ) -> Result<Running> {
-        let mut data_path = DataPath::choose(opts.xdp, &cfg, &opts.pin_dir, opts.verbose >= 2);
+        // With firewall holes the programs hold grants back until userspace opened the hole.
+        let hold_grants = mappings.has_firewall().await;
+        let mut data_path = DataPath::choose(
+            opts.xdp,
+            &cfg,
+            &opts.pin_dir,
+            opts.verbose >= 2,
+            hold_grants,
+        );
         let on_sockets = Arc::new(data_path.socket_share(&cfg));
         // Bind first: a port in use (say, a second portproxy) must fail before the
         // routing rule, which a running instance depends on, is touched.
@@ -86,6 +96,13 @@ impl Running {
             },
             false => None,
         };
+        let grants = match start_grants(&mut data_path, &cfg, stats, mappings, hold_grants) {
+            Ok(grants) => grants,
+            Err(e) => {
+                relay.stop().await;
+                return Err(e);
+            }
+        };
         let kernel_log = match &mut data_path {
             DataPath::Fast(fast) => fast
                 .take_kernel_log()
@@ -98,13 +115,14 @@ impl Running {
             relay,
             capture,
             kernel_log,
+            grants,
         })
     }
 
     /// Releases everything: when this returns, the next data path can bind the same ports.
     async fn stop(self) {
         self.relay.stop().await;
-        if let Some(task) = self.kernel_log {
+        for task in [self.kernel_log, self.grants].into_iter().flatten() {
             task.abort();
             let _ = task.await;
         }
@@ -133,6 +151,40 @@ impl Running {
             c.lan.iface, c.lan.addr, c.cgn, c.wan.iface, c.wan.addr
         )
     }
+}
+
+/// On the fast path, the task that takes the programs' grants (`GRANTS`) into the mapping
+/// table; with `hold_grants` it delivers them too, from the LAN address and port 5351.
+fn start_grants(
+    data_path: &mut DataPath,
+    cfg: &Config,
+    stats: &Arc<Stats>,
+    mappings: &Arc<Mappings>,
+    hold_grants: bool,
+) -> Result<Option<tokio::task::JoinHandle<()>>> {
+    let DataPath::Fast(fast) = data_path else {
+        return Ok(None);
+    };
+    if !cfg.nat_pmp {
+        return Ok(None);
+    }
+    let lan = match hold_grants {
+        true => {
+            let addr = std::net::SocketAddrV4::new(cfg.lan.addr, cfg.nat_pmp_port);
+            Some(sockets::udp_on(&cfg.lan, addr).map_err(|e| {
+                sockets::explain_bind(e, "delivery of the fast path's grants", addr, "--nat-pmp")
+            })?)
+        }
+        false => None,
+    };
+    let grants = fast.take_grants()?;
+    Ok(Some(tokio::spawn(fastpath::forward_grants(
+        grants,
+        Arc::new(cfg.clone()),
+        stats.clone(),
+        mappings.clone(),
+        lan,
+    ))))
 }
 
 struct Supervisor {

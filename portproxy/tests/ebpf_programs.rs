@@ -362,8 +362,8 @@ impl Loaded {
     fn add_client(&mut self, addr: Ipv4Addr, port: u16, last_seen_ns: u64) {
         let value = ClientValue {
             mac: CLIENT_MAC,
-            _pad: [0; 2],
             last_seen_ns,
+            ..ClientValue::default()
         };
         self.clients()
             .insert(client_key(addr, port), value, 0)

@@ -3,8 +3,9 @@
 //! internet host exactly while portproxy holds it, and nothing else is. Each scenario checks
 //! the nftables set in the CPE and `portproxy mappings`, not only a log line.
 //!
-//! They run on the socket relay (and its forced fallback) on both softwire kinds; the fast
-//! path does not report grants to userspace yet, so holes need the socket relay.
+//! Every scenario runs on each data path (sockets, fast path, forced fallback) and both
+//! softwire kinds: on the fast path the programs hand grants to userspace (`GRANTS`), which
+//! opens the hole and then delivers them.
 
 #[macro_use]
 mod common;
@@ -22,33 +23,6 @@ use tests::{
     CGN_SOFTWIRE_IP, Daemon, DataPath, IGD_HTTP_PORT, LAN_GATEWAY, LAN1_IP, LAN2_IP, Lab, Netns,
     PCP_PORT, PUBLIC_IP, Softwire, pcp_map_tcp, send_raw_udp,
 };
-
-/// Generates, for `scenario(Softwire, DataPath)`, a module with one test per softwire kind
-/// on the socket relay and on the forced fallback to it.
-macro_rules! socket_paths {
-    ($scenario:ident) => {
-        mod $scenario {
-            use tests::{DataPath, Softwire};
-
-            #[test]
-            fn sockets_l2() -> anyhow::Result<()> {
-                super::$scenario(Softwire::L2, DataPath::Sockets)
-            }
-            #[test]
-            fn sockets_l3() -> anyhow::Result<()> {
-                super::$scenario(Softwire::L3, DataPath::Sockets)
-            }
-            #[test]
-            fn fallback_l2() -> anyhow::Result<()> {
-                super::$scenario(Softwire::L2, DataPath::Fallback)
-            }
-            #[test]
-            fn fallback_l3() -> anyhow::Result<()> {
-                super::$scenario(Softwire::L3, DataPath::Fallback)
-            }
-        }
-    };
-}
 
 /// Runs portproxy (`extra` added to the usual arguments) in a lab whose CPE has the fw4-like
 /// firewall, then `test`; prints portproxy's log on failure.
@@ -241,7 +215,7 @@ fn granted_then_deleted(softwire: Softwire, path: DataPath) -> Result<()> {
     })
 }
 
-socket_paths!(granted_then_deleted);
+every_path!(granted_then_deleted);
 
 /// A mapping with a short lifetime: reachable while it lasts, refused within a second of
 /// its expiry, with neither hole nor table entry left.
@@ -284,7 +258,7 @@ fn expired_then_refused(softwire: Softwire, path: DataPath) -> Result<()> {
     })
 }
 
-socket_paths!(expired_then_refused);
+every_path!(expired_then_refused);
 
 /// lan1 and lan2 use the same internal port; each is reachable on its own external port,
 /// through its own hole.
@@ -302,7 +276,7 @@ fn two_hosts_same_internal_port(softwire: Softwire, path: DataPath) -> Result<()
     })
 }
 
-socket_paths!(two_hosts_same_internal_port);
+every_path!(two_hosts_same_internal_port);
 
 /// The negative control: with `--firewall off` the CGN's grant is useless behind fw4,
 /// which is the problem the holes solve (and shows the lab's firewall really rejects).
@@ -321,7 +295,7 @@ fn firewall_off_leaves_the_mapping_shut(softwire: Softwire, path: DataPath) -> R
     })
 }
 
-socket_paths!(firewall_off_leaves_the_mapping_shut);
+every_path!(firewall_off_leaves_the_mapping_shut);
 
 /// Table and holes are removed when portproxy stops, and a table left by a killed run is
 /// replaced at start (its holes with it).
@@ -344,7 +318,7 @@ fn removed_on_exit_replaced_after_kill(softwire: Softwire, path: DataPath) -> Re
     })
 }
 
-socket_paths!(removed_on_exit_replaced_after_kill);
+every_path!(removed_on_exit_replaced_after_kill);
 
 // ---------------------------------------------------------------------------------------------
 // Hostile
@@ -399,7 +373,7 @@ fn forged_grant_opens_no_hole(softwire: Softwire, path: DataPath) -> Result<()> 
     })
 }
 
-socket_paths!(forged_grant_opens_no_hole);
+every_path!(forged_grant_opens_no_hole);
 
 /// A PCP MAP: learned with its origin and nonce, and reachable through its hole.
 fn pcp_granted_then_reachable(softwire: Softwire, path: DataPath) -> Result<()> {
@@ -424,7 +398,7 @@ fn pcp_granted_then_reachable(softwire: Softwire, path: DataPath) -> Result<()> 
     })
 }
 
-socket_paths!(pcp_granted_then_reachable);
+every_path!(pcp_granted_then_reachable);
 
 /// A PCP MAP request from lan1 with a THIRD_PARTY option naming `third_party`; returns the
 /// result code of the CGN's answer.
@@ -491,7 +465,7 @@ fn cpe_address_never_exposed(softwire: Softwire, path: DataPath) -> Result<()> {
     })
 }
 
-socket_paths!(cpe_address_never_exposed);
+every_path!(cpe_address_never_exposed);
 
 /// lan1 floods map requests for `FLOOD` internal ports (rate limit off): the CGN grants them
 /// all, but lan1 gets no more holes than its quota (3), the table no more than its total
@@ -569,7 +543,7 @@ fn flood_stays_within_the_quota(softwire: Softwire, path: DataPath) -> Result<()
     })
 }
 
-socket_paths!(flood_stays_within_the_quota);
+every_path!(flood_stays_within_the_quota);
 
 /// UPnP through the HTTP relay (`--upnp-tcp 1`): AddPortMapping (a permanent lease) opens a
 /// hole without a timeout and the table shows the description; DeletePortMapping closes it.
@@ -627,4 +601,4 @@ fn upnp_granted_then_deleted(softwire: Softwire, path: DataPath) -> Result<()> {
     })
 }
 
-socket_paths!(upnp_granted_then_deleted);
+every_path!(upnp_granted_then_deleted);

@@ -5,11 +5,13 @@
 //! they fit, `xdp_lan` / `xdp_wan` in front of them (the layout and its reasons are in
 //! `loader`), and pins the maps; dropping the handle detaches everything and removes the pins.
 //!
+//! - `grants`: the CGN's grants the programs hand over (`GRANTS`), into the mapping table.
 //! - `iface`: what the programs need to know about an interface (MAC, L2 or L3).
 //! - `loader`: loading, attaching, pinning, detaching.
 //! - `maps`: `CONFIG` contents, `STATS` counters, `CLIENTS` aging.
 //! - `object`: loading the embedded object without parsing the kernel's BTF.
 
+mod grants;
 mod iface;
 mod loader;
 mod maps;
@@ -20,6 +22,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use aya::{Ebpf, programs::SchedClassifier};
 
+pub use grants::{Grants, forward as forward_grants};
 pub use loader::{FastPath, KernelLog};
 pub use maps::read_pinned_counters;
 

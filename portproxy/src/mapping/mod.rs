@@ -323,6 +323,11 @@ impl Mappings {
         self.held.load(Ordering::Relaxed)
     }
 
+    /// Whether grants open firewall holes (so they must be learned before delivery).
+    pub async fn has_firewall(&self) -> bool {
+        self.state.lock().await.firewall.is_some()
+    }
+
     /// Removes the firewall table, closing every hole (at exit).
     pub async fn close_firewall(&self) {
         if let Some(firewall) = self.state.lock().await.firewall.take() {

@@ -299,69 +299,26 @@ impl PortControlRelay {
     }
 
     /// Takes what a response from the CGN to `client` says into the mapping
-    /// table: the external address, and grants and deletes that answer one of
-    /// the client's requests in flight. Returns once a granted hole is open.
+    /// table (see [`learn`]); a grant counts if it answers one of the client's
+    /// requests in flight. Returns once a granted hole is open.
     async fn learn(&self, client: SocketAddrV4, checked: &Checked<'_>) {
-        if let Some(public) = port_control::natpmp_public_address(checked) {
-            self.mappings.public_address(public).await;
-            return;
-        }
-        let Some(response) = MapResponse::parse(checked) else {
-            return;
-        };
-        if response.result != 0 {
-            return;
-        }
-        let answered = {
+        let answers = |response: &MapResponse| {
             let mut table = self.table.lock().unwrap();
             table
                 .clients
                 .get_mut(&client)
-                .and_then(|c| c.answered(&response))
+                .and_then(|c| c.answered(response))
+                .is_some()
         };
-        if answered.is_none() {
-            self.stats.add(Counter::GrantUnmatched);
-            debug!("{client}: a grant that answers no request in flight; not taken");
-            return;
-        }
-        // THIRD_PARTY: the CGN granted the mapping for the host the option names.
-        let host = response.third_party.unwrap_or(*client.ip());
-        if !mapping::is_lan_host(host, &self.cfg.lan, &[self.cfg.lan.addr, self.cfg.wan.addr]) {
-            self.stats.add(Counter::MappingRefusedNotLan);
-            warn!("{client}: a grant for {host}, not a LAN host; no hole");
-            return;
-        }
-        let Some(proto) = Transport::from_number(response.protocol) else {
-            self.stats.add(Counter::MappingRefusedProtocol);
-            debug!(
-                "{client}: a grant for protocol {}; no hole",
-                response.protocol
-            );
-            return;
-        };
-        let key = Key {
-            host,
-            proto,
-            internal_port: response.internal_port,
-        };
-        if response.lifetime == 0 {
-            self.mappings.deleted(key).await;
-            return;
-        }
-        let origin = match response.nonce {
-            Some(nonce) => Origin::PcpMap { nonce },
-            None => Origin::NatPmp,
-        };
-        let external = response.external_addr.unwrap_or(Ipv4Addr::UNSPECIFIED);
-        self.mappings
-            .granted(Grant {
-                key,
-                external: SocketAddrV4::new(external, response.external_port),
-                lifetime: response.lifetime,
-                origin,
-                client,
-            })
-            .await;
+        learn(
+            &self.cfg,
+            &self.stats,
+            &self.mappings,
+            client,
+            checked,
+            answers,
+        )
+        .await;
     }
 
     /// Forgets the client if it sent nothing for the pending timeout.
@@ -378,4 +335,72 @@ impl PortControlRelay {
         }
         idle
     }
+}
+
+/// Takes what a response from the CGN to `client` says into the mapping table:
+/// the external address, and grants and deletes for which `answers` holds (the
+/// socket relay matches them to the client's requests in flight; on the fast
+/// path the program matched the client's `CLIENTS` entry). Returns once a
+/// granted hole is open. Shared by both data paths.
+pub async fn learn(
+    cfg: &Config,
+    stats: &Stats,
+    mappings: &Mappings,
+    client: SocketAddrV4,
+    checked: &Checked<'_>,
+    answers: impl FnOnce(&MapResponse) -> bool,
+) {
+    if let Some(public) = port_control::natpmp_public_address(checked) {
+        mappings.public_address(public).await;
+        return;
+    }
+    let Some(response) = MapResponse::parse(checked) else {
+        return;
+    };
+    if response.result != 0 {
+        return;
+    }
+    if !answers(&response) {
+        stats.add(Counter::GrantUnmatched);
+        debug!("{client}: a grant that answers no request in flight; not taken");
+        return;
+    }
+    // THIRD_PARTY: the CGN granted the mapping for the host the option names.
+    let host = response.third_party.unwrap_or(*client.ip());
+    if !mapping::is_lan_host(host, &cfg.lan, &[cfg.lan.addr, cfg.wan.addr]) {
+        stats.add(Counter::MappingRefusedNotLan);
+        warn!("{client}: a grant for {host}, not a LAN host; no hole");
+        return;
+    }
+    let Some(proto) = Transport::from_number(response.protocol) else {
+        stats.add(Counter::MappingRefusedProtocol);
+        debug!(
+            "{client}: a grant for protocol {}; no hole",
+            response.protocol
+        );
+        return;
+    };
+    let key = Key {
+        host,
+        proto,
+        internal_port: response.internal_port,
+    };
+    if response.lifetime == 0 {
+        mappings.deleted(key).await;
+        return;
+    }
+    let origin = match response.nonce {
+        Some(nonce) => Origin::PcpMap { nonce },
+        None => Origin::NatPmp,
+    };
+    let external = response.external_addr.unwrap_or(Ipv4Addr::UNSPECIFIED);
+    mappings
+        .granted(Grant {
+            key,
+            external: SocketAddrV4::new(external, response.external_port),
+            lifetime: response.lifetime,
+            origin,
+            client,
+        })
+        .await;
 }
