@@ -156,7 +156,7 @@ const _: () = assert!(
 );
 
 /// `CLIENTS` capacity as compiled; the daemon sets it from `--max-clients` at load time
-/// (about 96 bytes an entry, kernel.md).
+/// (about 96 bytes an entry, docs/kernel.md).
 pub const CLIENTS_MAX_ENTRIES: u32 = 4096;
 
 // ---------------------------------------------------------------------------------------------

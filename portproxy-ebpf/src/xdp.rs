@@ -70,7 +70,7 @@ pub fn wan(ctx: &XdpContext) -> Result<u32, i64> {
         return Ok(XDP_PASS);
     };
     if cfg.wan_is_l3 != 0 {
-        // Generic XDP on an L3 device must not touch the packet (kernel.md); not attached
+        // Generic XDP on an L3 device must not touch the packet (docs/kernel.md); not attached
         // there by the loader anyway.
         return Ok(XDP_PASS);
     }

@@ -585,7 +585,7 @@ mod tests {
         let public = check_request(&[0, 0]).unwrap();
         assert_eq!(public.protocol, Protocol::NatPmp);
         assert_eq!(public.to_string(), "public address request");
-        // The example from protocols.md: UDP 5000->5000 for 7200 s.
+        // The example from docs/protocols.md: UDP 5000->5000 for 7200 s.
         let map = check_request(&[0, 1, 0, 0, 0x13, 0x88, 0x13, 0x88, 0, 0, 0x1c, 0x20]).unwrap();
         assert_eq!(
             map.to_string(),
