@@ -167,7 +167,9 @@ impl Firewall {
                 SetType::InetService,
             ])),
             flags: Some([SetFlag::Timeout].into_iter().collect()),
-            size: Some(u32::try_from(max_holes).unwrap_or(u32::MAX)),
+            // Room for twice the table: an expired element holds its slot until the
+            // kernel's garbage collection, while the table may already take a new grant.
+            size: Some(u32::try_from(max_holes.saturating_mul(2)).unwrap_or(u32::MAX)),
             ..Set::default()
         })));
         batch.add(NfListObject::Chain(Chain {
