@@ -69,8 +69,14 @@ pub const STAT_DROP_MALFORMED_SEARCH: u32 = 19;
 /// what has a hop left (and relays the rest with TTL - 1), so two relays facing each other
 /// cannot pass a search back and forth. Dropped.
 pub const STAT_DROP_TTL: u32 = 20;
+/// A success response to a mapping request (or a public address answer) handed to
+/// userspace through `GRANTS` (`FLAG_REPORT_GRANTS`); relayed as well unless held
+/// (`FLAG_HOLD_GRANTS`, grants only).
+pub const STAT_GRANT_REPORTED: u32 = 21;
+/// A grant `GRANTS` had no room for: relayed by the program, unknown to the mapping table.
+pub const STAT_GRANT_LOST: u32 = 22;
 /// Number of `STATS` entries (its `max_entries`).
-pub const STAT_COUNT: u32 = 21;
+pub const STAT_COUNT: u32 = 23;
 
 /// Counter names for reports, indexed by `STAT_*`.
 pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
@@ -95,6 +101,8 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "dropped not on lan",
     "dropped malformed search",
     "dropped ttl",
+    "grants to userspace",
+    "grants lost (ring full)",
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -119,19 +127,36 @@ pub struct ClientKey {
 }
 const _: () = assert!(size_of::<ClientKey>() == 8 && size_of::<ClientKey>() == 4 + 2 + 1 + 1);
 
+/// `ClientValue::req_kind`: no mapping request in flight.
+pub const REQ_NONE: u8 = 0;
+/// `ClientValue::req_kind`: a NAT-PMP map request (`req_proto`: its opcode, 1 UDP, 2 TCP).
+pub const REQ_NATPMP: u8 = 1;
+/// `ClientValue::req_kind`: a PCP MAP request (`req_proto`: its protocol number, `req_nonce`).
+pub const REQ_PCP: u8 = 2;
+
 /// Where and since when: the client's MAC and the boot-time clock (`bpf_ktime_get_boot_ns`,
-/// userspace `CLOCK_BOOTTIME`) of its last request or reply.
+/// userspace `CLOCK_BOOTTIME`) of its last request or reply; and the client's last mapping
+/// request in flight, which only a grant that answers it matches (`REQ_*`, the checks a
+/// client makes: RFC 6886 §3.3, RFC 6887 §11.3).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct ClientValue {
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    pub req_kind: u8,
+    pub req_proto: u8,
     pub last_seen_ns: u64,
+    /// Internal port asked for, network byte order.
+    pub req_internal_port_be: u16,
+    pub _pad: [u8; 2],
+    /// PCP's nonce (zero for NAT-PMP).
+    pub req_nonce: [u8; 12],
 }
-const _: () = assert!(size_of::<ClientValue>() == 16 && size_of::<ClientValue>() == 6 + 2 + 8);
+const _: () = assert!(
+    size_of::<ClientValue>() == 32 && size_of::<ClientValue>() == 6 + 1 + 1 + 8 + 2 + 2 + 12
+);
 
 /// `CLIENTS` capacity as compiled; the daemon sets it from `--max-clients` at load time
-/// (about 96 bytes an entry, kernel.md).
+/// (about 96 bytes an entry, docs/kernel.md).
 pub const CLIENTS_MAX_ENTRIES: u32 = 4096;
 
 // ---------------------------------------------------------------------------------------------
@@ -296,6 +321,12 @@ pub const FLAG_SSDP: u8 = 2;
 /// bridge's transmit path; a native-mode redirect needs `ndo_xdp_xmit`, which a bridge does
 /// not have, so native `xdp_wan` leaves relays to `tc_wan_ingress`.
 pub const FLAG_XDP_WAN_REDIRECT: u8 = 4;
+/// `Config::flags`: copy each success response to a mapping request (NAT-PMP map, PCP MAP)
+/// and NAT-PMP's public address answers into `GRANTS`, so that the mapping table learns them.
+pub const FLAG_REPORT_GRANTS: u8 = 8;
+/// `Config::flags` (with `FLAG_REPORT_GRANTS`): do not relay those responses; userspace
+/// opens the firewall hole first and then delivers them itself (`GrantEvent::held`).
+pub const FLAG_HOLD_GRANTS: u8 = 16;
 
 /// Everything the programs need to know about the CPE. All zero (the map's initial state)
 /// means "not configured": the programs pass every packet.
@@ -401,6 +432,33 @@ pub fn udp_csum_replace_u32(check: u16, old_be: u32, new_be: u32) -> u16 {
         c => c,
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// GRANTS: ring buffer of the CGN's grants, for the mapping table.
+
+/// The longest NAT-PMP/PCP message (PCP, RFC 6887 §7): a grant is copied whole.
+pub const GRANT_MSG_LEN: usize = 1100;
+/// `GRANTS` size in bytes: a power of two and a multiple of the page size; room for 58
+/// events (userspace drains it as they come).
+pub const GRANTS_BYTES: u32 = 64 * 1024;
+
+/// One grant: the CGN's response and the client tuple it was for.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct GrantEvent {
+    pub client_addr_be: u32,
+    pub client_port_be: u16,
+    /// Bytes of `msg` in use (the UDP payload).
+    pub len: u16,
+    /// 1: the program did not relay the response (`FLAG_HOLD_GRANTS`); userspace delivers it.
+    pub held: u8,
+    /// 1: it answers the client's mapping request in flight (`ClientValue::req_*`), or it is
+    /// a public address answer; 0: a grant nobody asked for, relayed but not to be learned.
+    pub matched: u8,
+    pub _pad: [u8; 2],
+    pub msg: [u8; GRANT_MSG_LEN],
+}
+const _: () = assert!(size_of::<GrantEvent>() == 4 + 2 + 2 + 1 + 3 + GRANT_MSG_LEN);
 
 /// aya reads and writes map keys and values as bytes, which its `Pod` asks to be sound:
 /// `bytemuck::Pod`, derived above, proves exactly that (no padding, every bit pattern valid),

@@ -1,4 +1,4 @@
-//! Address rewrites with the checksum helpers (TC only; see kernel.md).
+//! Address rewrites with the checksum helpers (TC only; see docs/kernel.md).
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},

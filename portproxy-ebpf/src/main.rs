@@ -9,6 +9,7 @@
 
 mod csum;
 mod dispatch;
+mod grants;
 mod limit;
 mod maps;
 mod packet;

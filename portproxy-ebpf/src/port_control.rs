@@ -10,9 +10,10 @@
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use portproxy_common::{
-    CLIENT_QUOTA, ClientKey, ClientValue, Config, KIND_PORT_CONTROL, STAT_DROP_CLIENT_QUOTA,
-    STAT_DROP_MALFORMED, STAT_DROP_NO_ENTRY, STAT_DROP_NOT_FROM_CGN, STAT_DROP_RATE_LIMIT,
-    STAT_NATPMP_TO_CGN, STAT_NATPMP_TO_CLIENT, STAT_PCP_TO_CGN, STAT_PCP_TO_CLIENT,
+    CLIENT_QUOTA, ClientKey, ClientValue, Config, KIND_PORT_CONTROL, REQ_NATPMP, REQ_NONE, REQ_PCP,
+    STAT_DROP_CLIENT_QUOTA, STAT_DROP_MALFORMED, STAT_DROP_NO_ENTRY, STAT_DROP_NOT_FROM_CGN,
+    STAT_DROP_RATE_LIMIT, STAT_NATPMP_TO_CGN, STAT_NATPMP_TO_CLIENT, STAT_PCP_TO_CGN,
+    STAT_PCP_TO_CLIENT,
 };
 
 use crate::{
@@ -231,6 +232,7 @@ pub fn admit<P: Packet>(p: &P, cfg: &Config, pkt: &Udp4) -> Result<Option<u32>, 
         _pad: 0,
     };
     let mac = packet::eth_src(p).ok_or(-1i64)?;
+    let request = mapping_request(p, pkt);
     if let Some(entry) = CLIENTS.get_ptr_mut(&key) {
         // A retry, or the next request on the same tuple: in place (an LRU update would take
         // a fresh node from the free list, which may make the LRU evict).
@@ -238,6 +240,9 @@ pub fn admit<P: Packet>(p: &P, cfg: &Config, pkt: &Udp4) -> Result<Option<u32>, 
         unsafe {
             (*entry).mac = mac;
             (*entry).last_seen_ns = now;
+            if let Some(request) = request {
+                remember(&mut *entry, &request);
+            }
         }
         return Ok(None);
     }
@@ -245,11 +250,14 @@ pub fn admit<P: Packet>(p: &P, cfg: &Config, pkt: &Udp4) -> Result<Option<u32>, 
     if cfg.rate_per_sec != 0 && bucket.in_flight() >= u64::from(CLIENT_QUOTA) {
         return Ok(Some(STAT_DROP_CLIENT_QUOTA));
     }
-    let value = ClientValue {
+    let mut value = ClientValue {
         mac,
-        _pad: [0; 2],
         last_seen_ns: now,
+        ..ClientValue::default()
     };
+    if let Some(request) = request {
+        remember(&mut value, &request);
+    }
     match CLIENTS.insert(&key, &value, u64::from(BPF_NOEXIST)) {
         Ok(()) => bucket.add_entry(),
         // Created by another CPU meanwhile (and counted there): refresh it.
@@ -257,6 +265,76 @@ pub fn admit<P: Packet>(p: &P, cfg: &Config, pkt: &Udp4) -> Result<Option<u32>, 
         Err(e) => return Err(i64::from(e)),
     }
     Ok(None)
+}
+
+/// A mapping request, as far as matching its answer needs.
+struct MapRequest {
+    kind: u8,
+    proto: u8,
+    internal_port_be: u16,
+    nonce: [u8; 12],
+}
+
+/// The mapping request in a well-formed request, if it is one: NAT-PMP opcode 1 or 2 (its
+/// internal port at 4), PCP MAP (nonce at 24, protocol at 36, internal port at 40).
+#[inline(always)]
+fn mapping_request<P: Packet>(p: &P, pkt: &Udp4) -> Option<MapRequest> {
+    let [version, opcode]: [u8; 2] = p.load(pkt.payload()).ok()?;
+    if version == 0 {
+        if opcode != 1 && opcode != 2 {
+            return None;
+        }
+        return Some(MapRequest {
+            kind: REQ_NATPMP,
+            proto: opcode,
+            internal_port_be: p.load(pkt.payload() + 4).ok()?,
+            nonce: [0; 12],
+        });
+    }
+    if opcode != 1 || pkt.payload_len < PCP_HEADER_LEN + PCP_MAP_LEN {
+        return None;
+    }
+    let body = pkt.payload() + PCP_HEADER_LEN;
+    Some(MapRequest {
+        kind: REQ_PCP,
+        proto: p.load(body + 12).ok()?,
+        internal_port_be: p.load(body + 16).ok()?,
+        nonce: p.load(body).ok()?,
+    })
+}
+
+#[inline(always)]
+fn remember(value: &mut ClientValue, request: &MapRequest) {
+    value.req_kind = request.kind;
+    value.req_proto = request.proto;
+    value.req_internal_port_be = request.internal_port_be;
+    value.req_nonce = request.nonce;
+}
+
+/// Does the grant in `pkt` answer the mapping request in flight in `entry`? If so, the
+/// request is answered: a second answer (to a retry) no longer matches.
+#[inline(always)]
+pub fn answers<P: Packet>(p: &P, pkt: &Udp4, entry: *mut ClientValue) -> bool {
+    // SAFETY: `entry` points into the map value (from `reply`, in the same program run).
+    let value = unsafe { &mut *entry };
+    let Ok([version, opcode]) = p.load::<[u8; 2]>(pkt.payload()) else {
+        return false;
+    };
+    let matched = if version == 0 {
+        value.req_kind == REQ_NATPMP
+            && value.req_proto == opcode & !RESPONSE_BIT
+            && p.load::<u16>(pkt.payload() + 8).ok() == Some(value.req_internal_port_be)
+    } else {
+        let body = pkt.payload() + PCP_HEADER_LEN;
+        value.req_kind == REQ_PCP
+            && p.load::<[u8; 12]>(body).ok() == Some(value.req_nonce)
+            && p.load::<u8>(body + 12).ok() == Some(value.req_proto)
+            && p.load::<u16>(body + 16).ok() == Some(value.req_internal_port_be)
+    };
+    if matched {
+        value.req_kind = REQ_NONE;
+    }
+    matched
 }
 
 /// Refreshes the entry a reply is relayed for and returns the client's MAC.

@@ -16,7 +16,7 @@ use portproxy_common::{
 use crate::{
     csum,
     dispatch::{self, Verdict},
-    maps,
+    grants, maps,
     packet::{IP_DST, IP_SRC},
     port_control, redirect, ssdp,
     stats::count,
@@ -95,6 +95,12 @@ fn act(ctx: &TcContext, cfg: &Config, verdict: Verdict) -> Result<i32, i64> {
             Ok(action)
         }
         Verdict::Reply(pkt, stat, entry) => {
+            let kind = grants::kind(ctx, cfg, &pkt);
+            if kind != grants::Kind::Other && grants::report(ctx, cfg, &pkt, kind, entry)? {
+                // Held: userspace delivers it once the firewall hole is open.
+                port_control::touch(entry);
+                return Ok(TC_ACT_SHOT as i32);
+            }
             let mac = port_control::touch(entry);
             csum::set_addr(ctx, &pkt, IP_SRC, pkt.src_be, cfg.lan_addr_be)?;
             csum::hop(ctx, &pkt)?;

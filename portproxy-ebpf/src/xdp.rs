@@ -38,7 +38,7 @@ use portproxy_common::{
 
 use crate::{
     dispatch::{self, Verdict},
-    maps,
+    grants, maps,
     packet::{ETH_HLEN, IP_CSUM, IP_DST, IP_SRC, IP_TTL, Packet as _, UDP_CSUM, Udp4, ttl_word},
     port_control, ssdp,
     stats::count,
@@ -70,7 +70,7 @@ pub fn wan(ctx: &XdpContext) -> Result<u32, i64> {
         return Ok(XDP_PASS);
     };
     if cfg.wan_is_l3 != 0 {
-        // Generic XDP on an L3 device must not touch the packet (kernel.md); not attached
+        // Generic XDP on an L3 device must not touch the packet (docs/kernel.md); not attached
         // there by the loader anyway.
         return Ok(XDP_PASS);
     }
@@ -139,7 +139,10 @@ fn act(ctx: &XdpContext, cfg: &Config, verdict: Verdict) -> Result<u32, i64> {
             relayed(action, STAT_SEARCH_OUT)
         }
         Verdict::Reply(pkt, stat, entry) => {
-            if cfg.flags & FLAG_XDP_WAN_REDIRECT == 0 {
+            // Grants go to `GRANTS` from TC, which can copy them (`grants::report`).
+            if cfg.flags & FLAG_XDP_WAN_REDIRECT == 0
+                || grants::kind(ctx, cfg, &pkt) != grants::Kind::Other
+            {
                 count(STAT_XDP_DEFERRED);
                 return Ok(XDP_PASS);
             }

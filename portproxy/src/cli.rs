@@ -90,6 +90,20 @@ pub struct Options {
     #[arg(long, default_value_t = 10, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=100_000))]
     pub rate_limit: u32,
 
+    /// Firewall holes for granted mappings: auto (when a forward chain drops by default),
+    /// nft (always), off. See the README's firewall section.
+    #[arg(long, value_enum, default_value_t = FirewallMode::Auto, value_name = "MODE")]
+    pub firewall: FirewallMode,
+
+    /// Mappings the table (and the firewall) holds at once; grants beyond are relayed
+    /// but get no hole, and are counted.
+    #[arg(long, default_value_t = 1024, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub max_mappings: u32,
+
+    /// Mappings one LAN host may hold at once; grants beyond are relayed but get no hole.
+    #[arg(long, default_value_t = 64, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub max_mappings_per_host: u32,
+
     /// Use the eBPF fast path (XDP/TC) where the kernel allows it; falls back to sockets otherwise.
     #[arg(long)]
     pub xdp: bool,
@@ -104,7 +118,7 @@ pub struct Options {
     #[arg(long, default_value = DEFAULT_PIN_DIR, value_name = "DIR", global = true)]
     pub pin_dir: PathBuf,
 
-    /// Where the daemon keeps its status file for `portproxy stats`.
+    /// Where the daemon keeps its status file (`portproxy stats`) and control socket (`portproxy mappings`).
     #[arg(
         long,
         default_value = "/run/portproxy",
@@ -131,6 +145,14 @@ impl Options {
     }
 }
 
+/// Whether portproxy opens the CPE's firewall for granted mappings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FirewallMode {
+    Auto,
+    Nft,
+    Off,
+}
+
 /// Which hooks the fast path uses (TC always carries what XDP does not finish).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Hooks {
@@ -143,6 +165,12 @@ pub enum Hooks {
 pub enum Command {
     /// Show the running daemon's data path, hooks, live client entries and counters.
     Stats {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the mappings the running daemon knows: LAN host, external port, expiry, origin.
+    Mappings {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,

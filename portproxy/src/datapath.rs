@@ -18,7 +18,13 @@ pub enum DataPath {
 
 impl DataPath {
     /// `kernel_log`: the programs log each relayed packet (`-vv`).
-    pub fn choose(xdp: bool, cfg: &Config, pin_dir: &Path, kernel_log: bool) -> DataPath {
+    pub fn choose(
+        xdp: bool,
+        cfg: &Config,
+        pin_dir: &Path,
+        kernel_log: bool,
+        hold_grants: bool,
+    ) -> DataPath {
         if !xdp {
             return DataPath::Sockets(None);
         }
@@ -27,7 +33,7 @@ impl DataPath {
             warn!("--xdp: {reason}; relaying on sockets");
             return DataPath::Sockets(Some(reason));
         }
-        match FastPath::start(&kernel_share(cfg), pin_dir, kernel_log) {
+        match FastPath::start(&kernel_share(cfg), pin_dir, kernel_log, hold_grants) {
             Ok(fast) => DataPath::Fast(fast),
             Err(e) => {
                 let reason = format!("{e:#}");
@@ -99,7 +105,7 @@ mod tests {
     #[test]
     fn without_xdp_the_sockets_carry_everything() {
         let cfg = config();
-        let path = DataPath::choose(false, &cfg, Path::new("/nonexistent"), false);
+        let path = DataPath::choose(false, &cfg, Path::new("/nonexistent"), false, false);
         assert!(matches!(path, DataPath::Sockets(None)));
         assert_eq!(path.socket_share(&cfg), cfg);
     }
@@ -109,7 +115,7 @@ mod tests {
     #[test]
     fn xdp_on_a_socket_only_build_says_why_and_relays_on_sockets() {
         let cfg = config();
-        let path = DataPath::choose(true, &cfg, Path::new("/nonexistent"), false);
+        let path = DataPath::choose(true, &cfg, Path::new("/nonexistent"), false, false);
         let DataPath::Sockets(Some(reason)) = &path else {
             panic!("--xdp on a socket-only build must fall back to sockets with a reason");
         };

@@ -6,7 +6,9 @@
 //! (UDP 5351), `relay::ssdp` (UDP 1900) and `relay::http` (the IGD's TCP
 //! ports). Its fate is decided by the codecs in `proto`; it leaves through
 //! the sockets made in `sockets`. `datapath` decides which of the two runs; `supervisor` keeps it running
-//! and rebuilds it when the interfaces change.
+//! and rebuilds it when the interfaces change. What the CGN grants is learned
+//! into `mapping` (the table), which opens holes in the CPE's firewall
+//! (`firewall`) and answers `portproxy mappings` over `control`.
 //!
 //! The codecs in `proto` are public for the fuzz targets; the binary is `main.rs`.
 //!
@@ -15,13 +17,17 @@
 
 mod capture;
 mod cli;
+mod clock;
 mod config;
+mod control;
 mod datapath;
 #[cfg(feature = "fastpath")]
 mod fastpath;
 #[cfg(not(feature = "fastpath"))]
 #[path = "no_fastpath.rs"]
 mod fastpath;
+mod firewall;
+mod mapping;
 mod netif;
 #[cfg(test)]
 mod packaging_tests;
@@ -45,6 +51,7 @@ pub fn main() -> ExitCode {
     init_logging(opts.verbose);
     let result = match opts.command {
         Some(cli::Command::Stats { json }) => show_stats::run(&opts.state_dir, json),
+        Some(cli::Command::Mappings { json }) => control::show_mappings(&opts.state_dir, json),
         None => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

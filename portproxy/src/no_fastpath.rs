@@ -6,9 +6,14 @@
 //! fast path compiles unchanged but can never be reached.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::net::UdpSocket;
+
 use crate::config::Config;
+use crate::mapping::Mappings;
+use crate::stats::Stats;
 
 /// What `--xdp` reports in this build (after "the fast path cannot run here").
 pub const NO_FAST_PATH: &str =
@@ -19,9 +24,21 @@ pub enum FastPath {}
 /// The programs' per-packet log: there are no programs.
 pub enum KernelLog {}
 
+/// The programs' grants: there are no programs.
+pub enum Grants {}
+
 impl FastPath {
-    pub fn start(_cfg: &Config, _pin_dir: &Path, _kernel_log: bool) -> anyhow::Result<FastPath> {
+    pub fn start(
+        _cfg: &Config,
+        _pin_dir: &Path,
+        _kernel_log: bool,
+        _hold_grants: bool,
+    ) -> anyhow::Result<FastPath> {
         anyhow::bail!(NO_FAST_PATH)
+    }
+
+    pub fn take_grants(&mut self) -> anyhow::Result<Grants> {
+        match *self {}
     }
 
     pub fn take_kernel_log(&mut self) -> Option<KernelLog> {
@@ -43,4 +60,14 @@ impl FastPath {
 
 pub async fn forward_kernel_log(log: KernelLog) {
     match log {}
+}
+
+pub async fn forward_grants(
+    grants: Grants,
+    _cfg: Arc<Config>,
+    _stats: Arc<Stats>,
+    _mappings: Arc<Mappings>,
+    _lan: Option<UdpSocket>,
+) {
+    match grants {}
 }

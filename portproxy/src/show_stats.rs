@@ -86,6 +86,10 @@ fn text(report: &Report) -> String {
     if let Some(pins) = &s.pin_dir {
         out += &format!("maps pinned in: {}\n", pins.display());
     }
+    out += &format!(
+        "mappings: {} (`portproxy mappings` lists them)\n",
+        s.mappings
+    );
     if let Some(n) = report.live_entries {
         out += &format!("live client entries: {n}\n");
     }

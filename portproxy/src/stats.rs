@@ -38,6 +38,18 @@ counters! {
     DropQuota => "dropped: client over its quota of requests in flight",
     DropSendFailed => "dropped: send failed",
     Expired => "client entries expired",
+    MappingsAdded => "mappings learned from the CGN's grants",
+    MappingsRenewed => "mappings renewed",
+    MappingsDeleted => "mappings deleted",
+    MappingsExpired => "mappings expired",
+    MappingRefusedQuota => "grants not taken: host over its mapping quota",
+    MappingRefusedFull => "grants not taken: mapping table full",
+    MappingRefusedLifetime => "grants not taken: lifetime out of range",
+    MappingRefusedNotLan => "grants not taken: not for a LAN host",
+    MappingRefusedProtocol => "grants not taken: protocol other than TCP or UDP",
+    GrantUnmatched => "grants not taken: no matching request in flight",
+    FirewallErrors => "firewall updates failed",
+    UpnpNotUnderstood => "upnp mapping actions not understood (spliced, not learned)",
 }
 
 #[derive(Debug)]

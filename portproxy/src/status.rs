@@ -55,6 +55,9 @@ pub struct Status {
     pub pin_dir: Option<PathBuf>,
     /// Counters kept in userspace: the socket relay's, and entries aged out.
     pub counters: BTreeMap<String, u64>,
+    /// Mappings in the table now.
+    #[serde(default)]
+    pub mappings: usize,
 }
 
 fn path(state_dir: &Path) -> PathBuf {
@@ -106,6 +109,7 @@ mod tests {
             hooks: vec![],
             pin_dir: None,
             counters: BTreeMap::from([("x".to_string(), 3)]),
+            mappings: 2,
         };
         status.write(&dir).unwrap();
         let read = Status::read(&dir).unwrap();

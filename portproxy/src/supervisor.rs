@@ -34,10 +34,13 @@ use tokio::time::Instant;
 use crate::capture::ReplyCapture;
 use crate::cli::Options;
 use crate::config::{Config, Resolved};
+use crate::control;
 use crate::datapath::DataPath;
 use crate::fastpath;
+use crate::firewall::Firewall;
+use crate::mapping::{Limits, Mappings};
 use crate::relay::SocketRelay;
-use crate::sockets::PortInUse;
+use crate::sockets::{self, PortInUse};
 use crate::stats::{Counter, Stats};
 use crate::status::{DataPathKind, State, Status};
 
@@ -58,6 +61,8 @@ struct Running {
     capture: Option<ReplyCapture>,
     /// Forwards the programs' per-packet log (fast path with `-vv`).
     kernel_log: Option<tokio::task::JoinHandle<()>>,
+    /// Learns (and, with firewall holes, delivers) the fast path's grants.
+    grants: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
@@ -66,12 +71,21 @@ impl Running {
         cfg: Config,
         handle: &Handle,
         stats: &Arc<Stats>,
+        mappings: &Arc<Mappings>,
     ) -> Result<Running> {
-        let mut data_path = DataPath::choose(opts.xdp, &cfg, &opts.pin_dir, opts.verbose >= 2);
+        // With firewall holes the programs hold grants back until userspace opened the hole.
+        let hold_grants = mappings.has_firewall().await;
+        let mut data_path = DataPath::choose(
+            opts.xdp,
+            &cfg,
+            &opts.pin_dir,
+            opts.verbose >= 2,
+            hold_grants,
+        );
         let on_sockets = Arc::new(data_path.socket_share(&cfg));
         // Bind first: a port in use (say, a second portproxy) must fail before the
         // routing rule, which a running instance depends on, is touched.
-        let relay = SocketRelay::start(&on_sockets, stats)?;
+        let relay = SocketRelay::start(&on_sockets, stats, mappings)?;
         let capture = match on_sockets.nat_pmp {
             true => match ReplyCapture::install(handle, &on_sockets).await {
                 Ok(capture) => Some(capture),
@@ -81,6 +95,13 @@ impl Running {
                 }
             },
             false => None,
+        };
+        let grants = match start_grants(&mut data_path, &cfg, stats, mappings, hold_grants) {
+            Ok(grants) => grants,
+            Err(e) => {
+                relay.stop().await;
+                return Err(e);
+            }
         };
         let kernel_log = match &mut data_path {
             DataPath::Fast(fast) => fast
@@ -94,13 +115,14 @@ impl Running {
             relay,
             capture,
             kernel_log,
+            grants,
         })
     }
 
     /// Releases everything: when this returns, the next data path can bind the same ports.
     async fn stop(self) {
         self.relay.stop().await;
-        if let Some(task) = self.kernel_log {
+        for task in [self.kernel_log, self.grants].into_iter().flatten() {
             task.abort();
             let _ = task.await;
         }
@@ -131,10 +153,46 @@ impl Running {
     }
 }
 
+/// On the fast path, the task that takes the programs' grants (`GRANTS`) into the mapping
+/// table; with `hold_grants` it delivers them too, from the LAN address and port 5351.
+fn start_grants(
+    data_path: &mut DataPath,
+    cfg: &Config,
+    stats: &Arc<Stats>,
+    mappings: &Arc<Mappings>,
+    hold_grants: bool,
+) -> Result<Option<tokio::task::JoinHandle<()>>> {
+    let DataPath::Fast(fast) = data_path else {
+        return Ok(None);
+    };
+    if !cfg.nat_pmp {
+        return Ok(None);
+    }
+    let lan = match hold_grants {
+        true => {
+            let addr = std::net::SocketAddrV4::new(cfg.lan.addr, cfg.nat_pmp_port);
+            Some(sockets::udp_on(&cfg.lan, addr).map_err(|e| {
+                sockets::explain_bind(e, "delivery of the fast path's grants", addr, "--nat-pmp")
+            })?)
+        }
+        false => None,
+    };
+    let grants = fast.take_grants()?;
+    Ok(Some(tokio::spawn(fastpath::forward_grants(
+        grants,
+        Arc::new(cfg.clone()),
+        stats.clone(),
+        mappings.clone(),
+        lan,
+    ))))
+}
+
 struct Supervisor {
     opts: Options,
     handle: Handle,
     stats: Arc<Stats>,
+    /// Outlives every data path: mappings (and their holes) survive a rebuild.
+    mappings: Arc<Mappings>,
     running: Option<Running>,
     state: State,
     since: SystemTime,
@@ -168,7 +226,7 @@ impl Supervisor {
             info!("interfaces changed");
         }
         info!("configuration:\n{cfg}");
-        match Running::start(&self.opts, cfg, &self.handle, &self.stats).await {
+        match Running::start(&self.opts, cfg, &self.handle, &self.stats, &self.mappings).await {
             Ok(new) => {
                 let described = new.describe();
                 self.running = Some(new);
@@ -240,6 +298,7 @@ impl Supervisor {
             hooks,
             pin_dir: pins,
             counters: self.stats.snapshot(),
+            mappings: self.mappings.len(),
         }
     }
 
@@ -274,10 +333,31 @@ pub async fn run(opts: Options) -> Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
 
     let state_dir = opts.state_dir.clone();
+    let stats = Arc::new(Stats::default());
+    let firewall =
+        Firewall::install(opts.firewall, &opts.wan_iface, opts.max_mappings as usize).await?;
+    if firewall.is_some() && opts.xdp {
+        warn!(
+            "firewall: the fast path does not report grants yet; holes open only for what the socket relay carries"
+        );
+    }
+    let limits = Limits {
+        total: opts.max_mappings as usize,
+        per_host: opts.max_mappings_per_host as usize,
+    };
+    let mappings = Mappings::new(limits, firewall, stats.clone());
+    let control = match control::bind(&state_dir) {
+        Ok(listener) => tokio::spawn(control::serve(listener, mappings.clone())),
+        Err(e) => {
+            mappings.close_firewall().await;
+            return Err(e);
+        }
+    };
     let mut sup = Supervisor {
         opts,
         handle,
-        stats: Arc::new(Stats::default()),
+        stats,
+        mappings: mappings.clone(),
         running: None,
         // The first `enter` logs whatever it is, even relaying.
         state: State::WaitingFor("the first look at the interfaces".into()),
@@ -285,7 +365,12 @@ pub async fn run(opts: Options) -> Result<()> {
         retry_delay: RETRY_FIRST,
         next_check: Instant::now(),
     };
-    sup.converge(true).await?;
+    if let Err(e) = sup.converge(true).await {
+        control.abort();
+        control::remove(&state_dir);
+        mappings.close_firewall().await;
+        return Err(e);
+    }
     // Written before the first check completes, so `portproxy stats` works as soon as
     // "ready" (or "waiting for") shows.
     sup.write_status(&state_dir);
@@ -321,12 +406,16 @@ pub async fn run(opts: Options) -> Result<()> {
                         }
                     }
                 }
+                mappings.expire().await;
                 sup.write_status(&state_dir);
             }
         }
     }
     Status::remove(&state_dir);
+    control.abort();
+    control::remove(&state_dir);
     sup.stop().await;
+    mappings.close_firewall().await;
     info!("counters:\n{}", sup.stats.report());
     Ok(())
 }

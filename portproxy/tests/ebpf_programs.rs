@@ -29,7 +29,7 @@ use std::net::Ipv4Addr;
 
 use aya::{
     Ebpf,
-    maps::{HashMap, PerCpuArray},
+    maps::{HashMap, PerCpuArray, RingBuf},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use portproxy_common::*;
@@ -362,8 +362,8 @@ impl Loaded {
     fn add_client(&mut self, addr: Ipv4Addr, port: u16, last_seen_ns: u64) {
         let value = ClientValue {
             mac: CLIENT_MAC,
-            _pad: [0; 2],
             last_seen_ns,
+            ..ClientValue::default()
         };
         self.clients()
             .insert(client_key(addr, port), value, 0)
@@ -1518,6 +1518,62 @@ fn request_then_reply_through_the_map() {
                 stats[STAT_NATPMP_TO_CLIENT as usize]
             ),
             (1, 1)
+        );
+    }
+}
+
+/// With `FLAG_REPORT_GRANTS | FLAG_HOLD_GRANTS` (firewall holes on), a grant that answers the
+/// client's mapping request in flight goes to `GRANTS`, held (dropped here, delivered by the
+/// daemon); a second answer to the same request, or one for another request (a PCP nonce
+/// never sent), is relayed and reported unmatched, so the table never learns it.
+#[test]
+fn grants_go_to_userspace_when_they_answer_the_request() {
+    for l3 in [false, true] {
+        let mut cfg = config(l3);
+        cfg.flags |= FLAG_REPORT_GRANTS | FLAG_HOLD_GRANTS;
+        let mut loaded = Loaded::new(Some(cfg));
+        let wan = |reply: Udp| {
+            if l3 {
+                reply.l3().build()
+            } else {
+                reply.build()
+            }
+        };
+        let expect = |loaded: &mut Loaded, payload: &[u8], action: u32, held: u8, matched: u8| {
+            let (got, _) = loaded.run(Prog::Wan, &wan(cgn_reply(payload)));
+            assert_eq!(got, action, "{payload:02x?} (l3 wan: {l3})");
+            let mut ring: RingBuf<_> = loaded.ebpf.map_mut("GRANTS").unwrap().try_into().unwrap();
+            let event = ring.next().expect("an event in GRANTS").to_vec();
+            assert!(ring.next().is_none(), "one event per grant");
+            assert_eq!(event[0..4], CLIENT.octets());
+            assert_eq!(event[4..6], CLIENT_PORT.to_be_bytes());
+            assert_eq!(
+                usize::from(u16::from_ne_bytes([event[6], event[7]])),
+                payload.len()
+            );
+            assert_eq!((event[8], event[9]), (held, matched), "held, matched");
+            assert_eq!(&event[12..12 + payload.len()], payload);
+        };
+        let (action, _) = loaded.run(Prog::Lan, &lan_request(&NATPMP_MAP_UDP).build());
+        assert_eq!(action, TC_ACT_REDIRECT);
+        expect(&mut loaded, &NATPMP_MAP_REPLY, TC_ACT_SHOT, 1, 1);
+        expect(&mut loaded, &NATPMP_MAP_REPLY, TC_ACT_REDIRECT, 0, 0);
+
+        let (action, _) = loaded.run(Prog::Lan, &lan_request(&pcp_map(2)).build());
+        assert_eq!(action, TC_ACT_REDIRECT);
+        let mut other_nonce = pcp_map_reply();
+        other_nonce[24] ^= 1;
+        expect(&mut loaded, &other_nonce, TC_ACT_REDIRECT, 0, 0);
+        expect(&mut loaded, &pcp_map_reply(), TC_ACT_SHOT, 1, 1);
+        let stats = loaded.stats();
+        assert_eq!(
+            (
+                stats[STAT_GRANT_REPORTED as usize],
+                stats[STAT_NATPMP_TO_CLIENT as usize],
+                stats[STAT_PCP_TO_CLIENT as usize]
+            ),
+            (4, 1, 1),
+            "reported, relayed (l3 wan: {l3})"
         );
     }
 }

@@ -111,3 +111,67 @@ impl Lab {
         Ok(())
     }
 }
+
+/// One element of portproxy's firewall set (`nft -j list set inet portproxy holes` in the CPE).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hole {
+    pub host: String,
+    pub protocol: String,
+    pub port: u16,
+    /// Seconds left before the kernel removes it; 0 for a hole without a timeout.
+    pub expires: u64,
+}
+
+impl Lab {
+    /// `portproxy mappings --json` of the daemon running with the lab's state directory.
+    pub fn portproxy_mappings(&self) -> Result<Value> {
+        let bin = std::env::var("PORTPROXY_BIN").context("PORTPROXY_BIN is not set")?;
+        let output = Command::new(&bin)
+            .args(["mappings", "--json", "--state-dir"])
+            .arg(self.dir().join("state"))
+            .output()
+            .context("running portproxy mappings")?;
+        ensure!(
+            output.status.success(),
+            "portproxy mappings failed:\n{}",
+            crate::show_output(&output)
+        );
+        serde_json::from_slice(&output.stdout).context("parsing portproxy mappings --json")
+    }
+
+    /// The holes in portproxy's nftables set in the CPE; an error if the table is missing.
+    pub fn holes(&self) -> Result<Vec<Hole>> {
+        let output = self
+            .cpe()
+            .run("nft", &["-j", "list", "set", "inet", "portproxy", "holes"])?;
+        let json: Value =
+            serde_json::from_slice(&output.stdout).context("parsing nft -j list set")?;
+        let mut holes = Vec::new();
+        for object in json["nftables"].as_array().into_iter().flatten() {
+            for elem in object["set"]["elem"].as_array().into_iter().flatten() {
+                // `{"elem": {"val": {"concat": [...]}, "expires": N}}` with a timeout,
+                // `{"concat": [...]}` without one.
+                let (concat, inner) = match elem.get("elem") {
+                    Some(inner) => (&inner["val"]["concat"], inner),
+                    None => (&elem["concat"], elem),
+                };
+                holes.push(Hole {
+                    host: concat[0].as_str().unwrap_or_default().to_string(),
+                    protocol: concat[1].as_str().unwrap_or_default().to_string(),
+                    port: concat[2]
+                        .as_u64()
+                        .and_then(|p| u16::try_from(p).ok())
+                        .unwrap_or(0),
+                    expires: inner["expires"].as_u64().unwrap_or(0),
+                });
+            }
+        }
+        Ok(holes)
+    }
+
+    /// Whether portproxy's nftables table exists in the CPE.
+    pub fn has_portproxy_table(&self) -> Result<bool> {
+        let output = self.cpe().run("nft", &["list", "tables"])?;
+        Ok(String::from_utf8_lossy(&output.stdout).contains("table inet portproxy"))
+    }
+}

@@ -31,8 +31,8 @@ mod tunpipe;
 use std::net::Ipv4Addr;
 
 pub use daemon::Daemon;
-pub use datapath::DataPath;
-pub use net_check::TcpServer;
+pub use datapath::{DataPath, Hole};
+pub use net_check::{TcpServer, send_raw_udp};
 pub use netns::{Netns, show_output};
 pub use pcp_client::{PcpMapping, pcp_map_tcp};
 pub use topology::{Lab, LabBuilder, Softwire, SoftwireStage};

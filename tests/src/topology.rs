@@ -69,16 +69,42 @@ pub enum SoftwireStage {
     NoRoute,
 }
 
+/// The CPE's forward filter as OpenWrt's fw4 ships it: established and related flows and
+/// everything from the LAN pass, new connections from the softwire are rejected (fw4's
+/// zone `wan`, forward REJECT). One rule stands for the include an OpenWrt package adds
+/// (`/usr/share/nftables.d/chain-pre/forward/`): accept what portproxy's own table marked
+/// as a granted mapping (0x01000000, see portproxy's `firewall.rs`); a table of its own can
+/// mark, but never overrule this chain's reject.
+const CPE_FIREWALL: &str = r#"
+table inet fw4 {
+    chain forward {
+        type filter hook forward priority filter; policy drop;
+        ct state vmap { established : accept, related : accept, invalid : drop }
+        meta mark & 0x01000000 == 0x01000000 accept comment "portproxy: granted mappings"
+        iifname "br-lan" accept
+        reject
+    }
+}
+"#;
+
 /// Options of a [`Lab`].
 pub struct LabBuilder {
     softwire: Softwire,
     notify_interval: u32,
+    cpe_firewall: bool,
 }
 
 impl LabBuilder {
     /// Seconds between miniupnpd's SSDP NOTIFYs (default 60; it also sends them at start).
     pub fn notify_interval(mut self, seconds: u32) -> LabBuilder {
         self.notify_interval = seconds;
+        self
+    }
+
+    /// Gives the CPE a forward filter like OpenWrt's fw4 (see `CPE_FIREWALL`): new
+    /// connections from the internet reach a LAN host only through a hole portproxy opened.
+    pub fn cpe_firewall(mut self) -> LabBuilder {
+        self.cpe_firewall = true;
         self
     }
 
@@ -112,6 +138,11 @@ impl LabBuilder {
             lab.namespaces.push(ns);
         }
         lab.wire().context("building the lab's links")?;
+        if self.cpe_firewall {
+            let path = lab.dir.join("cpe.nft");
+            fs::write(&path, CPE_FIREWALL).with_context(|| format!("writing {path:?}"))?;
+            lab.cpe().run("nft", &["-f", &path.to_string_lossy()])?;
+        }
         cgn::install_ruleset(lab.cgn(), &lab.dir)?;
         lab.miniupnpd = Some(cgn::start_miniupnpd(
             lab.cgn(),
@@ -152,6 +183,7 @@ impl Lab {
         LabBuilder {
             softwire,
             notify_interval: 60,
+            cpe_firewall: false,
         }
     }
 
@@ -250,7 +282,7 @@ impl Lab {
     }
 
     /// What a failed test should print: miniupnpd's log, the CGN's nftables ruleset (the
-    /// mappings), the CPE's addresses and routes.
+    /// mappings), the CPE's addresses, routes and nftables ruleset (the holes).
     pub fn diagnostics(&self) -> String {
         let show = |ns: &Netns, program: &str, args: &[&str]| {
             let title = format!(
@@ -268,6 +300,7 @@ impl Lab {
             format!("=== lab {} ({} softwire)", self.prefix, self.softwire),
             show(self.cpe(), "ip", &["-br", "addr"]),
             show(self.cpe(), "ip", &["route"]),
+            show(self.cpe(), "nft", &["list", "ruleset"]),
             show(self.cgn(), "nft", &["list", "table", "inet", "nat"]),
             format!("=== miniupnpd log\n{miniupnpd}"),
         ]

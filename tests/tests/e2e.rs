@@ -1,5 +1,9 @@
 //! portproxy end to end: the LAN's clients talk to the CPE (192.168.1.1) as their gateway,
-//! portproxy relays to miniupnpd on the CGN, and the internet host reaches the mappings.
+//! portproxy relays to miniupnpd on the CGN, and the internet host reaches the mappings,
+//! through the CPE's fw4-like firewall where portproxy sees the grant (NAT-PMP, PCP, UPnP
+//! through the HTTP relay; `upnp_map` talks to the CGN's IGD directly, which portproxy
+//! cannot see, so its CPE has no firewall). On the fast path, grants held for the firewall
+//! are delivered from userspace: their kernel counter is "grants to userspace".
 //! Every scenario runs on both softwire kinds. Run with `cargo xtask test` (root; it builds
 //! portproxy and sets PORTPROXY_BIN).
 
@@ -66,7 +70,7 @@ every_path!(natpmp_public_address);
 
 fn natpmp_map(softwire: Softwire, path: DataPath) -> Result<()> {
     with_portproxy(
-        Lab::builder(softwire),
+        Lab::builder(softwire).cpe_firewall(),
         path,
         &[],
         &["nat-pmp to cgn", "nat-pmp to client"],
@@ -156,10 +160,10 @@ every_path!(upnp_map);
 /// A PCP MAP sent to the default gateway by a PCP client (crab_nat).
 fn pcp_map(softwire: Softwire, path: DataPath) -> Result<()> {
     with_portproxy(
-        Lab::builder(softwire),
+        Lab::builder(softwire).cpe_firewall(),
         path,
         &[],
-        &["pcp to cgn", "pcp to client"],
+        &["pcp to cgn", "grants to userspace"],
         |lab| {
             let mapping = pcp_map_tcp(lab.lan(1), LAN_GATEWAY, LAN1_IP, 8383, 9383, 600)?;
             ensure!(
@@ -216,10 +220,10 @@ every_path!(notify_reaches_lan);
 /// each must get its own answer, from the gateway.
 fn natpmp_same_port_two_hosts(softwire: Softwire, path: DataPath) -> Result<()> {
     with_portproxy(
-        Lab::builder(softwire),
+        Lab::builder(softwire).cpe_firewall(),
         path,
         &[],
-        &["nat-pmp to cgn", "nat-pmp to client"],
+        &["nat-pmp to cgn", "grants to userspace"],
         |lab| {
             const SOURCE_PORT: u16 = 40_000;
             let barrier = Barrier::new(2);
@@ -309,7 +313,7 @@ fn natpmp_map_tcp(
 /// http://192.168.1.1:5000/, and SOAP through that URL maps ports at the CGN.
 fn upnp_tcp_relay(softwire: Softwire, path: DataPath) -> Result<()> {
     with_portproxy(
-        Lab::builder(softwire),
+        Lab::builder(softwire).cpe_firewall(),
         path,
         &["--upnp-tcp", "1"],
         &[],

@@ -21,6 +21,7 @@ use tests::{
     CGN_SOFTWIRE_IP, CPE_SOFTWIRE_IP, Daemon, DataPath, INET_IP, LAN_GATEWAY, LAN1_IP, LAN2_IP,
     Lab, LabBuilder, Netns, PCP_PORT, PUBLIC_IP, SSDP_GROUP, Softwire,
     load::{flood_nat_pmp, public_address},
+    send_raw_udp,
 };
 
 const SSDP_PORT: u16 = 1900;
@@ -212,71 +213,6 @@ fn payload_starts(word: &[u8; 8]) -> String {
 
 // ---------------------------------------------------------------------------------------------
 // Raw IPv4/UDP, for spoofed sources
-
-/// Sends one UDP datagram with any source address and port (IP_HDRINCL raw socket), from
-/// the calling thread's namespace. The UDP checksum is computed.
-fn send_raw_udp(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Result<()> {
-    let udp_len = 8 + payload.len();
-    let mut packet = vec![0u8; 20 + udp_len];
-    packet[0] = 0x45;
-    packet[2..4].copy_from_slice(&((20 + udp_len) as u16).to_be_bytes());
-    packet[8] = if dst.ip().is_multicast() { 2 } else { 64 };
-    packet[9] = libc::IPPROTO_UDP as u8;
-    packet[12..16].copy_from_slice(&src.ip().octets());
-    packet[16..20].copy_from_slice(&dst.ip().octets());
-    let udp = &mut packet[20..];
-    udp[0..2].copy_from_slice(&src.port().to_be_bytes());
-    udp[2..4].copy_from_slice(&dst.port().to_be_bytes());
-    udp[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
-    udp[8..].copy_from_slice(payload);
-    let mut sum: u32 = 0;
-    let mut add = |bytes: &[u8]| {
-        for chunk in bytes.chunks(2) {
-            sum += u32::from(u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]));
-        }
-    };
-    add(&src.ip().octets());
-    add(&dst.ip().octets());
-    add(&[0, libc::IPPROTO_UDP as u8]);
-    add(&(udp_len as u16).to_be_bytes());
-    add(udp);
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    let checksum = match !(sum as u16) {
-        0 => 0xffff,
-        c => c,
-    };
-    udp[6..8].copy_from_slice(&checksum.to_be_bytes());
-    // SAFETY: plain socket syscalls on a fd we own and close.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
-        ensure!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-        let addr = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: 0,
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(*dst.ip()).to_be(),
-            },
-            sin_zero: [0; 8],
-        };
-        let sent = libc::sendto(
-            fd,
-            packet.as_ptr().cast(),
-            packet.len(),
-            0,
-            (&raw const addr).cast(),
-            size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        );
-        let error = std::io::Error::last_os_error();
-        libc::close(fd);
-        ensure!(
-            sent == packet.len() as isize,
-            "raw sendto {src} -> {dst}: {error}"
-        );
-    }
-    Ok(())
-}
 
 // ---------------------------------------------------------------------------------------------
 // Oracles: what a relay must accept (RFC 6886, RFC 6887 §7, UDA 1.1), written apart from

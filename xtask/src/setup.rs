@@ -1,5 +1,5 @@
 //! `cargo xtask setup`: installs what building and testing need. Idempotent, and cheap to
-//! check (`ensure`) before every build. See shared/notes/toolchain.md for the why.
+//! check (`ensure`) before every build. See docs/toolchain.md for the why.
 
 use std::{env, fs, os::unix::fs::symlink, path::PathBuf, process::Command};
 

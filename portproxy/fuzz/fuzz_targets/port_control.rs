@@ -3,7 +3,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use portproxy_fuzz::proto::port_control::{PCP_MAX_LEN, Protocol, check_request, check_response};
+use portproxy_fuzz::proto::port_control::{
+    MapRequest, MapResponse, PCP_MAX_LEN, Protocol, check_request, check_response,
+    natpmp_public_address,
+};
 
 fuzz_target!(|msg: &[u8]| {
     let request = check_request(msg);
@@ -15,6 +18,14 @@ fuzz_target!(|msg: &[u8]| {
         assert!(msg.len() >= 2);
         assert_eq!(msg[1] & 0x80 != 0, is_response);
         assert!(!checked.to_string().is_empty());
+        // The typed views the mapping table learns from: never a panic, one direction each.
+        let request = MapRequest::parse(&checked);
+        let response = MapResponse::parse(&checked);
+        assert!(request.is_none() || response.is_none());
+        assert!(is_response || natpmp_public_address(&checked).is_none());
+        if let (Some(response), Ok(other)) = (response, check_request(msg)) {
+            let _ = MapRequest::parse(&other).map(|r| response.answers(&r));
+        }
         match checked.protocol {
             Protocol::NatPmp => {
                 assert_eq!(msg[0], 0);

@@ -71,8 +71,9 @@ use aya::{
 use log::{debug, info, warn};
 use portproxy_common::FLAG_XDP_WAN_REDIRECT;
 
-use super::{PROGRAMS, boot_time, iface, load_program, maps, object, raise_memlock_limit};
+use super::{PROGRAMS, iface, load_program, maps, object, raise_memlock_limit};
 use crate::cli::Hooks;
+use crate::clock::boot_time;
 use crate::config::Config;
 
 /// Maps pinned for inspection.
@@ -120,9 +121,16 @@ impl FastPath {
     /// Loads the programs, configures them for `cfg`, attaches them (layout in the module
     /// doc) and pins the maps under `pin_dir`. Every error names the step, interface and
     /// program, so the caller can fall back to the socket relay with one line.
-    pub fn start(cfg: &Config, pin_dir: &Path, kernel_log: bool) -> anyhow::Result<FastPath> {
+    /// `hold_grants`: the programs hand grants to userspace instead of relaying them
+    /// (firewall holes must open first).
+    pub fn start(
+        cfg: &Config,
+        pin_dir: &Path,
+        kernel_log: bool,
+        hold_grants: bool,
+    ) -> anyhow::Result<FastPath> {
         raise_memlock_limit();
-        let mut map_config = maps::map_config(cfg)?;
+        let mut map_config = maps::map_config(cfg, hold_grants)?;
         let mut ebpf = object::load(cfg.max_clients, kernel_log)?;
         let kernel_log = match kernel_log {
             true => Some(
@@ -195,6 +203,15 @@ impl FastPath {
             pin_dir.display()
         );
         Ok(fast_path)
+    }
+
+    /// The grants the programs report, to be read by `forward_grants`.
+    pub fn take_grants(&mut self) -> anyhow::Result<super::Grants> {
+        let map = self
+            .ebpf
+            .take_map("GRANTS")
+            .context("map GRANTS missing from the eBPF object")?;
+        super::Grants::try_from(map).context("GRANTS is not a ring buffer")
     }
 
     /// The programs' log, to be read by `forward_kernel_log` (with `-vv` only).

@@ -11,8 +11,9 @@ use anyhow::Context as _;
 use aya::Ebpf;
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use portproxy_common::{
-    ClientKey, ClientValue, Config as MapConfig, FLAG_PORT_CONTROL, FLAG_SSDP, RATE_REFILL_NS,
-    RateKey, RateValue, STAT_COUNT, STAT_EVICTED, STAT_NAMES, mask_be,
+    ClientKey, ClientValue, Config as MapConfig, FLAG_HOLD_GRANTS, FLAG_PORT_CONTROL,
+    FLAG_REPORT_GRANTS, FLAG_SSDP, RATE_REFILL_NS, RateKey, RateValue, STAT_COUNT, STAT_EVICTED,
+    STAT_NAMES, mask_be,
 };
 
 /// `BPF_NOEXIST` (create only).
@@ -22,7 +23,8 @@ use super::iface;
 use crate::config::Config;
 
 /// Builds the programs' `CONFIG` from the daemon's configuration and the interfaces.
-pub fn map_config(cfg: &Config) -> anyhow::Result<MapConfig> {
+/// `hold_grants`: see `FLAG_HOLD_GRANTS`.
+pub fn map_config(cfg: &Config, hold_grants: bool) -> anyhow::Result<MapConfig> {
     let be = |addr: Ipv4Addr| u32::from_ne_bytes(addr.octets());
     let lan = iface::link(&cfg.lan.iface)?;
     if lan.is_l3() {
@@ -37,7 +39,11 @@ pub fn map_config(cfg: &Config) -> anyhow::Result<MapConfig> {
     let (lan_mac, wan_mac) = (lan.mac, if wan_is_l3 { [0; 6] } else { wan.mac });
     let mut flags = 0;
     if cfg.nat_pmp {
-        flags |= FLAG_PORT_CONTROL;
+        // The mapping table learns every grant; the firewall needs its hole first.
+        flags |= FLAG_PORT_CONTROL | FLAG_REPORT_GRANTS;
+        if hold_grants {
+            flags |= FLAG_HOLD_GRANTS;
+        }
     }
     if cfg.upnp_udp {
         flags |= FLAG_SSDP;
@@ -440,7 +446,7 @@ mod tests {
         eprintln!("{CLIENTS_SENT} tuples into a CLIENTS of {CAPACITY}: {present} left");
         let sweep = expire_clients(
             &mut ebpf,
-            crate::fastpath::boot_time(),
+            crate::clock::boot_time(),
             Duration::from_secs(3600),
         )
         .unwrap();
@@ -469,14 +475,13 @@ mod tests {
         assert_eq!(counted, present);
         let again = expire_clients(
             &mut ebpf,
-            crate::fastpath::boot_time(),
+            crate::clock::boot_time(),
             Duration::from_secs(3600),
         )
         .unwrap();
         assert_eq!(again, Sweep::default());
         // Everything idle: all removed, counts back to 0, the counter unchanged.
-        let swept =
-            expire_clients(&mut ebpf, crate::fastpath::boot_time(), Duration::ZERO).unwrap();
+        let swept = expire_clients(&mut ebpf, crate::clock::boot_time(), Duration::ZERO).unwrap();
         assert_eq!(
             swept,
             Sweep {

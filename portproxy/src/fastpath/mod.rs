@@ -5,21 +5,22 @@
 //! they fit, `xdp_lan` / `xdp_wan` in front of them (the layout and its reasons are in
 //! `loader`), and pins the maps; dropping the handle detaches everything and removes the pins.
 //!
+//! - `grants`: the CGN's grants the programs hand over (`GRANTS`), into the mapping table.
 //! - `iface`: what the programs need to know about an interface (MAC, L2 or L3).
 //! - `loader`: loading, attaching, pinning, detaching.
 //! - `maps`: `CONFIG` contents, `STATS` counters, `CLIENTS` aging.
 //! - `object`: loading the embedded object without parsing the kernel's BTF.
 
+mod grants;
 mod iface;
 mod loader;
 mod maps;
 mod object;
 
-use std::time::Duration;
-
 use anyhow::Context as _;
 use aya::{Ebpf, programs::SchedClassifier};
 
+pub use grants::{Grants, forward as forward_grants};
 pub use loader::{FastPath, KernelLog};
 pub use maps::read_pinned_counters;
 
@@ -73,18 +74,6 @@ fn raise_memlock_limit() {
     let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
 }
 
-/// The boot-time clock (`CLOCK_BOOTTIME`), the one `bpf_ktime_get_boot_ns` reads: it keeps
-/// counting through suspend, so entry ages compare like for like.
-pub fn boot_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec; CLOCK_BOOTTIME exists on every supported kernel.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,12 +85,5 @@ mod tests {
             "embedded eBPF object is not ELF ({} bytes)",
             EBPF_OBJECT.len()
         );
-    }
-
-    #[test]
-    fn boot_time_moves_forward() {
-        let a = boot_time();
-        let b = boot_time();
-        assert!(a > Duration::ZERO && b >= a);
     }
 }

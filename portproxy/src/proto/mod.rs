@@ -4,3 +4,21 @@
 pub mod location;
 pub mod port_control;
 pub mod ssdp;
+pub mod upnp;
+
+/// The transport protocol of a port mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Transport {
+    Tcp,
+    Udp,
+}
+
+impl Transport {
+    /// Lower-case name, as nftables and the logs write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+        }
+    }
+}

@@ -6,6 +6,8 @@
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use super::Transport;
+
 /// Largest PCP message (RFC 6887 §7).
 pub const PCP_MAX_LEN: usize = 1100;
 const PCP_HEADER_LEN: usize = 24;
@@ -264,6 +266,303 @@ fn show_ip(bytes: &[u8]) -> String {
     }
 }
 
+/// PCP option THIRD_PARTY: the host a mapping is for, when not the sender.
+const PCP_OPTION_THIRD_PARTY: u8 = 1;
+const PCP_OPCODE_MAP: u8 = 1;
+const NATPMP_RESPONSE_MAP_LEN: usize = 16;
+
+/// A mapping request, as far as matching its response needs (typed view of a
+/// checked request; other requests give `None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MapRequest {
+    /// NAT-PMP map: protocol and internal port (RFC 6886 §3.3).
+    NatPmp {
+        transport: Transport,
+        internal_port: u16,
+    },
+    /// PCP MAP: nonce, protocol number and internal port (RFC 6887 §11.1).
+    Pcp {
+        nonce: [u8; 12],
+        protocol: u8,
+        internal_port: u16,
+    },
+}
+
+impl MapRequest {
+    /// The mapping request in a checked request, if it is one.
+    pub fn parse(checked: &Checked<'_>) -> Option<MapRequest> {
+        let msg = checked.msg;
+        if checked.response {
+            return None;
+        }
+        match (checked.protocol, msg[1]) {
+            (Protocol::NatPmp, 1 | 2) => Some(MapRequest::NatPmp {
+                transport: natpmp_transport(msg[1]),
+                internal_port: be16(msg, 4),
+            }),
+            (Protocol::Pcp, PCP_OPCODE_MAP) if msg.len() >= PCP_HEADER_LEN + PCP_MAP_LEN => {
+                let body = &msg[PCP_HEADER_LEN..];
+                Some(MapRequest::Pcp {
+                    nonce: body[..12].try_into().expect("12 bytes"),
+                    protocol: body[12],
+                    internal_port: be16(body, 16),
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A mapping response from the CGN: what it granted (or refused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapResponse {
+    /// 0 is success in both protocols.
+    pub result: u16,
+    /// Granted lifetime in seconds; 0 confirms a delete.
+    pub lifetime: u32,
+    pub internal_port: u16,
+    pub external_port: u16,
+    /// PCP carries the external address; NAT-PMP only in its public address response.
+    pub external_addr: Option<Ipv4Addr>,
+    /// The protocol number (6 TCP, 17 UDP, 0 all).
+    pub protocol: u8,
+    /// PCP only.
+    pub nonce: Option<[u8; 12]>,
+    /// PCP THIRD_PARTY option: the host the mapping is for.
+    pub third_party: Option<Ipv4Addr>,
+}
+
+impl MapResponse {
+    /// The mapping response in a checked response, if it is one.
+    pub fn parse(checked: &Checked<'_>) -> Option<MapResponse> {
+        let msg = checked.msg;
+        if !checked.response {
+            return None;
+        }
+        let opcode = msg[1] & !RESPONSE_BIT;
+        match checked.protocol {
+            Protocol::NatPmp
+                if (opcode == 1 || opcode == 2) && msg.len() >= NATPMP_RESPONSE_MAP_LEN =>
+            {
+                Some(MapResponse {
+                    result: be16(msg, 2),
+                    lifetime: be32(msg, 12),
+                    internal_port: be16(msg, 8),
+                    external_port: be16(msg, 10),
+                    external_addr: None,
+                    protocol: match natpmp_transport(opcode) {
+                        Transport::Udp => 17,
+                        Transport::Tcp => 6,
+                    },
+                    nonce: None,
+                    third_party: None,
+                })
+            }
+            Protocol::Pcp
+                if opcode == PCP_OPCODE_MAP && msg.len() >= PCP_HEADER_LEN + PCP_MAP_LEN =>
+            {
+                let body = &msg[PCP_HEADER_LEN..];
+                Some(MapResponse {
+                    result: u16::from(msg[3]),
+                    lifetime: be32(msg, 4),
+                    internal_port: be16(body, 16),
+                    external_port: be16(body, 18),
+                    external_addr: ipv4_mapped(&body[20..36]),
+                    protocol: body[12],
+                    nonce: Some(body[..12].try_into().expect("12 bytes")),
+                    third_party: third_party(&body[PCP_MAP_LEN..]),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether this answers `request` (the checks a client makes, RFC 6886 §3.3 and RFC 6887 §11.3).
+    pub fn answers(&self, request: &MapRequest) -> bool {
+        match *request {
+            MapRequest::NatPmp {
+                transport,
+                internal_port,
+            } => {
+                self.nonce.is_none()
+                    && self.protocol == transport.number()
+                    && self.internal_port == internal_port
+            }
+            MapRequest::Pcp {
+                nonce,
+                protocol,
+                internal_port,
+            } => {
+                self.nonce == Some(nonce)
+                    && self.protocol == protocol
+                    && self.internal_port == internal_port
+            }
+        }
+    }
+}
+
+/// NAT-PMP's public address response: the CGN's external address.
+pub fn natpmp_public_address(checked: &Checked<'_>) -> Option<Ipv4Addr> {
+    let msg = checked.msg;
+    (checked.protocol == Protocol::NatPmp
+        && checked.response
+        && msg[1] == RESPONSE_BIT
+        && be16(msg, 2) == 0)
+        .then(|| Ipv4Addr::from(be32(msg, 8)))
+}
+
+fn natpmp_transport(opcode: u8) -> Transport {
+    if opcode & !RESPONSE_BIT == 1 {
+        Transport::Udp
+    } else {
+        Transport::Tcp
+    }
+}
+
+impl Transport {
+    /// The IP protocol number (PCP's protocol field).
+    pub fn number(self) -> u8 {
+        match self {
+            Transport::Tcp => 6,
+            Transport::Udp => 17,
+        }
+    }
+
+    pub fn from_number(n: u8) -> Option<Transport> {
+        match n {
+            6 => Some(Transport::Tcp),
+            17 => Some(Transport::Udp),
+            _ => None,
+        }
+    }
+}
+
+fn ipv4_mapped(bytes: &[u8]) -> Option<Ipv4Addr> {
+    let octets: [u8; 16] = bytes.try_into().ok()?;
+    Ipv6Addr::from(octets).to_ipv4_mapped()
+}
+
+/// The address of the first THIRD_PARTY option (framing already checked).
+fn third_party(mut options: &[u8]) -> Option<Ipv4Addr> {
+    while options.len() >= 4 {
+        let len = usize::from(be16(options, 2));
+        let padded = 4 + len.div_ceil(4) * 4;
+        if options[0] == PCP_OPTION_THIRD_PARTY && len == 16 && options.len() >= 20 {
+            return ipv4_mapped(&options[4..20]);
+        }
+        options = options.get(padded..)?;
+    }
+    None
+}
+
+/// Encoders for the messages above, for tests, fuzzers and traffic generators.
+pub mod encode {
+    use std::net::Ipv4Addr;
+
+    use super::Transport;
+
+    /// NAT-PMP map request (12 bytes).
+    pub fn natpmp_map_request(
+        t: Transport,
+        internal: u16,
+        external: u16,
+        lifetime: u32,
+    ) -> Vec<u8> {
+        let op = if t == Transport::Udp { 1 } else { 2 };
+        let mut m = vec![0, op, 0, 0];
+        m.extend_from_slice(&internal.to_be_bytes());
+        m.extend_from_slice(&external.to_be_bytes());
+        m.extend_from_slice(&lifetime.to_be_bytes());
+        m
+    }
+
+    /// NAT-PMP map response (16 bytes).
+    pub fn natpmp_map_response(
+        t: Transport,
+        result: u16,
+        epoch: u32,
+        internal: u16,
+        external: u16,
+        lifetime: u32,
+    ) -> Vec<u8> {
+        let op = if t == Transport::Udp { 0x81 } else { 0x82 };
+        let mut m = vec![0, op];
+        m.extend_from_slice(&result.to_be_bytes());
+        m.extend_from_slice(&epoch.to_be_bytes());
+        m.extend_from_slice(&internal.to_be_bytes());
+        m.extend_from_slice(&external.to_be_bytes());
+        m.extend_from_slice(&lifetime.to_be_bytes());
+        m
+    }
+
+    /// PCP MAP request (version 2) from `client`, with options appended as given.
+    pub fn pcp_map_request(
+        client: Ipv4Addr,
+        nonce: [u8; 12],
+        protocol: u8,
+        internal: u16,
+        external: u16,
+        lifetime: u32,
+        options: &[u8],
+    ) -> Vec<u8> {
+        let mut m = vec![2, 1, 0, 0];
+        m.extend_from_slice(&lifetime.to_be_bytes());
+        m.extend_from_slice(&client.to_ipv6_mapped().octets());
+        map_payload(
+            &mut m,
+            nonce,
+            protocol,
+            internal,
+            external,
+            Ipv4Addr::UNSPECIFIED,
+        );
+        m.extend_from_slice(options);
+        m
+    }
+
+    /// PCP MAP response (version 2), with options appended as given.
+    #[allow(clippy::too_many_arguments)]
+    pub fn pcp_map_response(
+        result: u8,
+        lifetime: u32,
+        nonce: [u8; 12],
+        protocol: u8,
+        internal: u16,
+        external: u16,
+        external_addr: Ipv4Addr,
+        options: &[u8],
+    ) -> Vec<u8> {
+        let mut m = vec![2, 0x81, 0, result];
+        m.extend_from_slice(&lifetime.to_be_bytes());
+        m.extend_from_slice(&[0; 16]); // epoch and reserved
+        map_payload(&mut m, nonce, protocol, internal, external, external_addr);
+        m.extend_from_slice(options);
+        m
+    }
+
+    /// A THIRD_PARTY option naming `host`.
+    pub fn pcp_third_party(host: Ipv4Addr) -> Vec<u8> {
+        let mut m = vec![1, 0, 0, 16];
+        m.extend_from_slice(&host.to_ipv6_mapped().octets());
+        m
+    }
+
+    fn map_payload(
+        m: &mut Vec<u8>,
+        nonce: [u8; 12],
+        protocol: u8,
+        internal: u16,
+        external: u16,
+        addr: Ipv4Addr,
+    ) {
+        m.extend_from_slice(&nonce);
+        m.extend_from_slice(&[protocol, 0, 0, 0]);
+        m.extend_from_slice(&internal.to_be_bytes());
+        m.extend_from_slice(&external.to_be_bytes());
+        m.extend_from_slice(&addr.to_ipv6_mapped().octets());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,7 +585,7 @@ mod tests {
         let public = check_request(&[0, 0]).unwrap();
         assert_eq!(public.protocol, Protocol::NatPmp);
         assert_eq!(public.to_string(), "public address request");
-        // The example from protocols.md: UDP 5000->5000 for 7200 s.
+        // The example from docs/protocols.md: UDP 5000->5000 for 7200 s.
         let map = check_request(&[0, 1, 0, 0, 0x13, 0x88, 0x13, 0x88, 0, 0, 0x1c, 0x20]).unwrap();
         assert_eq!(
             map.to_string(),
@@ -388,5 +687,93 @@ mod tests {
         let mut v3 = vec![3, 0, 0, 0];
         v3.extend_from_slice(&[0; 20]);
         assert_eq!(check_request(&v3).unwrap().protocol, Protocol::Pcp);
+    }
+    #[test]
+    fn typed_natpmp_map_round_trip_and_matching() {
+        let req = encode::natpmp_map_request(Transport::Tcp, 8081, 9081, 600);
+        let request = MapRequest::parse(&check_request(&req).unwrap()).unwrap();
+        assert_eq!(
+            request,
+            MapRequest::NatPmp {
+                transport: Transport::Tcp,
+                internal_port: 8081
+            }
+        );
+        let resp = encode::natpmp_map_response(Transport::Tcp, 0, 9, 8081, 9081, 600);
+        let response = MapResponse::parse(&check_response(&resp).unwrap()).unwrap();
+        assert_eq!(
+            (
+                response.result,
+                response.lifetime,
+                response.external_port,
+                response.protocol
+            ),
+            (0, 600, 9081, 6)
+        );
+        assert!(response.answers(&request));
+        // Another internal port, or UDP for a TCP request: not this request's answer.
+        let other = encode::natpmp_map_response(Transport::Tcp, 0, 9, 8082, 9081, 600);
+        assert!(
+            !MapResponse::parse(&check_response(&other).unwrap())
+                .unwrap()
+                .answers(&request)
+        );
+        let udp = encode::natpmp_map_response(Transport::Udp, 0, 9, 8081, 9081, 600);
+        assert!(
+            !MapResponse::parse(&check_response(&udp).unwrap())
+                .unwrap()
+                .answers(&request)
+        );
+        // The public address request is no mapping request.
+        assert_eq!(MapRequest::parse(&check_request(&[0, 0]).unwrap()), None);
+    }
+
+    #[test]
+    fn typed_pcp_map_with_third_party() {
+        let host = Ipv4Addr::new(192, 168, 1, 3);
+        let req = encode::pcp_map_request(
+            Ipv4Addr::new(192, 168, 1, 2),
+            [5; 12],
+            17,
+            5000,
+            6000,
+            60,
+            &encode::pcp_third_party(host),
+        );
+        let request = MapRequest::parse(&check_request(&req).unwrap()).unwrap();
+        let public = Ipv4Addr::new(203, 0, 114, 1);
+        let resp = encode::pcp_map_response(
+            0,
+            60,
+            [5; 12],
+            17,
+            5000,
+            6000,
+            public,
+            &encode::pcp_third_party(host),
+        );
+        let response = MapResponse::parse(&check_response(&resp).unwrap()).unwrap();
+        assert_eq!(response.external_addr, Some(public));
+        assert_eq!(response.third_party, Some(host));
+        assert!(response.answers(&request));
+        let forged = encode::pcp_map_response(0, 60, [6; 12], 17, 5000, 6000, public, &[]);
+        let forged = MapResponse::parse(&check_response(&forged).unwrap()).unwrap();
+        assert_eq!(forged.third_party, None);
+        assert!(!forged.answers(&request), "another nonce");
+    }
+
+    #[test]
+    fn natpmp_public_address_response() {
+        let mut public = vec![0, 0x80, 0, 0, 0, 0, 0, 9];
+        public.extend_from_slice(&[203, 0, 114, 1]);
+        assert_eq!(
+            natpmp_public_address(&check_response(&public).unwrap()),
+            Some(Ipv4Addr::new(203, 0, 114, 1))
+        );
+        public[3] = 3; // network failure
+        assert_eq!(
+            natpmp_public_address(&check_response(&public).unwrap()),
+            None
+        );
     }
 }

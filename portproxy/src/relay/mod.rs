@@ -14,6 +14,7 @@ use anyhow::{Result, anyhow};
 use tokio::task::JoinSet;
 
 use crate::config::Config;
+use crate::mapping::Mappings;
 use crate::stats::Stats;
 pub use tasks::Tasks;
 
@@ -26,11 +27,16 @@ pub struct SocketRelay {
 }
 
 impl SocketRelay {
-    pub fn start(cfg: &Arc<Config>, stats: &Arc<Stats>) -> Result<SocketRelay> {
+    pub fn start(
+        cfg: &Arc<Config>,
+        stats: &Arc<Stats>,
+        mappings: &Arc<Mappings>,
+    ) -> Result<SocketRelay> {
         let tasks = Tasks::default();
         let mut loops = JoinSet::new();
         let http = if cfg.upnp_tcp {
-            let (relay, listeners) = http::HttpRelay::bind(cfg.clone(), stats.clone(), &tasks)?;
+            let (relay, listeners) =
+                http::HttpRelay::bind(cfg.clone(), stats.clone(), mappings.clone(), &tasks)?;
             for listener in listeners {
                 loops.spawn(relay.clone().serve(listener));
             }
@@ -39,7 +45,12 @@ impl SocketRelay {
             None
         };
         if cfg.nat_pmp {
-            let relay = port_control::PortControlRelay::bind(cfg.clone(), stats.clone(), &tasks)?;
+            let relay = port_control::PortControlRelay::bind(
+                cfg.clone(),
+                stats.clone(),
+                mappings.clone(),
+                &tasks,
+            )?;
             loops.spawn(relay.run());
         }
         if cfg.upnp_udp {

@@ -5,6 +5,10 @@
 //! receives the CGN's replies to that client (see `capture`). Replies go back
 //! from the LAN socket (LAN address, port 5351): the address the client asked.
 //! One socket per client tuple means concurrent requests can never be crossed.
+//!
+//! Each mapping request is remembered with its client; a success response that
+//! answers one of them is a grant, which goes into the mapping table (and opens
+//! its firewall hole) before the response goes on to the client.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -16,7 +20,9 @@ use log::{debug, warn};
 use tokio::net::UdpSocket;
 
 use crate::config::Config;
-use crate::proto::port_control::{self, Protocol};
+use crate::mapping::{self, Grant, Key, Mappings, Origin};
+use crate::proto::Transport;
+use crate::proto::port_control::{self, Checked, MapRequest, MapResponse, Protocol};
 use crate::relay::Tasks;
 use crate::relay::rate_limit::RateLimit;
 use crate::sockets;
@@ -30,9 +36,32 @@ const BUF_LEN: usize = port_control::PCP_MAX_LEN + 4;
 /// the rate limit, when `--rate-limit 0`.
 const QUOTA_PER_HOST: usize = 64;
 
+/// Mapping requests remembered per client tuple (the latest ones; a client
+/// has one or two in flight, a few more while it retries).
+const PENDING_PER_CLIENT: usize = 8;
+
 struct Client {
     upstream: Arc<UdpSocket>,
     last_request: Instant,
+    /// Mapping requests sent and not yet answered.
+    pending: Vec<MapRequest>,
+}
+
+impl Client {
+    fn remember(&mut self, request: MapRequest) {
+        if !self.pending.contains(&request) {
+            if self.pending.len() == PENDING_PER_CLIENT {
+                self.pending.remove(0);
+            }
+            self.pending.push(request);
+        }
+    }
+
+    /// The request `response` answers, no longer pending.
+    fn answered(&mut self, response: &MapResponse) -> Option<MapRequest> {
+        let at = self.pending.iter().position(|r| response.answers(r))?;
+        Some(self.pending.remove(at))
+    }
 }
 
 /// The clients in flight, and how many of them each host holds.
@@ -58,13 +87,19 @@ impl Table {
 pub struct PortControlRelay {
     cfg: Arc<Config>,
     stats: Arc<Stats>,
+    mappings: Arc<Mappings>,
     lan: Arc<UdpSocket>,
     table: Mutex<Table>,
     tasks: Tasks,
 }
 
 impl PortControlRelay {
-    pub fn bind(cfg: Arc<Config>, stats: Arc<Stats>, tasks: &Tasks) -> Result<Arc<Self>> {
+    pub fn bind(
+        cfg: Arc<Config>,
+        stats: Arc<Stats>,
+        mappings: Arc<Mappings>,
+        tasks: &Tasks,
+    ) -> Result<Arc<Self>> {
         let addr = SocketAddrV4::new(cfg.lan.addr, cfg.nat_pmp_port);
         let lan = sockets::udp_on(&cfg.lan, addr)
             .map_err(|e| sockets::explain_bind(e, "NAT-PMP/PCP relay", addr, "--nat-pmp"))?;
@@ -76,6 +111,7 @@ impl PortControlRelay {
         Ok(Arc::new(PortControlRelay {
             cfg,
             stats,
+            mappings,
             lan: Arc::new(lan),
             table: Mutex::new(table),
             tasks: tasks.clone(),
@@ -124,7 +160,7 @@ impl PortControlRelay {
                 return;
             }
         };
-        let Some(upstream) = self.upstream_for(client) else {
+        let Some(upstream) = self.upstream_for(client, MapRequest::parse(&checked)) else {
             return;
         };
         match upstream.send(msg).await {
@@ -151,8 +187,13 @@ impl PortControlRelay {
         }
     }
 
-    /// The client's transparent socket, created (with its reply task) on first use.
-    fn upstream_for(self: &Arc<Self>, client: SocketAddrV4) -> Option<Arc<UdpSocket>> {
+    /// The client's transparent socket, created (with its reply task) on first
+    /// use; remembers `request` (before it is sent, so the answer finds it).
+    fn upstream_for(
+        self: &Arc<Self>,
+        client: SocketAddrV4,
+        request: Option<MapRequest>,
+    ) -> Option<Arc<UdpSocket>> {
         let mut table = self.table.lock().unwrap();
         if !table.rate.allow(*client.ip(), Instant::now()) {
             self.stats.add(Counter::DropRateLimit);
@@ -164,6 +205,9 @@ impl PortControlRelay {
         }
         if let Some(entry) = table.clients.get_mut(&client) {
             entry.last_request = Instant::now();
+            if let Some(request) = request {
+                entry.remember(request);
+            }
             return Some(entry.upstream.clone());
         }
         if table.clients.len() >= self.cfg.max_clients as usize {
@@ -196,6 +240,7 @@ impl PortControlRelay {
             Client {
                 upstream: upstream.clone(),
                 last_request: Instant::now(),
+                pending: request.into_iter().collect(),
             },
         );
         *table.per_host.entry(*client.ip()).or_default() += 1;
@@ -232,6 +277,7 @@ impl PortControlRelay {
                 return;
             }
         };
+        self.learn(client, &checked).await;
         match self.lan.send_to(msg, client).await {
             Ok(_) => {
                 self.stats.add(match checked.protocol {
@@ -252,6 +298,29 @@ impl PortControlRelay {
         }
     }
 
+    /// Takes what a response from the CGN to `client` says into the mapping
+    /// table (see [`learn`]); a grant counts if it answers one of the client's
+    /// requests in flight. Returns once a granted hole is open.
+    async fn learn(&self, client: SocketAddrV4, checked: &Checked<'_>) {
+        let answers = |response: &MapResponse| {
+            let mut table = self.table.lock().unwrap();
+            table
+                .clients
+                .get_mut(&client)
+                .and_then(|c| c.answered(response))
+                .is_some()
+        };
+        learn(
+            &self.cfg,
+            &self.stats,
+            &self.mappings,
+            client,
+            checked,
+            answers,
+        )
+        .await;
+    }
+
     /// Forgets the client if it sent nothing for the pending timeout.
     fn expire(&self, client: SocketAddrV4) -> bool {
         let mut table = self.table.lock().unwrap();
@@ -266,4 +335,72 @@ impl PortControlRelay {
         }
         idle
     }
+}
+
+/// Takes what a response from the CGN to `client` says into the mapping table:
+/// the external address, and grants and deletes for which `answers` holds (the
+/// socket relay matches them to the client's requests in flight; on the fast
+/// path the program matched the client's `CLIENTS` entry). Returns once a
+/// granted hole is open. Shared by both data paths.
+pub async fn learn(
+    cfg: &Config,
+    stats: &Stats,
+    mappings: &Mappings,
+    client: SocketAddrV4,
+    checked: &Checked<'_>,
+    answers: impl FnOnce(&MapResponse) -> bool,
+) {
+    if let Some(public) = port_control::natpmp_public_address(checked) {
+        mappings.public_address(public).await;
+        return;
+    }
+    let Some(response) = MapResponse::parse(checked) else {
+        return;
+    };
+    if response.result != 0 {
+        return;
+    }
+    if !answers(&response) {
+        stats.add(Counter::GrantUnmatched);
+        debug!("{client}: a grant that answers no request in flight; not taken");
+        return;
+    }
+    // THIRD_PARTY: the CGN granted the mapping for the host the option names.
+    let host = response.third_party.unwrap_or(*client.ip());
+    if !mapping::is_lan_host(host, &cfg.lan, &[cfg.lan.addr, cfg.wan.addr]) {
+        stats.add(Counter::MappingRefusedNotLan);
+        warn!("{client}: a grant for {host}, not a LAN host; no hole");
+        return;
+    }
+    let Some(proto) = Transport::from_number(response.protocol) else {
+        stats.add(Counter::MappingRefusedProtocol);
+        debug!(
+            "{client}: a grant for protocol {}; no hole",
+            response.protocol
+        );
+        return;
+    };
+    let key = Key {
+        host,
+        proto,
+        internal_port: response.internal_port,
+    };
+    if response.lifetime == 0 {
+        mappings.deleted(key).await;
+        return;
+    }
+    let origin = match response.nonce {
+        Some(nonce) => Origin::PcpMap { nonce },
+        None => Origin::NatPmp,
+    };
+    let external = response.external_addr.unwrap_or(Ipv4Addr::UNSPECIFIED);
+    mappings
+        .granted(Grant {
+            key,
+            external: SocketAddrV4::new(external, response.external_port),
+            lifetime: response.lifetime,
+            origin,
+            client,
+        })
+        .await;
 }

@@ -1,0 +1,345 @@
+//! Firewall holes for granted mappings, in an nftables table of portproxy's own.
+//!
+//! With DS-Lite the CPE does no NAT, so a connection the CGN forwards down the
+//! softwire to a mapped LAN host meets the CPE's forward filter as a new
+//! WAN-to-LAN connection, which OpenWrt's fw4 rejects and a Debian `policy drop`
+//! forward chain drops.
+//!
+//! nftables runs every base chain on a hook, table after table, by priority: an
+//! `accept` ends only its own base chain, while a `drop` anywhere is final. So no
+//! table of portproxy's own can overrule another table's drop; only a rule in the
+//! dropping chain can let a packet through. The design therefore splits the work:
+//!
+//! - portproxy owns `table inet portproxy`: the set `holes` of
+//!   `ip daddr . meta l4proto . th dport` elements, each with a timeout equal to
+//!   the mapping's remaining lifetime (so holes close by themselves, even if the
+//!   daemon dies), and a forward chain at priority `filter - 1` (before fw4's and
+//!   Debian's filter chains) that sets the mark bit [`HOLE_MARK`] on new
+//!   connections from the WAN interface to a hole, and clears it on everything
+//!   else from the WAN interface (so nothing arrives pre-marked).
+//! - the router's firewall accepts that mark with one rule of its own, e.g.
+//!   `meta mark & 0x01000000 == 0x01000000 accept` at the top of fw4's forward
+//!   chain (OpenWrt: an include in `/usr/share/nftables.d/chain-pre/forward/`),
+//!   or in the Debian forward chain. portproxy checks for such a rule at start
+//!   and says so when it is missing.
+//!
+//! The table is driven through the `nftables` crate (MIT/Apache, the JSON API of
+//! `nft -j`, also used by podman's netavark): one `nft` run per grant, delete or
+//! start, never per packet. `rustables` (netlink, no `nft` needed) is GPL-3.0,
+//! which this MIT/Apache project cannot take.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use log::{info, warn};
+use nftables::batch::Batch;
+use nftables::expr::{CT, Elem, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField};
+use nftables::helper;
+use nftables::schema::{
+    Chain, Element, NfListObject, NfObject, Nftables, Rule, Set, SetFlag, SetType, SetTypeValue,
+    Table,
+};
+use nftables::stmt::{Mangle, Match, Operator, Statement};
+use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
+
+use crate::cli::FirewallMode;
+use crate::mapping::Key;
+
+/// portproxy's table (`nft list table inet portproxy`).
+pub const TABLE: &str = "portproxy";
+const SET: &str = "holes";
+const CHAIN: &str = "forward";
+/// One bit of the packet mark, set on a new connection to a hole. Outside the
+/// bits OpenWrt's mwan3 (0x3f00) and pbr (0x00ff0000) use by default.
+pub const HOLE_MARK: u32 = 0x0100_0000;
+/// fw4's and Debian's filter chains run at priority 0 (`filter`).
+const PRIORITY: i32 = -1;
+
+/// portproxy's nftables table, installed for as long as the daemon runs.
+pub struct Firewall {
+    wan_iface: String,
+}
+
+impl Firewall {
+    /// Installs the table for `mode`, replacing one a previous run left behind;
+    /// `None` when holes are off (`off`, or `auto` with a forward path that drops nothing).
+    pub async fn install(
+        mode: FirewallMode,
+        wan_iface: &str,
+        max_holes: usize,
+    ) -> Result<Option<Firewall>> {
+        if mode == FirewallMode::Off {
+            remove_table().await;
+            return Ok(None);
+        }
+        let ruleset = match helper::get_current_ruleset_async().await {
+            Ok(ruleset) => ruleset,
+            Err(e) if mode == FirewallMode::Auto => {
+                warn!("firewall: cannot read the nftables ruleset ({e}); no holes");
+                return Ok(None);
+            }
+            Err(e) => {
+                return Err(anyhow::anyhow!("{e}"))
+                    .context("reading the nftables ruleset (--firewall off runs without holes)");
+            }
+        };
+        let dropping = forward_chains_that_drop(&ruleset);
+        if mode == FirewallMode::Auto && dropping.is_empty() {
+            info!(
+                "firewall: no forward chain drops by default; no holes needed (--firewall nft opens them anyway)"
+            );
+            remove_table().await;
+            return Ok(None);
+        }
+        let firewall = Firewall {
+            wan_iface: wan_iface.to_string(),
+        };
+        remove_table().await;
+        apply(&firewall.table(max_holes))
+            .await
+            .context("creating nftables table inet portproxy")?;
+        if !dropping.is_empty() && !accepts_hole_mark(&ruleset) {
+            warn!(
+                "firewall: the forward chain(s) {} drop new connections and none accepts portproxy's mark: \
+                 add `meta mark & {HOLE_MARK:#010x} == {HOLE_MARK:#010x} accept` to the top of the forward chain \
+                 (OpenWrt fw4: a file in /usr/share/nftables.d/chain-pre/forward/), or the holes stay shut",
+                dropping.join(", ")
+            );
+        }
+        info!(
+            "firewall: holes in nftables table inet {TABLE}, marked {HOLE_MARK:#010x} for the forward chain"
+        );
+        Ok(Some(firewall))
+    }
+
+    /// Opens (or re-times) the hole for `key` for `remaining` (`None`: until
+    /// closed). The element is added, deleted and added again with its new
+    /// timeout in one transaction: an `add` alone leaves an existing element's
+    /// timeout as it was.
+    pub async fn open(&self, key: &Key, remaining: Option<Duration>) -> Result<()> {
+        // nft takes timeouts in whole seconds; round up so the hole never closes before the mapping.
+        let timeout = remaining.map(|r| {
+            let secs = r
+                .as_secs()
+                .saturating_add(u64::from(r.subsec_nanos() > 0))
+                .max(1);
+            u32::try_from(secs).unwrap_or(u32::MAX)
+        });
+        let mut batch = Batch::new();
+        batch.add(element(key, None));
+        batch.delete(element(key, None));
+        batch.add(element(key, timeout));
+        apply(&batch.to_nftables())
+            .await
+            .with_context(|| format!("opening the firewall for {}", describe(key)))
+    }
+
+    /// Closes the hole for `key` now (a delete). One that has timed out already is no error.
+    pub async fn close(&self, key: &Key) -> Result<()> {
+        let mut batch = Batch::new();
+        batch.add(element(key, Some(1)));
+        batch.delete(element(key, None));
+        apply(&batch.to_nftables())
+            .await
+            .with_context(|| format!("closing the firewall for {}", describe(key)))
+    }
+
+    /// Removes the table, and every hole with it (at exit).
+    pub async fn remove(self) {
+        remove_table().await;
+    }
+
+    fn table(&self, max_holes: usize) -> Nftables<'static> {
+        let mut batch = Batch::new();
+        batch.add(NfListObject::Table(Table {
+            family: NfFamily::INet,
+            name: TABLE.into(),
+            ..Table::default()
+        }));
+        batch.add(NfListObject::Set(Box::new(Set {
+            family: NfFamily::INet,
+            table: TABLE.into(),
+            name: SET.into(),
+            set_type: SetTypeValue::Concatenated(Cow::Owned(vec![
+                SetType::Ipv4Addr,
+                SetType::InetProto,
+                SetType::InetService,
+            ])),
+            flags: Some([SetFlag::Timeout].into_iter().collect()),
+            // Room for twice the table: an expired element holds its slot until the
+            // kernel's garbage collection, while the table may already take a new grant.
+            size: Some(u32::try_from(max_holes.saturating_mul(2)).unwrap_or(u32::MAX)),
+            ..Set::default()
+        })));
+        batch.add(NfListObject::Chain(Chain {
+            family: NfFamily::INet,
+            table: TABLE.into(),
+            name: CHAIN.into(),
+            _type: Some(NfChainType::Filter),
+            hook: Some(NfHook::Forward),
+            prio: Some(PRIORITY),
+            policy: Some(NfChainPolicy::Accept),
+            ..Chain::default()
+        }));
+        let from_wan = || {
+            Statement::Match(Match {
+                left: meta(MetaKey::Iifname),
+                right: Expression::String(self.wan_iface.clone().into()),
+                op: Operator::EQ,
+            })
+        };
+        // meta mark set meta mark & ~HOLE_MARK: nothing from the WAN arrives marked.
+        batch.add(rule(vec![
+            from_wan(),
+            set_mark(Expression::BinaryOperation(Box::new(
+                nftables::expr::BinaryOperation::AND(
+                    meta(MetaKey::Mark),
+                    Expression::Number(!HOLE_MARK),
+                ),
+            ))),
+        ]));
+        // ct state new ip daddr . meta l4proto . th dport @holes meta mark set meta mark | HOLE_MARK
+        batch.add(rule(vec![
+            from_wan(),
+            Statement::Match(Match {
+                left: Expression::Named(NamedExpression::CT(CT {
+                    key: "state".into(),
+                    family: None,
+                    dir: None,
+                })),
+                right: Expression::String("new".into()),
+                op: Operator::IN,
+            }),
+            Statement::Match(Match {
+                left: Expression::Named(NamedExpression::Concat(vec![
+                    payload("ip", "daddr"),
+                    meta(MetaKey::L4proto),
+                    payload("th", "dport"),
+                ])),
+                right: Expression::String(format!("@{SET}").into()),
+                op: Operator::EQ,
+            }),
+            set_mark(Expression::BinaryOperation(Box::new(
+                nftables::expr::BinaryOperation::OR(vec![
+                    meta(MetaKey::Mark),
+                    Expression::Number(HOLE_MARK),
+                ]),
+            ))),
+        ]));
+        batch.to_nftables()
+    }
+}
+
+fn meta(key: MetaKey) -> Expression<'static> {
+    Expression::Named(NamedExpression::Meta(Meta { key }))
+}
+
+fn payload(protocol: &'static str, field: &'static str) -> Expression<'static> {
+    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+        PayloadField {
+            protocol: protocol.into(),
+            field: field.into(),
+        },
+    )))
+}
+
+fn set_mark(value: Expression<'static>) -> Statement<'static> {
+    Statement::Mangle(Mangle {
+        key: meta(MetaKey::Mark),
+        value,
+    })
+}
+
+fn rule(expr: Vec<Statement<'static>>) -> NfListObject<'static> {
+    NfListObject::Rule(Rule {
+        family: NfFamily::INet,
+        table: TABLE.into(),
+        chain: CHAIN.into(),
+        expr: expr.into(),
+        ..Rule::default()
+    })
+}
+
+/// The set element `host . proto . port`, with a timeout in seconds when adding.
+fn element(key: &Key, timeout: Option<u32>) -> NfListObject<'static> {
+    let val = Expression::Named(NamedExpression::Concat(vec![
+        Expression::String(key.host.to_string().into()),
+        Expression::String(key.proto.name().into()),
+        Expression::Number(u32::from(key.internal_port)),
+    ]));
+    let elem = match timeout {
+        Some(timeout) => Expression::Named(NamedExpression::Elem(Elem {
+            val: Box::new(val),
+            timeout: Some(timeout),
+            expires: None,
+            comment: None,
+            counter: None,
+        })),
+        None => val,
+    };
+    NfListObject::Element(Element {
+        family: NfFamily::INet,
+        table: TABLE.into(),
+        name: SET.into(),
+        elem: Cow::Owned(vec![elem]),
+    })
+}
+
+fn describe(key: &Key) -> String {
+    format!("{}:{} {}", key.host, key.internal_port, key.proto.name())
+}
+
+async fn apply(nftables: &Nftables<'_>) -> Result<()> {
+    helper::apply_ruleset_async(nftables)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Deletes the table if it exists (stale from a killed run, or at exit).
+async fn remove_table() {
+    let mut batch = Batch::new();
+    // Adding first makes the delete succeed whether or not the table existed.
+    let table = || {
+        NfListObject::Table(Table {
+            family: NfFamily::INet,
+            name: TABLE.into(),
+            ..Table::default()
+        })
+    };
+    batch.add(table());
+    batch.delete(table());
+    if let Err(e) = apply(&batch.to_nftables()).await {
+        warn!("firewall: removing table inet {TABLE}: {e:#}");
+    }
+}
+
+/// `family table chain` of every IPv4-capable forward base chain whose policy is drop.
+fn forward_chains_that_drop(ruleset: &Nftables) -> Vec<String> {
+    ruleset
+        .objects
+        .iter()
+        .filter_map(|o| match o {
+            NfObject::ListObject(NfListObject::Chain(c))
+                if c.hook == Some(NfHook::Forward)
+                    && c.policy == Some(NfChainPolicy::Drop)
+                    && matches!(c.family, NfFamily::IP | NfFamily::INet) =>
+            {
+                Some(format!("{:?} {} {}", c.family, c.table, c.name).to_lowercase())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether a rule outside portproxy's table tests the hole mark and accepts.
+fn accepts_hole_mark(ruleset: &Nftables) -> bool {
+    ruleset.objects.iter().any(|o| match o {
+        NfObject::ListObject(NfListObject::Rule(r)) if r.table != TABLE => {
+            let text = serde_json::to_string(&r.expr).unwrap_or_default();
+            text.contains(&HOLE_MARK.to_string())
+                && r.expr.iter().any(|s| matches!(s, Statement::Accept(_)))
+        }
+        _ => false,
+    })
+}

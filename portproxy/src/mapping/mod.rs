@@ -1,0 +1,351 @@
+//! The mapping table: one entry per mapping the CGN granted to a LAN host,
+//! learned from the grants portproxy relays, and the firewall holes that follow
+//! it (see `firewall`).
+//!
+//! `table` is the pure bookkeeping (quotas, expiry, deletes) over a clock given
+//! by the caller; [`Mappings`] is the daemon's single instance of it, shared by
+//! the relays, the expiry tick and the control socket, and keeps the firewall in
+//! step: a hole opens before the grant is passed on to the client, and closes on
+//! a delete or, by its own timeout, at expiry.
+
+mod table;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use log::{debug, info, warn};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+pub use table::{Learned, Limits, Refused, Table};
+
+use crate::clock::boot_time as now;
+use crate::config::Side;
+use crate::firewall::Firewall;
+use crate::proto::Transport;
+use crate::stats::{Counter, Stats};
+
+/// What identifies a mapping on the LAN side, and so its firewall hole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key {
+    pub host: Ipv4Addr,
+    pub proto: Transport,
+    pub internal_port: u16,
+}
+
+/// How a mapping was made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    NatPmp,
+    /// PCP MAP, with the nonce the CGN ties renewals and deletes to.
+    PcpMap {
+        nonce: [u8; 12],
+    },
+    /// UPnP AddPortMapping, or AddAnyPortMapping when `any`, with its description.
+    Upnp {
+        any: bool,
+        description: String,
+    },
+}
+
+/// A grant from the CGN, matched to the request in flight that asked for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub key: Key,
+    /// External address (unspecified when the protocol does not say) and port.
+    pub external: SocketAddrV4,
+    /// Granted lifetime in seconds; 0 is a permanent UPnP lease (NAT-PMP and
+    /// PCP deletes, their lifetime 0, never become grants).
+    pub lifetime: u32,
+    pub origin: Origin,
+    /// The client tuple whose request the CGN answered.
+    pub client: SocketAddrV4,
+}
+
+/// One mapping. Times are since boot (`CLOCK_BOOTTIME`, which keeps counting
+/// through suspend, as lifetimes do at the CGN).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub key: Key,
+    pub external: SocketAddrV4,
+    /// `None`: until deleted (a permanent UPnP lease).
+    pub expires: Option<Duration>,
+    pub origin: Origin,
+    pub client: SocketAddrV4,
+    pub first_seen: Duration,
+    pub last_seen: Duration,
+}
+
+/// One mapping as `portproxy mappings` shows it: times relative to the moment asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct View {
+    pub host: Ipv4Addr,
+    pub internal_port: u16,
+    pub protocol: String,
+    pub external_address: Ipv4Addr,
+    pub external_port: u16,
+    /// `None`: until deleted.
+    pub expires_in_secs: Option<u64>,
+    /// `nat-pmp`, `pcp-map`, `upnp-add` or `upnp-add-any`.
+    pub origin: String,
+    /// PCP's nonce, in hex.
+    pub nonce: Option<String>,
+    /// UPnP's NewPortMappingDescription.
+    pub description: Option<String>,
+    pub client: SocketAddrV4,
+    pub first_seen_secs_ago: u64,
+    pub last_seen_secs_ago: u64,
+}
+
+impl View {
+    fn of(e: &Entry, now: Duration) -> View {
+        let ago = |t: Duration| now.saturating_sub(t).as_secs();
+        let (origin, nonce, description) = match &e.origin {
+            Origin::NatPmp => ("nat-pmp", None, None),
+            Origin::PcpMap { nonce } => (
+                "pcp-map",
+                Some(nonce.iter().map(|b| format!("{b:02x}")).collect()),
+                None,
+            ),
+            Origin::Upnp { any, description } => (
+                if *any { "upnp-add-any" } else { "upnp-add" },
+                None,
+                Some(description.clone()),
+            ),
+        };
+        View {
+            host: e.key.host,
+            internal_port: e.key.internal_port,
+            protocol: e.key.proto.name().to_string(),
+            external_address: *e.external.ip(),
+            external_port: e.external.port(),
+            expires_in_secs: e.expires.map(|t| t.saturating_sub(now).as_secs()),
+            origin: origin.to_string(),
+            nonce,
+            description,
+            client: e.client,
+            first_seen_secs_ago: ago(e.first_seen),
+            last_seen_secs_ago: ago(e.last_seen),
+        }
+    }
+}
+
+/// Whether `host` may have a mapping (and a hole) at all: a host of the LAN,
+/// neither its network nor broadcast address, never one of the CPE's own addresses.
+pub fn is_lan_host(host: Ipv4Addr, lan: &Side, own: &[Ipv4Addr]) -> bool {
+    let prefix = u32::from(lan.prefix_len.min(32));
+    let host_bits = u32::MAX.checked_shr(prefix).unwrap_or(0);
+    let edge = prefix < 31
+        && (u32::from(host) & host_bits == 0 || u32::from(host) & host_bits == host_bits);
+    lan.contains(host) && !edge && !own.contains(&host)
+}
+
+struct State {
+    table: Table,
+    firewall: Option<Firewall>,
+    /// The CGN's external address, from its NAT-PMP public address answers or
+    /// PCP grants (NAT-PMP map responses do not carry it).
+    public_addr: Option<Ipv4Addr>,
+}
+
+/// The daemon's mapping table and its firewall holes.
+pub struct Mappings {
+    /// One lock over the table and the firewall, so that the holes change in
+    /// the same order as the table.
+    state: Mutex<State>,
+    /// The table's length, for the status file (read without the lock).
+    held: AtomicUsize,
+    stats: Arc<Stats>,
+}
+
+impl Mappings {
+    pub fn new(limits: Limits, firewall: Option<Firewall>, stats: Arc<Stats>) -> Arc<Mappings> {
+        Arc::new(Mappings {
+            state: Mutex::new(State {
+                table: Table::new(limits),
+                firewall,
+                public_addr: None,
+            }),
+            held: AtomicUsize::new(0),
+            stats,
+        })
+    }
+
+    /// Notes the CGN's external address.
+    pub async fn public_address(&self, addr: Ipv4Addr) {
+        self.state.lock().await.public_addr = Some(addr);
+    }
+
+    /// Takes in a grant and opens its hole; returns when the hole is open (or
+    /// the grant was refused), so the caller may then pass the grant on.
+    pub async fn granted(&self, mut grant: Grant) {
+        let now = now();
+        let mut state = self.state.lock().await;
+        match grant.external.ip() {
+            ip if ip.is_unspecified() => {
+                if let Some(public) = state.public_addr {
+                    grant.external.set_ip(public);
+                }
+            }
+            ip => state.public_addr = Some(*ip),
+        }
+        let learned = match state.table.grant(grant.clone(), now) {
+            Ok(learned) => learned,
+            Err(refused) => {
+                self.stats.add(match refused {
+                    Refused::HostQuota => Counter::MappingRefusedQuota,
+                    Refused::TableFull => Counter::MappingRefusedFull,
+                    Refused::LifetimeOverflow => Counter::MappingRefusedLifetime,
+                });
+                warn!(
+                    "mapping {}:{} {} granted by the CGN not taken (no firewall hole): {refused:?}",
+                    grant.key.host,
+                    grant.key.internal_port,
+                    grant.key.proto.name()
+                );
+                return;
+            }
+        };
+        self.held.store(state.table.len(), Ordering::Relaxed);
+        let entry = learned.entry();
+        let lifetime = match grant.lifetime {
+            0 => "until deleted".to_string(),
+            secs => format!("for {secs}s"),
+        };
+        match &learned {
+            Learned::Added(_) => {
+                self.stats.add(Counter::MappingsAdded);
+                info!(
+                    "mapping {}:{} {} <- {} {lifetime}",
+                    entry.key.host,
+                    entry.key.internal_port,
+                    entry.key.proto.name(),
+                    entry.external,
+                );
+            }
+            Learned::Renewed(_) => {
+                self.stats.add(Counter::MappingsRenewed);
+                debug!(
+                    "mapping {}:{} {} renewed {lifetime}",
+                    entry.key.host,
+                    entry.key.internal_port,
+                    entry.key.proto.name(),
+                );
+            }
+        }
+        if let Some(firewall) = &state.firewall {
+            let remaining = entry.expires.map(|t| t.saturating_sub(now));
+            if let Err(e) = firewall.open(&entry.key, remaining).await {
+                self.stats.add(Counter::FirewallErrors);
+                warn!("{e:#}");
+            }
+        }
+    }
+
+    /// A delete the CGN confirmed: `internal_port` 0 deletes all of the host's
+    /// mappings of that protocol (NAT-PMP).
+    pub async fn deleted(&self, key: Key) {
+        let mut state = self.state.lock().await;
+        let gone = if key.internal_port == 0 {
+            state.table.remove_all(key.host, key.proto)
+        } else {
+            state.table.remove(&key).into_iter().collect()
+        };
+        self.closed(&state, gone).await;
+    }
+
+    /// A UPnP DeletePortMapping the CGN confirmed (it names the external port).
+    pub async fn deleted_external(&self, proto: Transport, external_port: u16) {
+        let mut state = self.state.lock().await;
+        let gone = state.table.remove_external(proto, external_port);
+        self.closed(&state, gone.into_iter().collect()).await;
+    }
+
+    /// Counts and logs deleted entries and closes their holes.
+    async fn closed(&self, state: &State, gone: Vec<Entry>) {
+        self.held.store(state.table.len(), Ordering::Relaxed);
+        for entry in &gone {
+            self.stats.add(Counter::MappingsDeleted);
+            info!(
+                "mapping {}:{} {} deleted",
+                entry.key.host,
+                entry.key.internal_port,
+                entry.key.proto.name()
+            );
+            if let Some(firewall) = &state.firewall {
+                if let Err(e) = firewall.close(&entry.key).await {
+                    self.stats.add(Counter::FirewallErrors);
+                    warn!("{e:#}");
+                }
+            }
+        }
+    }
+
+    /// Drops the mappings whose lifetime ran out. Their holes have closed by
+    /// their own timeouts already.
+    pub async fn expire(&self) {
+        let mut state = self.state.lock().await;
+        let expired = state.table.expire(now());
+        self.held.store(state.table.len(), Ordering::Relaxed);
+        for entry in expired {
+            self.stats.add(Counter::MappingsExpired);
+            info!(
+                "mapping {}:{} {} expired",
+                entry.key.host,
+                entry.key.internal_port,
+                entry.key.proto.name()
+            );
+        }
+    }
+
+    /// Every mapping, as shown to people.
+    pub async fn list(&self) -> Vec<View> {
+        let now = now();
+        let state = self.state.lock().await;
+        state.table.entries().map(|e| View::of(e, now)).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Whether grants open firewall holes (so they must be learned before delivery).
+    pub async fn has_firewall(&self) -> bool {
+        self.state.lock().await.firewall.is_some()
+    }
+
+    /// Removes the firewall table, closing every hole (at exit).
+    pub async fn close_firewall(&self) {
+        if let Some(firewall) = self.state.lock().await.firewall.take() {
+            firewall.remove().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lan_hosts_only_never_the_cpe() {
+        let lan = Side {
+            iface: "br-lan".into(),
+            index: 1,
+            addr: Ipv4Addr::new(192, 168, 1, 1),
+            prefix_len: 24,
+        };
+        let own = [Ipv4Addr::new(192, 168, 1, 1), Ipv4Addr::new(192, 0, 0, 2)];
+        assert!(is_lan_host(Ipv4Addr::new(192, 168, 1, 2), &lan, &own));
+        for not in [
+            Ipv4Addr::new(192, 168, 1, 1),
+            Ipv4Addr::new(192, 168, 1, 0),
+            Ipv4Addr::new(192, 168, 1, 255),
+            Ipv4Addr::new(192, 168, 2, 2),
+            Ipv4Addr::new(192, 0, 0, 2),
+        ] {
+            assert!(!is_lan_host(not, &lan, &own), "{not}");
+        }
+    }
+}

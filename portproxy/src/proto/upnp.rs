@@ -1,0 +1,401 @@
+//! UPnP IGD port-mapping control over HTTP (SOAP), as far as the mapping table
+//! needs it: the HTTP framing of requests and responses (`httparse`) and the
+//! actions AddPortMapping, AddAnyPortMapping and DeletePortMapping with their
+//! arguments and results (`quick-xml`). Pure functions over bytes, fuzzed in
+//! `portproxy/fuzz`.
+
+use std::net::Ipv4Addr;
+
+use quick_xml::events::Event;
+
+use super::Transport;
+
+/// Request or response heads longer than this are not parsed (the relay then
+/// splices the connection without learning from it).
+pub const MAX_HEAD: usize = 8 * 1024;
+/// SOAP bodies longer than this likewise.
+pub const MAX_BODY: usize = 64 * 1024;
+const MAX_HEADERS: usize = 32;
+
+/// Why a message was not understood.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unparsed {
+    /// The HTTP head is malformed or too long.
+    BadHead,
+    /// The body has no Content-Length (chunked, or read to the end).
+    NoLength,
+    /// The body is longer than [`MAX_BODY`].
+    TooLong,
+    /// Not the SOAP a mapping action has (bad XML, missing or bad arguments).
+    BadSoap,
+}
+
+/// A complete HTTP head: its length and what the relay needs from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub len: usize,
+    /// The status code (responses only).
+    pub status: Option<u16>,
+    /// The SOAPAction header without quotes, e.g.
+    /// `urn:schemas-upnp-org:service:WANIPConnection:1#AddPortMapping`.
+    pub soap_action: Option<String>,
+    pub content_length: Option<usize>,
+    /// `Connection: close` (or HTTP/1.0 without keep-alive).
+    pub close: bool,
+}
+
+/// Parses a request head; `Ok(None)` while it is incomplete.
+pub fn request_head(buf: &[u8]) -> Result<Option<Head>, Unparsed> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => Ok(Some(head(len, None, req.version, req.headers)?)),
+        Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => Ok(None),
+        _ => Err(Unparsed::BadHead),
+    }
+}
+
+/// Parses a response head; `Ok(None)` while it is incomplete.
+pub fn response_head(buf: &[u8]) -> Result<Option<Head>, Unparsed> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => {
+            Ok(Some(head(len, resp.code, resp.version, resp.headers)?))
+        }
+        Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => Ok(None),
+        _ => Err(Unparsed::BadHead),
+    }
+}
+
+fn head(
+    len: usize,
+    status: Option<u16>,
+    version: Option<u8>,
+    headers: &[httparse::Header<'_>],
+) -> Result<Head, Unparsed> {
+    if len > MAX_HEAD {
+        return Err(Unparsed::BadHead);
+    }
+    let value = |name: &str| {
+        headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+            .map(str::trim)
+    };
+    let content_length = match value("content-length") {
+        Some(v) => Some(v.parse::<usize>().map_err(|_| Unparsed::BadHead)?),
+        None => None,
+    };
+    let connection = value("connection").unwrap_or_default().to_ascii_lowercase();
+    let close =
+        connection.contains("close") || (version == Some(0) && !connection.contains("keep-alive"));
+    Ok(Head {
+        len,
+        status,
+        soap_action: value("soapaction").map(|v| v.trim_matches('"').to_string()),
+        content_length,
+        close,
+    })
+}
+
+impl Head {
+    /// The body's length as the head declares it, within [`MAX_BODY`].
+    pub fn body_len(&self) -> Result<usize, Unparsed> {
+        match self.content_length {
+            Some(n) if n <= MAX_BODY => Ok(n),
+            Some(_) => Err(Unparsed::TooLong),
+            None => Err(Unparsed::NoLength),
+        }
+    }
+}
+
+/// The port-mapping actions the table learns from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// AddPortMapping or (IGDv2) AddAnyPortMapping: `any` for the latter, where
+    /// the IGD may grant another external port (its response says which).
+    Add {
+        any: bool,
+        external_port: u16,
+        transport: Transport,
+        internal_port: u16,
+        internal_client: Ipv4Addr,
+        description: String,
+        /// Seconds; 0 is a permanent lease (IGDv1).
+        lease: u32,
+    },
+    Delete {
+        external_port: u16,
+        transport: Transport,
+    },
+}
+
+/// Whether a SOAPAction header names an action the table learns from.
+pub fn is_mapping_action(soap_action: &str) -> bool {
+    matches!(
+        action_name(soap_action),
+        "AddPortMapping" | "AddAnyPortMapping" | "DeletePortMapping"
+    )
+}
+
+/// The action's name in a SOAPAction header value (`service#Name`).
+pub fn action_name(soap_action: &str) -> &str {
+    soap_action.rsplit('#').next().unwrap_or_default()
+}
+
+/// Parses the SOAP body of a mapping action named in the SOAPAction header;
+/// `Ok(None)` for any other action (not the table's business).
+pub fn request(soap_action: &str, body: &[u8]) -> Result<Option<Action>, Unparsed> {
+    let name = action_name(soap_action);
+    let any = match name {
+        "AddPortMapping" => false,
+        "AddAnyPortMapping" => true,
+        "DeletePortMapping" => {
+            let args = arguments(body, name)?;
+            return Ok(Some(Action::Delete {
+                external_port: number(&args, "NewExternalPort")?,
+                transport: transport(&args)?,
+            }));
+        }
+        _ => return Ok(None),
+    };
+    let args = arguments(body, name)?;
+    Ok(Some(Action::Add {
+        any,
+        external_port: number(&args, "NewExternalPort")?,
+        transport: transport(&args)?,
+        internal_port: number(&args, "NewInternalPort")?,
+        internal_client: arg(&args, "NewInternalClient")?
+            .parse()
+            .map_err(|_| Unparsed::BadSoap)?,
+        description: arg(&args, "NewPortMappingDescription")
+            .unwrap_or_default()
+            .to_string(),
+        lease: number(&args, "NewLeaseDuration")?,
+    }))
+}
+
+/// What the IGD answered to `action`: `Ok(Some(external port))` on success
+/// (AddAnyPortMapping's NewReservedPort, else the port asked for), `Ok(None)`
+/// for a refusal (a SOAP fault, any status but 200).
+pub fn response(action: &Action, status: u16, body: &[u8]) -> Result<Option<u16>, Unparsed> {
+    if status != 200 {
+        return Ok(None);
+    }
+    match action {
+        Action::Add { any: true, .. } => {
+            let args = arguments(body, "AddAnyPortMappingResponse")?;
+            Ok(Some(number(&args, "NewReservedPort")?))
+        }
+        Action::Add { external_port, .. } => {
+            arguments(body, "AddPortMappingResponse")?;
+            Ok(Some(*external_port))
+        }
+        Action::Delete { external_port, .. } => {
+            arguments(body, "DeletePortMappingResponse")?;
+            Ok(Some(*external_port))
+        }
+    }
+}
+
+/// The child elements of the element `name` (any namespace prefix) inside the
+/// SOAP body, as (local name, text) pairs.
+fn arguments(body: &[u8], name: &str) -> Result<Vec<(String, String)>, Unparsed> {
+    let text = std::str::from_utf8(body).map_err(|_| Unparsed::BadSoap)?;
+    let mut reader = quick_xml::Reader::from_str(text);
+    let mut depth_in_action: Option<usize> = None;
+    let mut depth = 0usize;
+    let mut current: Option<(String, String)> = None;
+    let mut args = Vec::new();
+    loop {
+        match reader.read_event().map_err(|_| Unparsed::BadSoap)? {
+            Event::Start(e) => {
+                depth = depth.checked_add(1).ok_or(Unparsed::BadSoap)?;
+                let local = e.local_name().as_ref().to_string();
+                match depth_in_action {
+                    None if local == name => depth_in_action = Some(depth),
+                    Some(d) if depth == d + 1 => current = Some((local, String::new())),
+                    _ => {}
+                }
+            }
+            Event::Empty(e) => {
+                let local = e.local_name().as_ref().to_string();
+                match depth_in_action {
+                    None if local == name => return Ok(args),
+                    Some(d) if depth == d => args.push((local, String::new())),
+                    _ => {}
+                }
+            }
+            Event::Text(t) => {
+                if let Some((_, value)) = &mut current {
+                    value.push_str(&t.xml10_content());
+                }
+            }
+            Event::CData(t) => {
+                if let Some((_, value)) = &mut current {
+                    value.push_str(&t);
+                }
+            }
+            Event::GeneralRef(r) => {
+                if let Some((_, value)) = &mut current {
+                    let entity = format!("&{};", r.xml10_content());
+                    let resolved =
+                        quick_xml::escape::unescape(&entity).map_err(|_| Unparsed::BadSoap)?;
+                    value.push_str(&resolved);
+                }
+            }
+            Event::End(_) => {
+                match depth_in_action {
+                    Some(d) if depth == d + 1 => {
+                        if let Some(arg) = current.take() {
+                            args.push(arg);
+                        }
+                    }
+                    Some(d) if depth == d => return Ok(args),
+                    _ => {}
+                }
+                depth = depth.checked_sub(1).ok_or(Unparsed::BadSoap)?;
+            }
+            Event::Eof => return Err(Unparsed::BadSoap),
+            _ => {}
+        }
+    }
+}
+
+fn arg<'a>(args: &'a [(String, String)], name: &str) -> Result<&'a str, Unparsed> {
+    args.iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.trim())
+        .ok_or(Unparsed::BadSoap)
+}
+
+fn number<T: std::str::FromStr>(args: &[(String, String)], name: &str) -> Result<T, Unparsed> {
+    arg(args, name)?.parse().map_err(|_| Unparsed::BadSoap)
+}
+
+fn transport(args: &[(String, String)]) -> Result<Transport, Unparsed> {
+    match arg(args, "NewProtocol")?.to_ascii_uppercase().as_str() {
+        "TCP" => Ok(Transport::Tcp),
+        "UDP" => Ok(Transport::Udp),
+        _ => Err(Unparsed::BadSoap),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What libminiupnpc 2.2 sends for `upnpc -a 192.168.1.2 8484 9484 tcp`.
+    const ADD: &str = "POST /ctl/IPConn HTTP/1.1\r\nHost: 192.168.1.1:5000\r\nUser-Agent: Debian/12 UPnP/1.1 MiniUPnPc/2.2.4\r\nContent-Length: 600\r\nContent-Type: text/xml\r\nSOAPAction: \"urn:schemas-upnp-org:service:WANIPConnection:1#AddPortMapping\"\r\nConnection: Close\r\nCache-Control: no-cache\r\nPragma: no-cache\r\n\r\n";
+
+    fn add_body(description: &str) -> String {
+        format!(
+            "<?xml version=\"1.0\"?>\r\n<s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\" s:encodingStyle=\"http://schemas.xmlsoap.org/soap/encoding/\"><s:Body><u:AddPortMapping xmlns:u=\"urn:schemas-upnp-org:service:WANIPConnection:1\"><NewRemoteHost></NewRemoteHost><NewExternalPort>9484</NewExternalPort><NewProtocol>TCP</NewProtocol><NewInternalPort>8484</NewInternalPort><NewInternalClient>192.168.1.2</NewInternalClient><NewEnabled>1</NewEnabled><NewPortMappingDescription>{description}</NewPortMappingDescription><NewLeaseDuration>0</NewLeaseDuration></u:AddPortMapping></s:Body></s:Envelope>\r\n"
+        )
+    }
+
+    #[test]
+    fn add_port_mapping_request() {
+        let head = request_head(ADD.as_bytes()).unwrap().unwrap();
+        assert_eq!(head.len, ADD.len());
+        assert_eq!(head.content_length, Some(600));
+        assert!(head.close);
+        let soap_action = head.soap_action.unwrap();
+        assert_eq!(action_name(&soap_action), "AddPortMapping");
+        let action = request(&soap_action, add_body("game &amp; chat").as_bytes())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            action,
+            Action::Add {
+                any: false,
+                external_port: 9484,
+                transport: Transport::Tcp,
+                internal_port: 8484,
+                internal_client: Ipv4Addr::new(192, 168, 1, 2),
+                description: "game & chat".into(),
+                lease: 0,
+            }
+        );
+        let ok = "<?xml version=\"1.0\"?>\r\n<s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\"><s:Body><u:AddPortMappingResponse xmlns:u=\"urn:schemas-upnp-org:service:WANIPConnection:1\"/></s:Body></s:Envelope>\r\n";
+        assert_eq!(response(&action, 200, ok.as_bytes()), Ok(Some(9484)));
+        let fault = "<s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\"><s:Body><s:Fault><faultcode>s:Client</faultcode><detail><UPnPError><errorCode>718</errorCode></UPnPError></detail></s:Fault></s:Body></s:Envelope>";
+        assert_eq!(response(&action, 500, fault.as_bytes()), Ok(None));
+        // A 200 without the action's response element is not a grant.
+        assert_eq!(
+            response(&action, 200, fault.as_bytes()),
+            Err(Unparsed::BadSoap)
+        );
+    }
+
+    #[test]
+    fn add_any_and_delete() {
+        let any = "<s:Envelope xmlns:s=\"x\"><s:Body><u:AddAnyPortMapping xmlns:u=\"y\"><NewRemoteHost/><NewExternalPort>9000</NewExternalPort><NewProtocol>udp</NewProtocol><NewInternalPort>9000</NewInternalPort><NewInternalClient>192.168.1.3</NewInternalClient><NewEnabled>1</NewEnabled><NewPortMappingDescription>x</NewPortMappingDescription><NewLeaseDuration>3600</NewLeaseDuration></u:AddAnyPortMapping></s:Body></s:Envelope>";
+        let action = request("urn:x#AddAnyPortMapping", any.as_bytes())
+            .unwrap()
+            .unwrap();
+        assert!(matches!(
+            action,
+            Action::Add {
+                any: true,
+                transport: Transport::Udp,
+                lease: 3600,
+                ..
+            }
+        ));
+        let granted = "<s:Envelope xmlns:s=\"x\"><s:Body><u:AddAnyPortMappingResponse xmlns:u=\"y\"><NewReservedPort>9001</NewReservedPort></u:AddAnyPortMappingResponse></s:Body></s:Envelope>";
+        assert_eq!(response(&action, 200, granted.as_bytes()), Ok(Some(9001)));
+
+        let delete = "<s:Envelope xmlns:s=\"x\"><s:Body><u:DeletePortMapping xmlns:u=\"y\"><NewRemoteHost></NewRemoteHost><NewExternalPort>9484</NewExternalPort><NewProtocol>TCP</NewProtocol></u:DeletePortMapping></s:Body></s:Envelope>";
+        let action = request("urn:x#DeletePortMapping", delete.as_bytes())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            action,
+            Action::Delete {
+                external_port: 9484,
+                transport: Transport::Tcp
+            }
+        );
+    }
+
+    #[test]
+    fn other_actions_and_bad_input() {
+        assert_eq!(request("urn:x#GetExternalIPAddress", b"<not xml"), Ok(None));
+        assert_eq!(
+            request("urn:x#AddPortMapping", b"<a><b>"),
+            Err(Unparsed::BadSoap)
+        );
+        assert_eq!(
+            request("urn:x#AddPortMapping", &[0xff, 0xfe]),
+            Err(Unparsed::BadSoap)
+        );
+        let port_too_big = add_body("x").replace("9484", "70000");
+        assert_eq!(
+            request("urn:x#AddPortMapping", port_too_big.as_bytes()),
+            Err(Unparsed::BadSoap)
+        );
+        assert_eq!(request_head(b"POST / HTTP/1.1\r\nHost: x\r\n"), Ok(None));
+        assert_eq!(
+            request_head(b"\x00\x01 garbage\r\n\r\n"),
+            Err(Unparsed::BadHead)
+        );
+        assert_eq!(
+            request_head(&vec![b'a'; MAX_HEAD + 1]),
+            Err(Unparsed::BadHead)
+        );
+        let head = response_head(b"HTTP/1.1 200 OK\r\nContent-Length: 99999999\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (head.status, head.body_len()),
+            (Some(200), Err(Unparsed::TooLong))
+        );
+        let chunked = response_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(chunked.body_len(), Err(Unparsed::NoLength));
+    }
+}
