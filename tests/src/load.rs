@@ -3,13 +3,27 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use anyhow::Result;
 
 use crate::Netns;
+
+/// A flood keeps a core busy: two at once (tests run in parallel) measure the machine, not
+/// portproxy, and starve every daemon in the test binary until clients time out and retry.
+/// A test that floods holds this for its whole run, so one flood runs at a time.
+pub fn one_flood_at_a_time() -> MutexGuard<'static, ()> {
+    static FLOOD: Mutex<()> = Mutex::new(());
+    // A test that panicked while holding it left nothing to repair.
+    FLOOD
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// Sends NAT-PMP public-address requests to `gateway` from 256 source ports in `ns`, as fast
 /// as it can, until `duration` has passed, `stop` is set or two million are sent. Returns how

@@ -1162,6 +1162,7 @@ every_path!(cgn_restart);
 /// (retrying like libnatpmp), lan2 is held to its rate limit and quota (counted), and the
 /// daemon's memory stays bounded.
 fn flood_from_one_host(softwire: Softwire, path: DataPath) -> Result<()> {
+    let _flood = tests::load::one_flood_at_a_time();
     with_portproxy(Lab::builder(softwire), path, &[], |lab, daemon| {
         let gateway = SocketAddrV4::new(LAN_GATEWAY, PCP_PORT);
         let stop = std::sync::atomic::AtomicBool::new(false);

@@ -40,11 +40,18 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let mut totals = Totals::default();
 
     // The tests crate is left to the second run, so its namespace tests run once, with
-    // PORTPROXY_BIN and a bounded number of threads.
+    // PORTPROXY_BIN and a bounded number of threads. --no-fail-fast: one failing test file
+    // must not hide the results of the others.
     let mut unit = cmd::cargo();
-    unit.args(["test", "--workspace", "--exclude", "portproxy-ebpf"])
-        .args(["--exclude", "tests", "--"])
-        .args(args);
+    unit.args([
+        "test",
+        "--no-fail-fast",
+        "--workspace",
+        "--exclude",
+        "portproxy-ebpf",
+    ])
+    .args(["--exclude", "tests", "--"])
+    .args(args);
     let unit = cargo_test(&mut unit, &mut totals);
 
     // The socket-only build (no eBPF object) has tests of its own.
@@ -79,7 +86,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
 
     let mut netns = cmd::cargo();
     netns
-        .args(["test", "--package", "tests", "--"])
+        .args(["test", "--no-fail-fast", "--package", "tests", "--"])
         .args(args)
         .env("PORTPROXY_BIN", &bin);
     if !args.iter().any(|arg| arg.starts_with("--test-threads")) {
