@@ -91,6 +91,8 @@ pub struct PortControlRelay {
     lan: Arc<UdpSocket>,
     table: Mutex<Table>,
     tasks: Tasks,
+    /// Drop lines are quiet until then (see `log_drop`).
+    drops_quiet_until: Mutex<Instant>,
 }
 
 impl PortControlRelay {
@@ -115,6 +117,7 @@ impl PortControlRelay {
             lan: Arc::new(lan),
             table: Mutex::new(table),
             tasks: tasks.clone(),
+            drops_quiet_until: Mutex::new(Instant::now()),
         }))
     }
 
@@ -142,21 +145,25 @@ impl PortControlRelay {
         // A spoofed off-LAN source would make the CGN map for, and answer, a third party.
         if !self.cfg.lan.contains(*client.ip()) {
             self.stats.add(Counter::DropNotOnLan);
-            debug!(
-                "dropped a request from {client}: not on the LAN {}/{}",
-                self.cfg.lan.addr, self.cfg.lan.prefix_len
-            );
+            self.log_drop(|| {
+                format!(
+                    "dropped a request from {client}: not on the LAN {}/{}",
+                    self.cfg.lan.addr, self.cfg.lan.prefix_len
+                )
+            });
             return;
         }
         let checked = match port_control::check_request(msg) {
             Ok(checked) => checked,
             Err(why) => {
                 self.stats.add(Counter::DropMalformed);
-                debug!(
-                    "dropped {} bytes from {client} on port {}: {why}",
-                    msg.len(),
-                    self.cfg.nat_pmp_port
-                );
+                self.log_drop(|| {
+                    format!(
+                        "dropped {} bytes from {client} on port {}: {why}",
+                        msg.len(),
+                        self.cfg.nat_pmp_port
+                    )
+                });
                 return;
             }
         };
@@ -187,6 +194,22 @@ impl PortControlRelay {
         }
     }
 
+    /// Logs a dropped request (`-vv`) unless one was logged in the last second; every drop
+    /// is counted either way. Under a flood one line per datagram would be a flood of its
+    /// own, and writing it slowed the relay until other hosts' requests overflowed the LAN
+    /// socket's buffer and were lost before the rate limit could tell them apart.
+    fn log_drop(&self, line: impl FnOnce() -> String) {
+        if !log::log_enabled!(log::Level::Debug) {
+            return;
+        }
+        let now = Instant::now();
+        let mut quiet_until = self.drops_quiet_until.lock().unwrap();
+        if now >= *quiet_until {
+            debug!("{} (further drops counted, not logged, for 1 s)", line());
+            *quiet_until = now + std::time::Duration::from_secs(1);
+        }
+    }
+
     /// The client's transparent socket, created (with its reply task) on first
     /// use; remembers `request` (before it is sent, so the answer finds it).
     fn upstream_for(
@@ -197,10 +220,12 @@ impl PortControlRelay {
         let mut table = self.table.lock().unwrap();
         if !table.rate.allow(*client.ip(), Instant::now()) {
             self.stats.add(Counter::DropRateLimit);
-            debug!(
-                "dropped request from {client}: over {}/s",
-                self.cfg.rate_limit
-            );
+            self.log_drop(|| {
+                format!(
+                    "dropped request from {client}: over {}/s",
+                    self.cfg.rate_limit
+                )
+            });
             return None;
         }
         if let Some(entry) = table.clients.get_mut(&client) {
@@ -212,18 +237,22 @@ impl PortControlRelay {
         }
         if table.clients.len() >= self.cfg.max_clients as usize {
             self.stats.add(Counter::DropTableFull);
-            debug!(
-                "dropped request from {client}: {} clients already in flight",
-                self.cfg.max_clients
-            );
+            self.log_drop(|| {
+                format!(
+                    "dropped request from {client}: {} clients already in flight",
+                    self.cfg.max_clients
+                )
+            });
             return None;
         }
         let quota_on = self.cfg.rate_limit != 0;
         if quota_on && table.per_host.get(client.ip()).copied().unwrap_or(0) >= QUOTA_PER_HOST {
             self.stats.add(Counter::DropQuota);
-            debug!(
-                "dropped request from {client}: its host has {QUOTA_PER_HOST} requests in flight"
-            );
+            self.log_drop(|| {
+                format!(
+                    "dropped request from {client}: its host has {QUOTA_PER_HOST} requests in flight"
+                )
+            });
             return None;
         }
         let server = SocketAddrV4::new(self.cfg.cgn, self.cfg.nat_pmp_port);
