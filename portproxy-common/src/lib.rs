@@ -31,8 +31,14 @@ pub const STAT_NOTIFY_IN: u32 = 6;
 pub const STAT_DROP_MALFORMED: u32 = 7;
 /// UDP to a client's port-control tuple from port 5351 of a host other than the CGN: dropped.
 pub const STAT_DROP_NOT_FROM_CGN: u32 = 8;
-/// Reply from the CGN for a client tuple not in `CLIENTS`: dropped.
-pub const STAT_DROP_NO_ENTRY: u32 = 9;
+/// Passed up to the daemon: a NAT-PMP/PCP request of a protocol it answers itself
+/// (`FLAG_SERVE_NATPMP`, `FLAG_SERVE_PCP`), or a reply from the CGN to a tuple not in
+/// `CLIENTS`: an answer to what the daemon asked the CGN as a LAN host (its proxy, the
+/// re-creation of mappings), or nobody's. The reply-capture rule (`capture.rs`) routes every
+/// datagram from the CGN's port 5351 to the CPE itself, so such a reply reaches the daemon's
+/// socket if it asked and is refused by the stack otherwise; it never reaches the LAN (the
+/// socket relay treats it the same).
+pub const STAT_PASSED_TO_DAEMON: u32 = 9;
 /// SSDP M-SEARCH arriving on the WAN: never relayed, passed to the stack (which ignores it).
 pub const STAT_SEARCH_FROM_WAN: u32 = 10;
 /// A helper failed (map update, checksum, store, change_head, redirect): packet passed.
@@ -89,7 +95,7 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "ssdp notify in",
     "dropped malformed",
     "dropped not from cgn",
-    "dropped no entry",
+    "passed to the daemon",
     "ssdp search from wan",
     "errors",
     "passed own address",
@@ -327,6 +333,13 @@ pub const FLAG_REPORT_GRANTS: u8 = 8;
 /// `Config::flags` (with `FLAG_REPORT_GRANTS`): do not relay those responses; userspace
 /// opens the firewall hole first and then delivers them itself (`GrantEvent::held`).
 pub const FLAG_HOLD_GRANTS: u8 = 16;
+
+/// `Config::flags` (with `FLAG_PORT_CONTROL`): NAT-PMP requests (version 0) go up to the
+/// daemon, which answers them itself (the CGN does not speak NAT-PMP).
+pub const FLAG_SERVE_NATPMP: u8 = 32;
+/// `Config::flags` (with `FLAG_PORT_CONTROL`): PCP requests (any other version) go up to the
+/// daemon, which answers them itself.
+pub const FLAG_SERVE_PCP: u8 = 64;
 
 /// Everything the programs need to know about the CPE. All zero (the map's initial state)
 /// means "not configured": the programs pass every packet.

@@ -96,7 +96,7 @@ pub fn lan<P: Packet>(p: &P, cfg: &Config) -> Result<Verdict, i64> {
         if !on_lan(cfg, &pkt) {
             return Ok(Verdict::Drop(STAT_DROP_NOT_ON_LAN));
         }
-        return port_control::request(p, pkt);
+        return port_control::request(p, cfg, pkt);
     }
     if cfg.flags & FLAG_SSDP != 0
         && pkt.dport_be == cfg.ssdp_port_be

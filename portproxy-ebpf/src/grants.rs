@@ -74,9 +74,11 @@ pub fn kind<P: Packet>(p: &P, cfg: &Config, pkt: &Udp4) -> Kind {
 }
 
 /// Copies the response in `pkt` (of `kind` `Grant` or `Address`, for the client of
-/// `entry`) into `GRANTS`. `Ok(true)`: the program must not relay it (a grant that answers
-/// the client's request in flight, held for userspace); `Ok(false)`: relay it as any reply
-/// (reported only, a grant nobody asked for, or no room in the ring: then counted as lost).
+/// `entry`) into `GRANTS`. `Ok(true)`: the program must not relay it (a grant, held for
+/// userspace); `Ok(false)`: relay it as any reply (an address answer, or no room in the
+/// ring: then counted as lost). Every grant is held, also one that answers no request in
+/// flight (the CGN's second answer to a retransmitted request): userspace delivers the
+/// events in order, so that one cannot overtake the first answer while its hole opens.
 #[inline(always)]
 pub fn report(
     ctx: &TcContext,
@@ -86,7 +88,7 @@ pub fn report(
     entry: *mut ClientValue,
 ) -> Result<bool, i64> {
     let matched = kind == Kind::Address || port_control::answers(ctx, pkt, entry);
-    let held = kind == Kind::Grant && matched && cfg.flags & FLAG_HOLD_GRANTS != 0;
+    let held = kind == Kind::Grant && cfg.flags & FLAG_HOLD_GRANTS != 0;
     let len = pkt.payload_len;
     // Checked again for the verifier: the copy's length must be known to fit.
     if len == 0 || len > GRANT_MSG_LEN {

@@ -10,10 +10,10 @@
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use portproxy_common::{
-    CLIENT_QUOTA, ClientKey, ClientValue, Config, KIND_PORT_CONTROL, REQ_NATPMP, REQ_NONE, REQ_PCP,
-    STAT_DROP_CLIENT_QUOTA, STAT_DROP_MALFORMED, STAT_DROP_NO_ENTRY, STAT_DROP_NOT_FROM_CGN,
-    STAT_DROP_RATE_LIMIT, STAT_NATPMP_TO_CGN, STAT_NATPMP_TO_CLIENT, STAT_PCP_TO_CGN,
-    STAT_PCP_TO_CLIENT,
+    CLIENT_QUOTA, ClientKey, ClientValue, Config, FLAG_SERVE_NATPMP, FLAG_SERVE_PCP,
+    KIND_PORT_CONTROL, REQ_NATPMP, REQ_NONE, REQ_PCP, STAT_DROP_CLIENT_QUOTA, STAT_DROP_MALFORMED,
+    STAT_DROP_NOT_FROM_CGN, STAT_DROP_RATE_LIMIT, STAT_NATPMP_TO_CGN, STAT_NATPMP_TO_CLIENT,
+    STAT_PASSED_TO_DAEMON, STAT_PCP_TO_CGN, STAT_PCP_TO_CLIENT,
 };
 
 use crate::{
@@ -158,9 +158,22 @@ pub fn oversized(pkt: &Udp4) -> bool {
     pkt.payload_len > PCP_MAX_LEN
 }
 
-/// LAN -> CGN: `pkt` is UDP to LAN_ADDR:5351 from a LAN client.
+/// LAN -> CGN: `pkt` is UDP to LAN_ADDR:5351 from a LAN client. A protocol the daemon
+/// answers itself goes up to it whatever its shape: a server answers malformed requests.
 #[inline(always)]
-pub fn request<P: Packet>(p: &P, pkt: Udp4) -> Result<Verdict, i64> {
+pub fn request<P: Packet>(p: &P, cfg: &Config, pkt: Udp4) -> Result<Verdict, i64> {
+    if cfg.flags & (FLAG_SERVE_NATPMP | FLAG_SERVE_PCP) != 0 && pkt.payload_len > 0 {
+        // The version byte tells the protocols apart (0: NAT-PMP, anything else: PCP's).
+        let version: u8 = p.load(pkt.payload())?;
+        let served = if version == 0 {
+            FLAG_SERVE_NATPMP
+        } else {
+            FLAG_SERVE_PCP
+        };
+        if cfg.flags & served != 0 {
+            return Ok(Verdict::PassAs(STAT_PASSED_TO_DAEMON));
+        }
+    }
     if !pkt.complete {
         return Ok(Verdict::Drop(STAT_DROP_MALFORMED));
     }
@@ -189,7 +202,9 @@ pub fn reply<P: Packet>(p: &P, cfg: &Config, pkt: Udp4) -> Result<Verdict, i64> 
     let from_cgn = pkt.src_be == cfg.cgn_addr_be;
     let Some(entry) = CLIENTS.get_ptr_mut(&key) else {
         if from_cgn {
-            return Ok(Verdict::Drop(STAT_DROP_NO_ENTRY));
+            // Perhaps what the daemon asked as the host; the stack takes it to the CPE itself
+            // (the reply-capture rule), never on to the LAN: see `STAT_PASSED_TO_DAEMON`.
+            return Ok(Verdict::PassAs(STAT_PASSED_TO_DAEMON));
         }
         // Someone else's port 5351 talking to a host that never asked us: not ours.
         return Ok(Verdict::Pass);

@@ -1336,16 +1336,16 @@ fn cgn_to_client_replies() {
         "reply-without-entry",
         Prog::Wan,
         reply.build(),
-        TC_ACT_SHOT,
-        STAT_DROP_NO_ENTRY,
+        TC_ACT_OK,
+        STAT_PASSED_TO_DAEMON,
     ));
     cases.push(
         Case::new(
             "reply-without-entry-l3-wan",
             Prog::Wan,
             reply.clone().l3().build(),
-            TC_ACT_SHOT,
-            STAT_DROP_NO_ENTRY,
+            TC_ACT_OK,
+            STAT_PASSED_TO_DAEMON,
         )
         .l3_wan(),
     );
@@ -1354,8 +1354,8 @@ fn cgn_to_client_replies() {
             "reply-for-other-port",
             Prog::Wan,
             reply.build(),
-            TC_ACT_SHOT,
-            STAT_DROP_NO_ENTRY,
+            TC_ACT_OK,
+            STAT_PASSED_TO_DAEMON,
         )
         .seed(CLIENT, CLIENT_PORT + 1),
     );
@@ -1525,7 +1525,8 @@ fn request_then_reply_through_the_map() {
 /// With `FLAG_REPORT_GRANTS | FLAG_HOLD_GRANTS` (firewall holes on), a grant that answers the
 /// client's mapping request in flight goes to `GRANTS`, held (dropped here, delivered by the
 /// daemon); a second answer to the same request, or one for another request (a PCP nonce
-/// never sent), is relayed and reported unmatched, so the table never learns it.
+/// never sent), is held too but reported unmatched, so the table never learns it, and the
+/// daemon delivers it after the first (whose hole must open before the client hears).
 #[test]
 fn grants_go_to_userspace_when_they_answer_the_request() {
     for l3 in [false, true] {
@@ -1557,13 +1558,13 @@ fn grants_go_to_userspace_when_they_answer_the_request() {
         let (action, _) = loaded.run(Prog::Lan, &lan_request(&NATPMP_MAP_UDP).build());
         assert_eq!(action, TC_ACT_REDIRECT);
         expect(&mut loaded, &NATPMP_MAP_REPLY, TC_ACT_SHOT, 1, 1);
-        expect(&mut loaded, &NATPMP_MAP_REPLY, TC_ACT_REDIRECT, 0, 0);
+        expect(&mut loaded, &NATPMP_MAP_REPLY, TC_ACT_SHOT, 1, 0);
 
         let (action, _) = loaded.run(Prog::Lan, &lan_request(&pcp_map(2)).build());
         assert_eq!(action, TC_ACT_REDIRECT);
         let mut other_nonce = pcp_map_reply();
         other_nonce[24] ^= 1;
-        expect(&mut loaded, &other_nonce, TC_ACT_REDIRECT, 0, 0);
+        expect(&mut loaded, &other_nonce, TC_ACT_SHOT, 1, 0);
         expect(&mut loaded, &pcp_map_reply(), TC_ACT_SHOT, 1, 1);
         let stats = loaded.stats();
         assert_eq!(
@@ -1572,8 +1573,39 @@ fn grants_go_to_userspace_when_they_answer_the_request() {
                 stats[STAT_NATPMP_TO_CLIENT as usize],
                 stats[STAT_PCP_TO_CLIENT as usize]
             ),
-            (4, 1, 1),
+            (4, 0, 0),
             "reported, relayed (l3 wan: {l3})"
+        );
+    }
+}
+
+/// With `FLAG_SERVE_NATPMP` (the CGN speaks PCP only) NAT-PMP requests go up to the daemon,
+/// malformed ones too (a server answers them); PCP requests are still relayed.
+/// `FLAG_SERVE_PCP` the other way round.
+#[test]
+fn served_protocols_go_up_to_the_daemon() {
+    for (flag, served, relayed) in [
+        (FLAG_SERVE_NATPMP, NATPMP_MAP_UDP.to_vec(), pcp_map(2)),
+        (FLAG_SERVE_PCP, pcp_map(2), NATPMP_MAP_UDP.to_vec()),
+    ] {
+        let mut cfg = config(false);
+        cfg.flags |= flag;
+        let loaded = Loaded::new(Some(cfg));
+        let (action, _) = loaded.run(Prog::Lan, &lan_request(&served).build());
+        assert_eq!(action, TC_ACT_OK, "served request (flag {flag})");
+        let malformed = &served[..served.len() - 4];
+        let (action, _) = loaded.run(Prog::Lan, &lan_request(malformed).build());
+        assert_eq!(action, TC_ACT_OK, "malformed served request (flag {flag})");
+        let (action, _) = loaded.run(Prog::Lan, &lan_request(&relayed).build());
+        assert_eq!(action, TC_ACT_REDIRECT, "relayed request (flag {flag})");
+        let stats = loaded.stats();
+        assert_eq!(
+            (
+                stats[STAT_PASSED_TO_DAEMON as usize],
+                stats[STAT_DROP_MALFORMED as usize]
+            ),
+            (2, 0),
+            "flag {flag}"
         );
     }
 }
