@@ -2,6 +2,8 @@
 //! they can be unit-tested and fuzzed on their own.
 
 pub mod location;
+pub mod natpmp;
+pub mod pcp;
 pub mod port_control;
 pub mod ssdp;
 pub mod upnp;
