@@ -9,6 +9,11 @@
 //! *local*, so the kernel delivers it to the transparent socket bound to the
 //! client's address, and the relay re-sends it from the LAN address.
 //!
+//! It is installed on both data paths whenever NAT-PMP/PCP runs: the proxy and
+//! the keeper ask the CGN as LAN hosts too, and on the fast path the programs
+//! pass up whatever they find no client for; this rule keeps all of that on
+//! the CPE, never forwarded to the LAN.
+//!
 //! Equivalent to:
 //!   ip route replace local 0.0.0.0/0 dev lo table 5351
 //!   ip rule add pref 5351 iif WAN from CGN ipproto udp sport 5351 lookup 5351

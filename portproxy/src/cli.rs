@@ -104,6 +104,12 @@ pub struct Options {
     #[arg(long, default_value_t = 64, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub max_mappings_per_host: u32,
 
+    /// NAT-PMP and PCP: auto (relay what the CGN speaks, answer the other protocol here and
+    /// map it with the one the CGN speaks), relay (relay both as they are), proxy (answer
+    /// both here). The CGN is probed at start and after every interface change.
+    #[arg(long, value_enum, default_value_t = Mode::Auto, value_name = "MODE")]
+    pub mode: Mode,
+
     /// Use the eBPF fast path (XDP/TC) where the kernel allows it; falls back to sockets otherwise.
     #[arg(long)]
     pub xdp: bool,
@@ -151,6 +157,14 @@ pub enum FirewallMode {
     Auto,
     Nft,
     Off,
+}
+
+/// Who answers NAT-PMP and PCP clients: the CGN (relayed) or portproxy (served).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    Auto,
+    Relay,
+    Proxy,
 }
 
 /// Which hooks the fast path uses (TC always carries what XDP does not finish).
@@ -221,6 +235,7 @@ mod tests {
         assert!(o.command.is_none());
         assert_eq!(o.pin_dir, PathBuf::from("/sys/fs/bpf/portproxy"));
         assert_eq!(o.hooks, Hooks::Tc);
+        assert_eq!(o.mode, Mode::Auto);
     }
 
     #[test]

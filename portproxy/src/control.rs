@@ -118,18 +118,19 @@ fn table(views: &[View]) -> String {
         return "no mappings\n".to_string();
     }
     let mut out = format!(
-        "{:<22} {:<5} {:<22} {:>8}  {:<12} {}\n",
-        "LAN host", "proto", "external", "expires", "origin", "client"
+        "{:<22} {:<5} {:<22} {:>8}  {:<12} {:<8} {}\n",
+        "LAN host", "proto", "external", "expires", "origin", "upstream", "client"
     );
     for v in views {
         out += &format!(
-            "{:<22} {:<5} {:<22} {:>8}  {:<12} {}{}\n",
+            "{:<22} {:<5} {:<22} {:>8}  {:<12} {:<8} {}{}\n",
             format!("{}:{}", v.host, v.internal_port),
             v.protocol,
             format!("{}:{}", v.external_address, v.external_port),
             v.expires_in_secs
                 .map_or("never".to_string(), |s| format!("{s}s")),
             v.origin,
+            v.upstream,
             v.client,
             v.description
                 .as_ref()
@@ -158,6 +159,7 @@ mod tests {
             origin: "nat-pmp".into(),
             nonce: None,
             description: None,
+            upstream: "relayed".into(),
             client: SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 2), 40000),
             first_seen_secs_ago: 1,
             last_seen_secs_ago: 1,

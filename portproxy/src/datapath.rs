@@ -11,9 +11,27 @@ use crate::config::Config;
 use crate::fastpath::FastPath;
 
 pub enum DataPath {
-    Fast(FastPath),
+    /// With what the programs leave to the daemon (see `socket_share`).
+    Fast(FastPath, ToDaemon),
     /// On sockets; with the reason when `--xdp` was asked for.
     Sockets(Option<String>),
+}
+
+/// What the fast path's programs leave to the daemon.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ToDaemon {
+    /// Grants wait for the daemon, which opens their firewall hole and then delivers them.
+    pub hold_grants: bool,
+    /// NAT-PMP requests go up to the daemon, which answers them (`upstream::Plan`).
+    pub serve_nat_pmp: bool,
+    /// PCP requests likewise.
+    pub serve_pcp: bool,
+}
+
+impl ToDaemon {
+    fn serves_any(&self) -> bool {
+        self.serve_nat_pmp || self.serve_pcp
+    }
 }
 
 impl DataPath {
@@ -23,7 +41,7 @@ impl DataPath {
         cfg: &Config,
         pin_dir: &Path,
         kernel_log: bool,
-        hold_grants: bool,
+        to_daemon: ToDaemon,
     ) -> DataPath {
         if !xdp {
             return DataPath::Sockets(None);
@@ -33,8 +51,8 @@ impl DataPath {
             warn!("--xdp: {reason}; relaying on sockets");
             return DataPath::Sockets(Some(reason));
         }
-        match FastPath::start(&kernel_share(cfg), pin_dir, kernel_log, hold_grants) {
-            Ok(fast) => DataPath::Fast(fast),
+        match FastPath::start(&kernel_share(cfg), pin_dir, kernel_log, to_daemon) {
+            Ok(fast) => DataPath::Fast(fast, to_daemon),
             Err(e) => {
                 let reason = format!("{e:#}");
                 warn!("--xdp: the fast path cannot run here ({reason}); relaying on sockets");
@@ -47,14 +65,15 @@ impl DataPath {
     /// path the SSDP sockets stay: they get only what the programs pass up to
     /// the stack, which is a search the kernel reassembled from IP fragments
     /// (a program sees fragments one by one) and, with `--upnp-tcp 1`, all of
-    /// SSDP. NAT-PMP/PCP never needs it: PCP messages are at most 1100 bytes.
+    /// SSDP. NAT-PMP/PCP needs it only when portproxy answers one of them: the programs
+    /// pass those requests up (PCP messages are at most 1100 bytes, never fragments).
     pub fn socket_share(&self, cfg: &Config) -> Config {
         match self {
-            DataPath::Sockets(_) => cfg.clone(),
-            DataPath::Fast(_) => Config {
+            DataPath::Fast(_, to_daemon) if !to_daemon.serves_any() => Config {
                 nat_pmp: false,
                 ..cfg.clone()
             },
+            _ => cfg.clone(),
         }
     }
 }
@@ -105,7 +124,13 @@ mod tests {
     #[test]
     fn without_xdp_the_sockets_carry_everything() {
         let cfg = config();
-        let path = DataPath::choose(false, &cfg, Path::new("/nonexistent"), false, false);
+        let path = DataPath::choose(
+            false,
+            &cfg,
+            Path::new("/nonexistent"),
+            false,
+            ToDaemon::default(),
+        );
         assert!(matches!(path, DataPath::Sockets(None)));
         assert_eq!(path.socket_share(&cfg), cfg);
     }
@@ -115,7 +140,13 @@ mod tests {
     #[test]
     fn xdp_on_a_socket_only_build_says_why_and_relays_on_sockets() {
         let cfg = config();
-        let path = DataPath::choose(true, &cfg, Path::new("/nonexistent"), false, false);
+        let path = DataPath::choose(
+            true,
+            &cfg,
+            Path::new("/nonexistent"),
+            false,
+            ToDaemon::default(),
+        );
         let DataPath::Sockets(Some(reason)) = &path else {
             panic!("--xdp on a socket-only build must fall back to sockets with a reason");
         };

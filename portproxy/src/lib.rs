@@ -33,11 +33,13 @@ mod netif;
 mod packaging_tests;
 pub mod proto;
 mod relay;
+mod serve;
 mod show_stats;
 mod sockets;
 mod stats;
 mod status;
 mod supervisor;
+mod upstream;
 
 use std::process::ExitCode;
 

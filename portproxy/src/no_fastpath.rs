@@ -32,7 +32,7 @@ impl FastPath {
         _cfg: &Config,
         _pin_dir: &Path,
         _kernel_log: bool,
-        _hold_grants: bool,
+        _to_daemon: crate::datapath::ToDaemon,
     ) -> anyhow::Result<FastPath> {
         anyhow::bail!(NO_FAST_PATH)
     }
@@ -67,7 +67,7 @@ pub async fn forward_grants(
     _cfg: Arc<Config>,
     _stats: Arc<Stats>,
     _mappings: Arc<Mappings>,
-    _lan: Option<UdpSocket>,
+    _lan: Option<Arc<UdpSocket>>,
 ) {
     match grants {}
 }

@@ -185,6 +185,8 @@ fn every_uci_option_reaches_the_command_line() {
         "512",
         "--max-mappings-per-host",
         "16",
+        "--mode",
+        "proxy",
         "--hooks",
         "tc",
         "--pin-dir",

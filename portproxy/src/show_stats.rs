@@ -86,6 +86,12 @@ fn text(report: &Report) -> String {
     if let Some(pins) = &s.pin_dir {
         out += &format!("maps pinned in: {}\n", pins.display());
     }
+    if let Some(speaks) = &s.cgn_speaks {
+        out += &format!("CGN speaks: {speaks}\n");
+    }
+    if let Some(plan) = &s.port_control {
+        out += &format!("port control: {plan}\n");
+    }
     out += &format!(
         "mappings: {} (`portproxy mappings` lists them)\n",
         s.mappings

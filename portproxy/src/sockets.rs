@@ -96,6 +96,27 @@ fn multicast_out_of(socket: &Socket, side: &Side) -> io::Result<()> {
     socket.set_multicast_ttl_v4(2)
 }
 
+/// Receives NAT-PMP/PCP announcements (224.0.0.1:5350, the all-hosts group every interface
+/// is in) arriving on `side`'s interface.
+pub fn announcement_listener(side: &Side) -> io::Result<UdpSocket> {
+    let socket = udp()?;
+    socket.set_reuse_address(true)?;
+    socket.bind_device(Some(side.iface.as_bytes()))?;
+    socket.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, ANNOUNCE_PORT).into())?;
+    to_tokio(socket)
+}
+
+/// Where NAT-PMP and PCP clients listen for announcements.
+pub const ANNOUNCE_PORT: u16 = 5350;
+
+/// Makes `socket` (bound on `side`) multicast out of `side`'s interface, to this link only.
+pub fn multicast_on_lan(socket: &UdpSocket, side: &Side) -> io::Result<()> {
+    let socket = socket2::SockRef::from(socket);
+    socket.set_multicast_if_v4(&side.addr)?;
+    socket.set_multicast_loop_v4(false)?;
+    socket.set_multicast_ttl_v4(1)
+}
+
 /// A TCP listener on `side`'s address and interface.
 pub fn tcp_listener(side: &Side, port: u16) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::upstream::Speaks;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DataPathKind {
@@ -58,6 +60,12 @@ pub struct Status {
     /// Mappings in the table now.
     #[serde(default)]
     pub mappings: usize,
+    /// What the CGN answered when last probed (none before the first probe).
+    #[serde(default)]
+    pub cgn_speaks: Option<Speaks>,
+    /// Who answers NAT-PMP and PCP clients (see `upstream::Plan`).
+    #[serde(default)]
+    pub port_control: Option<String>,
 }
 
 fn path(state_dir: &Path) -> PathBuf {
@@ -110,6 +118,12 @@ mod tests {
             pin_dir: None,
             counters: BTreeMap::from([("x".to_string(), 3)]),
             mappings: 2,
+            cgn_speaks: Some(Speaks {
+                pcp: true,
+                nat_pmp: false,
+                upnp: true,
+            }),
+            port_control: Some("NAT-PMP answered here".into()),
         };
         status.write(&dir).unwrap();
         let read = Status::read(&dir).unwrap();

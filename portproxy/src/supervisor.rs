@@ -17,6 +17,11 @@
 //! task they spawned joined, so every socket is closed; the capture rule removed;
 //! the programs detached) before the new one binds.
 //!
+//! Each build starts with a look at the CGN (`upstream::probe`): what it speaks decides
+//! which client protocols are relayed and which are answered here (`upstream::Plan`). The
+//! probe is repeated while relaying: every 10 s while the CGN answered nothing, every
+//! 5 minutes otherwise; a different answer rebuilds the data path.
+//!
 //! Only what a person must fix ends the daemon: a port held by another program at
 //! start-up (bad options and missing privileges are refused before this runs).
 
@@ -35,14 +40,16 @@ use crate::capture::ReplyCapture;
 use crate::cli::Options;
 use crate::config::{Config, Resolved};
 use crate::control;
-use crate::datapath::DataPath;
+use crate::datapath::{DataPath, ToDaemon};
 use crate::fastpath;
 use crate::firewall::Firewall;
 use crate::mapping::{Limits, Mappings};
 use crate::relay::SocketRelay;
+use crate::serve::{Identity, PortControlServer};
 use crate::sockets::{self, PortInUse};
 use crate::stats::{Counter, Stats};
 use crate::status::{DataPathKind, State, Status};
+use crate::upstream::{self, CgnState, Keeper, Plan, Probed};
 
 /// Changes come in bursts (a re-created device: link, addresses, routes); act once.
 const SETTLE: Duration = Duration::from_millis(250);
@@ -52,10 +59,17 @@ const RECHECK_RELAYING: Duration = Duration::from_secs(10);
 /// Backoff between failed builds: doubling from the first to the last.
 const RETRY_FIRST: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(10);
+/// How often a running data path looks at the CGN again: soon while it answered nothing
+/// (it may be restarting), rarely once it did.
+const REPROBE_SILENT: Duration = Duration::from_secs(10);
+const REPROBE: Duration = Duration::from_secs(300);
 
 /// A data path running for one configuration.
 struct Running {
     cfg: Config,
+    probed: Probed,
+    probed_at: Instant,
+    plan: Plan,
     data_path: DataPath,
     relay: SocketRelay,
     capture: Option<ReplyCapture>,
@@ -63,31 +77,77 @@ struct Running {
     kernel_log: Option<tokio::task::JoinHandle<()>>,
     /// Learns (and, with firewall holes, delivers) the fast path's grants.
     grants: Option<tokio::task::JoinHandle<()>>,
+    /// Keeps the mappings at the CGN across its restarts (`upstream::Keeper`).
+    keeper: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
+    #[allow(clippy::too_many_arguments)]
     async fn start(
         opts: &Options,
         cfg: Config,
+        probed: Probed,
         handle: &Handle,
         stats: &Arc<Stats>,
         mappings: &Arc<Mappings>,
+        identity: &Arc<Identity>,
+        cgn_state: &Arc<std::sync::Mutex<CgnState>>,
     ) -> Result<Running> {
-        // With firewall holes the programs hold grants back until userspace opened the hole.
-        let hold_grants = mappings.has_firewall().await;
-        let mut data_path = DataPath::choose(
-            opts.xdp,
-            &cfg,
-            &opts.pin_dir,
-            opts.verbose >= 2,
-            hold_grants,
-        );
+        let plan = Plan::choose(opts.mode, probed.speaks);
+        if cfg.nat_pmp {
+            info!("the CGN speaks {}; {plan}", probed.speaks);
+        }
+        if let Some(addr) = probed.public_addr() {
+            mappings.public_address(addr).await;
+        }
+        // The CGN may have restarted while the line was down.
+        let recreate = cgn_state
+            .lock()
+            .unwrap()
+            .lost_state(cfg.cgn, &probed.epochs)
+            && mappings.len() > 0;
+        let serving = cfg.nat_pmp && plan.serves_any();
+        let to_daemon = ToDaemon {
+            // With firewall holes the programs hold grants back until the hole is open.
+            hold_grants: mappings.has_firewall().await,
+            serve_nat_pmp: plan.nat_pmp == upstream::Handling::Serve,
+            serve_pcp: plan.pcp == upstream::Handling::Serve,
+        };
+        let hold_grants = to_daemon.hold_grants;
+        let mut data_path =
+            DataPath::choose(opts.xdp, &cfg, &opts.pin_dir, opts.verbose >= 2, to_daemon);
         let on_sockets = Arc::new(data_path.socket_share(&cfg));
+        let server = serving.then(|| {
+            Arc::new(PortControlServer::new(
+                on_sockets.clone(),
+                plan,
+                mappings.clone(),
+                identity.clone(),
+            ))
+        });
         // Bind first: a port in use (say, a second portproxy) must fail before the
         // routing rule, which a running instance depends on, is touched.
-        let relay = SocketRelay::start(&on_sockets, stats, mappings)?;
-        let capture = match on_sockets.nat_pmp {
-            true => match ReplyCapture::install(handle, &on_sockets).await {
+        let relay = SocketRelay::start(&on_sockets, stats, mappings, server)?;
+        // Where NAT-PMP/PCP answers, held grants and announcements leave from (LAN address,
+        // port 5351): the relay's socket, or one of its own when the programs carry 5351.
+        let lan_port_control = match (cfg.nat_pmp, relay.port_control_socket()) {
+            (false, _) => None,
+            (true, Some(socket)) => Some(socket),
+            (true, None) => {
+                let addr = std::net::SocketAddrV4::new(cfg.lan.addr, cfg.nat_pmp_port);
+                match sockets::udp_on(&cfg.lan, addr) {
+                    Ok(socket) => Some(Arc::new(socket)),
+                    Err(e) => {
+                        relay.stop().await;
+                        return Err(sockets::explain_bind(e, "NAT-PMP/PCP", addr, "--nat-pmp"));
+                    }
+                }
+            }
+        };
+        // On either data path: the CGN's answers to what the daemon asks as a host, and
+        // replies the programs find no client for, must come to the CPE, not the LAN.
+        let capture = match cfg.nat_pmp {
+            true => match ReplyCapture::install(handle, &cfg).await {
                 Ok(capture) => Some(capture),
                 Err(e) => {
                     relay.stop().await;
@@ -96,7 +156,8 @@ impl Running {
             },
             false => None,
         };
-        let grants = match start_grants(&mut data_path, &cfg, stats, mappings, hold_grants) {
+        let held_to = lan_port_control.clone().filter(|_| hold_grants);
+        let grants = match start_grants(&mut data_path, &cfg, stats, mappings, held_to) {
             Ok(grants) => grants,
             Err(e) => {
                 relay.stop().await;
@@ -104,13 +165,30 @@ impl Running {
             }
         };
         let kernel_log = match &mut data_path {
-            DataPath::Fast(fast) => fast
+            DataPath::Fast(fast, _) => fast
                 .take_kernel_log()
                 .map(|log| tokio::spawn(fastpath::forward_kernel_log(log))),
             DataPath::Sockets(_) => None,
         };
+        let keeper = lan_port_control.map(|lan| {
+            let keeper = Keeper {
+                cfg: Arc::new(cfg.clone()),
+                speaks: probed.speaks,
+                plan,
+                mappings: mappings.clone(),
+                stats: stats.clone(),
+                identity: identity.clone(),
+                state: cgn_state.clone(),
+                lan,
+            };
+            tokio::spawn(keeper.run(recreate))
+        });
         Ok(Running {
+            keeper,
             cfg,
+            probed,
+            probed_at: Instant::now(),
+            plan,
             data_path,
             relay,
             capture,
@@ -122,7 +200,10 @@ impl Running {
     /// Releases everything: when this returns, the next data path can bind the same ports.
     async fn stop(self) {
         self.relay.stop().await;
-        for task in [self.kernel_log, self.grants].into_iter().flatten() {
+        for task in [self.kernel_log, self.grants, self.keeper]
+            .into_iter()
+            .flatten()
+        {
             task.abort();
             let _ = task.await;
         }
@@ -131,7 +212,7 @@ impl Running {
         {
             warn!("removing the reply-capture rule: {e:#}");
         }
-        if let DataPath::Fast(fast) = &self.data_path {
+        if let DataPath::Fast(fast, _) = &self.data_path {
             match fast.stats() {
                 Ok(counters) => info!("kernel counters:\n{counters}"),
                 Err(e) => warn!("reading the kernel counters: {e:#}"),
@@ -140,10 +221,18 @@ impl Running {
         // Dropping the fast path detaches its programs and removes its pins.
     }
 
+    fn reprobe_due(&self) -> bool {
+        let every = match self.probed.speaks == upstream::Speaks::default() {
+            true => REPROBE_SILENT,
+            false => REPROBE,
+        };
+        self.probed_at.elapsed() >= every
+    }
+
     fn describe(&self) -> String {
         let c = &self.cfg;
         let on = match self.data_path {
-            DataPath::Fast(_) => "the fast path",
+            DataPath::Fast(..) => "the fast path",
             DataPath::Sockets(_) => "sockets",
         };
         format!(
@@ -154,36 +243,28 @@ impl Running {
 }
 
 /// On the fast path, the task that takes the programs' grants (`GRANTS`) into the mapping
-/// table; with `hold_grants` it delivers them too, from the LAN address and port 5351.
+/// table; with `held_to` (firewall holes on) it delivers them too, from that socket (the
+/// LAN address and port 5351).
 fn start_grants(
     data_path: &mut DataPath,
     cfg: &Config,
     stats: &Arc<Stats>,
     mappings: &Arc<Mappings>,
-    hold_grants: bool,
+    held_to: Option<Arc<tokio::net::UdpSocket>>,
 ) -> Result<Option<tokio::task::JoinHandle<()>>> {
-    let DataPath::Fast(fast) = data_path else {
+    let DataPath::Fast(fast, _) = data_path else {
         return Ok(None);
     };
     if !cfg.nat_pmp {
         return Ok(None);
     }
-    let lan = match hold_grants {
-        true => {
-            let addr = std::net::SocketAddrV4::new(cfg.lan.addr, cfg.nat_pmp_port);
-            Some(sockets::udp_on(&cfg.lan, addr).map_err(|e| {
-                sockets::explain_bind(e, "delivery of the fast path's grants", addr, "--nat-pmp")
-            })?)
-        }
-        false => None,
-    };
     let grants = fast.take_grants()?;
     Ok(Some(tokio::spawn(fastpath::forward_grants(
         grants,
         Arc::new(cfg.clone()),
         stats.clone(),
         mappings.clone(),
-        lan,
+        held_to,
     ))))
 }
 
@@ -193,6 +274,10 @@ struct Supervisor {
     stats: Arc<Stats>,
     /// Outlives every data path: mappings (and their holes) survive a rebuild.
     mappings: Arc<Mappings>,
+    /// The servers' epoch and nonce key, which survive a rebuild too.
+    identity: Arc<Identity>,
+    /// The CGN's epochs as last seen, which survive a rebuild too.
+    cgn_state: Arc<std::sync::Mutex<CgnState>>,
     running: Option<Running>,
     state: State,
     since: SystemTime,
@@ -217,16 +302,52 @@ impl Supervisor {
                 return Ok(());
             }
         };
-        if self.state == State::Relaying && self.running.as_ref().is_some_and(|r| r.cfg == cfg) {
+        let unchanged =
+            self.state == State::Relaying && self.running.as_ref().is_some_and(|r| r.cfg == cfg);
+        if unchanged && !self.running.as_ref().is_some_and(Running::reprobe_due) {
             self.next_check = Instant::now() + RECHECK_RELAYING;
             return Ok(());
         }
+        let probed = upstream::probe(&cfg).await;
+        if unchanged && let Some(running) = &mut self.running {
+            if running.probed.speaks != probed.speaks {
+                info!(
+                    "the CGN now speaks {} (was: {})",
+                    probed.speaks, running.probed.speaks
+                );
+            }
+            let plan = Plan::choose(self.opts.mode, probed.speaks);
+            // Relaying both either way: the data path stays as it is.
+            if plan == running.plan || !(plan.serves_any() || running.plan.serves_any()) {
+                if let Some(addr) = probed.public_addr() {
+                    self.mappings.public_address(addr).await;
+                }
+                running.probed = probed;
+                running.probed_at = Instant::now();
+                running.plan = plan;
+                self.next_check = Instant::now() + RECHECK_RELAYING;
+                return Ok(());
+            }
+        }
         if self.running.is_some() {
             self.stop().await;
-            info!("interfaces changed");
+            if !unchanged {
+                info!("interfaces changed");
+            }
         }
         info!("configuration:\n{cfg}");
-        match Running::start(&self.opts, cfg, &self.handle, &self.stats, &self.mappings).await {
+        let started = Running::start(
+            &self.opts,
+            cfg,
+            probed,
+            &self.handle,
+            &self.stats,
+            &self.mappings,
+            &self.identity,
+            &self.cgn_state,
+        )
+        .await;
+        match started {
             Ok(new) => {
                 let described = new.describe();
                 self.running = Some(new);
@@ -274,7 +395,7 @@ impl Supervisor {
 
     fn status(&self) -> Status {
         let (kind, reason, hooks, pins) = match self.running.as_ref().map(|r| &r.data_path) {
-            Some(DataPath::Fast(fast)) => (
+            Some(DataPath::Fast(fast, _)) => (
                 DataPathKind::FastPath,
                 None,
                 fast.hooks(),
@@ -299,6 +420,12 @@ impl Supervisor {
             pin_dir: pins,
             counters: self.stats.snapshot(),
             mappings: self.mappings.len(),
+            cgn_speaks: self.running.as_ref().map(|r| r.probed.speaks),
+            port_control: self
+                .running
+                .as_ref()
+                .filter(|r| r.cfg.nat_pmp)
+                .map(|r| r.plan.to_string()),
         }
     }
 
@@ -358,6 +485,8 @@ pub async fn run(opts: Options) -> Result<()> {
         handle,
         stats,
         mappings: mappings.clone(),
+        identity: Arc::new(Identity::default()),
+        cgn_state: Arc::default(),
         running: None,
         // The first `enter` logs whatever it is, even relaying.
         state: State::WaitingFor("the first look at the interfaces".into()),
@@ -396,7 +525,7 @@ pub async fn run(opts: Options) -> Result<()> {
                 sup.write_status(&state_dir);
             }
             _ = tick.tick() => {
-                if let Some(Running { cfg, data_path: DataPath::Fast(fast), .. }) = &mut sup.running {
+                if let Some(Running { cfg, data_path: DataPath::Fast(fast, _), .. }) = &mut sup.running {
                     // The kernel does not age its entries: sweep a few times per timeout.
                     if last_aging.elapsed() >= (cfg.pending_timeout / 4).max(Duration::from_secs(1)) {
                         last_aging = Instant::now();

@@ -7,6 +7,57 @@ use anyhow::{Context as _, Result};
 
 use crate::{Daemon, IGD_HTTP_PORT, Netns, PCP_PORT, PUBLIC_IP};
 
+/// What the lab's CGN speaks to its subscribers: everything miniupnpd does, or one protocol,
+/// like the CGNs users have (a DS-Lite AFTR offers PCP only, an older carrier box NAT-PMP).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CgnKind {
+    /// NAT-PMP, PCP and UPnP IGD.
+    Everything,
+    /// PCP only: NAT-PMP requests (version 0) are dropped before miniupnpd sees them.
+    PcpOnly,
+    /// NAT-PMP only: PCP requests (any version but 0) are dropped.
+    NatPmpOnly,
+    /// UPnP IGD only (miniupnpd's NAT-PMP/PCP off).
+    UpnpOnly,
+}
+
+impl CgnKind {
+    fn port_control(self) -> bool {
+        self != CgnKind::UpnpOnly
+    }
+
+    fn upnp(self) -> bool {
+        matches!(self, CgnKind::Everything | CgnKind::UpnpOnly)
+    }
+
+    /// The nftables input filter that silences one of NAT-PMP and PCP: miniupnpd's
+    /// `enable_natpmp` covers both. The first payload byte (`@th,64,8`) is the version.
+    /// Written on several lines: the one-line form with `priority -10;` fails to parse.
+    fn filter(self) -> Option<&'static str> {
+        match self {
+            CgnKind::PcpOnly => Some(
+                "table inet cgn_speaks {
+    chain input {
+        type filter hook input priority -10; policy accept;
+        udp dport 5351 @th,64,8 0 drop
+    }
+}
+",
+            ),
+            CgnKind::NatPmpOnly => Some(
+                "table inet cgn_speaks {
+    chain input {
+        type filter hook input priority -10; policy accept;
+        udp dport 5351 @th,64,8 != 0 drop
+    }
+}
+",
+            ),
+            CgnKind::Everything | CgnKind::UpnpOnly => None,
+        }
+    }
+}
+
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Masquerades the subscriber out of `wan0`, plus the empty chains miniupnpd fills.
@@ -37,10 +88,11 @@ table inet nat {
 }
 "#;
 
-/// Installs the CGN's nftables ruleset.
-pub(crate) fn install_ruleset(cgn: &Netns, dir: &Path) -> Result<()> {
+/// Installs the CGN's nftables ruleset, with the filter of `kind` if it has one.
+pub(crate) fn install_ruleset(cgn: &Netns, dir: &Path, kind: CgnKind) -> Result<()> {
     let path = dir.join("cgn.nft");
-    std::fs::write(&path, RULESET).with_context(|| format!("writing {path:?}"))?;
+    let ruleset = format!("{RULESET}{}", kind.filter().unwrap_or_default());
+    std::fs::write(&path, ruleset).with_context(|| format!("writing {path:?}"))?;
     cgn.run("nft", &["-f", &path.to_string_lossy()])?;
     Ok(())
 }
@@ -64,15 +116,17 @@ pub(crate) fn install_ruleset(cgn: &Netns, dir: &Path) -> Result<()> {
 ///
 /// Files miniupnpd writes by default (/var/run/miniupnpd.pid, which also makes a second
 /// instance exit with "already running", and its lease file) go to the lab's directory.
-fn config(dir: &Path, notify_interval: u32) -> String {
+fn config(dir: &Path, notify_interval: u32, kind: CgnKind) -> String {
     let dir = dir.display();
+    let yes = |on: bool| if on { "yes" } else { "no" };
+    let (natpmp, upnp) = (yes(kind.port_control()), yes(kind.upnp()));
     format!(
         "ext_ifname=wan0
 ext_ip={PUBLIC_IP}
 listening_ip=softwire/8
 http_port={IGD_HTTP_PORT}
-enable_natpmp=yes
-enable_upnp=yes
+enable_natpmp={natpmp}
+enable_upnp={upnp}
 secure_mode=no
 pcp_allow_thirdparty=yes
 notify_interval={notify_interval}
@@ -90,11 +144,16 @@ deny 0-65535 0.0.0.0/0 0-65535
     )
 }
 
-/// Starts miniupnpd in the foreground in `cgn` and waits until its NAT-PMP/PCP, SSDP and
-/// HTTP sockets exist.
-pub(crate) fn start_miniupnpd(cgn: &Netns, dir: &Path, notify_interval: u32) -> Result<Daemon> {
+/// Starts miniupnpd in the foreground in `cgn` and waits until the NAT-PMP/PCP, SSDP and
+/// HTTP sockets `kind` needs exist.
+pub(crate) fn start_miniupnpd(
+    cgn: &Netns,
+    dir: &Path,
+    notify_interval: u32,
+    kind: CgnKind,
+) -> Result<Daemon> {
     let conf = dir.join("miniupnpd.conf");
-    std::fs::write(&conf, config(dir, notify_interval))
+    std::fs::write(&conf, config(dir, notify_interval, kind))
         .with_context(|| format!("writing {conf:?}"))?;
     let mut cmd = cgn.command("miniupnpd");
     cmd.arg("-d")
@@ -107,9 +166,8 @@ pub(crate) fn start_miniupnpd(cgn: &Netns, dir: &Path, notify_interval: u32) -> 
         let net = format!("/proc/{}/net", d.pid());
         let udp = read(&format!("{net}/udp"));
         let tcp = read(&format!("{net}/tcp")) + &read(&format!("{net}/tcp6"));
-        bound(&udp, PCP_PORT, None)
-            && bound(&udp, 1900, None)
-            && bound(&tcp, IGD_HTTP_PORT, Some("0A"))
+        (!kind.port_control() || bound(&udp, PCP_PORT, None))
+            && (!kind.upnp() || (bound(&udp, 1900, None) && bound(&tcp, IGD_HTTP_PORT, Some("0A"))))
     })?;
     Ok(daemon)
 }

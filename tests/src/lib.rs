@@ -30,6 +30,7 @@ mod tunpipe;
 
 use std::net::Ipv4Addr;
 
+pub use cgn::CgnKind;
 pub use daemon::Daemon;
 pub use datapath::{DataPath, Hole};
 pub use net_check::{TcpServer, send_raw_udp};

@@ -17,7 +17,8 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{
     CGN_SOFTWIRE_IP, CPE_SOFTWIRE_IP, Daemon, INET_IP, LAN_GATEWAY, LAN1_IP, LAN2_IP, Netns,
-    PUBLIC_IP, cgn,
+    PUBLIC_IP,
+    cgn::{self, CgnKind},
     tunpipe::{TunPipe, open_tun},
 };
 
@@ -92,9 +93,16 @@ pub struct LabBuilder {
     softwire: Softwire,
     notify_interval: u32,
     cpe_firewall: bool,
+    cgn_kind: CgnKind,
 }
 
 impl LabBuilder {
+    /// What the CGN speaks (default: everything miniupnpd does).
+    pub fn cgn(mut self, kind: CgnKind) -> LabBuilder {
+        self.cgn_kind = kind;
+        self
+    }
+
     /// Seconds between miniupnpd's SSDP NOTIFYs (default 60; it also sends them at start).
     pub fn notify_interval(mut self, seconds: u32) -> LabBuilder {
         self.notify_interval = seconds;
@@ -128,6 +136,7 @@ impl LabBuilder {
             dir,
             daemons: AtomicU32::new(0),
             notify_interval: self.notify_interval,
+            cgn_kind: self.cgn_kind,
             miniupnpd: None,
             pipe: None,
             cgn_tun: None,
@@ -143,11 +152,12 @@ impl LabBuilder {
             fs::write(&path, CPE_FIREWALL).with_context(|| format!("writing {path:?}"))?;
             lab.cpe().run("nft", &["-f", &path.to_string_lossy()])?;
         }
-        cgn::install_ruleset(lab.cgn(), &lab.dir)?;
+        cgn::install_ruleset(lab.cgn(), &lab.dir, self.cgn_kind)?;
         lab.miniupnpd = Some(cgn::start_miniupnpd(
             lab.cgn(),
             &lab.dir,
             self.notify_interval,
+            self.cgn_kind,
         )?);
         Ok(lab)
     }
@@ -164,6 +174,8 @@ pub struct Lab {
     daemons: AtomicU32,
     /// miniupnpd's `notify_interval`, kept for [`Lab::restart_cgn`].
     notify_interval: u32,
+    /// What the CGN speaks, kept for [`Lab::restart_cgn`].
+    cgn_kind: CgnKind,
     miniupnpd: Option<Daemon>,
     /// The L3 softwire's forwarder.
     pipe: Option<TunPipe>,
@@ -184,6 +196,7 @@ impl Lab {
             softwire,
             notify_interval: 60,
             cpe_firewall: false,
+            cgn_kind: CgnKind::Everything,
         }
     }
 
@@ -277,6 +290,33 @@ impl Lab {
             self.cgn(),
             &self.dir,
             self.notify_interval,
+            self.cgn_kind,
+        )?);
+        Ok(())
+    }
+
+    /// Reboots the CGN as far as its mappings go: miniupnpd stops, its redirections (nft
+    /// chains) and lease file are gone, and it starts afresh, with a new epoch and none of
+    /// the mappings it had granted; waits until it serves again.
+    pub fn reboot_cgn(&mut self) -> Result<()> {
+        self.miniupnpd = None;
+        for (table, chain) in [
+            ("filter", "miniupnpd"),
+            ("nat", "prerouting_miniupnpd"),
+            ("nat", "postrouting_miniupnpd"),
+        ] {
+            self.cgn()
+                .run("nft", &["flush", "chain", "inet", table, chain])?;
+        }
+        let leases = self.dir.join("miniupnpd.leases");
+        if leases.exists() {
+            fs::remove_file(&leases).with_context(|| format!("removing {leases:?}"))?;
+        }
+        self.miniupnpd = Some(cgn::start_miniupnpd(
+            self.cgn(),
+            &self.dir,
+            self.notify_interval,
+            self.cgn_kind,
         )?);
         Ok(())
     }

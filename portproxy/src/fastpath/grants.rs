@@ -29,7 +29,7 @@ pub async fn forward(
     cfg: Arc<Config>,
     stats: Arc<Stats>,
     mappings: Arc<Mappings>,
-    lan: Option<UdpSocket>,
+    lan: Option<Arc<UdpSocket>>,
 ) {
     // SAFETY: the fd is the ring buffer map's, owned by `grants` for as long as the AsyncFd
     // holds it, and `as_raw_fd` always returns that one.
@@ -48,7 +48,7 @@ pub async fn forward(
         }
         ready.clear_ready();
         for event in events {
-            deliver(&event, &cfg, &stats, &mappings, lan.as_ref()).await;
+            deliver(&event, &cfg, &stats, &mappings, lan.as_deref()).await;
         }
     }
 }

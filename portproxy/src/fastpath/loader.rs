@@ -75,6 +75,7 @@ use super::{PROGRAMS, iface, load_program, maps, object, raise_memlock_limit};
 use crate::cli::Hooks;
 use crate::clock::boot_time;
 use crate::config::Config;
+use crate::datapath::ToDaemon;
 
 /// Maps pinned for inspection.
 const PINNED_MAPS: [&str; 4] = ["CLIENTS", "STATS", "CONFIG", "RATE"];
@@ -121,16 +122,15 @@ impl FastPath {
     /// Loads the programs, configures them for `cfg`, attaches them (layout in the module
     /// doc) and pins the maps under `pin_dir`. Every error names the step, interface and
     /// program, so the caller can fall back to the socket relay with one line.
-    /// `hold_grants`: the programs hand grants to userspace instead of relaying them
-    /// (firewall holes must open first).
+    /// `to_daemon`: what the programs leave to userspace.
     pub fn start(
         cfg: &Config,
         pin_dir: &Path,
         kernel_log: bool,
-        hold_grants: bool,
+        to_daemon: ToDaemon,
     ) -> anyhow::Result<FastPath> {
         raise_memlock_limit();
-        let mut map_config = maps::map_config(cfg, hold_grants)?;
+        let mut map_config = maps::map_config(cfg, to_daemon)?;
         let mut ebpf = object::load(cfg.max_clients, kernel_log)?;
         let kernel_log = match kernel_log {
             true => Some(

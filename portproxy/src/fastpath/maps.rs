@@ -12,8 +12,8 @@ use aya::Ebpf;
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use portproxy_common::{
     ClientKey, ClientValue, Config as MapConfig, FLAG_HOLD_GRANTS, FLAG_PORT_CONTROL,
-    FLAG_REPORT_GRANTS, FLAG_SSDP, RATE_REFILL_NS, RateKey, RateValue, STAT_COUNT, STAT_EVICTED,
-    STAT_NAMES, mask_be,
+    FLAG_REPORT_GRANTS, FLAG_SERVE_NATPMP, FLAG_SERVE_PCP, FLAG_SSDP, RATE_REFILL_NS, RateKey,
+    RateValue, STAT_COUNT, STAT_EVICTED, STAT_NAMES, mask_be,
 };
 
 /// `BPF_NOEXIST` (create only).
@@ -21,10 +21,11 @@ const BPF_NOEXIST: u32 = 1;
 
 use super::iface;
 use crate::config::Config;
+use crate::datapath::ToDaemon;
 
 /// Builds the programs' `CONFIG` from the daemon's configuration and the interfaces.
-/// `hold_grants`: see `FLAG_HOLD_GRANTS`.
-pub fn map_config(cfg: &Config, hold_grants: bool) -> anyhow::Result<MapConfig> {
+/// `to_daemon`: see `FLAG_HOLD_GRANTS`, `FLAG_SERVE_NATPMP`, `FLAG_SERVE_PCP`.
+pub fn map_config(cfg: &Config, to_daemon: ToDaemon) -> anyhow::Result<MapConfig> {
     let be = |addr: Ipv4Addr| u32::from_ne_bytes(addr.octets());
     let lan = iface::link(&cfg.lan.iface)?;
     if lan.is_l3() {
@@ -41,8 +42,14 @@ pub fn map_config(cfg: &Config, hold_grants: bool) -> anyhow::Result<MapConfig> 
     if cfg.nat_pmp {
         // The mapping table learns every grant; the firewall needs its hole first.
         flags |= FLAG_PORT_CONTROL | FLAG_REPORT_GRANTS;
-        if hold_grants {
-            flags |= FLAG_HOLD_GRANTS;
+        for (on, flag) in [
+            (to_daemon.hold_grants, FLAG_HOLD_GRANTS),
+            (to_daemon.serve_nat_pmp, FLAG_SERVE_NATPMP),
+            (to_daemon.serve_pcp, FLAG_SERVE_PCP),
+        ] {
+            if on {
+                flags |= flag;
+            }
         }
     }
     if cfg.upnp_udp {

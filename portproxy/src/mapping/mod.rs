@@ -50,6 +50,27 @@ pub enum Origin {
     },
 }
 
+/// What the CGN holds for a mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backing {
+    /// The client's own request, relayed: the CGN granted what the client asked.
+    Relayed,
+    /// portproxy answered the client and asked the CGN with PCP MAP, with this nonce.
+    Pcp { nonce: [u8; 12] },
+    /// portproxy answered the client and asked the CGN with NAT-PMP.
+    NatPmp,
+}
+
+impl Backing {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backing::Relayed => "relayed",
+            Backing::Pcp { .. } => "pcp-map",
+            Backing::NatPmp => "nat-pmp",
+        }
+    }
+}
+
 /// A grant from the CGN, matched to the request in flight that asked for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
@@ -60,6 +81,7 @@ pub struct Grant {
     /// PCP deletes, their lifetime 0, never become grants).
     pub lifetime: u32,
     pub origin: Origin,
+    pub backing: Backing,
     /// The client tuple whose request the CGN answered.
     pub client: SocketAddrV4,
 }
@@ -73,6 +95,7 @@ pub struct Entry {
     /// `None`: until deleted (a permanent UPnP lease).
     pub expires: Option<Duration>,
     pub origin: Origin,
+    pub backing: Backing,
     pub client: SocketAddrV4,
     pub first_seen: Duration,
     pub last_seen: Duration,
@@ -94,6 +117,10 @@ pub struct View {
     pub nonce: Option<String>,
     /// UPnP's NewPortMappingDescription.
     pub description: Option<String>,
+    /// What the CGN holds: `relayed` (the client's own request), or the request portproxy
+    /// made for it: `pcp-map`, `nat-pmp`.
+    #[serde(default)]
+    pub upstream: String,
     pub client: SocketAddrV4,
     pub first_seen_secs_ago: u64,
     pub last_seen_secs_ago: u64,
@@ -125,6 +152,7 @@ impl View {
             origin: origin.to_string(),
             nonce,
             description,
+            upstream: e.backing.name().to_string(),
             client: e.client,
             first_seen_secs_ago: ago(e.first_seen),
             last_seen_secs_ago: ago(e.last_seen),
@@ -178,9 +206,35 @@ impl Mappings {
         self.state.lock().await.public_addr = Some(addr);
     }
 
+    /// The CGN's external address, if known.
+    pub async fn known_public_address(&self) -> Option<Ipv4Addr> {
+        self.state.lock().await.public_addr
+    }
+
+    /// The mapping `key`, if the table has it.
+    pub async fn get(&self, key: &Key) -> Option<Entry> {
+        self.state.lock().await.table.get(key).cloned()
+    }
+
+    /// Every mapping.
+    pub async fn entries(&self) -> Vec<Entry> {
+        self.state.lock().await.table.entries().cloned().collect()
+    }
+
+    /// Every mapping of `host`.
+    pub async fn of_host(&self, host: Ipv4Addr) -> Vec<Entry> {
+        let state = self.state.lock().await;
+        state
+            .table
+            .entries()
+            .filter(|e| e.key.host == host)
+            .cloned()
+            .collect()
+    }
+
     /// Takes in a grant and opens its hole; returns when the hole is open (or
     /// the grant was refused), so the caller may then pass the grant on.
-    pub async fn granted(&self, mut grant: Grant) {
+    pub async fn granted(&self, mut grant: Grant) -> Result<(), Refused> {
         let now = now();
         let mut state = self.state.lock().await;
         match grant.external.ip() {
@@ -205,7 +259,7 @@ impl Mappings {
                     grant.key.internal_port,
                     grant.key.proto.name()
                 );
-                return;
+                return Err(refused);
             }
         };
         self.held.store(state.table.len(), Ordering::Relaxed);
@@ -242,6 +296,7 @@ impl Mappings {
                 warn!("{e:#}");
             }
         }
+        Ok(())
     }
 
     /// A delete the CGN confirmed: `internal_port` 0 deletes all of the host's

@@ -78,6 +78,7 @@ impl Table {
             entry.external = grant.external;
             entry.expires = expires;
             entry.origin = grant.origin;
+            entry.backing = grant.backing;
             entry.client = grant.client;
             entry.last_seen = now;
             return Ok(Learned::Renewed(entry.clone()));
@@ -94,6 +95,7 @@ impl Table {
             external: grant.external,
             expires,
             origin: grant.origin,
+            backing: grant.backing,
             client: grant.client,
             first_seen: now,
             last_seen: now,
@@ -102,6 +104,10 @@ impl Table {
         // `held` is below `per_host`, a usize, so this cannot overflow.
         self.per_host.insert(grant.key.host, held + 1);
         Ok(Learned::Added(entry))
+    }
+
+    pub fn get(&self, key: &Key) -> Option<&Entry> {
+        self.entries.get(key)
     }
 
     /// Removes one mapping (a delete the CGN confirmed).
@@ -165,7 +171,7 @@ mod tests {
     use std::net::SocketAddrV4;
 
     use super::*;
-    use crate::mapping::Origin;
+    use crate::mapping::{Backing, Origin};
 
     const LAN1: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 2);
     const LAN2: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 3);
@@ -185,6 +191,7 @@ mod tests {
             external: SocketAddrV4::new(PUBLIC, external),
             lifetime,
             origin: Origin::NatPmp,
+            backing: Backing::Relayed,
             client: SocketAddrV4::new(host, 40000),
         }
     }

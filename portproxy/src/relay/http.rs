@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::config::Config;
-use crate::mapping::{self, Grant, Key, Mappings, Origin};
+use crate::mapping::{self, Backing, Grant, Key, Mappings, Origin};
 use crate::proto::upnp::{self, Action, Head, Unparsed};
 use crate::relay::Tasks;
 use crate::sockets;
@@ -246,9 +246,11 @@ impl HttpRelay {
                         any: *any,
                         description: description.chars().take(MAX_DESCRIPTION).collect(),
                     },
+                    backing: Backing::Relayed,
                     client,
                 };
-                self.mappings.granted(grant).await;
+                // Refused grants are counted and logged by the table; the answer passes.
+                let _ = self.mappings.granted(grant).await;
             }
         }
     }

@@ -11,10 +11,12 @@ mod tasks;
 use std::sync::Arc;
 
 use anyhow::{Result, anyhow};
+use tokio::net::UdpSocket;
 use tokio::task::JoinSet;
 
 use crate::config::Config;
 use crate::mapping::Mappings;
+use crate::serve::PortControlServer;
 use crate::stats::Stats;
 pub use tasks::Tasks;
 
@@ -24,6 +26,8 @@ pub struct SocketRelay {
     loops: JoinSet<Result<()>>,
     /// What the loops spawn (per client, search, connection).
     tasks: Tasks,
+    /// The NAT-PMP/PCP relay's LAN socket, when it runs.
+    port_control: Option<Arc<UdpSocket>>,
 }
 
 impl SocketRelay {
@@ -31,6 +35,7 @@ impl SocketRelay {
         cfg: &Arc<Config>,
         stats: &Arc<Stats>,
         mappings: &Arc<Mappings>,
+        server: Option<Arc<PortControlServer>>,
     ) -> Result<SocketRelay> {
         let tasks = Tasks::default();
         let mut loops = JoinSet::new();
@@ -44,20 +49,32 @@ impl SocketRelay {
         } else {
             None
         };
+        let mut port_control = None;
         if cfg.nat_pmp {
             let relay = port_control::PortControlRelay::bind(
                 cfg.clone(),
                 stats.clone(),
                 mappings.clone(),
+                server,
                 &tasks,
             )?;
+            port_control = Some(relay.lan_socket());
             loops.spawn(relay.run());
         }
         if cfg.upnp_udp {
             let relay = ssdp::SsdpRelay::bind(cfg.clone(), stats.clone(), http, &tasks)?;
             loops.spawn(relay.run());
         }
-        Ok(SocketRelay { loops, tasks })
+        Ok(SocketRelay {
+            loops,
+            tasks,
+            port_control,
+        })
+    }
+
+    /// The socket NAT-PMP/PCP answers leave from (LAN address, port 5351), if this relay has it.
+    pub fn port_control_socket(&self) -> Option<Arc<UdpSocket>> {
+        self.port_control.clone()
     }
 
     /// Waits until a receive loop ends (which is always a failure); never while none runs.

@@ -9,8 +9,11 @@
 //! Each mapping request is remembered with its client; a success response that
 //! answers one of them is a grant, which goes into the mapping table (and opens
 //! its firewall hole) before the response goes on to the client.
+//!
+//! A protocol the CGN does not speak is not relayed: `serve::PortControlServer`
+//! answers it, one task per request, and the answer leaves from the same LAN socket.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -20,11 +23,12 @@ use log::{debug, warn};
 use tokio::net::UdpSocket;
 
 use crate::config::Config;
-use crate::mapping::{self, Grant, Key, Mappings, Origin};
+use crate::mapping::{self, Backing, Grant, Key, Mappings, Origin};
 use crate::proto::Transport;
 use crate::proto::port_control::{self, Checked, MapRequest, MapResponse, Protocol};
 use crate::relay::Tasks;
 use crate::relay::rate_limit::RateLimit;
+use crate::serve::PortControlServer;
 use crate::sockets;
 use crate::stats::{Counter, Stats};
 
@@ -69,6 +73,8 @@ struct Table {
     clients: HashMap<SocketAddrV4, Client>,
     per_host: HashMap<Ipv4Addr, usize>,
     rate: RateLimit,
+    /// Clients whose request the server is answering now.
+    serving: HashSet<SocketAddrV4>,
 }
 
 impl Table {
@@ -88,6 +94,8 @@ pub struct PortControlRelay {
     cfg: Arc<Config>,
     stats: Arc<Stats>,
     mappings: Arc<Mappings>,
+    /// Answers the protocols the CGN does not speak.
+    server: Option<Arc<PortControlServer>>,
     lan: Arc<UdpSocket>,
     table: Mutex<Table>,
     tasks: Tasks,
@@ -100,6 +108,7 @@ impl PortControlRelay {
         cfg: Arc<Config>,
         stats: Arc<Stats>,
         mappings: Arc<Mappings>,
+        server: Option<Arc<PortControlServer>>,
         tasks: &Tasks,
     ) -> Result<Arc<Self>> {
         let addr = SocketAddrV4::new(cfg.lan.addr, cfg.nat_pmp_port);
@@ -109,16 +118,23 @@ impl PortControlRelay {
             clients: HashMap::new(),
             per_host: HashMap::new(),
             rate: RateLimit::new(cfg.rate_limit),
+            serving: HashSet::new(),
         };
         Ok(Arc::new(PortControlRelay {
             cfg,
             stats,
             mappings,
+            server,
             lan: Arc::new(lan),
             table: Mutex::new(table),
             tasks: tasks.clone(),
             drops_quiet_until: Mutex::new(Instant::now()),
         }))
+    }
+
+    /// The LAN socket (LAN address, port 5351), for what else leaves from there.
+    pub fn lan_socket(&self) -> Arc<UdpSocket> {
+        self.lan.clone()
     }
 
     /// Receives requests from the LAN until the socket fails. Each wake-up
@@ -151,6 +167,12 @@ impl PortControlRelay {
                     self.cfg.lan.addr, self.cfg.lan.prefix_len
                 )
             });
+            return;
+        }
+        if let Some(server) = &self.server
+            && server.serves(msg)
+        {
+            self.serve(server.clone(), client, msg);
             return;
         }
         let checked = match port_control::check_request(msg) {
@@ -192,6 +214,63 @@ impl PortControlRelay {
                 );
             }
         }
+    }
+
+    /// Has the server answer `msg` in a task of its own (it may ask the CGN first). Limited
+    /// like relayed requests: the host's rate, one request in flight per client tuple (a
+    /// retransmission while the first is answered is dropped; the answer reaches it
+    /// anyway), `QUOTA_PER_HOST` per host and `--max-clients` in all.
+    fn serve(self: &Arc<Self>, server: Arc<PortControlServer>, client: SocketAddrV4, msg: &[u8]) {
+        {
+            let mut table = self.table.lock().unwrap();
+            if !table.rate.allow(*client.ip(), Instant::now()) {
+                self.stats.add(Counter::DropRateLimit);
+                self.log_drop(|| {
+                    format!(
+                        "dropped request from {client}: over {}/s",
+                        self.cfg.rate_limit
+                    )
+                });
+                return;
+            }
+            if table.serving.contains(&client) {
+                self.stats.add(Counter::DropBusy);
+                return;
+            }
+            let of_host = table
+                .serving
+                .iter()
+                .filter(|c| c.ip() == client.ip())
+                .count();
+            let quota_on = self.cfg.rate_limit != 0;
+            if (quota_on && of_host >= QUOTA_PER_HOST)
+                || table.serving.len() >= self.cfg.max_clients as usize
+            {
+                self.stats.add(Counter::DropQuota);
+                self.log_drop(|| format!("dropped request from {client}: too many in flight"));
+                return;
+            }
+            table.serving.insert(client);
+        }
+        let relay = self.clone();
+        let msg = msg.to_vec();
+        self.tasks.spawn(async move {
+            if let Some(reply) = server.answer(client, &msg).await {
+                match relay.lan.send_to(&reply, client).await {
+                    Ok(_) => relay.stats.add(match msg[0] {
+                        0 => Counter::NatPmpAnswered,
+                        _ => Counter::PcpAnswered,
+                    }),
+                    Err(e) => {
+                        relay.stats.add(Counter::DropSendFailed);
+                        warn!("answering {client}: {e}");
+                    }
+                }
+            } else {
+                relay.stats.add(Counter::DropMalformed);
+            }
+            relay.table.lock().unwrap().serving.remove(&client);
+        });
     }
 
     /// Logs a dropped request (`-vv`) unless one was logged in the last second; every drop
@@ -423,12 +502,14 @@ pub async fn learn(
         None => Origin::NatPmp,
     };
     let external = response.external_addr.unwrap_or(Ipv4Addr::UNSPECIFIED);
-    mappings
+    // Refused grants are counted and logged by the table; the client gets the CGN's answer.
+    let _ = mappings
         .granted(Grant {
             key,
             external: SocketAddrV4::new(external, response.external_port),
             lifetime: response.lifetime,
             origin,
+            backing: Backing::Relayed,
             client,
         })
         .await;

@@ -1,0 +1,240 @@
+//! Asking the CGN for one mapping, in PCP or NAT-PMP, as the LAN host.
+//!
+//! One exchange is a fresh transparent socket bound to the host's address (any port) and
+//! connected to CGN:5351; `capture::ReplyCapture` routes the CGN's answer to it. The
+//! request is sent again after 250 ms and 500 ms (RFC 6887 §8.1.1 asks for 3 s first;
+//! the LAN client waits on us, and libnatpmp gives up after its own retries), so an
+//! exchange takes at most 1.75 s. Only an answer to this request counts: PCP's nonce,
+//! protocol and internal port, NAT-PMP's opcode and internal port.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+use log::debug;
+use tokio::net::UdpSocket;
+
+use super::{Failure, Nonces, Via};
+use crate::proto::{Transport, natpmp, pcp};
+use crate::sockets;
+
+const TRIES: [Duration; 3] = [
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_millis(1000),
+];
+
+/// A mapping asked for on a LAN host's behalf.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ask {
+    pub host: Ipv4Addr,
+    pub proto: Transport,
+    pub internal_port: u16,
+    /// 0: any.
+    pub suggested_port: u16,
+    /// 0 deletes.
+    pub lifetime: u32,
+    /// That port or nothing (PCP's PREFER_FAILURE; NAT-PMP cannot say it, see `Upstream::map`).
+    pub prefer_failure: bool,
+    /// The PCP nonce the CGN ties the mapping to (unused with NAT-PMP).
+    pub nonce: [u8; 12],
+}
+
+/// What the CGN granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Granted {
+    /// The address is unspecified when the protocol does not carry it (NAT-PMP).
+    pub external: SocketAddrV4,
+    /// 0 confirms a delete.
+    pub lifetime: u32,
+    /// The CGN's epoch (seconds since it started or lost its state).
+    pub epoch: u32,
+}
+
+/// The CGN, spoken to in one protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Upstream {
+    pub cgn: SocketAddrV4,
+    pub via: Via,
+}
+
+impl Upstream {
+    /// Creates, renews (lifetime > 0) or deletes (lifetime 0) a mapping. With NAT-PMP a
+    /// `prefer_failure` ask that got another port is deleted again and refused.
+    pub async fn map(&self, ask: &Ask) -> Result<Granted, Failure> {
+        let granted = match self.via {
+            Via::Pcp => self.pcp_map(ask).await?,
+            Via::NatPmp => self.natpmp_map(ask).await?,
+        };
+        let other_port = ask.suggested_port != 0 && granted.external.port() != ask.suggested_port;
+        if self.via == Via::NatPmp && ask.prefer_failure && ask.lifetime != 0 && other_port {
+            let undo = Ask {
+                lifetime: 0,
+                ..*ask
+            };
+            if let Err(e) = self.natpmp_map(&undo).await {
+                debug!(
+                    "deleting {}:{} again at the CGN: {e}",
+                    ask.host, ask.internal_port
+                );
+            }
+            return Err(Failure::CannotProvideExternal);
+        }
+        Ok(granted)
+    }
+
+    /// The CGN's external address: NAT-PMP asks for it; PCP has no such request, so a
+    /// mapping of the CPE's own (WAN address, the exchange's port) is made for 60 s and
+    /// deleted again (what RFC 6970 §5.3 suggests for GetExternalIPAddress).
+    pub async fn public_address(&self, wan: Ipv4Addr) -> Result<Ipv4Addr, Failure> {
+        let socket = connect(wan, self.cgn)?;
+        match self.via {
+            Via::NatPmp => {
+                let answer = exchange(&socket, &[natpmp::VERSION, 0], |msg| {
+                    natpmp::parse_public_address(msg)
+                })
+                .await?;
+                match answer {
+                    (natpmp::result::SUCCESS, _, addr) => Ok(addr),
+                    (code, _, _) => Err(Failure::from_natpmp(code)),
+                }
+            }
+            Via::Pcp => {
+                let port = socket
+                    .local_addr()
+                    .map_err(|_| Failure::NetworkFailure)?
+                    .port();
+                let mut ask = Ask {
+                    host: wan,
+                    proto: Transport::Udp,
+                    internal_port: port,
+                    suggested_port: 0,
+                    lifetime: 60,
+                    prefer_failure: false,
+                    nonce: Nonces::random(),
+                };
+                let granted = pcp_exchange(&socket, &ask).await?;
+                ask.lifetime = 0;
+                if let Err(e) = pcp_exchange(&socket, &ask).await {
+                    debug!("deleting the address probe's mapping: {e}");
+                }
+                Ok(*granted.external.ip())
+            }
+        }
+    }
+
+    async fn pcp_map(&self, ask: &Ask) -> Result<Granted, Failure> {
+        pcp_exchange(&connect(ask.host, self.cgn)?, ask).await
+    }
+
+    async fn natpmp_map(&self, ask: &Ask) -> Result<Granted, Failure> {
+        let socket = connect(ask.host, self.cgn)?;
+        let request = natpmp_request(ask);
+        let opcode = request[1] | 0x80;
+        let msg = exchange(&socket, &request, |msg| {
+            (msg.len() >= 16
+                && msg[0] == natpmp::VERSION
+                && msg[1] == opcode
+                && msg[8..10] == ask.internal_port.to_be_bytes())
+            .then(|| msg[..16].to_vec())
+        })
+        .await?;
+        let be32 = |at: usize| u32::from_be_bytes([msg[at], msg[at + 1], msg[at + 2], msg[at + 3]]);
+        match u16::from_be_bytes([msg[2], msg[3]]) {
+            natpmp::result::SUCCESS => Ok(Granted {
+                external: SocketAddrV4::new(
+                    Ipv4Addr::UNSPECIFIED,
+                    u16::from_be_bytes([msg[10], msg[11]]),
+                ),
+                lifetime: be32(12),
+                epoch: be32(4),
+            }),
+            code => Err(Failure::from_natpmp(code)),
+        }
+    }
+}
+
+fn natpmp_request(ask: &Ask) -> Vec<u8> {
+    let opcode = match ask.proto {
+        Transport::Udp => 1,
+        Transport::Tcp => 2,
+    };
+    let mut m = vec![natpmp::VERSION, opcode, 0, 0];
+    m.extend_from_slice(&ask.internal_port.to_be_bytes());
+    m.extend_from_slice(&ask.suggested_port.to_be_bytes());
+    m.extend_from_slice(&ask.lifetime.to_be_bytes());
+    m
+}
+
+async fn pcp_exchange(socket: &UdpSocket, ask: &Ask) -> Result<Granted, Failure> {
+    let map = pcp::Map {
+        nonce: ask.nonce,
+        protocol: ask.proto.number(),
+        internal_port: ask.internal_port,
+        external_port: ask.suggested_port,
+        external_addr: pcp::mapped(Ipv4Addr::UNSPECIFIED),
+    };
+    let request = pcp::request(ask.host, ask.lifetime, Some(map), ask.prefer_failure);
+    let response = exchange(socket, &request, |msg| {
+        let r = pcp::parse_response(msg)?;
+        let m = r.map?;
+        (r.opcode == pcp::OPCODE_MAP
+            && m.nonce == ask.nonce
+            && m.protocol == map.protocol
+            && m.internal_port == ask.internal_port)
+            .then_some((r, m))
+    })
+    .await;
+    let (r, m) = response?;
+    if r.result != pcp::result::SUCCESS {
+        return Err(Failure::from_pcp(r.result));
+    }
+    Ok(Granted {
+        external: SocketAddrV4::new(
+            m.external_addr
+                .to_ipv4_mapped()
+                .unwrap_or(Ipv4Addr::UNSPECIFIED),
+            m.external_port,
+        ),
+        lifetime: r.lifetime,
+        epoch: r.epoch,
+    })
+}
+
+/// A socket that sends as `from` (any port) to `cgn`.
+fn connect(from: Ipv4Addr, cgn: SocketAddrV4) -> Result<UdpSocket, Failure> {
+    sockets::transparent_udp(SocketAddrV4::new(from, 0), cgn).map_err(|e| {
+        debug!("cannot send to the CGN as {from}: {e}");
+        Failure::NetworkFailure
+    })
+}
+
+/// Sends `request` until `answer` accepts a datagram, or `TRIES` run out.
+async fn exchange<T>(
+    socket: &UdpSocket,
+    request: &[u8],
+    answer: impl Fn(&[u8]) -> Option<T>,
+) -> Result<T, Failure> {
+    let mut buf = [0u8; pcp::MAX_LEN];
+    for wait in TRIES {
+        if let Err(e) = socket.send(request).await {
+            debug!("sending to the CGN: {e}");
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, socket.recv(&mut buf)).await {
+                Err(_) => break,
+                Ok(Ok(len)) => {
+                    if let Some(found) = answer(&buf[..len]) {
+                        return Ok(found);
+                    }
+                }
+                // ICMP port unreachable from a CGN restarting: wait out this try.
+                Ok(Err(_)) => {
+                    tokio::time::sleep_until(deadline).await;
+                    break;
+                }
+            }
+        }
+    }
+    Err(Failure::NoAnswer)
+}

@@ -1,0 +1,283 @@
+//! Keeps the table's mappings at the CGN when the CGN loses them (a reboot, a restart of
+//! its daemon) or its external address changes.
+//!
+//! While the table holds mappings the keeper asks the CGN for its epoch every `POLL` (a
+//! PCP ANNOUNCE, a NAT-PMP public address request: what it speaks), and right away when
+//! the CGN announces itself on 224.0.0.1:5350. An epoch that says the CGN lost its state
+//! (`EpochWatch`), or a new external address, makes it:
+//! 1. re-create every mapping the table holds, as the host that has it, with the external
+//!    port it had suggested and the lifetime it has left: proxied ones with the protocol and
+//!    nonce that made them, relayed ones with the client's own protocol (a PCP client's
+//!    nonce is in the table) for the rest of the lifetime their client was granted;
+//! 2. start a new epoch of its own (the servers' answers show it), and tell the LAN:
+//!    NAT-PMP address announcements and PCP ANNOUNCEs to 224.0.0.1:5350, ten times from
+//!    250 ms on, doubling (RFC 6886 §3.2.1, RFC 6887 §14.1.3). For a relayed protocol the
+//!    announcement carries the CGN's epoch, as the CGN's own would.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use log::{info, warn};
+use tokio::net::UdpSocket;
+
+use super::epoch::EpochWatch;
+use super::probe::{self, Epochs};
+use super::{Ask, Handling, Plan, Speaks, Upstream, Via};
+use crate::clock::boot_time;
+use crate::config::Config;
+use crate::mapping::{Backing, Entry, Grant, Mappings, Origin};
+use crate::proto::{natpmp, pcp};
+use crate::serve::Identity;
+use crate::sockets;
+use crate::stats::{Counter, Stats};
+
+/// How often the CGN's epoch is asked for while there are mappings to keep.
+const POLL: Duration = Duration::from_secs(5);
+/// NAT-PMP and PCP clients listen for announcements here.
+const ANNOUNCE_TO: SocketAddrV4 =
+    SocketAddrV4::new(Ipv4Addr::new(224, 0, 0, 1), sockets::ANNOUNCE_PORT);
+const ANNOUNCEMENTS: u32 = 10;
+const FIRST_ANNOUNCEMENT: Duration = Duration::from_millis(250);
+
+/// What the keeper knows of the CGN; it outlives rebuilds of the data path (a CGN that
+/// rebooted during a flap is found out at the first answer after it), and starts afresh
+/// when the CGN's address changes.
+#[derive(Debug, Default)]
+pub struct CgnState {
+    cgn: Option<Ipv4Addr>,
+    pcp: EpochWatch,
+    nat_pmp: EpochWatch,
+    public_addr: Option<Ipv4Addr>,
+}
+
+impl CgnState {
+    /// Takes in what the CGN at `cgn` answered; true when its mappings must be re-created.
+    pub fn lost_state(&mut self, cgn: Ipv4Addr, epochs: &Epochs) -> bool {
+        if self.cgn != Some(cgn) {
+            *self = CgnState {
+                cgn: Some(cgn),
+                ..CgnState::default()
+            };
+        }
+        let now = boot_time();
+        let mut lost = false;
+        if let Some(epoch) = epochs.pcp {
+            lost |= self.pcp.lost_state(epoch, now);
+        }
+        if let Some((epoch, addr)) = epochs.nat_pmp {
+            lost |= self.nat_pmp.lost_state(epoch, now);
+            lost |= self.public_addr.is_some_and(|before| before != addr);
+            self.public_addr = Some(addr);
+        }
+        lost
+    }
+}
+
+pub struct Keeper {
+    pub cfg: Arc<Config>,
+    pub speaks: Speaks,
+    pub plan: Plan,
+    pub mappings: Arc<Mappings>,
+    pub stats: Arc<Stats>,
+    pub identity: Arc<Identity>,
+    pub state: Arc<Mutex<CgnState>>,
+    /// Sends the announcements: bound to the LAN address and port 5351.
+    pub lan: Arc<UdpSocket>,
+}
+
+impl Keeper {
+    /// Runs until cancelled with the data path; `recreate`: the probe that started this data
+    /// path found the CGN lost its state, so the mappings are re-created first.
+    pub async fn run(self, recreate: bool) {
+        let this = Arc::new(self);
+        // Dropped (so aborted) with this future.
+        let mut announcing = tokio::task::JoinSet::new();
+        if recreate {
+            let epochs = probe::epochs(&this.cfg, this.speaks).await;
+            this.after_loss(epochs).await;
+            announcing.spawn(this.clone().announce(epochs, boot_time()));
+        }
+        let listener = match sockets::announcement_listener(&this.cfg.wan) {
+            Ok(socket) => Some(socket),
+            Err(e) => {
+                warn!("not listening for the CGN's announcements on port 5350: {e}");
+                None
+            }
+        };
+        let mut buf = [0u8; pcp::MAX_LEN];
+        let mut last_check = tokio::time::Instant::now();
+        loop {
+            let announced = async {
+                match &listener {
+                    Some(socket) => {
+                        let from = socket.recv_from(&mut buf).await.ok().map(|(_, from)| from);
+                        from.is_some_and(|f| f.ip() == std::net::IpAddr::V4(this.cfg.cgn))
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            let announced = tokio::select! {
+                _ = tokio::time::sleep(POLL) => false,
+                announced = announced => announced,
+            };
+            if announced {
+                // Announcements only make it look sooner; a flood of them cannot make it
+                // ask more than once a second.
+                if last_check.elapsed() < Duration::from_secs(1) {
+                    continue;
+                }
+                info!("the CGN {} announced itself", this.cfg.cgn);
+            } else if this.mappings.len() == 0 {
+                continue;
+            }
+            last_check = tokio::time::Instant::now();
+            let epochs = probe::epochs(&this.cfg, this.speaks).await;
+            if this.state.lock().unwrap().lost_state(this.cfg.cgn, &epochs) {
+                this.after_loss(epochs).await;
+                announcing.abort_all();
+                announcing.spawn(this.clone().announce(epochs, boot_time()));
+            }
+        }
+    }
+
+    /// The CGN lost its state (`epochs` from just after): re-create, and a new epoch.
+    async fn after_loss(&self, epochs: Epochs) {
+        warn!(
+            "the CGN {} lost its mappings (restarted) or changed its external address; re-creating them",
+            self.cfg.cgn
+        );
+        if let Some((_, addr)) = epochs.nat_pmp {
+            self.mappings.public_address(addr).await;
+        }
+        self.recreate().await;
+        self.identity.new_epoch();
+    }
+
+    /// Asks the CGN again for every mapping of the table.
+    async fn recreate(&self) {
+        let now = boot_time();
+        for entry in self.mappings.entries().await {
+            let Some((via, nonce)) = upstream_of(&entry) else {
+                continue;
+            };
+            let Some(left) = entry.expires.and_then(|t| t.checked_sub(now)) else {
+                continue;
+            };
+            let ask = Ask {
+                host: entry.key.host,
+                proto: entry.key.proto,
+                internal_port: entry.key.internal_port,
+                suggested_port: entry.external.port(),
+                lifetime: u32::try_from(left.as_secs().max(1)).unwrap_or(u32::MAX),
+                prefer_failure: false,
+                nonce,
+            };
+            let upstream = Upstream {
+                cgn: SocketAddrV4::new(self.cfg.cgn, self.cfg.nat_pmp_port),
+                via,
+            };
+            match upstream.map(&ask).await {
+                Ok(granted) => {
+                    self.stats.add(Counter::MappingsRecreated);
+                    let mut external = granted.external;
+                    if external.ip().is_unspecified() {
+                        external.set_ip(*entry.external.ip());
+                    }
+                    let grant = Grant {
+                        key: entry.key,
+                        external,
+                        lifetime: granted.lifetime,
+                        origin: entry.origin.clone(),
+                        backing: entry.backing,
+                        client: entry.client,
+                    };
+                    // A refusal is counted and logged by the table.
+                    let _ = self.mappings.granted(grant).await;
+                }
+                Err(failure) => {
+                    self.stats.add(Counter::UpstreamFailed);
+                    warn!(
+                        "re-creating {}:{} {} at the CGN: {failure}",
+                        entry.key.host,
+                        entry.key.internal_port,
+                        entry.key.proto.name()
+                    );
+                }
+            }
+        }
+    }
+
+    /// Multicasts the announcements on the LAN: the servers' own epoch for a protocol
+    /// portproxy answers, the CGN's (from `epochs`, seen at `seen`) for a relayed one.
+    async fn announce(self: Arc<Self>, epochs: Epochs, seen: Duration) {
+        if let Err(e) = sockets::multicast_on_lan(&self.lan, &self.cfg.lan) {
+            warn!("announcing on the LAN: {e}");
+            return;
+        }
+        let Some(public) = self.mappings.known_public_address().await else {
+            return;
+        };
+        let mut wait = FIRST_ANNOUNCEMENT;
+        for _ in 0..ANNOUNCEMENTS {
+            let since = u32::try_from(boot_time().saturating_sub(seen).as_secs()).unwrap_or(0);
+            let cgn_epoch = |e: Option<u32>| e.unwrap_or(0).saturating_add(since);
+            let epoch = |handling, cgn| match handling {
+                Handling::Serve => self.identity.epoch(),
+                Handling::Relay => cgn,
+            };
+            let natpmp_epoch = epoch(self.plan.nat_pmp, cgn_epoch(epochs.nat_pmp.map(|e| e.0)));
+            let pcp_epoch = epoch(self.plan.pcp, cgn_epoch(epochs.pcp));
+            for msg in [
+                natpmp::announcement(natpmp_epoch, public),
+                pcp::announcement(pcp_epoch),
+            ] {
+                if let Err(e) = self.lan.send_to(&msg, ANNOUNCE_TO).await {
+                    warn!("announcing on the LAN: {e}");
+                }
+            }
+            tokio::time::sleep(wait).await;
+            wait *= 2;
+        }
+    }
+}
+
+/// How a mapping is asked for again: the protocol and nonce that made it at the CGN. A
+/// relayed UPnP mapping is the control point's to renew (UPnP has no epoch to lose).
+fn upstream_of(entry: &Entry) -> Option<(Via, [u8; 12])> {
+    match (entry.backing, &entry.origin) {
+        (Backing::Pcp { nonce }, _) => Some((Via::Pcp, nonce)),
+        (Backing::NatPmp, _) => Some((Via::NatPmp, [0; 12])),
+        (Backing::Relayed, Origin::PcpMap { nonce }) => Some((Via::Pcp, *nonce)),
+        (Backing::Relayed, Origin::NatPmp) => Some((Via::NatPmp, [0; 12])),
+        (Backing::Relayed, Origin::Upnp { .. }) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CGN: Ipv4Addr = Ipv4Addr::new(192, 0, 0, 1);
+
+    #[test]
+    fn a_restart_or_a_new_address_means_recreating() {
+        let public = Ipv4Addr::new(203, 0, 114, 1);
+        let mut s = CgnState::default();
+        let seen = |pcp, nat_pmp| Epochs { pcp, nat_pmp };
+        assert!(!s.lost_state(CGN, &seen(Some(100), Some((100, public)))));
+        assert!(!s.lost_state(CGN, &seen(Some(100), Some((100, public)))));
+        assert!(
+            s.lost_state(CGN, &seen(Some(1), None)),
+            "PCP epoch went back"
+        );
+        assert!(!s.lost_state(CGN, &seen(Some(1), None)));
+        let other = Ipv4Addr::new(203, 0, 114, 9);
+        assert!(
+            s.lost_state(CGN, &seen(None, Some((100, other)))),
+            "new address"
+        );
+        // Another CGN: nothing to compare with yet.
+        assert!(!s.lost_state(Ipv4Addr::new(192, 0, 0, 9), &seen(Some(1), None)));
+    }
+}

@@ -1,0 +1,259 @@
+//! The CGN as portproxy sees it when it asks for mappings itself: what it speaks (`probe`),
+//! which client protocol is relayed and which is answered here (`Plan`), and the clients
+//! that ask it on a LAN host's behalf (`client`).
+//!
+//! Requests go out *as the LAN host* (a transparent socket bound to the host's address,
+//! the way the relay sends), so the CGN maps to the host itself: NAT-PMP has no other way
+//! to name it, and a DS-Lite AFTR sees exactly what the host would have sent.
+
+mod client;
+mod epoch;
+mod keeper;
+mod nonce;
+mod probe;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+pub use client::{Ask, Granted, Upstream};
+pub use keeper::{CgnState, Keeper};
+pub use nonce::Nonces;
+pub use probe::{Probed, probe};
+
+use crate::cli::Mode;
+use crate::proto::{natpmp, pcp};
+
+/// The protocols the CGN answered when probed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Speaks {
+    pub pcp: bool,
+    pub nat_pmp: bool,
+    pub upnp: bool,
+}
+
+impl fmt::Display for Speaks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = [
+            (self.pcp, "PCP"),
+            (self.nat_pmp, "NAT-PMP"),
+            (self.upnp, "UPnP IGD"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
+        match names.is_empty() {
+            true => f.write_str("nothing (no answer to any probe)"),
+            false => f.write_str(&names.join(", ")),
+        }
+    }
+}
+
+/// Which protocol portproxy speaks to the CGN when it answers a client itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Pcp,
+    NatPmp,
+}
+
+/// What happens to one client protocol (NAT-PMP or PCP) on port 5351.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handling {
+    /// Passed to the CGN as it is (on the fast path where it runs).
+    Relay,
+    /// Answered by portproxy, which asks the CGN in the protocol it speaks.
+    Serve,
+}
+
+/// The choice for both client protocols, from `--mode` and what the CGN speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    pub nat_pmp: Handling,
+    pub pcp: Handling,
+    /// What the served protocols are translated to; `None` when the CGN answered neither
+    /// (served requests then get NETWORK_FAILURE, a short error clients retry).
+    pub via: Option<Via>,
+}
+
+impl Plan {
+    /// auto: a protocol the CGN speaks is relayed, the other one served and translated to the
+    /// one it speaks (PCP preferred). A CGN that answered neither (down, or UPnP only) leaves
+    /// both relayed, as a plain relay would. relay: both relayed. proxy: both served.
+    pub fn choose(mode: Mode, speaks: Speaks) -> Plan {
+        use Handling::{Relay, Serve};
+        let via = match (speaks.pcp, speaks.nat_pmp) {
+            (true, _) => Some(Via::Pcp),
+            (false, true) => Some(Via::NatPmp),
+            (false, false) => None,
+        };
+        let auto = |spoken: bool| match spoken || via.is_none() {
+            true => Relay,
+            false => Serve,
+        };
+        let (nat_pmp, pcp) = match mode {
+            Mode::Relay => (Relay, Relay),
+            Mode::Proxy => (Serve, Serve),
+            Mode::Auto => (auto(speaks.nat_pmp), auto(speaks.pcp)),
+        };
+        Plan { nat_pmp, pcp, via }
+    }
+
+    pub fn serves_any(&self) -> bool {
+        self.nat_pmp == Handling::Serve || self.pcp == Handling::Serve
+    }
+
+    /// Whether a datagram to port 5351 is answered here: by its version byte (0 NAT-PMP,
+    /// anything else is PCP's to answer, if only with UNSUPP_VERSION).
+    pub fn serves(&self, msg: &[u8]) -> bool {
+        match msg.first() {
+            None => false,
+            Some(&natpmp::VERSION) => self.nat_pmp == Handling::Serve,
+            Some(_) => self.pcp == Handling::Serve,
+        }
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let show = |h: Handling| match (h, self.via) {
+            (Handling::Relay, _) => "relayed".to_string(),
+            (Handling::Serve, Some(Via::Pcp)) => "answered here, mapped with PCP".to_string(),
+            (Handling::Serve, Some(Via::NatPmp)) => {
+                "answered here, mapped with NAT-PMP".to_string()
+            }
+            (Handling::Serve, None) => "answered here, no upstream protocol".to_string(),
+        };
+        write!(f, "NAT-PMP {}; PCP {}", show(self.nat_pmp), show(self.pcp))
+    }
+}
+
+/// Why the CGN did not grant a mapping, in terms both client protocols can say (the
+/// RFCs' names, one of which ends in "Failure").
+#[allow(clippy::enum_variant_names)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    NotAuthorized,
+    NetworkFailure,
+    NoResources,
+    UserExQuota,
+    CannotProvideExternal,
+    /// The CGN did not answer in time.
+    NoAnswer,
+    /// An answer this client should never get (say, UNSUPP_OPTION to a request without
+    /// options): reported to clients as a network failure.
+    Unexpected,
+}
+
+impl Failure {
+    pub fn from_pcp(code: u8) -> Failure {
+        use pcp::result::*;
+        match code {
+            NOT_AUTHORIZED => Failure::NotAuthorized,
+            NETWORK_FAILURE => Failure::NetworkFailure,
+            NO_RESOURCES => Failure::NoResources,
+            USER_EX_QUOTA => Failure::UserExQuota,
+            CANNOT_PROVIDE_EXTERNAL => Failure::CannotProvideExternal,
+            _ => Failure::Unexpected,
+        }
+    }
+
+    pub fn from_natpmp(code: u16) -> Failure {
+        use natpmp::result::*;
+        match code {
+            NOT_AUTHORIZED => Failure::NotAuthorized,
+            NETWORK_FAILURE => Failure::NetworkFailure,
+            OUT_OF_RESOURCES => Failure::NoResources,
+            _ => Failure::Unexpected,
+        }
+    }
+
+    pub fn pcp(self) -> u8 {
+        use pcp::result::*;
+        match self {
+            Failure::NotAuthorized => NOT_AUTHORIZED,
+            Failure::NoResources => NO_RESOURCES,
+            Failure::UserExQuota => USER_EX_QUOTA,
+            Failure::CannotProvideExternal => CANNOT_PROVIDE_EXTERNAL,
+            Failure::NetworkFailure | Failure::NoAnswer | Failure::Unexpected => NETWORK_FAILURE,
+        }
+    }
+
+    /// NAT-PMP has no quota or "that port, or none" result: both are out of resources.
+    pub fn natpmp(self) -> u16 {
+        use natpmp::result::*;
+        match self {
+            Failure::NotAuthorized => NOT_AUTHORIZED,
+            Failure::NoResources | Failure::UserExQuota | Failure::CannotProvideExternal => {
+                OUT_OF_RESOURCES
+            }
+            Failure::NetworkFailure | Failure::NoAnswer | Failure::Unexpected => NETWORK_FAILURE,
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Failure::NotAuthorized => "not authorized",
+            Failure::NetworkFailure => "network failure",
+            Failure::NoResources => "no resources",
+            Failure::UserExQuota => "over the user's quota",
+            Failure::CannotProvideExternal => "cannot provide that external port",
+            Failure::NoAnswer => "no answer",
+            Failure::Unexpected => "an unexpected result",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn speaks(pcp: bool, nat_pmp: bool) -> Speaks {
+        Speaks {
+            pcp,
+            nat_pmp,
+            upnp: false,
+        }
+    }
+
+    #[test]
+    fn auto_relays_what_the_cgn_speaks_and_serves_the_rest() {
+        use Handling::{Relay, Serve};
+        let plan = |pcp, nat_pmp| {
+            let p = Plan::choose(Mode::Auto, speaks(pcp, nat_pmp));
+            (p.nat_pmp, p.pcp, p.via)
+        };
+        assert_eq!(plan(true, true), (Relay, Relay, Some(Via::Pcp)));
+        assert_eq!(plan(true, false), (Serve, Relay, Some(Via::Pcp)));
+        assert_eq!(plan(false, true), (Relay, Serve, Some(Via::NatPmp)));
+        assert_eq!(plan(false, false), (Relay, Relay, None));
+        let proxy = Plan::choose(Mode::Proxy, speaks(false, true));
+        assert_eq!((proxy.nat_pmp, proxy.pcp), (Serve, Serve));
+        assert!(!Plan::choose(Mode::Relay, speaks(true, false)).serves_any());
+    }
+
+    #[test]
+    fn the_version_byte_picks_the_protocol() {
+        let plan = Plan::choose(Mode::Auto, speaks(true, false));
+        assert!(plan.serves(&[0, 0]));
+        assert!(!plan.serves(&[2, 1]));
+        assert!(!plan.serves(&[]));
+        let plan = Plan::choose(Mode::Auto, speaks(false, true));
+        assert!(plan.serves(&[1, 1]), "PCP's to refuse with UNSUPP_VERSION");
+    }
+
+    #[test]
+    fn failures_map_both_ways() {
+        for code in 0..=13 {
+            let f = Failure::from_pcp(code);
+            assert!(f.natpmp() <= 5);
+            if f != Failure::Unexpected {
+                assert_eq!(f.pcp(), code);
+            }
+        }
+        assert_eq!(Failure::from_natpmp(4).pcp(), pcp::result::NO_RESOURCES);
+        assert_eq!(Failure::CannotProvideExternal.natpmp(), 4);
+        assert_eq!(Failure::NoAnswer.pcp(), pcp::result::NETWORK_FAILURE);
+    }
+}

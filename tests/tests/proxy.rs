@@ -1,0 +1,438 @@
+//! The proxy: a client protocol the CGN does not speak is answered by portproxy and mapped
+//! at the CGN in the protocol it does speak; the one it speaks is still relayed. Real
+//! clients (`natpmpc`, crab_nat's PCP client) against CGNs that speak only PCP or only
+//! NAT-PMP, behind a CPE firewall like OpenWrt's fw4, so a mapping counts only when the
+//! internet host reaches the LAN host through it. Each matrix cell runs on every data path
+//! and both softwire kinds.
+
+#[macro_use]
+mod common;
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use common::{check_mapping, natpmpc_map, run_expect, with_lab};
+use serde_json::Value;
+use tests::{
+    CgnKind, Daemon, DataPath, LAN_GATEWAY, LAN1_IP, LAN2_IP, Lab, Netns, PCP_PORT, PUBLIC_IP,
+    Softwire, pcp_map_tcp,
+};
+
+/// Runs portproxy (with `extra`) in a lab whose CGN speaks `kind` and whose CPE has the
+/// fw4-like firewall, then `test`; on the fast path the `kernel` counters must have moved
+/// (the programs relayed what the CGN speaks, and passed up what portproxy answers).
+/// Prints portproxy's log on failure.
+fn with_cgn(
+    softwire: Softwire,
+    path: DataPath,
+    kind: CgnKind,
+    extra: &[&str],
+    kernel: &[&str],
+    test: impl FnOnce(&Lab, &Daemon) -> Result<()>,
+) -> Result<()> {
+    with_lab(Lab::builder(softwire).cgn(kind).cpe_firewall(), |lab| {
+        let mut args = vec!["--lan-iface", "br-lan", "--wan-iface", "softwire", "-vv"];
+        args.extend_from_slice(extra);
+        let portproxy = lab.spawn_portproxy_on(path, &args)?;
+        let result =
+            test(lab, &portproxy).and_then(|()| lab.check_data_path(&portproxy, path, kernel));
+        if result.is_err() {
+            eprintln!("=== portproxy log\n{}", portproxy.log());
+        }
+        result
+    })
+}
+
+/// What `portproxy stats` says the CGN speaks and who answers port 5351.
+fn check_plan(lab: &Lab, daemon: &Daemon, speaks: [bool; 3], plan: &str) -> Result<Value> {
+    let stats = lab.portproxy_stats(daemon)?;
+    let found = [
+        stats["cgn_speaks"]["pcp"].as_bool(),
+        stats["cgn_speaks"]["nat_pmp"].as_bool(),
+        stats["cgn_speaks"]["upnp"].as_bool(),
+    ];
+    ensure!(
+        found == speaks.map(Some),
+        "expected the CGN to speak [pcp, nat_pmp, upnp] = {speaks:?}:\n{stats:#}"
+    );
+    let shown = stats["port_control"].as_str().unwrap_or_default();
+    ensure!(
+        shown == plan,
+        "expected port control {plan:?}, stats say {shown:?}"
+    );
+    Ok(stats)
+}
+
+/// The mapping of `host`:`internal` in `portproxy mappings --json`: (origin, upstream).
+fn mapping_of(lab: &Lab, host: Ipv4Addr, internal: u16) -> Result<(String, String)> {
+    let json = lab.portproxy_mappings()?;
+    let m = json
+        .as_array()
+        .context("mappings --json is not an array")?
+        .iter()
+        .find(|m| m["host"] == host.to_string() && m["internal_port"] == internal)
+        .with_context(|| format!("no mapping {host}:{internal} in {json:#}"))?;
+    let field = |name: &str| m[name].as_str().unwrap_or_default().to_string();
+    Ok((field("origin"), field("upstream")))
+}
+
+/// A userspace counter, after the status file's next rewrite (once a second).
+fn counter(lab: &Lab, daemon: &Daemon, name: &str) -> Result<u64> {
+    std::thread::sleep(Duration::from_millis(1200));
+    Ok(lab.portproxy_stats(daemon)?["counters"][name]
+        .as_u64()
+        .unwrap_or(0))
+}
+
+/// A CGN that speaks PCP only (a DS-Lite AFTR): `natpmpc` gets its public address and a
+/// mapping from portproxy, which maps with PCP as the host; PCP clients are relayed as
+/// before. Both mappings are reachable through the CPE firewall; a NAT-PMP delete removes
+/// the mapping at the CGN and in the table.
+fn natpmp_client_on_a_pcp_cgn(softwire: Softwire, path: DataPath) -> Result<()> {
+    let kernel = ["pcp to cgn", "passed to the daemon"];
+    with_cgn(
+        softwire,
+        path,
+        CgnKind::PcpOnly,
+        &[],
+        &kernel,
+        |lab, portproxy| {
+            check_plan(
+                lab,
+                portproxy,
+                [true, false, false],
+                "NAT-PMP answered here, mapped with PCP; PCP relayed",
+            )?;
+            let out = natpmpc_map(lab.lan(1), 9201, 8201)?;
+            ensure!(
+                out.contains(&format!("Public IP address : {PUBLIC_IP}")),
+                "natpmpc did not get the public address:\n{out}"
+            );
+            check_mapping(lab, 9201, lab.lan(1), 8201)?;
+            ensure!(mapping_of(lab, LAN1_IP, 8201)? == ("nat-pmp".into(), "pcp-map".into()));
+            ensure!(counter(lab, portproxy, "nat-pmp requests answered here")? >= 2);
+
+            let pcp = pcp_map_tcp(lab.lan(2), LAN_GATEWAY, LAN2_IP, 8202, 9202, 600)?;
+            ensure!(pcp.external_port == 9202, "{pcp:?}");
+            check_mapping(lab, 9202, lab.lan(2), 8202)?;
+            ensure!(mapping_of(lab, LAN2_IP, 8202)? == ("pcp-map".into(), "relayed".into()));
+            if path != DataPath::FastPath {
+                ensure!(counter(lab, portproxy, "pcp requests relayed to the CGN")? >= 1);
+            }
+
+            run_expect(
+                lab.lan(1),
+                "natpmpc",
+                &[
+                    "-g",
+                    &LAN_GATEWAY.to_string(),
+                    "-a",
+                    "9201",
+                    "8201",
+                    "tcp",
+                    "0",
+                ],
+                &["Mapped public port 0 protocol TCP to local port 8201 liftime 0"],
+            )?;
+            let nat = run_expect(lab.cgn(), "nft", &["list", "table", "inet", "nat"], &[])?;
+            ensure!(
+                !nat.contains("dport 9201"),
+                "the CGN still maps 9201:\n{nat}"
+            );
+            ensure!(
+                mapping_of(lab, LAN1_IP, 8201).is_err(),
+                "the table still holds the deleted mapping"
+            );
+            Ok(())
+        },
+    )
+}
+every_path!(natpmp_client_on_a_pcp_cgn);
+
+/// A CGN that speaks NAT-PMP only: a PCP client gets its mapping (its nonce, the public
+/// address) from portproxy, which maps with NAT-PMP as the host; `natpmpc` is relayed.
+fn pcp_client_on_a_natpmp_cgn(softwire: Softwire, path: DataPath) -> Result<()> {
+    let kernel = ["nat-pmp to cgn", "passed to the daemon"];
+    with_cgn(
+        softwire,
+        path,
+        CgnKind::NatPmpOnly,
+        &[],
+        &kernel,
+        |lab, portproxy| {
+            check_plan(
+                lab,
+                portproxy,
+                [false, true, false],
+                "NAT-PMP relayed; PCP answered here, mapped with NAT-PMP",
+            )?;
+            let pcp = pcp_map_tcp(lab.lan(1), LAN_GATEWAY, LAN1_IP, 8211, 9211, 600)?;
+            ensure!(
+                pcp.external_port == 9211 && pcp.external_ip == PUBLIC_IP && pcp.lifetime <= 600,
+                "{pcp:?}"
+            );
+            check_mapping(lab, 9211, lab.lan(1), 8211)?;
+            ensure!(mapping_of(lab, LAN1_IP, 8211)? == ("pcp-map".into(), "nat-pmp".into()));
+            ensure!(counter(lab, portproxy, "pcp requests answered here")? >= 1);
+
+            natpmpc_map(lab.lan(2), 9212, 8212)?;
+            check_mapping(lab, 9212, lab.lan(2), 8212)?;
+            ensure!(mapping_of(lab, LAN2_IP, 8212)? == ("nat-pmp".into(), "relayed".into()));
+            Ok(())
+        },
+    )
+}
+every_path!(pcp_client_on_a_natpmp_cgn);
+
+/// `--mode proxy` answers both protocols even when the CGN speaks both, mapping with PCP.
+fn proxy_mode_answers_both(softwire: Softwire, path: DataPath) -> Result<()> {
+    let args = ["--mode", "proxy"];
+    let kernel = ["passed to the daemon"];
+    with_cgn(
+        softwire,
+        path,
+        CgnKind::Everything,
+        &args,
+        &kernel,
+        |lab, portproxy| {
+            check_plan(
+                lab,
+                portproxy,
+                [true, true, true],
+                "NAT-PMP answered here, mapped with PCP; PCP answered here, mapped with PCP",
+            )?;
+            natpmpc_map(lab.lan(1), 9221, 8221)?;
+            check_mapping(lab, 9221, lab.lan(1), 8221)?;
+            let pcp = pcp_map_tcp(lab.lan(2), LAN_GATEWAY, LAN2_IP, 8222, 9222, 600)?;
+            ensure!(pcp.external_port == 9222, "{pcp:?}");
+            check_mapping(lab, 9222, lab.lan(2), 8222)?;
+            ensure!(mapping_of(lab, LAN1_IP, 8221)? == ("nat-pmp".into(), "pcp-map".into()));
+            ensure!(mapping_of(lab, LAN2_IP, 8222)? == ("pcp-map".into(), "pcp-map".into()));
+            // Another nonce for the same mapping is refused (RFC 6887 §11.3): crab_nat makes a
+            // new one per call.
+            let other = pcp_map_tcp(lab.lan(2), LAN_GATEWAY, LAN2_IP, 8222, 9222, 600);
+            ensure!(
+                other.is_err(),
+                "a MAP with another nonce was granted: {other:?}"
+            );
+            Ok(())
+        },
+    )
+}
+every_path!(proxy_mode_answers_both);
+
+/// A CGN that speaks UPnP only: the probe says so, and NAT-PMP/PCP stay relayed (portproxy
+/// has no UPnP upstream yet; see the README's table).
+fn upnp_only_cgn(softwire: Softwire) -> Result<()> {
+    with_cgn(
+        softwire,
+        DataPath::Sockets,
+        CgnKind::UpnpOnly,
+        &[],
+        &[],
+        |lab, portproxy| {
+            check_plan(
+                lab,
+                portproxy,
+                [false, false, true],
+                "NAT-PMP relayed; PCP relayed",
+            )?;
+            Ok(())
+        },
+    )
+}
+both_softwires!(upnp_only_cgn: upnp_only_cgn_l2, upnp_only_cgn_l3);
+
+/// Sends `request` to the gateway's port 5351 from `ns` and returns the answer.
+fn ask(ns: &Netns, request: &[u8]) -> Result<Vec<u8>> {
+    ns.enter(|| -> Result<Vec<u8>> {
+        let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        socket.set_read_timeout(Some(Duration::from_millis(500)))?;
+        let mut buf = [0; 1200];
+        for _ in 0..4 {
+            socket.send_to(request, SocketAddrV4::new(LAN_GATEWAY, PCP_PORT))?;
+            if let Ok((len, _)) = socket.recv_from(&mut buf) {
+                return Ok(buf[..len].to_vec());
+            }
+        }
+        bail!("no answer to {request:02x?} from {}", ns.role())
+    })?
+}
+
+/// A PCP MAP request (TCP, 600 s) with `client` in the client-IP field and `options` appended.
+fn pcp_map(client: Ipv4Addr, internal: u16, options: &[u8]) -> Vec<u8> {
+    let mut m = vec![2, 1, 0, 0];
+    m.extend_from_slice(&600u32.to_be_bytes());
+    m.extend_from_slice(&client.to_ipv6_mapped().octets());
+    m.extend_from_slice(&[9; 12]); // nonce
+    m.extend_from_slice(&[6, 0, 0, 0]);
+    m.extend_from_slice(&internal.to_be_bytes());
+    m.extend_from_slice(&internal.to_be_bytes());
+    m.extend_from_slice(&Ipv4Addr::UNSPECIFIED.to_ipv6_mapped().octets());
+    m.extend_from_slice(options);
+    m
+}
+
+/// Requests a server must refuse get the result code RFC 6887 and RFC 6886 name, with the
+/// request copied and the server's epoch; the server keeps answering valid ones after.
+fn refusals(softwire: Softwire) -> Result<()> {
+    let args = ["--mode", "proxy"];
+    with_cgn(
+        softwire,
+        DataPath::Sockets,
+        CgnKind::PcpOnly,
+        &args,
+        &[],
+        |lab, _| {
+            let lan1 = lab.lan(1);
+            let pcp_result = |request: &[u8]| -> Result<u8> {
+                let answer = ask(lan1, request)?;
+                ensure!(
+                    answer.len() >= 24 && answer[0] == 2 && answer[1] == request[1] | 0x80,
+                    "not a PCP response to {request:02x?}: {answer:02x?}"
+                );
+                Ok(answer[3])
+            };
+            let mut v1 = pcp_map(LAN1_IP, 8231, &[]);
+            v1[0] = 1;
+            ensure!(pcp_result(&v1)? == 1, "UNSUPP_VERSION");
+            ensure!(
+                pcp_result(&pcp_map(LAN1_IP, 8231, &[])[..20])? == 3,
+                "MALFORMED_REQUEST"
+            );
+            let mut peer = pcp_map(LAN1_IP, 8231, &[0; 20]);
+            peer[1] = 2;
+            ensure!(pcp_result(&peer)? == 4, "UNSUPP_OPCODE");
+            let mut filter = vec![3, 0, 0, 20];
+            filter.extend_from_slice(&[0; 20]);
+            ensure!(
+                pcp_result(&pcp_map(LAN1_IP, 8231, &filter))? == 5,
+                "UNSUPP_OPTION"
+            );
+            ensure!(
+                pcp_result(&pcp_map(LAN1_IP, 8231, &[1, 0, 0, 16]))? == 6,
+                "MALFORMED_OPTION"
+            );
+            let mut third_party = vec![1, 0, 0, 16];
+            third_party.extend_from_slice(&LAN2_IP.to_ipv6_mapped().octets());
+            ensure!(
+                pcp_result(&pcp_map(LAN1_IP, 8231, &third_party))? == 2,
+                "NOT_AUTHORIZED for another host"
+            );
+            ensure!(
+                pcp_result(&pcp_map(LAN2_IP, 8231, &[]))? == 12,
+                "ADDRESS_MISMATCH"
+            );
+            let unsupported = ask(lan1, &[0, 7])?;
+            ensure!(
+                unsupported.len() == 8 && unsupported[1] == 0x87 && unsupported[3] == 5,
+                "NAT-PMP unsupported opcode: {unsupported:02x?}"
+            );
+            // Still serving.
+            natpmpc_map(lan1, 9231, 8231)?;
+            check_mapping(lab, 9231, lan1, 8231)
+        },
+    )
+}
+both_softwires!(refusals: refusals_l2, refusals_l3);
+
+/// Waits (at most `within`) until the CGN maps TCP `external` to `host`:`internal` again.
+fn mapped_again(
+    lab: &Lab,
+    external: u16,
+    host: Ipv4Addr,
+    internal: u16,
+    within: Duration,
+) -> Result<Duration> {
+    let start = Instant::now();
+    let rule = format!("dport {external} dnat ip to {host}:{internal}");
+    loop {
+        let nat = run_expect(lab.cgn(), "nft", &["list", "table", "inet", "nat"], &[])?;
+        if nat.contains(&rule) {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > within {
+            bail!(
+                "the CGN did not map {external} -> {host}:{internal} again within {within:?}:\n{nat}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A NAT-PMP announcement (RFC 6886 §3.2.1) on 224.0.0.1:5350 in `ns`, from the gateway,
+/// within `within`: returns its epoch.
+fn announcement(socket: &UdpSocket, within: Duration) -> Result<u32> {
+    socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let start = Instant::now();
+    let mut buf = [0; 1200];
+    while start.elapsed() < within {
+        if let Ok((len, from)) = socket.recv_from(&mut buf)
+            && from == std::net::SocketAddr::from((LAN_GATEWAY, PCP_PORT))
+            && len == 12
+            && buf[..2] == [0, 0x80]
+        {
+            ensure!(
+                buf[8..12] == PUBLIC_IP.octets(),
+                "announced {:?}",
+                &buf[8..12]
+            );
+            return Ok(u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]));
+        }
+    }
+    bail!("no NAT-PMP announcement from the gateway within {within:?}")
+}
+
+/// The CGN reboots and loses every mapping: within 10 s portproxy notices (its epoch),
+/// maps again what its table holds (the proxied NAT-PMP mapping with its PCP nonce, the
+/// relayed PCP one with the client's nonce), both are reachable again, and the LAN hears a
+/// NAT-PMP announcement with a new epoch.
+fn mappings_survive_a_cgn_reboot(softwire: Softwire, path: DataPath) -> Result<()> {
+    with_lab(
+        Lab::builder(softwire).cgn(CgnKind::PcpOnly).cpe_firewall(),
+        |lab| {
+            let args = ["--lan-iface", "br-lan", "--wan-iface", "softwire", "-vv"];
+            let portproxy = lab.spawn_portproxy_on(path, &args)?;
+            let result = (|| -> Result<()> {
+                natpmpc_map(lab.lan(1), 9241, 8241)?;
+                pcp_map_tcp(lab.lan(2), LAN_GATEWAY, LAN2_IP, 8242, 9242, 600)?;
+                // An epoch tells a restart from a slow clock only beyond a slack of 2 s (RFC
+                // 6887 §8.5): the CGN must have been up longer than that when portproxy last
+                // heard from it, as any real one has been, and not just started with the lab.
+                std::thread::sleep(Duration::from_secs(4));
+                // Every host is in 224.0.0.1; a socket on the port gets what is sent there.
+                let listener = lab
+                    .lan(1)
+                    .enter(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 5350)))??;
+                lab.reboot_cgn()?;
+                let within = Duration::from_secs(10);
+                let took = mapped_again(lab, 9241, LAN1_IP, 8241, within)?;
+                eprintln!("the proxied mapping was back after {took:?}");
+                mapped_again(lab, 9242, LAN2_IP, 8242, within)?;
+                check_mapping(lab, 9241, lab.lan(1), 8241)?;
+                check_mapping(lab, 9242, lab.lan(2), 8242)?;
+                let epoch = announcement(&listener, within)?;
+                ensure!(
+                    epoch < 30,
+                    "the announcement's epoch {epoch} is not a new one"
+                );
+                ensure!(
+                    counter(
+                        lab,
+                        &portproxy,
+                        "mappings re-created after the CGN lost them"
+                    )? >= 2
+                );
+                lab.check_data_path(&portproxy, path, &["pcp to cgn", "passed to the daemon"])
+            })();
+            if result.is_err() {
+                eprintln!("=== portproxy log\n{}", portproxy.log());
+            }
+            result
+        },
+    )
+}
+every_path!(mappings_survive_a_cgn_reboot);
