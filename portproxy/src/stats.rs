@@ -47,6 +47,7 @@ counters! {
     MappingsDeleted => "mappings deleted",
     MappingsExpired => "mappings expired",
     MappingsRecreated => "mappings re-created after the CGN lost them",
+    AnnouncementsRelayed => "CGN announcements passed on to the LAN",
     MappingRefusedQuota => "grants not taken: host over its mapping quota",
     MappingRefusedFull => "grants not taken: mapping table full",
     MappingRefusedLifetime => "grants not taken: lifetime out of range",

@@ -363,33 +363,36 @@ fn mapped_again(
     }
 }
 
-/// A NAT-PMP announcement (RFC 6886 §3.2.1) on 224.0.0.1:5350 in `ns`, from the gateway,
-/// within `within`: returns its epoch.
-fn announcement(socket: &UdpSocket, within: Duration) -> Result<u32> {
+/// The announcements (RFC 6886 §3.2.1, RFC 6887 §14.1.3) that reach `socket` (port 5350 in
+/// a LAN host) from the gateway within `within`: the NAT-PMP one's epoch, and whether a PCP
+/// ANNOUNCE came, once both did or time is up.
+fn announcements(socket: &UdpSocket, within: Duration) -> Result<(Option<u32>, bool)> {
     socket.set_read_timeout(Some(Duration::from_millis(200)))?;
     let start = Instant::now();
+    let (mut natpmp, mut pcp) = (None, false);
     let mut buf = [0; 1200];
-    while start.elapsed() < within {
-        if let Ok((len, from)) = socket.recv_from(&mut buf)
-            && from == std::net::SocketAddr::from((LAN_GATEWAY, PCP_PORT))
-            && len == 12
-            && buf[..2] == [0, 0x80]
-        {
-            ensure!(
-                buf[8..12] == PUBLIC_IP.octets(),
-                "announced {:?}",
-                &buf[8..12]
-            );
-            return Ok(u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]));
+    while start.elapsed() < within && !(natpmp.is_some() && pcp) {
+        let Ok((len, from)) = socket.recv_from(&mut buf) else {
+            continue;
+        };
+        if from != std::net::SocketAddr::from((LAN_GATEWAY, PCP_PORT)) {
+            continue;
+        }
+        match &buf[..len] {
+            [0, 0x80, 0, 0, e0, e1, e2, e3, addr @ ..] if addr == PUBLIC_IP.octets() => {
+                natpmp = Some(u32::from_be_bytes([*e0, *e1, *e2, *e3]));
+            }
+            [2, 0x80, ..] if len == 24 => pcp = true,
+            _ => {}
         }
     }
-    bail!("no NAT-PMP announcement from the gateway within {within:?}")
+    Ok((natpmp, pcp))
 }
 
 /// The CGN reboots and loses every mapping: within 10 s portproxy notices (its epoch),
 /// maps again what its table holds (the proxied NAT-PMP mapping with its PCP nonce, the
 /// relayed PCP one with the client's nonce), both are reachable again, and the LAN hears a
-/// NAT-PMP announcement with a new epoch.
+/// NAT-PMP announcement with a new epoch and the CGN's own PCP ANNOUNCE, passed on.
 fn mappings_survive_a_cgn_reboot(softwire: Softwire, path: DataPath) -> Result<()> {
     with_lab(
         Lab::builder(softwire).cgn(CgnKind::PcpOnly).cpe_firewall(),
@@ -414,10 +417,13 @@ fn mappings_survive_a_cgn_reboot(softwire: Softwire, path: DataPath) -> Result<(
                 mapped_again(lab, 9242, LAN2_IP, 8242, within)?;
                 check_mapping(lab, 9241, lab.lan(1), 8241)?;
                 check_mapping(lab, 9242, lab.lan(2), 8242)?;
-                let epoch = announcement(&listener, within)?;
+                // NAT-PMP is answered here: portproxy's own announcement, a new epoch. PCP
+                // is relayed: the CGN's own ANNOUNCE, passed on.
+                let (natpmp, pcp) = announcements(&listener, within)?;
                 ensure!(
-                    epoch < 30,
-                    "the announcement's epoch {epoch} is not a new one"
+                    natpmp.is_some_and(|epoch| epoch < 30) && pcp,
+                    "expected a NAT-PMP announcement with a new epoch and the CGN's PCP \
+                     ANNOUNCE from the gateway: NAT-PMP epoch {natpmp:?}, PCP {pcp}"
                 );
                 ensure!(
                     counter(

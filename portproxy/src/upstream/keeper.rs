@@ -91,6 +91,9 @@ impl Keeper {
     /// path found the CGN lost its state, so the mappings are re-created first.
     pub async fn run(self, recreate: bool) {
         let this = Arc::new(self);
+        if let Err(e) = sockets::multicast_on_lan(&this.lan, &this.cfg.lan) {
+            warn!("announcements to the LAN: {e}");
+        }
         // Dropped (so aborted) with this future.
         let mut announcing = tokio::task::JoinSet::new();
         if recreate {
@@ -107,27 +110,34 @@ impl Keeper {
         };
         let mut buf = [0u8; pcp::MAX_LEN];
         let mut last_check = tokio::time::Instant::now();
+        let mut last_passed_on = last_check
+            .checked_sub(Duration::from_secs(1))
+            .unwrap_or(last_check);
         loop {
             let announced = async {
                 match &listener {
-                    Some(socket) => {
-                        let from = socket.recv_from(&mut buf).await.ok().map(|(_, from)| from);
-                        from.is_some_and(|f| f.ip() == std::net::IpAddr::V4(this.cfg.cgn))
-                    }
+                    Some(socket) => match socket.recv_from(&mut buf).await {
+                        Ok((len, from)) if from.ip() == std::net::IpAddr::V4(this.cfg.cgn) => {
+                            Some(len)
+                        }
+                        _ => None,
+                    },
                     None => std::future::pending().await,
                 }
             };
             let announced = tokio::select! {
-                _ = tokio::time::sleep(POLL) => false,
+                _ = tokio::time::sleep(POLL) => None,
                 announced = announced => announced,
             };
-            if announced {
-                // Announcements only make it look sooner; a flood of them cannot make it
-                // ask more than once a second.
-                if last_check.elapsed() < Duration::from_secs(1) {
-                    continue;
+            if let Some(len) = announced {
+                // An announcement is passed on and makes it look at once; a flood of them
+                // cannot make it do either more than once a second.
+                if last_passed_on.elapsed() >= Duration::from_secs(1) {
+                    last_passed_on = tokio::time::Instant::now();
+                    info!("the CGN {} announced itself", this.cfg.cgn);
+                    this.pass_on(&buf[..len]).await;
                 }
-                info!("the CGN {} announced itself", this.cfg.cgn);
+                tokio::time::sleep_until(last_check + Duration::from_secs(1)).await;
             } else if this.mappings.len() == 0 {
                 continue;
             }
@@ -138,6 +148,28 @@ impl Keeper {
                 announcing.abort_all();
                 announcing.spawn(this.clone().announce(epochs, boot_time()));
             }
+        }
+    }
+
+    /// Multicasts the CGN's own announcement on the LAN, from the LAN address, when its
+    /// protocol is relayed: clients talk to the CGN then, and should hear it too.
+    async fn pass_on(&self, msg: &[u8]) {
+        let relayed = match msg.first() {
+            Some(&natpmp::VERSION) => {
+                self.plan.nat_pmp == Handling::Relay && natpmp::parse_public_address(msg).is_some()
+            }
+            Some(_) => {
+                self.plan.pcp == Handling::Relay
+                    && pcp::parse_response(msg).is_some_and(|r| r.opcode == pcp::OPCODE_ANNOUNCE)
+            }
+            None => false,
+        };
+        if !relayed {
+            return;
+        }
+        match self.lan.send_to(msg, ANNOUNCE_TO).await {
+            Ok(_) => self.stats.add(Counter::AnnouncementsRelayed),
+            Err(e) => warn!("passing the CGN's announcement on to the LAN: {e}"),
         }
     }
 
@@ -211,10 +243,6 @@ impl Keeper {
     /// Multicasts the announcements on the LAN: the servers' own epoch for a protocol
     /// portproxy answers, the CGN's (from `epochs`, seen at `seen`) for a relayed one.
     async fn announce(self: Arc<Self>, epochs: Epochs, seen: Duration) {
-        if let Err(e) = sockets::multicast_on_lan(&self.lan, &self.cfg.lan) {
-            warn!("announcing on the LAN: {e}");
-            return;
-        }
         let Some(public) = self.mappings.known_public_address().await else {
             return;
         };
