@@ -11,6 +11,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// (tests use it to cover the fallback).
 pub const FORCE_SOCKETS_ENV: &str = "PORTPROXY_FORCE_SOCKETS";
 
+/// Where the mapping table is saved unless told otherwise: kept across reboots.
+pub const DEFAULT_MAPPINGS_FILE: &str = "/var/lib/portproxy/mappings.json";
+
 /// Where the fast path pins its maps unless told otherwise (`bpftool map dump pinned .../CLIENTS`).
 /// The option exists in the socket-only build too, so one command line fits both builds.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/portproxy";
@@ -19,7 +22,7 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/portproxy";
 #[command(
     name = "portproxy",
     version,
-    about = "Relays NAT-PMP, PCP and UPnP (SSDP, HTTP) from the LAN to the carrier-grade NAT behind a DS-Lite softwire",
+    about = "Carries NAT-PMP, PCP and UPnP (SSDP, HTTP) from the LAN to the carrier-grade NAT behind a DS-Lite softwire, answering what the CGN does not speak",
     after_help = "Addresses default from the interfaces; the CGN address from the default route through \
                   the WAN interface, or the tunnel's peer address."
 )]
@@ -119,6 +122,11 @@ pub struct Options {
     /// in skb mode).
     #[arg(long, value_enum, default_value_t = Hooks::Tc, value_name = "LAYOUT")]
     pub hooks: Hooks,
+
+    /// Where the mapping table is kept across restarts and reboots (written only when it
+    /// changed, at most every 10 s; see the README).
+    #[arg(long, default_value = DEFAULT_MAPPINGS_FILE, value_name = "FILE")]
+    pub mappings_file: PathBuf,
 
     /// Where the fast path pins its maps (on a BPF filesystem, mounted if needed).
     #[arg(long, default_value = DEFAULT_PIN_DIR, value_name = "DIR", global = true)]

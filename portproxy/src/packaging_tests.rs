@@ -187,6 +187,8 @@ fn every_uci_option_reaches_the_command_line() {
         "16",
         "--mode",
         "proxy",
+        "--mappings-file",
+        "/etc/pp/mappings.json",
         "--hooks",
         "tc",
         "--pin-dir",

@@ -55,6 +55,7 @@ counters! {
     MappingRefusedProtocol => "grants not taken: protocol other than TCP or UDP",
     GrantUnmatched => "grants not taken: no matching request in flight",
     FirewallErrors => "firewall updates failed",
+    SaveErrors => "mappings file writes failed",
     UpnpNotUnderstood => "upnp mapping actions not understood (spliced, not learned)",
 }
 

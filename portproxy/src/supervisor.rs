@@ -43,7 +43,7 @@ use crate::control;
 use crate::datapath::{DataPath, ToDaemon};
 use crate::fastpath;
 use crate::firewall::Firewall;
-use crate::mapping::{Limits, Mappings};
+use crate::mapping::{self, Limits, Mappings};
 use crate::relay::SocketRelay;
 use crate::serve::{Identity, PortControlServer};
 use crate::sockets::{self, PortInUse};
@@ -92,6 +92,7 @@ impl Running {
         mappings: &Arc<Mappings>,
         identity: &Arc<Identity>,
         cgn_state: &Arc<std::sync::Mutex<CgnState>>,
+        restored: bool,
     ) -> Result<Running> {
         let plan = Plan::choose(opts.mode, probed.speaks);
         if cfg.nat_pmp {
@@ -100,12 +101,13 @@ impl Running {
         if let Some(addr) = probed.public_addr() {
             mappings.public_address(addr).await;
         }
-        // The CGN may have restarted while the line was down.
-        let recreate = cgn_state
+        // The CGN may have restarted while the line was down; mappings restored from the
+        // file are asked for again in any case.
+        let lost = cgn_state
             .lock()
             .unwrap()
-            .lost_state(cfg.cgn, &probed.epochs)
-            && mappings.len() > 0;
+            .lost_state(cfg.cgn, &probed.epochs);
+        let recreate = (lost || restored) && mappings.len() > 0;
         let serving = cfg.nat_pmp && plan.serves_any();
         let to_daemon = ToDaemon {
             // With firewall holes the programs hold grants back until the hole is open.
@@ -278,6 +280,10 @@ struct Supervisor {
     identity: Arc<Identity>,
     /// The CGN's epochs as last seen, which survive a rebuild too.
     cgn_state: Arc<std::sync::Mutex<CgnState>>,
+    /// The mappings file is read once the LAN is known (only its hosts come back).
+    to_restore: bool,
+    /// Mappings restored from the file wait to be asked for at the CGN by the first data path.
+    restored: bool,
     running: Option<Running>,
     state: State,
     since: SystemTime,
@@ -336,6 +342,16 @@ impl Supervisor {
             }
         }
         info!("configuration:\n{cfg}");
+        if std::mem::take(&mut self.to_restore) {
+            let own = [cfg.lan.addr, cfg.wan.addr];
+            let lan = cfg.lan.clone();
+            let allowed = |host| mapping::is_lan_host(host, &lan, &own);
+            self.restored = self
+                .mappings
+                .restore(&self.opts.mappings_file, allowed)
+                .await
+                > 0;
+        }
         let started = Running::start(
             &self.opts,
             cfg,
@@ -345,10 +361,12 @@ impl Supervisor {
             &self.mappings,
             &self.identity,
             &self.cgn_state,
+            self.restored,
         )
         .await;
         match started {
             Ok(new) => {
+                self.restored = false;
                 let described = new.describe();
                 self.running = Some(new);
                 self.retry_delay = RETRY_FIRST;
@@ -487,6 +505,8 @@ pub async fn run(opts: Options) -> Result<()> {
         mappings: mappings.clone(),
         identity: Arc::new(Identity::default()),
         cgn_state: Arc::default(),
+        to_restore: true,
+        restored: false,
         running: None,
         // The first `enter` logs whatever it is, even relaying.
         state: State::WaitingFor("the first look at the interfaces".into()),
@@ -506,6 +526,7 @@ pub async fn run(opts: Options) -> Result<()> {
 
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_aging = Instant::now();
+    let mut last_save = Instant::now();
     loop {
         tokio::select! {
             _ = interrupt.recv() => { info!("SIGINT: stopping"); break; }
@@ -536,6 +557,9 @@ pub async fn run(opts: Options) -> Result<()> {
                     }
                 }
                 mappings.expire().await;
+                if mappings.save(&sup.opts.mappings_file, last_save.elapsed(), false).await {
+                    last_save = Instant::now();
+                }
                 sup.write_status(&state_dir);
             }
         }
@@ -544,6 +568,12 @@ pub async fn run(opts: Options) -> Result<()> {
     control.abort();
     control::remove(&state_dir);
     sup.stop().await;
+    // A daemon that never got to read the file must not overwrite it with nothing.
+    if !sup.to_restore {
+        mappings
+            .save(&sup.opts.mappings_file, last_save.elapsed(), true)
+            .await;
+    }
     mappings.close_firewall().await;
     info!("counters:\n{}", sup.stats.report());
     Ok(())

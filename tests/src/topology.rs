@@ -273,6 +273,12 @@ impl Lab {
         if let Some((key, value)) = env {
             cmd.env(key, value);
         }
+        // The mapping table's file lives in the lab, never in the machine's /var/lib; one
+        // per daemon unless a test shares one on purpose.
+        if !args.contains(&"--mappings-file") {
+            cmd.arg("--mappings-file")
+                .arg(self.dir.join(format!("mappings-{n}.json")));
+        }
         let log = self.dir.join(format!("portproxy-{n}.log"));
         let mut daemon = Daemon::spawn("portproxy", cmd, log)?;
         daemon.wait_ready(PORTPROXY_READY_TIMEOUT, |d| {

@@ -442,3 +442,105 @@ fn mappings_survive_a_cgn_reboot(softwire: Softwire, path: DataPath) -> Result<(
     )
 }
 every_path!(mappings_survive_a_cgn_reboot);
+
+/// How the router goes down in `table_survives`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Down {
+    /// portproxy restarted (SIGTERM, then started again).
+    Restart,
+    /// The router reboots: portproxy dies without a word (SIGKILL), its firewall table goes
+    /// with the rest of the CPE's ruleset, and meanwhile the CGN reboots too, losing every
+    /// mapping.
+    Reboot,
+}
+
+/// The table survives: after `down`, a new portproxy with the same `--mappings-file` lists
+/// the same mappings, opens their holes again and asks the CGN for them again (what a
+/// rebooted CGN lost is back within 10 s), so the internet host reaches both LAN hosts.
+fn table_survives(softwire: Softwire, down: Down) -> Result<()> {
+    with_lab(
+        Lab::builder(softwire).cgn(CgnKind::PcpOnly).cpe_firewall(),
+        |lab| {
+            let file = lab.dir().join("shared-mappings.json");
+            let file = file.to_str().context("UTF-8 lab dir")?;
+            let args = [
+                "--lan-iface",
+                "br-lan",
+                "--wan-iface",
+                "softwire",
+                "--mappings-file",
+                file,
+                "-vv",
+            ];
+            let mut first = lab.spawn_portproxy_on(DataPath::Sockets, &args)?;
+            natpmpc_map(lab.lan(1), 9251, 8251)?;
+            pcp_map_tcp(lab.lan(2), LAN_GATEWAY, LAN2_IP, 8252, 9252, 600)?;
+            let before = lab.portproxy_mappings()?;
+            match down {
+                Down::Restart => drop(first),
+                Down::Reboot => {
+                    // Long enough for the file's next write (at most 10 s after a change).
+                    std::thread::sleep(Duration::from_secs(11));
+                    first.kill()?;
+                    lab.cpe()
+                        .run("nft", &["delete", "table", "inet", "portproxy"])?;
+                    lab.reboot_cgn()?;
+                }
+            }
+            let second = lab.spawn_portproxy_on(DataPath::Sockets, &args)?;
+            let result = (|| -> Result<()> {
+                let after = lab.portproxy_mappings()?;
+                let fields = |v: &Value| -> Vec<(Value, Value, Value, Value)> {
+                    v.as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|m| {
+                            (
+                                m["host"].clone(),
+                                m["external_port"].clone(),
+                                m["origin"].clone(),
+                                m["upstream"].clone(),
+                            )
+                        })
+                        .collect()
+                };
+                ensure!(
+                    fields(&after) == fields(&before),
+                    "restored {after:#}\nexpected {before:#}"
+                );
+                let within = Duration::from_secs(10);
+                mapped_again(lab, 9251, LAN1_IP, 8251, within)?;
+                mapped_again(lab, 9252, LAN2_IP, 8252, within)?;
+                check_mapping(lab, 9251, lab.lan(1), 8251)?;
+                check_mapping(lab, 9252, lab.lan(2), 8252)?;
+                // The NAT-PMP client renews through the restored entry: same nonce upstream.
+                natpmpc_map(lab.lan(1), 9251, 8251)?;
+                Ok(())
+            })();
+            if result.is_err() {
+                eprintln!("=== second portproxy log\n{}", second.log());
+            }
+            result
+        },
+    )
+}
+
+#[test]
+fn table_survives_a_restart_l2() -> Result<()> {
+    table_survives(Softwire::L2, Down::Restart)
+}
+
+#[test]
+fn table_survives_a_restart_l3() -> Result<()> {
+    table_survives(Softwire::L3, Down::Restart)
+}
+
+#[test]
+fn table_survives_a_router_reboot_l2() -> Result<()> {
+    table_survives(Softwire::L2, Down::Reboot)
+}
+
+#[test]
+fn table_survives_a_router_reboot_l3() -> Result<()> {
+    table_survives(Softwire::L3, Down::Reboot)
+}

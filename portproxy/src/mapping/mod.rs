@@ -8,11 +8,13 @@
 //! step: a hole opens before the grant is passed on to the client, and closes on
 //! a delete or, by its own timeout, at expiry.
 
+mod persist;
 mod table;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use log::{debug, info, warn};
@@ -92,6 +94,8 @@ pub struct Grant {
 pub struct Entry {
     pub key: Key,
     pub external: SocketAddrV4,
+    /// The lifetime last granted, in seconds (0: until deleted).
+    pub lifetime: u32,
     /// `None`: until deleted (a permanent UPnP lease).
     pub expires: Option<Duration>,
     pub origin: Origin,
@@ -185,6 +189,10 @@ pub struct Mappings {
     state: Mutex<State>,
     /// The table's length, for the status file (read without the lock).
     held: AtomicUsize,
+    /// What happened since the table was last saved (`persist`): a mapping added, deleted,
+    /// expired or moved; only renewed.
+    changed: AtomicBool,
+    renewed: AtomicBool,
     stats: Arc<Stats>,
 }
 
@@ -197,6 +205,8 @@ impl Mappings {
                 public_addr: None,
             }),
             held: AtomicUsize::new(0),
+            changed: AtomicBool::new(false),
+            renewed: AtomicBool::new(false),
             stats,
         })
     }
@@ -269,6 +279,12 @@ impl Mappings {
             secs => format!("for {secs}s"),
         };
         match &learned {
+            Learned::Renewed(e) if e.external == grant.external => {
+                self.renewed.store(true, Ordering::Relaxed);
+            }
+            _ => self.changed.store(true, Ordering::Relaxed),
+        }
+        match &learned {
             Learned::Added(_) => {
                 self.stats.add(Counter::MappingsAdded);
                 info!(
@@ -321,6 +337,9 @@ impl Mappings {
     /// Counts and logs deleted entries and closes their holes.
     async fn closed(&self, state: &State, gone: Vec<Entry>) {
         self.held.store(state.table.len(), Ordering::Relaxed);
+        if !gone.is_empty() {
+            self.changed.store(true, Ordering::Relaxed);
+        }
         for entry in &gone {
             self.stats.add(Counter::MappingsDeleted);
             info!(
@@ -344,6 +363,9 @@ impl Mappings {
         let mut state = self.state.lock().await;
         let expired = state.table.expire(now());
         self.held.store(state.table.len(), Ordering::Relaxed);
+        if !expired.is_empty() {
+            self.changed.store(true, Ordering::Relaxed);
+        }
         for entry in expired {
             self.stats.add(Counter::MappingsExpired);
             info!(
@@ -353,6 +375,51 @@ impl Mappings {
                 entry.key.proto.name()
             );
         }
+    }
+
+    /// Puts back the mappings saved in `path` whose host `allowed` takes (holes included);
+    /// how many. The keeper then asks the CGN for them again.
+    pub async fn restore(&self, path: &Path, allowed: impl Fn(Ipv4Addr) -> bool) -> usize {
+        let limit = self.state.lock().await.table.limits().total;
+        let grants = match persist::load(path, limit) {
+            Ok(grants) => grants,
+            Err(e) => {
+                warn!("not restoring the mappings: {e:#}");
+                return 0;
+            }
+        };
+        let mut restored = 0;
+        for grant in grants.into_iter().filter(|g| allowed(g.key.host)) {
+            if self.granted(grant).await.is_ok() {
+                restored += 1;
+            }
+        }
+        // Restoring is no change to write back.
+        self.changed.store(false, Ordering::Relaxed);
+        self.renewed.store(false, Ordering::Relaxed);
+        if restored > 0 {
+            info!("restored {restored} mappings from {}", path.display());
+        }
+        restored
+    }
+
+    /// Writes the table to `path` if it changed and the last write was `since` ago or more
+    /// (see `persist`), or always with `force` (at exit).
+    pub async fn save(&self, path: &Path, since: Duration, force: bool) -> bool {
+        let due = force
+            || (self.changed.load(Ordering::Relaxed) && since >= persist::SAVE_CHANGED)
+            || (self.renewed.load(Ordering::Relaxed) && since >= persist::SAVE_RENEWED);
+        if !due {
+            return false;
+        }
+        self.changed.store(false, Ordering::Relaxed);
+        self.renewed.store(false, Ordering::Relaxed);
+        let entries = self.entries().await;
+        if let Err(e) = persist::save(path, &entries, now()) {
+            self.stats.add(Counter::SaveErrors);
+            warn!("saving the mappings: {e:#}");
+        }
+        true
     }
 
     /// Every mapping, as shown to people.

@@ -64,6 +64,10 @@ impl Table {
         self.entries.len()
     }
 
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
     /// Takes in a grant the CGN made at `now`. A grant for a mapping the table
     /// has renews it; a new one counts against the quotas.
     pub fn grant(&mut self, grant: Grant, now: Duration) -> Result<Learned, Refused> {
@@ -76,6 +80,7 @@ impl Table {
         };
         if let Some(entry) = self.entries.get_mut(&grant.key) {
             entry.external = grant.external;
+            entry.lifetime = grant.lifetime;
             entry.expires = expires;
             entry.origin = grant.origin;
             entry.backing = grant.backing;
@@ -93,6 +98,7 @@ impl Table {
         let entry = Entry {
             key: grant.key,
             external: grant.external,
+            lifetime: grant.lifetime,
             expires,
             origin: grant.origin,
             backing: grant.backing,

@@ -209,6 +209,9 @@ impl PortControlServer {
             return Err(Failure::NotAuthorized);
         }
         let upstream = self.upstream()?;
+        // A renewal goes with the nonce that made the mapping (it may come from a file
+        // written by an earlier run, whose derived nonces differ).
+        let backing = self.mappings.get(&key).await.map(|e| e.backing);
         let ask = Ask {
             host: key.host,
             proto: key.proto,
@@ -216,7 +219,7 @@ impl PortControlServer {
             suggested_port,
             lifetime,
             prefer_failure,
-            nonce: self.nonce_for(&key, &origin, None),
+            nonce: self.nonce_for(&key, &origin, backing),
         };
         let mut granted = upstream.map(&ask).await?;
         if granted.external.ip().is_unspecified() {
