@@ -120,6 +120,8 @@ fn the_shipped_config_starts_the_socket_relay_on_the_softwire() {
             "br-lan",
             "--wan-iface",
             "ds-wan",
+            "--mappings-file",
+            "/etc/portproxy/mappings.json",
             "--state-dir",
             "/var/run/portproxy",
             "--nat-pmp",
