@@ -13,7 +13,7 @@ use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
-const MODES: [&str; 4] = ["routing", "sockets", "fast", "nft"];
+const MODES: [&str; 5] = ["routing", "sockets", "fast", "nft", "proxy"];
 const METRICS: [&str; 14] = [
     "delivered_pps",
     "sent_pps",

@@ -94,10 +94,10 @@ pub struct Args {
     /// Client tuples of the scale test (half on each LAN host).
     #[arg(long, default_value_t = 65536)]
     pub scale_tuples: u32,
-    /// Modes to run, comma-separated, of routing, sockets, fast, nft.
+    /// Modes to run, comma-separated, of routing, sockets, fast, nft, proxy.
     #[arg(
         long,
-        default_value = "routing,sockets,fast,nft",
+        default_value = "routing,sockets,fast,nft,proxy",
         value_delimiter = ','
     )]
     pub modes: Vec<String>,
@@ -138,6 +138,9 @@ pub enum Kind {
     Sockets,
     Fast(Vec<String>),
     Nft,
+    /// `--mode proxy`: portproxy answers the NAT-PMP requests itself and asks the responder
+    /// (which speaks NAT-PMP only) as the client: a translated request.
+    Proxy,
 }
 
 #[derive(Debug, Clone)]
@@ -412,7 +415,8 @@ fn modes(names: &[String], layouts: &[(String, Vec<String>)]) -> Result<Vec<Mode
                 }
             }
             "nft" => modes.push(mode("nft", Kind::Nft)),
-            other => bail!("unknown mode {other:?} (routing, sockets, fast, nft)"),
+            "proxy" => modes.push(mode("proxy", Kind::Proxy)),
+            other => bail!("unknown mode {other:?} (routing, sockets, fast, nft, proxy)"),
         }
     }
     if modes.is_empty() {
@@ -433,6 +437,17 @@ struct Rig<'a> {
     lan1_sockets: Arc<Vec<OwnedFd>>,
     lan2_sockets: Arc<Vec<OwnedFd>>,
     daemons: u32,
+    /// What the generator sends in the mode being measured (`generator_payload`).
+    payload: &'static [u8],
+}
+
+/// The generator's request: a public address request (answered by the CGN through the
+/// relays), or for the proxy a map request, which it translates and asks the CGN for.
+fn generator_payload(kind: &Kind) -> &'static [u8] {
+    match kind {
+        Kind::Proxy => &traffic::MAP_REQUEST,
+        _ => &traffic::PUBLIC_ADDRESS_REQUEST,
+    }
 }
 
 impl Drop for Rig<'_> {
@@ -478,6 +493,7 @@ fn measure(
             args.ports_per_host,
         )?),
         daemons: 0,
+        payload: &traffic::PUBLIC_ADDRESS_REQUEST,
     };
     // The responder answers and the path works, before anything is timed.
     let check = rig.latency(cgn_target(), Duration::from_millis(200), 5)?;
@@ -551,6 +567,22 @@ impl<'a> Rig<'a> {
                 Ok(d) => Ok(Ok(Setup::Daemon(d))),
                 Err(e) => Ok(Err(format!("portproxy did not start: {e:#}"))),
             },
+            Kind::Proxy => {
+                // Every generator tuple's mapping goes into the table: room for all of them.
+                let args = [
+                    "--mode",
+                    "proxy",
+                    "--max-mappings",
+                    "65536",
+                    "--max-mappings-per-host",
+                    "65536",
+                ]
+                .map(String::from);
+                match self.spawn_daemon(&args) {
+                    Ok(d) => Ok(Ok(Setup::Daemon(d))),
+                    Err(e) => Ok(Err(format!("portproxy --mode proxy did not start: {e:#}"))),
+                }
+            }
             Kind::Fast(extra) => {
                 let daemon = match self.spawn_daemon(extra) {
                     Ok(d) => d,
@@ -585,6 +617,8 @@ impl<'a> Rig<'a> {
                 "0",
                 "-v",
             ])
+            .arg("--mappings-file")
+            .arg(self.net.dir.join(format!("mappings-{}.json", self.daemons)))
             .args(extra);
         let log = self.net.dir.join(format!("portproxy-{}.log", self.daemons));
         let mut daemon = Daemon::spawn("portproxy", cmd, log)?;
@@ -626,6 +660,7 @@ impl<'a> Rig<'a> {
         };
         let pid = setup.pid();
         let dst = target(&mode.kind);
+        self.payload = generator_payload(&mode.kind);
         let mut round = Round::default();
         if let Some(pid) = pid {
             round.load_hwm_kib = Some(sys::memory_kib(pid)?.1);
@@ -692,6 +727,7 @@ impl<'a> Rig<'a> {
             let (stop, stats) = (gen_.stop.clone(), gen_.stats.clone());
             let sockets: Vec<Arc<Vec<OwnedFd>>> = sockets.to_vec();
             let batch = self.args.batch;
+            let payload = self.payload;
             handles.push(spawn_in(
                 self.net.lan(1),
                 "generator",
@@ -705,7 +741,7 @@ impl<'a> Rig<'a> {
                     traffic::generate(
                         &owned,
                         dst,
-                        &traffic::PUBLIC_ADDRESS_REQUEST,
+                        payload,
                         batch,
                         &stop,
                         Instant::now() + total,

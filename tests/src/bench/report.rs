@@ -82,6 +82,7 @@ fn kind_name(kind: &Kind) -> &'static str {
         Kind::Sockets => "sockets",
         Kind::Fast(_) => "fast",
         Kind::Nft => "nft",
+        Kind::Proxy => "proxy",
     }
 }
 
@@ -232,6 +233,17 @@ impl Report {
             .unwrap_or_default();
         let (r, shown) = both(&nft, &routing);
         out.push(("nft/routing pps".into(), r, shown));
+        let proxy = Self::find(summaries, "proxy")
+            .first()
+            .copied()
+            .cloned()
+            .unwrap_or_default();
+        let (r, shown) = both(&proxy, &sockets);
+        out.push((
+            "proxy/sockets pps (map requests translated / public address requests relayed)".into(),
+            r,
+            shown,
+        ));
         for s in summaries.iter().filter(|s| s.kind != "routing") {
             let added = match (s.p99_us, routing.p99_us) {
                 (Some(a), Some(b)) if s.unavailable.is_none() => Some(a - b),
@@ -350,6 +362,19 @@ impl Report {
             "<= 8 MiB".into(),
             &|v| v <= 8.0,
             sockets.unavailable.clone(),
+        );
+        let proxy = Self::find(summaries, "proxy")
+            .first()
+            .copied()
+            .cloned()
+            .unwrap_or_default();
+        push(
+            "proxy p99 added latency (translated request)".into(),
+            proxy.p99_us.zip(routing.p99_us).map(|(a, b)| a - b),
+            " us",
+            "<= +1000 us".into(),
+            &|v| v <= 1000.0,
+            proxy.unavailable.clone(),
         );
         push(
             "stripped binary".into(),

@@ -20,6 +20,9 @@ use crate::{Netns, PUBLIC_IP};
 
 /// NAT-PMP public-address request (RFC 6886 §3.2).
 pub const PUBLIC_ADDRESS_REQUEST: [u8; 2] = [0, 0];
+/// NAT-PMP map UDP 5000 -> 5000 for 7200 s: what the proxy mode's generator sends, since a
+/// public address request is answered by the proxy itself and never reaches the CGN.
+pub const MAP_REQUEST: [u8; 12] = [0, 1, 0, 0, 0x13, 0x88, 0x13, 0x88, 0, 0, 0x1c, 0x20];
 const BATCH_MAX: usize = 64;
 const BUF_LEN: usize = 128;
 
