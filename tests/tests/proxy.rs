@@ -252,7 +252,8 @@ fn ask(ns: &Netns, request: &[u8]) -> Result<Vec<u8>> {
         let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
         socket.set_read_timeout(Some(Duration::from_millis(500)))?;
         let mut buf = [0; 1200];
-        for _ in 0..4 {
+        // As long as portproxy may ask the CGN (three tries, 1.75 s) before it answers.
+        for _ in 0..6 {
             socket.send_to(request, SocketAddrV4::new(LAN_GATEWAY, PCP_PORT))?;
             if let Ok((len, _)) = socket.recv_from(&mut buf) {
                 return Ok(buf[..len].to_vec());
@@ -544,3 +545,82 @@ fn table_survives_a_router_reboot_l2() -> Result<()> {
 fn table_survives_a_router_reboot_l3() -> Result<()> {
     table_survives(Softwire::L3, Down::Reboot)
 }
+
+/// A NAT-PMP TCP map request for `internal` (suggesting the same external port), 600 s.
+fn natpmp_map_request(internal: u16) -> Vec<u8> {
+    let mut m = vec![0, 2, 0, 0];
+    m.extend_from_slice(&internal.to_be_bytes());
+    m.extend_from_slice(&internal.to_be_bytes());
+    m.extend_from_slice(&600u32.to_be_bytes());
+    m
+}
+
+/// The result code of a NAT-PMP map response.
+fn natpmp_result(answer: &[u8]) -> Result<u16> {
+    ensure!(
+        answer.len() == 16 && answer[0] == 0 && answer[1] == 0x82,
+        "not a NAT-PMP TCP map response: {answer:02x?}"
+    );
+    Ok(u16::from_be_bytes([answer[2], answer[3]]))
+}
+
+/// A host over its mapping quota gets "out of resources" from portproxy, and the mapping
+/// the CGN granted for it is deleted there again: nothing exists that has no hole.
+fn proxied_quota(softwire: Softwire) -> Result<()> {
+    let args = ["--max-mappings-per-host", "2"];
+    with_cgn(
+        softwire,
+        DataPath::Sockets,
+        CgnKind::PcpOnly,
+        &args,
+        &[],
+        |lab, _| {
+            for internal in [8261, 8262] {
+                ensure!(natpmp_result(&ask(lab.lan(1), &natpmp_map_request(internal))?)? == 0);
+            }
+            let third = natpmp_result(&ask(lab.lan(1), &natpmp_map_request(8263))?)?;
+            ensure!(
+                third == 4,
+                "the third mapping got result {third}, not 4 (out of resources)"
+            );
+            let nat = run_expect(lab.cgn(), "nft", &["list", "table", "inet", "nat"], &[])?;
+            ensure!(
+                nat.contains("dport 8262") && !nat.contains("dport 8263"),
+                "the CGN must hold the first two and not the refused one:\n{nat}"
+            );
+            Ok(())
+        },
+    )
+}
+both_softwires!(proxied_quota: proxied_quota_l2, proxied_quota_l3);
+
+/// The CGN does not answer for a while: portproxy answers NETWORK_FAILURE (a short error
+/// clients retry) after its three tries, and maps as soon as the CGN answers again.
+fn cgn_unreachable_then_back(softwire: Softwire) -> Result<()> {
+    with_cgn(
+        softwire,
+        DataPath::Sockets,
+        CgnKind::PcpOnly,
+        &[],
+        &[],
+        |lab, _| {
+            natpmpc_map(lab.lan(1), 9271, 8271)?;
+            let cut = lab.dir().join("cut.nft");
+            std::fs::write(
+                &cut,
+                "table inet cut {\n    chain input {\n        type filter hook input priority -20; policy accept;\n        udp dport 5351 drop\n    }\n}\n",
+            )?;
+            lab.cgn()
+                .run("nft", &["-f", cut.to_str().context("UTF-8 lab dir")?])?;
+            let failed = natpmp_result(&ask(lab.lan(1), &natpmp_map_request(8272))?)?;
+            ensure!(
+                failed == 3,
+                "result {failed} while the CGN is silent, not 3 (network failure)"
+            );
+            lab.cgn().run("nft", &["delete", "table", "inet", "cut"])?;
+            natpmpc_map(lab.lan(1), 9272, 8272)?;
+            check_mapping(lab, 9272, lab.lan(1), 8272)
+        },
+    )
+}
+both_softwires!(cgn_unreachable_then_back: cgn_unreachable_then_back_l2, cgn_unreachable_then_back_l3);

@@ -34,6 +34,9 @@ use crate::stats::{Counter, Stats};
 
 /// How often the CGN's epoch is asked for while there are mappings to keep.
 const POLL: Duration = Duration::from_secs(5);
+/// When mappings the CGN refused or did not answer are asked for again (PCP's short error
+/// lifetime, RFC 6887 §7.2).
+const RETRY: Duration = Duration::from_secs(30);
 /// NAT-PMP and PCP clients listen for announcements here.
 const ANNOUNCE_TO: SocketAddrV4 =
     SocketAddrV4::new(Ipv4Addr::new(224, 0, 0, 1), sockets::ANNOUNCE_PORT);
@@ -96,9 +99,13 @@ impl Keeper {
         }
         // Dropped (so aborted) with this future.
         let mut announcing = tokio::task::JoinSet::new();
+        // Mappings the CGN refused or did not answer when they were made again.
+        let mut retry_at = None;
         if recreate {
             let epochs = probe::epochs(&this.cfg, this.speaks).await;
-            this.after_loss(epochs).await;
+            if !this.after_loss(epochs).await {
+                retry_at = Some(tokio::time::Instant::now() + RETRY);
+            }
             announcing.spawn(this.clone().announce(epochs, boot_time()));
         }
         let listener = match sockets::announcement_listener(&this.cfg.wan) {
@@ -144,9 +151,12 @@ impl Keeper {
             last_check = tokio::time::Instant::now();
             let epochs = probe::epochs(&this.cfg, this.speaks).await;
             if this.state.lock().unwrap().lost_state(this.cfg.cgn, &epochs) {
-                this.after_loss(epochs).await;
+                retry_at =
+                    (!this.after_loss(epochs).await).then(|| tokio::time::Instant::now() + RETRY);
                 announcing.abort_all();
                 announcing.spawn(this.clone().announce(epochs, boot_time()));
+            } else if retry_at.is_some_and(|t| t <= tokio::time::Instant::now()) {
+                retry_at = (!this.recreate().await).then(|| tokio::time::Instant::now() + RETRY);
             }
         }
     }
@@ -173,8 +183,9 @@ impl Keeper {
         }
     }
 
-    /// The CGN lost its state (`epochs` from just after): re-create, and a new epoch.
-    async fn after_loss(&self, epochs: Epochs) {
+    /// The CGN lost its state (`epochs` from just after): re-create, and a new epoch. False
+    /// if some mapping could not be made again.
+    async fn after_loss(&self, epochs: Epochs) -> bool {
         warn!(
             "the CGN {} lost its mappings (restarted) or changed its external address; re-creating them",
             self.cfg.cgn
@@ -182,13 +193,17 @@ impl Keeper {
         if let Some((_, addr)) = epochs.nat_pmp {
             self.mappings.public_address(addr).await;
         }
-        self.recreate().await;
+        let all = self.recreate().await;
         self.identity.new_epoch();
+        all
     }
 
-    /// Asks the CGN again for every mapping of the table.
-    async fn recreate(&self) {
+    /// Asks the CGN again for every mapping of the table; false if it refused or did not
+    /// answer for one of them.
+    async fn recreate(&self) -> bool {
         let now = boot_time();
+        let public = self.mappings.known_public_address().await;
+        let mut all = true;
         for entry in self.mappings.entries().await {
             let Some((via, nonce)) = upstream_of(&entry) else {
                 continue;
@@ -212,9 +227,11 @@ impl Keeper {
             match upstream.map(&ask).await {
                 Ok(granted) => {
                     self.stats.add(Counter::MappingsRecreated);
+                    // NAT-PMP does not say the address: the one last learned (a new one after
+                    // an address change), else the one the mapping had.
                     let mut external = granted.external;
                     if external.ip().is_unspecified() {
-                        external.set_ip(*entry.external.ip());
+                        external.set_ip(public.unwrap_or(*entry.external.ip()));
                     }
                     let grant = Grant {
                         key: entry.key,
@@ -228,9 +245,10 @@ impl Keeper {
                     let _ = self.mappings.granted(grant).await;
                 }
                 Err(failure) => {
+                    all = false;
                     self.stats.add(Counter::UpstreamFailed);
                     warn!(
-                        "re-creating {}:{} {} at the CGN: {failure}",
+                        "re-creating {}:{} {} at the CGN: {failure}; trying again in {RETRY:?}",
                         entry.key.host,
                         entry.key.internal_port,
                         entry.key.proto.name()
@@ -238,6 +256,7 @@ impl Keeper {
                 }
             }
         }
+        all
     }
 
     /// Multicasts the announcements on the LAN: the servers' own epoch for a protocol
