@@ -119,10 +119,23 @@ impl Running {
         let mut data_path =
             DataPath::choose(opts.xdp, &cfg, &opts.pin_dir, opts.verbose >= 2, to_daemon);
         let on_sockets = Arc::new(data_path.socket_share(&cfg));
+        let igd = match (serving, plan.via, &probed.igd_location) {
+            (true, Some(upstream::Via::Upnp), Some(location)) => {
+                match upstream::Igd::discover(location, cfg.wan.addr).await {
+                    Ok(igd) => Some(Arc::new(igd)),
+                    Err(e) => {
+                        warn!("the CGN's IGD: {e:#}; NAT-PMP/PCP clients get network failures");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         let server = serving.then(|| {
             Arc::new(PortControlServer::new(
                 on_sockets.clone(),
                 plan,
+                igd,
                 mappings.clone(),
                 identity.clone(),
             ))

@@ -224,27 +224,61 @@ fn proxy_mode_answers_both(softwire: Softwire, path: DataPath) -> Result<()> {
 }
 every_path!(proxy_mode_answers_both);
 
-/// A CGN that speaks UPnP only: the probe says so, and NAT-PMP/PCP stay relayed (portproxy
-/// has no UPnP upstream yet; see the README's table).
-fn upnp_only_cgn(softwire: Softwire) -> Result<()> {
+/// A CGN that speaks UPnP only: both NAT-PMP and PCP clients are answered here and mapped
+/// with AddPortMapping at the CGN's IGD (NewInternalClient: the host); reachable, and a
+/// NAT-PMP delete is a DeletePortMapping.
+fn upnp_only_cgn(softwire: Softwire, path: DataPath) -> Result<()> {
+    let kernel = ["passed to the daemon"];
     with_cgn(
         softwire,
-        DataPath::Sockets,
+        path,
         CgnKind::UpnpOnly,
         &[],
-        &[],
+        &kernel,
         |lab, portproxy| {
             check_plan(
                 lab,
                 portproxy,
                 [false, false, true],
-                "NAT-PMP relayed; PCP relayed",
+                "NAT-PMP answered here, mapped with UPnP IGD; PCP answered here, mapped with UPnP IGD",
             )?;
+            let out = natpmpc_map(lab.lan(1), 9281, 8281)?;
+            ensure!(
+                out.contains(&format!("Public IP address : {PUBLIC_IP}")),
+                "natpmpc did not get the public address (GetExternalIPAddress):\n{out}"
+            );
+            check_mapping(lab, 9281, lab.lan(1), 8281)?;
+            ensure!(mapping_of(lab, LAN1_IP, 8281)? == ("nat-pmp".into(), "upnp".into()));
+            let pcp = pcp_map_tcp(lab.lan(2), LAN_GATEWAY, LAN2_IP, 8282, 9282, 600)?;
+            ensure!(
+                pcp.external_port == 9282 && pcp.external_ip == PUBLIC_IP,
+                "{pcp:?}"
+            );
+            check_mapping(lab, 9282, lab.lan(2), 8282)?;
+            run_expect(
+                lab.lan(1),
+                "natpmpc",
+                &[
+                    "-g",
+                    &LAN_GATEWAY.to_string(),
+                    "-a",
+                    "9281",
+                    "8281",
+                    "tcp",
+                    "0",
+                ],
+                &["Mapped public port 0 protocol TCP to local port 8281 liftime 0"],
+            )?;
+            let nat = run_expect(lab.cgn(), "nft", &["list", "table", "inet", "nat"], &[])?;
+            ensure!(
+                !nat.contains("dport 9281"),
+                "the CGN still maps 9281:\n{nat}"
+            );
             Ok(())
         },
     )
 }
-both_softwires!(upnp_only_cgn: upnp_only_cgn_l2, upnp_only_cgn_l3);
+every_path!(upnp_only_cgn);
 
 /// Sends `request` to the gateway's port 5351 from `ns` and returns the answer.
 fn ask(ns: &Netns, request: &[u8]) -> Result<Vec<u8>> {

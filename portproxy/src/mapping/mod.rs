@@ -61,6 +61,8 @@ pub enum Backing {
     Pcp { nonce: [u8; 12] },
     /// portproxy answered the client and asked the CGN with NAT-PMP.
     NatPmp,
+    /// portproxy answered the client and asked the CGN's IGD (AddPortMapping).
+    Upnp,
 }
 
 impl Backing {
@@ -69,6 +71,7 @@ impl Backing {
             Backing::Relayed => "relayed",
             Backing::Pcp { .. } => "pcp-map",
             Backing::NatPmp => "nat-pmp",
+            Backing::Upnp => "upnp",
         }
     }
 }

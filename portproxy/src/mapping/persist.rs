@@ -48,7 +48,7 @@ struct Saved {
     /// PCP MAP's nonce (hex).
     nonce: Option<String>,
     description: Option<String>,
-    /// `relayed`, `pcp-map`, `nat-pmp`.
+    /// `relayed`, `pcp-map`, `nat-pmp`, `upnp`.
     upstream: String,
     /// The nonce portproxy's own PCP MAP used (hex).
     upstream_nonce: Option<String>,
@@ -132,6 +132,7 @@ impl Saved {
         let backing = match self.upstream.as_str() {
             "relayed" => Backing::Relayed,
             "nat-pmp" => Backing::NatPmp,
+            "upnp" => Backing::Upnp,
             "pcp-map" => Backing::Pcp {
                 nonce: nonce(&self.upstream_nonce)?,
             },

@@ -200,15 +200,22 @@ pub fn response(action: &Action, status: u16, body: &[u8]) -> Result<Option<u16>
     }
 }
 
-/// The child elements of the element `name` (any namespace prefix) inside the
+/// The child elements of the first element `name` (any namespace prefix) inside the
 /// SOAP body, as (local name, text) pairs.
-fn arguments(body: &[u8], name: &str) -> Result<Vec<(String, String)>, Unparsed> {
+pub fn arguments(body: &[u8], name: &str) -> Result<Vec<(String, String)>, Unparsed> {
+    elements(body, name, 1)?.pop().ok_or(Unparsed::BadSoap)
+}
+
+/// The child elements of the first `max` elements `name` (any namespace prefix), each as
+/// (local name, text) pairs. An element `name` inside another is not looked for.
+fn elements(body: &[u8], name: &str, max: usize) -> Result<Vec<Vec<(String, String)>>, Unparsed> {
     let text = std::str::from_utf8(body).map_err(|_| Unparsed::BadSoap)?;
     let mut reader = quick_xml::Reader::from_str(text);
     let mut depth_in_action: Option<usize> = None;
     let mut depth = 0usize;
     let mut current: Option<(String, String)> = None;
     let mut args = Vec::new();
+    let mut found = Vec::new();
     loop {
         match reader.read_event().map_err(|_| Unparsed::BadSoap)? {
             Event::Start(e) => {
@@ -223,7 +230,7 @@ fn arguments(body: &[u8], name: &str) -> Result<Vec<(String, String)>, Unparsed>
             Event::Empty(e) => {
                 let local = e.local_name().as_ref().to_string();
                 match depth_in_action {
-                    None if local == name => return Ok(args),
+                    None if local == name => found.push(Vec::new()),
                     Some(d) if depth == d => args.push((local, String::new())),
                     _ => {}
                 }
@@ -253,15 +260,54 @@ fn arguments(body: &[u8], name: &str) -> Result<Vec<(String, String)>, Unparsed>
                             args.push(arg);
                         }
                     }
-                    Some(d) if depth == d => return Ok(args),
+                    Some(d) if depth == d => {
+                        found.push(std::mem::take(&mut args));
+                        depth_in_action = None;
+                    }
                     _ => {}
                 }
                 depth = depth.checked_sub(1).ok_or(Unparsed::BadSoap)?;
             }
+            Event::Eof if !found.is_empty() => return Ok(found),
             Event::Eof => return Err(Unparsed::BadSoap),
             _ => {}
         }
+        if found.len() >= max {
+            return Ok(found);
+        }
     }
+}
+
+/// The children of every element `service` in a device description, as (local name, text)
+/// pairs: `serviceType`, `controlURL`, ... (at most 64 services).
+pub fn services(description: &[u8]) -> Result<Vec<Vec<(String, String)>>, Unparsed> {
+    elements(description, "service", 64)
+}
+
+/// A SOAP request body calling `action` of `service` with `args` (values XML-escaped).
+pub fn soap_request(service: &str, action: &str, args: &[(&str, String)]) -> String {
+    let mut body = format!(
+        "<?xml version=\"1.0\"?>\r\n<s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\" \
+         s:encodingStyle=\"http://schemas.xmlsoap.org/soap/encoding/\"><s:Body><u:{action} xmlns:u=\"{service}\">"
+    );
+    for (name, value) in args {
+        body += &format!(
+            "<{name}>{}</{name}>",
+            quick_xml::escape::escape(value.as_str())
+        );
+    }
+    body += &format!("</u:{action}></s:Body></s:Envelope>\r\n");
+    body
+}
+
+/// The UPnP error code of a SOAP fault (`<UPnPError><errorCode>`).
+pub fn fault_code(body: &[u8]) -> Option<u16> {
+    number(&arguments(body, "UPnPError").ok()?, "errorCode").ok()
+}
+
+/// An argument of an action's response.
+pub fn argument<'a>(args: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    arg(args, name).ok()
 }
 
 fn arg<'a>(args: &'a [(String, String)], name: &str) -> Result<&'a str, Unparsed> {

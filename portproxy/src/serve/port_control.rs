@@ -21,11 +21,13 @@ use super::Identity;
 use crate::config::Config;
 use crate::mapping::{self, Backing, Entry, Grant, Key, Mappings, Origin, Refused};
 use crate::proto::{Transport, natpmp, pcp};
-use crate::upstream::{Ask, Failure, Granted, Plan, Upstream, Via};
+use crate::upstream::{Ask, Failure, Granted, Igd, Plan, Upstream, Via};
 
 pub struct PortControlServer {
     cfg: Arc<Config>,
     plan: Plan,
+    /// The CGN's IGD, when `plan.via` is UPnP and its description could be read.
+    igd: Option<Arc<Igd>>,
     mappings: Arc<Mappings>,
     identity: Arc<Identity>,
 }
@@ -34,12 +36,14 @@ impl PortControlServer {
     pub fn new(
         cfg: Arc<Config>,
         plan: Plan,
+        igd: Option<Arc<Igd>>,
         mappings: Arc<Mappings>,
         identity: Arc<Identity>,
     ) -> PortControlServer {
         PortControlServer {
             cfg,
             plan,
+            igd,
             mappings,
             identity,
         }
@@ -63,7 +67,9 @@ impl PortControlServer {
         let via = self.plan.via.ok_or(Failure::NetworkFailure)?;
         Ok(Upstream {
             cgn: SocketAddrV4::new(self.cfg.cgn, self.cfg.nat_pmp_port),
+            wan: self.cfg.wan.addr,
             via,
+            igd: self.igd.clone(),
         })
     }
 
@@ -190,7 +196,7 @@ impl PortControlServer {
         if let Some(addr) = self.mappings.known_public_address().await {
             return Ok(addr);
         }
-        let addr = self.upstream()?.public_address(self.cfg.wan.addr).await?;
+        let addr = self.upstream()?.public_address().await?;
         self.mappings.public_address(addr).await;
         Ok(addr)
     }
@@ -228,6 +234,7 @@ impl PortControlServer {
         let backing = match upstream.via {
             Via::Pcp => Backing::Pcp { nonce: ask.nonce },
             Via::NatPmp => Backing::NatPmp,
+            Via::Upnp => Backing::Upnp,
         };
         let grant = Grant {
             key,
@@ -269,7 +276,8 @@ impl PortControlServer {
             host: key.host,
             proto: key.proto,
             internal_port: key.internal_port,
-            suggested_port: 0,
+            // UPnP deletes by external port.
+            suggested_port: entry.as_ref().map_or(0, |e| e.external.port()),
             lifetime: 0,
             prefer_failure: false,
             nonce: self.nonce_for(&key, &origin, entry.as_ref().map(|e| e.backing)),

@@ -13,7 +13,9 @@ use std::time::Duration;
 use log::debug;
 use tokio::net::UdpSocket;
 
-use super::{Failure, Nonces, Via};
+use std::sync::Arc;
+
+use super::{Failure, Igd, Nonces, Via};
 use crate::proto::{Transport, natpmp, pcp};
 use crate::sockets;
 
@@ -51,10 +53,14 @@ pub struct Granted {
 }
 
 /// The CGN, spoken to in one protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Upstream {
     pub cgn: SocketAddrV4,
+    /// The CPE's WAN address (UPnP's HTTP and the public address probe go from there).
+    pub wan: Ipv4Addr,
     pub via: Via,
+    /// With `Via::Upnp`: the IGD's connection service, if its description could be read.
+    pub igd: Option<Arc<Igd>>,
 }
 
 impl Upstream {
@@ -64,6 +70,7 @@ impl Upstream {
         let granted = match self.via {
             Via::Pcp => self.pcp_map(ask).await?,
             Via::NatPmp => self.natpmp_map(ask).await?,
+            Via::Upnp => self.upnp_map(ask).await?,
         };
         let other_port = ask.suggested_port != 0 && granted.external.port() != ask.suggested_port;
         if self.via == Via::NatPmp && ask.prefer_failure && ask.lifetime != 0 && other_port {
@@ -85,7 +92,11 @@ impl Upstream {
     /// The CGN's external address: NAT-PMP asks for it; PCP has no such request, so a
     /// mapping of the CPE's own (WAN address, the exchange's port) is made for 60 s and
     /// deleted again (what RFC 6970 §5.3 suggests for GetExternalIPAddress).
-    pub async fn public_address(&self, wan: Ipv4Addr) -> Result<Ipv4Addr, Failure> {
+    pub async fn public_address(&self) -> Result<Ipv4Addr, Failure> {
+        let wan = self.wan;
+        if self.via == Via::Upnp {
+            return self.igd()?.external_address(wan).await;
+        }
         let socket = connect(wan, self.cgn)?;
         match self.via {
             Via::NatPmp => {
@@ -119,7 +130,33 @@ impl Upstream {
                 }
                 Ok(*granted.external.ip())
             }
+            Via::Upnp => unreachable!("answered above"),
         }
+    }
+
+    fn igd(&self) -> Result<&Igd, Failure> {
+        self.igd.as_deref().ok_or(Failure::NetworkFailure)
+    }
+
+    /// AddPortMapping (AddAnyPortMapping unless that port or nothing), for the lease asked;
+    /// lifetime 0 deletes the mapping on `suggested_port` (the external port it has).
+    async fn upnp_map(&self, ask: &Ask) -> Result<Granted, Failure> {
+        let igd = self.igd()?;
+        let external = match ask.lifetime {
+            0 => {
+                if ask.suggested_port != 0 {
+                    igd.delete(self.wan, ask.proto, ask.suggested_port).await?;
+                }
+                0
+            }
+            _ => igd.add(self.wan, ask).await?,
+        };
+        Ok(Granted {
+            external: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, external),
+            lifetime: ask.lifetime,
+            // UPnP has no epoch: a lost mapping shows only when its control point asks.
+            epoch: 0,
+        })
     }
 
     async fn pcp_map(&self, ask: &Ask) -> Result<Granted, Failure> {

@@ -222,7 +222,9 @@ impl Keeper {
             };
             let upstream = Upstream {
                 cgn: SocketAddrV4::new(self.cfg.cgn, self.cfg.nat_pmp_port),
+                wan: self.cfg.wan.addr,
                 via,
+                igd: None,
             };
             match upstream.map(&ask).await {
                 Ok(granted) => {
@@ -289,15 +291,15 @@ impl Keeper {
     }
 }
 
-/// How a mapping is asked for again: the protocol and nonce that made it at the CGN. A
-/// relayed UPnP mapping is the control point's to renew (UPnP has no epoch to lose).
+/// How a mapping is asked for again: the protocol and nonce that made it at the CGN. A UPnP
+/// mapping is not: UPnP has no epoch that would tell it was lost.
 fn upstream_of(entry: &Entry) -> Option<(Via, [u8; 12])> {
     match (entry.backing, &entry.origin) {
         (Backing::Pcp { nonce }, _) => Some((Via::Pcp, nonce)),
         (Backing::NatPmp, _) => Some((Via::NatPmp, [0; 12])),
         (Backing::Relayed, Origin::PcpMap { nonce }) => Some((Via::Pcp, *nonce)),
         (Backing::Relayed, Origin::NatPmp) => Some((Via::NatPmp, [0; 12])),
-        (Backing::Relayed, Origin::Upnp { .. }) => None,
+        (Backing::Relayed, Origin::Upnp { .. }) | (Backing::Upnp, _) => None,
     }
 }
 

@@ -8,6 +8,7 @@
 
 mod client;
 mod epoch;
+mod igd;
 mod keeper;
 mod nonce;
 mod probe;
@@ -17,6 +18,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use client::{Ask, Granted, Upstream};
+pub use igd::Igd;
 pub use keeper::{CgnState, Keeper};
 pub use nonce::Nonces;
 pub use probe::{Probed, probe};
@@ -54,6 +56,8 @@ impl fmt::Display for Speaks {
 pub enum Via {
     Pcp,
     NatPmp,
+    /// A UPnP IGD control point (`igd`).
+    Upnp,
 }
 
 /// What happens to one client protocol (NAT-PMP or PCP) on port 5351.
@@ -70,21 +74,23 @@ pub enum Handling {
 pub struct Plan {
     pub nat_pmp: Handling,
     pub pcp: Handling,
-    /// What the served protocols are translated to; `None` when the CGN answered neither
+    /// What the served protocols are translated to; `None` when the CGN answered no probe
     /// (served requests then get NETWORK_FAILURE, a short error clients retry).
     pub via: Option<Via>,
 }
 
 impl Plan {
-    /// auto: a protocol the CGN speaks is relayed, the other one served and translated to the
-    /// one it speaks (PCP preferred). A CGN that answered neither (down, or UPnP only) leaves
-    /// both relayed, as a plain relay would. relay: both relayed. proxy: both served.
+    /// auto: a protocol the CGN speaks is relayed, the other one served and translated to
+    /// what it speaks (PCP preferred, then NAT-PMP, then UPnP IGD). A CGN that answered no
+    /// probe (down) leaves both relayed, as a plain relay would. relay: both relayed. proxy:
+    /// both served.
     pub fn choose(mode: Mode, speaks: Speaks) -> Plan {
         use Handling::{Relay, Serve};
-        let via = match (speaks.pcp, speaks.nat_pmp) {
-            (true, _) => Some(Via::Pcp),
-            (false, true) => Some(Via::NatPmp),
-            (false, false) => None,
+        let via = match (speaks.pcp, speaks.nat_pmp, speaks.upnp) {
+            (true, _, _) => Some(Via::Pcp),
+            (false, true, _) => Some(Via::NatPmp),
+            (false, false, true) => Some(Via::Upnp),
+            (false, false, false) => None,
         };
         let auto = |spoken: bool| match spoken || via.is_none() {
             true => Relay,
@@ -121,6 +127,7 @@ impl fmt::Display for Plan {
             (Handling::Serve, Some(Via::NatPmp)) => {
                 "answered here, mapped with NAT-PMP".to_string()
             }
+            (Handling::Serve, Some(Via::Upnp)) => "answered here, mapped with UPnP IGD".to_string(),
             (Handling::Serve, None) => "answered here, no upstream protocol".to_string(),
         };
         write!(f, "NAT-PMP {}; PCP {}", show(self.nat_pmp), show(self.pcp))
@@ -228,6 +235,18 @@ mod tests {
         assert_eq!(plan(true, false), (Serve, Relay, Some(Via::Pcp)));
         assert_eq!(plan(false, true), (Relay, Serve, Some(Via::NatPmp)));
         assert_eq!(plan(false, false), (Relay, Relay, None));
+        let upnp_only = Plan::choose(
+            Mode::Auto,
+            Speaks {
+                pcp: false,
+                nat_pmp: false,
+                upnp: true,
+            },
+        );
+        assert_eq!(
+            (upnp_only.nat_pmp, upnp_only.pcp, upnp_only.via),
+            (Serve, Serve, Some(Via::Upnp))
+        );
         let proxy = Plan::choose(Mode::Proxy, speaks(false, true));
         assert_eq!((proxy.nat_pmp, proxy.pcp), (Serve, Serve));
         assert!(!Plan::choose(Mode::Relay, speaks(true, false)).serves_any());

@@ -27,10 +27,12 @@ pub struct Epochs {
 }
 
 /// What the probe found.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Probed {
     pub speaks: Speaks,
     pub epochs: Epochs,
+    /// Where the CGN's IGD description is (its answer's LOCATION).
+    pub igd_location: Option<String>,
 }
 
 impl Probed {
@@ -47,16 +49,18 @@ pub async fn probe(cfg: &Config) -> Probed {
         upnp: true,
     };
     let (epochs, upnp) = tokio::join!(epochs(cfg, ask), igd(cfg));
+    let upnp = upnp.unwrap_or_else(|e| {
+        debug!("probing the CGN's UPnP IGD: {e}");
+        None
+    });
     Probed {
         speaks: Speaks {
             pcp: epochs.pcp.is_some(),
             nat_pmp: epochs.nat_pmp.is_some(),
-            upnp: upnp.unwrap_or_else(|e| {
-                debug!("probing the CGN's UPnP IGD: {e}");
-                false
-            }),
+            upnp: upnp.is_some(),
         },
         epochs,
+        igd_location: upnp.flatten(),
     }
 }
 
@@ -125,8 +129,9 @@ async fn send(socket: &UdpSocket, msg: &[u8]) {
     }
 }
 
-/// Whether the CGN answers an SSDP search for an Internet Gateway Device.
-async fn igd(cfg: &Config) -> std::io::Result<bool> {
+/// Whether the CGN answers an SSDP search for an Internet Gateway Device, and the LOCATION
+/// its answer names.
+async fn igd(cfg: &Config) -> std::io::Result<Option<Option<String>>> {
     let socket = sockets::ssdp_searcher(&cfg.wan)?;
     let search = format!(
         "M-SEARCH * HTTP/1.1\r\nHOST: {}:{}\r\nMAN: \"ssdp:discover\"\r\nMX: 1\r\n\
@@ -144,11 +149,14 @@ async fn igd(cfg: &Config) -> std::io::Result<bool> {
     let mut buf = vec![0u8; ssdp::MAX_LEN];
     while let Ok(received) = tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await {
         let (len, from) = received?;
-        let answer = ssdp::Message::parse(&buf[..len]);
-        if from.ip() == IpAddr::V4(cfg.cgn) && answer.is_ok_and(|m| m.kind == ssdp::Kind::Response)
+        if from.ip() != IpAddr::V4(cfg.cgn) {
+            continue;
+        }
+        if let Ok(answer) = ssdp::Message::parse(&buf[..len])
+            && answer.kind == ssdp::Kind::Response
         {
-            return Ok(true);
+            return Ok(Some(answer.header("LOCATION").map(str::to_string)));
         }
     }
-    Ok(false)
+    Ok(None)
 }

@@ -1,0 +1,270 @@
+//! A UPnP IGD control point, for a CGN that speaks UPnP only: its device description is
+//! read once (from the LOCATION its answer to the probe's search named), then each mapping
+//! is an AddPortMapping naming the LAN host as NewInternalClient, deleted with
+//! DeletePortMapping. HTTP/1.1 with `Connection: close`, from the CPE's WAN address, with a
+//! bounded size and time for every exchange; XML through `proto::upnp` (quick-xml).
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use log::debug;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpSocket;
+
+use super::{Ask, Failure};
+use crate::proto::{Transport, upnp};
+
+/// Each HTTP exchange, connect to last byte.
+const EXCHANGE: Duration = Duration::from_secs(2);
+const DESCRIPTION: &str = "portproxy";
+
+/// The IGD's WANIPConnection (or WANPPPConnection) service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Igd {
+    pub server: SocketAddrV4,
+    pub control_path: String,
+    /// The service type, e.g. `urn:schemas-upnp-org:service:WANIPConnection:2`.
+    pub service: String,
+}
+
+/// `http://a.b.c.d:port/path` as (address, path); `None` for anything else (a name, HTTPS).
+pub fn parse_url(url: &str) -> Option<(SocketAddrV4, String)> {
+    let rest = url.trim().strip_prefix("http://")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let addr = match authority.split_once(':') {
+        Some((ip, port)) => SocketAddrV4::new(ip.parse().ok()?, port.parse().ok()?),
+        None => SocketAddrV4::new(authority.parse().ok()?, 80),
+    };
+    Some((addr, path.to_string()))
+}
+
+impl Igd {
+    /// Reads the description at `location` and finds the connection service.
+    pub async fn discover(location: &str, wan: Ipv4Addr) -> Result<Igd> {
+        let (server, path) = parse_url(location)
+            .with_context(|| format!("the IGD's LOCATION {location:?} is no http://ADDR URL"))?;
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {server}\r\nConnection: close\r\nUser-Agent: portproxy\r\n\r\n"
+        );
+        let (status, body) = exchange(server, wan, request.as_bytes()).await?;
+        if status != 200 {
+            bail!("{location}: HTTP {status}");
+        }
+        let services = upnp::services(&body).map_err(|e| anyhow::anyhow!("{location}: {e:?}"))?;
+        let connection = services
+            .iter()
+            .filter_map(|s| {
+                let kind = upnp::argument(s, "serviceType")?;
+                let control = upnp::argument(s, "controlURL")?;
+                let rank = [
+                    "WANIPConnection:2",
+                    "WANIPConnection:1",
+                    "WANPPPConnection:1",
+                ]
+                .iter()
+                .position(|k| kind.ends_with(k))?;
+                Some((rank, kind.to_string(), control.to_string()))
+            })
+            .min_by_key(|(rank, ..)| *rank)
+            .with_context(|| format!("{location} names no WANIPConnection service"))?;
+        let (_, service, control) = connection;
+        let (server, control_path) = match parse_url(&control) {
+            Some(absolute) => absolute,
+            None if control.starts_with('/') => (server, control),
+            None => (server, format!("/{control}")),
+        };
+        Ok(Igd {
+            server,
+            control_path,
+            service,
+        })
+    }
+
+    /// AddPortMapping for `ask`'s host and internal port on its suggested port (0: the
+    /// internal port) for its lifetime; unless it wants that port or nothing, on an IGD:2
+    /// AddAnyPortMapping, which lets the IGD pick another when that one is taken. The
+    /// external port mapped.
+    pub async fn add(&self, wan: Ipv4Addr, ask: &Ask) -> Result<u16, Failure> {
+        let (host, proto, internal) = (ask.host, ask.proto, ask.internal_port);
+        let (external, lease) = (ask.suggested_port, ask.lifetime);
+        let any = !ask.prefer_failure;
+        let external = if external == 0 { internal } else { external };
+        let args = vec![
+            ("NewRemoteHost", String::new()),
+            ("NewExternalPort", external.to_string()),
+            ("NewProtocol", proto.name().to_uppercase()),
+            ("NewInternalPort", internal.to_string()),
+            ("NewInternalClient", host.to_string()),
+            ("NewEnabled", "1".to_string()),
+            ("NewPortMappingDescription", DESCRIPTION.to_string()),
+            ("NewLeaseDuration", lease.to_string()),
+        ];
+        let any = any && self.service.ends_with(":2");
+        let action = if any {
+            "AddAnyPortMapping"
+        } else {
+            "AddPortMapping"
+        };
+        let args = self.call(wan, action, &args).await?;
+        match any {
+            true => upnp::argument(&args, "NewReservedPort")
+                .and_then(|p| p.parse().ok())
+                .ok_or(Failure::Unexpected),
+            false => Ok(external),
+        }
+    }
+
+    /// DeletePortMapping of `external`; one the IGD does not have is gone already.
+    pub async fn delete(
+        &self,
+        wan: Ipv4Addr,
+        proto: Transport,
+        external: u16,
+    ) -> Result<(), Failure> {
+        let args = vec![
+            ("NewRemoteHost", String::new()),
+            ("NewExternalPort", external.to_string()),
+            ("NewProtocol", proto.name().to_uppercase()),
+        ];
+        match self.call(wan, "DeletePortMapping", &args).await {
+            Err(Failure::Unexpected) | Ok(_) => Ok(()),
+            Err(other) => Err(other),
+        }
+    }
+
+    /// GetExternalIPAddress.
+    pub async fn external_address(&self, wan: Ipv4Addr) -> Result<Ipv4Addr, Failure> {
+        let args = self.call(wan, "GetExternalIPAddress", &[]).await?;
+        upnp::argument(&args, "NewExternalIPAddress")
+            .and_then(|a| a.parse().ok())
+            .ok_or(Failure::Unexpected)
+    }
+
+    /// One SOAP action; its response's arguments, or the UPnP error as a `Failure`.
+    async fn call(
+        &self,
+        wan: Ipv4Addr,
+        action: &str,
+        args: &[(&str, String)],
+    ) -> Result<Vec<(String, String)>, Failure> {
+        let body = upnp::soap_request(&self.service, action, args);
+        let request = format!(
+            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: text/xml; charset=\"utf-8\"\r\n\
+             SOAPAction: \"{}#{action}\"\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.control_path,
+            self.server,
+            self.service,
+            body.len()
+        );
+        let (status, body) = exchange(self.server, wan, request.as_bytes())
+            .await
+            .map_err(|e| {
+                debug!("UPnP {action} at {}: {e:#}", self.server);
+                Failure::NoAnswer
+            })?;
+        if status == 200 {
+            return upnp::arguments(&body, &format!("{action}Response"))
+                .map_err(|_| Failure::Unexpected);
+        }
+        let code = upnp::fault_code(&body);
+        debug!(
+            "UPnP {action} at {}: HTTP {status}, error {code:?}",
+            self.server
+        );
+        Err(match code {
+            Some(606) => Failure::NotAuthorized,
+            Some(718) => Failure::CannotProvideExternal,
+            Some(728) => Failure::NoResources,
+            Some(501) => Failure::NetworkFailure,
+            _ => Failure::Unexpected,
+        })
+    }
+}
+
+/// Sends `request` to `server` from `wan` and reads the response to its end (the server
+/// closes): the status and the body, within `EXCHANGE` and `upnp::MAX_HEAD + MAX_BODY`.
+async fn exchange(server: SocketAddrV4, wan: Ipv4Addr, request: &[u8]) -> Result<(u16, Vec<u8>)> {
+    let work = async {
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddrV4::new(wan, 0).into())?;
+        let mut stream = socket.connect(server.into()).await?;
+        stream.write_all(request).await?;
+        let mut response = Vec::new();
+        let limit = (upnp::MAX_HEAD + upnp::MAX_BODY) as u64;
+        (&mut stream)
+            .take(limit + 1)
+            .read_to_end(&mut response)
+            .await?;
+        anyhow::Ok(response)
+    };
+    let response = tokio::time::timeout(EXCHANGE, work)
+        .await
+        .with_context(|| format!("{server}: no complete answer within {EXCHANGE:?}"))??;
+    let head = upnp::response_head(&response)
+        .ok()
+        .flatten()
+        .with_context(|| format!("{server}: not an HTTP response"))?;
+    let status = head.status.context("no status")?;
+    let body = response[head.len..].to_vec();
+    if body.len() > upnp::MAX_BODY {
+        bail!(
+            "{server}: the answer is longer than {} bytes",
+            upnp::MAX_BODY
+        );
+    }
+    Ok((status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            parse_url("http://192.0.0.1:5000/rootDesc.xml"),
+            Some(("192.0.0.1:5000".parse().unwrap(), "/rootDesc.xml".into()))
+        );
+        assert_eq!(
+            parse_url("http://192.0.0.1"),
+            Some(("192.0.0.1:80".parse().unwrap(), "/".into()))
+        );
+        assert_eq!(parse_url("https://192.0.0.1/x"), None);
+        assert_eq!(parse_url("http://igd.example/x"), None);
+    }
+
+    #[test]
+    fn a_description_names_its_services() {
+        let xml = br#"<?xml version="1.0"?><root xmlns="urn:schemas-upnp-org:device-1-0"><device>
+            <serviceList><service><serviceType>urn:schemas-upnp-org:service:Layer3Forwarding:1</serviceType>
+            <controlURL>/ctl/L3F</controlURL></service></serviceList><deviceList><device><deviceList><device>
+            <serviceList><service><serviceType>urn:schemas-upnp-org:service:WANIPConnection:2</serviceType>
+            <controlURL>/ctl/IPConn</controlURL></service></serviceList></device></deviceList></device></deviceList>
+            </device></root>"#;
+        let services = upnp::services(xml).unwrap();
+        assert_eq!(services.len(), 2);
+        assert_eq!(
+            upnp::argument(&services[1], "controlURL"),
+            Some("/ctl/IPConn")
+        );
+    }
+
+    #[test]
+    fn faults_and_requests() {
+        let fault = b"<s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\"><s:Body><s:Fault><detail><UPnPError xmlns=\"urn:schemas-upnp-org:control-1-0\"><errorCode>718</errorCode><errorDescription>ConflictInMappingEntry</errorDescription></UPnPError></detail></s:Fault></s:Body></s:Envelope>";
+        assert_eq!(upnp::fault_code(fault), Some(718));
+        let body = upnp::soap_request(
+            "urn:schemas-upnp-org:service:WANIPConnection:1",
+            "AddPortMapping",
+            &[("NewPortMappingDescription", "a<b".into())],
+        );
+        assert!(body.contains("<NewPortMappingDescription>a&lt;b</NewPortMappingDescription>"));
+        assert!(body.contains(
+            "<u:AddPortMapping xmlns:u=\"urn:schemas-upnp-org:service:WANIPConnection:1\">"
+        ));
+    }
+}
