@@ -1,6 +1,7 @@
 //! UPnP HTTP heads and SOAP mapping actions: never panic, and what they accept is what the
 //! relay relies on (a head no longer than the input and MAX_HEAD, a body length within
-//! MAX_BODY, a grant only for a 200 answer).
+//! MAX_BODY, a grant only for a 200 answer). The control point's reading of a description
+//! and of faults: never a panic, at most 64 services.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -22,6 +23,10 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
+    if let Ok(services) = upnp::services(data) {
+        assert!(services.len() <= 64);
+    }
+    let _ = upnp::fault_code(data);
     // The first byte picks the action, the rest is the SOAP body.
     let Some((&pick, body)) = data.split_first() else {
         return;
