@@ -408,11 +408,14 @@ impl Supervisor {
         if state == self.state {
             return;
         }
-        if let State::WaitingFor(_) = state {
-            warn!("{state}; relaying starts when it is there");
-        }
         self.state = state;
         self.since = SystemTime::now();
+        // The status file shows a new state before the log does: whoever reads the log line
+        // and then asks `portproxy stats` finds it there.
+        self.write_status(&self.opts.state_dir);
+        if let State::WaitingFor(_) = &self.state {
+            warn!("{}; relaying starts when it is there", self.state);
+        }
     }
 
     /// Every failed build is logged: the same failure again is worth seeing.
@@ -533,8 +536,6 @@ pub async fn run(opts: Options) -> Result<()> {
         mappings.close_firewall().await;
         return Err(e);
     }
-    // Written before the first check completes, so `portproxy stats` works as soon as
-    // "ready" (or "waiting for") shows.
     sup.write_status(&state_dir);
 
     let mut tick = tokio::time::interval(Duration::from_secs(1));
