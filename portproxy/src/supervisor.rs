@@ -69,6 +69,8 @@ struct Running {
     cfg: Config,
     probed: Probed,
     probed_at: Instant,
+    /// Probes of the CGN while this data path ran, the first included.
+    probes: u32,
     plan: Plan,
     data_path: DataPath,
     relay: SocketRelay,
@@ -203,6 +205,7 @@ impl Running {
             cfg,
             probed,
             probed_at: Instant::now(),
+            probes: 1,
             plan,
             data_path,
             relay,
@@ -236,8 +239,11 @@ impl Running {
         // Dropping the fast path detaches its programs and removes its pins.
     }
 
+    /// Soon while the CGN answered nothing, and once soon after the build (a probe during
+    /// an interface change may have missed answers), rarely after that.
     fn reprobe_due(&self) -> bool {
-        let every = match self.probed.speaks == upstream::Speaks::default() {
+        let silent = self.probed.speaks == upstream::Speaks::default();
+        let every = match silent || self.probes < 2 {
             true => REPROBE_SILENT,
             false => REPROBE,
         };
@@ -343,6 +349,7 @@ impl Supervisor {
                 }
                 running.probed = probed;
                 running.probed_at = Instant::now();
+                running.probes = running.probes.saturating_add(1);
                 running.plan = plan;
                 self.next_check = Instant::now() + RECHECK_RELAYING;
                 return Ok(());

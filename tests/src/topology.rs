@@ -523,6 +523,9 @@ impl Lab {
                 cpe.ip(&format!(
                     "addr add {addr} peer {CGN_SOFTWIRE_IP} dev softwire"
                 ))?;
+                // A real AFTR reaches its B4 through the tunnel whatever the inner address;
+                // the lab's point-to-point TUN knows only the old peer.
+                cgn.ip(&format!("route replace {addr}/32 dev softwire"))?;
             }
         }
         // Removing the old address took the default route with it.

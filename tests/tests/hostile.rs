@@ -443,7 +443,11 @@ fn malformed_input(softwire: Softwire, path: DataPath) -> Result<()> {
             let cgn = Counters::install(
                 lab.cgn(),
                 &[
-                    ("pc_in", "iifname \"softwire\" udp dport 5351"),
+                    // From the LAN hosts: not portproxy's own looks at the CGN (its epoch).
+                    (
+                        "pc_in",
+                        "iifname \"softwire\" ip saddr 192.168.1.0/24 udp dport 5351",
+                    ),
                     ("ssdp_in", "iifname \"softwire\" udp dport 1900"),
                 ],
             )?;
@@ -643,7 +647,9 @@ fn wan_side_with(softwire: Softwire, path: DataPath, http: bool) -> Result<()> {
 /// What portproxy listens on in the CPE (`ss -ulnpt`): the LAN address, or the SSDP port on
 /// a wildcard bound to a device (`0.0.0.0%br-lan:1900`; on the WAN only the SSDP group's
 /// port, `0.0.0.0%softwire:1900`, which SO_BINDTODEVICE limits to the softwire and the relay
-/// only takes NOTIFY from the CGN on). Never the WAN address, never an unbound wildcard.
+/// only takes NOTIFY from the CGN on, and the announcement port, `0.0.0.0%softwire:5350`,
+/// where only the CGN's announcements are taken, at most one a second). Never the WAN
+/// address, never an unbound wildcard.
 fn check_listeners(lab: &Lab, daemon: &Daemon, http: bool, ssdp_on_sockets: bool) -> Result<()> {
     let output = lab.cpe().run("ss", &["-H", "-ulnpt"])?;
     let text = String::from_utf8_lossy(&output.stdout);
@@ -656,8 +662,9 @@ fn check_listeners(lab: &Lab, daemon: &Daemon, http: bool, ssdp_on_sockets: bool
         let lan = local.starts_with(&format!("{LAN_GATEWAY}:"))
             || local.starts_with(&format!("{LAN_GATEWAY}%br-lan:"));
         let ssdp = local == "0.0.0.0%br-lan:1900" || local == "0.0.0.0%softwire:1900";
+        let announcements = local == "0.0.0.0%softwire:5350";
         ensure!(
-            lan || ssdp,
+            lan || ssdp || announcements,
             "portproxy listens on {local} ({proto}):\n{text}"
         );
     }

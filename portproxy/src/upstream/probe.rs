@@ -17,6 +17,7 @@ use crate::sockets;
 /// How long an answer may take; NAT-PMP and PCP are asked again at 250 and 500 ms.
 const WINDOW: Duration = Duration::from_millis(1000);
 const RESEND: [Duration; 2] = [Duration::from_millis(250), Duration::from_millis(500)];
+const RETRY_SOCKET: Duration = Duration::from_millis(100);
 
 /// The CGN's epochs, from its answers to a PCP ANNOUNCE and a NAT-PMP public address
 /// request (with the address); `None` where it did not answer.
@@ -76,13 +77,24 @@ pub async fn epochs(cfg: &Config, ask: Speaks) -> Epochs {
 }
 
 async fn port_control(wan: Ipv4Addr, cgn: SocketAddrV4, ask: Speaks) -> std::io::Result<Epochs> {
-    let socket = sockets::transparent_udp(SocketAddrV4::new(wan, 0), cgn)?;
+    let deadline = Instant::now() + WINDOW;
+    // Right after an interface change the route to the CGN may not be there yet: try again
+    // for the rest of the window rather than conclude it speaks nothing.
+    let socket = loop {
+        match sockets::transparent_udp(SocketAddrV4::new(wan, 0), cgn) {
+            Ok(socket) => break socket,
+            Err(e) if Instant::now() + RETRY_SOCKET < deadline => {
+                debug!("probing the CGN from {wan}: {e}; again in {RETRY_SOCKET:?}");
+                tokio::time::sleep(RETRY_SOCKET).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let announce = pcp::request(wan, 0, None, false);
     let public = [natpmp::VERSION, 0];
     let mut epochs = Epochs::default();
     let mut answered_pcp = !ask.pcp;
     let mut answered_natpmp = !ask.nat_pmp;
-    let deadline = Instant::now() + WINDOW;
     let mut resend = RESEND.iter().map(|d| Instant::now() + *d);
     let mut next_send = Some(Instant::now());
     let mut buf = [0u8; pcp::MAX_LEN];
