@@ -17,7 +17,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use common::{run_expect, with_lab};
+use common::{natpmpc_delete, run_expect, with_lab};
 use serde_json::Value;
 use tests::{
     CGN_SOFTWIRE_IP, Daemon, DataPath, IGD_HTTP_PORT, LAN_GATEWAY, LAN1_IP, LAN2_IP, Lab, Netns,
@@ -61,27 +61,6 @@ fn natpmp_map(ns: &Netns, external: u16, internal: u16, lifetime: u32) -> Result
         ],
         &[&format!(
             "Mapped public port {external} protocol TCP to local port {internal}"
-        )],
-    )
-    .map(drop)
-}
-
-/// `natpmpc -a external internal tcp 0` from `ns`: the delete, confirmed by the CGN.
-fn natpmp_delete(ns: &Netns, external: u16, internal: u16) -> Result<()> {
-    run_expect(
-        ns,
-        "natpmpc",
-        &[
-            "-g",
-            &LAN_GATEWAY.to_string(),
-            "-a",
-            &external.to_string(),
-            &internal.to_string(),
-            "tcp",
-            "0",
-        ],
-        &[&format!(
-            "Mapped public port 0 protocol TCP to local port {internal} liftime 0"
         )],
     )
     .map(drop)
@@ -208,7 +187,7 @@ fn granted_then_deleted(softwire: Softwire, path: DataPath) -> Result<()> {
             "unexpected portproxy mappings: {mappings:#}"
         );
         reachable(lab, lab.lan(1), 8181, 9181)?;
-        natpmp_delete(lab.lan(1), 9181, 8181)?;
+        natpmpc_delete(lab.lan(1), 9181, 8181)?;
         ensure!(hole_names(lab)?.is_empty(), "a hole after the delete");
         ensure!(mapping_names(lab)?.is_empty(), "a mapping after the delete");
         refused(lab, lab.lan(1), 8181, 9181)

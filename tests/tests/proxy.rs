@@ -14,7 +14,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use common::{check_mapping, natpmpc_map, run_expect, with_lab};
+use common::{check_mapping, natpmpc_delete, natpmpc_map, run_expect, with_lab};
 use serde_json::Value;
 use tests::{
     CgnKind, Daemon, DataPath, LAN_GATEWAY, LAN1_IP, LAN2_IP, Lab, Netns, PCP_PORT, PUBLIC_IP,
@@ -123,20 +123,7 @@ fn natpmp_client_on_a_pcp_cgn(softwire: Softwire, path: DataPath) -> Result<()> 
                 ensure!(counter(lab, portproxy, "pcp requests relayed to the CGN")? >= 1);
             }
 
-            run_expect(
-                lab.lan(1),
-                "natpmpc",
-                &[
-                    "-g",
-                    &LAN_GATEWAY.to_string(),
-                    "-a",
-                    "9201",
-                    "8201",
-                    "tcp",
-                    "0",
-                ],
-                &["Mapped public port 0 protocol TCP to local port 8201 liftime 0"],
-            )?;
+            natpmpc_delete(lab.lan(1), 9201, 8201)?;
             let nat = run_expect(lab.cgn(), "nft", &["list", "table", "inet", "nat"], &[])?;
             ensure!(
                 !nat.contains("dport 9201"),
@@ -255,20 +242,7 @@ fn upnp_only_cgn(softwire: Softwire, path: DataPath) -> Result<()> {
                 "{pcp:?}"
             );
             check_mapping(lab, 9282, lab.lan(2), 8282)?;
-            run_expect(
-                lab.lan(1),
-                "natpmpc",
-                &[
-                    "-g",
-                    &LAN_GATEWAY.to_string(),
-                    "-a",
-                    "9281",
-                    "8281",
-                    "tcp",
-                    "0",
-                ],
-                &["Mapped public port 0 protocol TCP to local port 8281 liftime 0"],
-            )?;
+            natpmpc_delete(lab.lan(1), 9281, 8281)?;
             let nat = run_expect(lab.cgn(), "nft", &["list", "table", "inet", "nat"], &[])?;
             ensure!(
                 !nat.contains("dport 9281"),

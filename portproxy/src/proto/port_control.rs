@@ -145,7 +145,7 @@ fn pcp(msg: &[u8], response: bool) -> Result<(), Malformed> {
     if msg.len() > PCP_MAX_LEN {
         return Err(Malformed::TooLong);
     }
-    if msg.len() % 4 != 0 {
+    if !msg.len().is_multiple_of(4) {
         return Err(Malformed::NotAligned);
     }
     let body = &msg[PCP_HEADER_LEN..];
@@ -476,25 +476,6 @@ pub mod encode {
         m
     }
 
-    /// NAT-PMP map response (16 bytes).
-    pub fn natpmp_map_response(
-        t: Transport,
-        result: u16,
-        epoch: u32,
-        internal: u16,
-        external: u16,
-        lifetime: u32,
-    ) -> Vec<u8> {
-        let op = if t == Transport::Udp { 0x81 } else { 0x82 };
-        let mut m = vec![0, op];
-        m.extend_from_slice(&result.to_be_bytes());
-        m.extend_from_slice(&epoch.to_be_bytes());
-        m.extend_from_slice(&internal.to_be_bytes());
-        m.extend_from_slice(&external.to_be_bytes());
-        m.extend_from_slice(&lifetime.to_be_bytes());
-        m
-    }
-
     /// PCP MAP request (version 2) from `client`, with options appended as given.
     pub fn pcp_map_request(
         client: Ipv4Addr,
@@ -699,7 +680,7 @@ mod tests {
                 internal_port: 8081
             }
         );
-        let resp = encode::natpmp_map_response(Transport::Tcp, 0, 9, 8081, 9081, 600);
+        let resp = crate::proto::natpmp::map_response(Transport::Tcp, 0, 9, 8081, 9081, 600);
         let response = MapResponse::parse(&check_response(&resp).unwrap()).unwrap();
         assert_eq!(
             (
@@ -712,13 +693,13 @@ mod tests {
         );
         assert!(response.answers(&request));
         // Another internal port, or UDP for a TCP request: not this request's answer.
-        let other = encode::natpmp_map_response(Transport::Tcp, 0, 9, 8082, 9081, 600);
+        let other = crate::proto::natpmp::map_response(Transport::Tcp, 0, 9, 8082, 9081, 600);
         assert!(
             !MapResponse::parse(&check_response(&other).unwrap())
                 .unwrap()
                 .answers(&request)
         );
-        let udp = encode::natpmp_map_response(Transport::Udp, 0, 9, 8081, 9081, 600);
+        let udp = crate::proto::natpmp::map_response(Transport::Udp, 0, 9, 8081, 9081, 600);
         assert!(
             !MapResponse::parse(&check_response(&udp).unwrap())
                 .unwrap()

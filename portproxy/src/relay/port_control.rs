@@ -223,14 +223,7 @@ impl PortControlRelay {
     fn serve(self: &Arc<Self>, server: Arc<PortControlServer>, client: SocketAddrV4, msg: &[u8]) {
         {
             let mut table = self.table.lock().unwrap();
-            if !table.rate.allow(*client.ip(), Instant::now()) {
-                self.stats.add(Counter::DropRateLimit);
-                self.log_drop(|| {
-                    format!(
-                        "dropped request from {client}: over {}/s",
-                        self.cfg.rate_limit
-                    )
-                });
+            if !self.within_rate(&mut table, client) {
                 return;
             }
             if table.serving.contains(&client) {
@@ -273,6 +266,21 @@ impl PortControlRelay {
         });
     }
 
+    /// Charges `client`'s host one request against `--rate-limit`; false (counted) if over.
+    fn within_rate(&self, table: &mut Table, client: SocketAddrV4) -> bool {
+        if table.rate.allow(*client.ip(), Instant::now()) {
+            return true;
+        }
+        self.stats.add(Counter::DropRateLimit);
+        self.log_drop(|| {
+            format!(
+                "dropped request from {client}: over {}/s",
+                self.cfg.rate_limit
+            )
+        });
+        false
+    }
+
     /// Logs a dropped request (`-vv`) unless one was logged in the last second; every drop
     /// is counted either way. Under a flood one line per datagram would be a flood of its
     /// own, and writing it slowed the relay until other hosts' requests overflowed the LAN
@@ -297,14 +305,7 @@ impl PortControlRelay {
         request: Option<MapRequest>,
     ) -> Option<Arc<UdpSocket>> {
         let mut table = self.table.lock().unwrap();
-        if !table.rate.allow(*client.ip(), Instant::now()) {
-            self.stats.add(Counter::DropRateLimit);
-            self.log_drop(|| {
-                format!(
-                    "dropped request from {client}: over {}/s",
-                    self.cfg.rate_limit
-                )
-            });
+        if !self.within_rate(&mut table, client) {
             return None;
         }
         if let Some(entry) = table.clients.get_mut(&client) {

@@ -134,3 +134,25 @@ pub fn natpmpc_map(ns: &Netns, external: u16, internal: u16) -> Result<String> {
         )],
     )
 }
+
+/// `natpmpc -a EXTERNAL INTERNAL tcp 0` in `ns`: a delete, which must be confirmed.
+#[allow(dead_code)] // not every test file deletes with natpmpc
+pub fn natpmpc_delete(ns: &Netns, external: u16, internal: u16) -> Result<()> {
+    run_expect(
+        ns,
+        "natpmpc",
+        &[
+            "-g",
+            &tests::LAN_GATEWAY.to_string(),
+            "-a",
+            &external.to_string(),
+            &internal.to_string(),
+            "tcp",
+            "0",
+        ],
+        &[&format!(
+            "Mapped public port 0 protocol TCP to local port {internal} liftime 0"
+        )],
+    )
+    .map(drop)
+}
