@@ -37,6 +37,19 @@ pub struct Key {
     pub internal_port: u16,
 }
 
+/// `192.168.1.2:8080 tcp`, as the logs name a mapping.
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{} {}",
+            self.host,
+            self.internal_port,
+            self.proto.name()
+        )
+    }
+}
+
 /// How a mapping was made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
@@ -267,10 +280,8 @@ impl Mappings {
                     Refused::LifetimeOverflow => Counter::MappingRefusedLifetime,
                 });
                 warn!(
-                    "mapping {}:{} {} granted by the CGN not taken (no firewall hole): {refused:?}",
-                    grant.key.host,
-                    grant.key.internal_port,
-                    grant.key.proto.name()
+                    "mapping {} granted by the CGN not taken (no firewall hole): {refused:?}",
+                    grant.key,
                 );
                 return Err(refused);
             }
@@ -290,22 +301,11 @@ impl Mappings {
         match &learned {
             Learned::Added(_) => {
                 self.stats.add(Counter::MappingsAdded);
-                info!(
-                    "mapping {}:{} {} <- {} {lifetime}",
-                    entry.key.host,
-                    entry.key.internal_port,
-                    entry.key.proto.name(),
-                    entry.external,
-                );
+                info!("mapping {} <- {} {lifetime}", entry.key, entry.external);
             }
             Learned::Renewed(_) => {
                 self.stats.add(Counter::MappingsRenewed);
-                debug!(
-                    "mapping {}:{} {} renewed {lifetime}",
-                    entry.key.host,
-                    entry.key.internal_port,
-                    entry.key.proto.name(),
-                );
+                debug!("mapping {} renewed {lifetime}", entry.key);
             }
         }
         if let Some(firewall) = &state.firewall {
@@ -345,12 +345,7 @@ impl Mappings {
         }
         for entry in &gone {
             self.stats.add(Counter::MappingsDeleted);
-            info!(
-                "mapping {}:{} {} deleted",
-                entry.key.host,
-                entry.key.internal_port,
-                entry.key.proto.name()
-            );
+            info!("mapping {} deleted", entry.key);
             if let Some(firewall) = &state.firewall {
                 if let Err(e) = firewall.close(&entry.key).await {
                     self.stats.add(Counter::FirewallErrors);
@@ -371,12 +366,7 @@ impl Mappings {
         }
         for entry in expired {
             self.stats.add(Counter::MappingsExpired);
-            info!(
-                "mapping {}:{} {} expired",
-                entry.key.host,
-                entry.key.internal_port,
-                entry.key.proto.name()
-            );
+            info!("mapping {} expired", entry.key);
         }
     }
 

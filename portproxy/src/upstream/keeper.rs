@@ -250,10 +250,8 @@ impl Keeper {
                     all = false;
                     self.stats.add(Counter::UpstreamFailed);
                     warn!(
-                        "re-creating {}:{} {} at the CGN: {failure}; trying again in {RETRY:?}",
-                        entry.key.host,
-                        entry.key.internal_port,
-                        entry.key.proto.name()
+                        "re-creating {} at the CGN: {failure}; trying again in {RETRY:?}",
+                        entry.key,
                     );
                 }
             }
