@@ -287,14 +287,14 @@ fn pcp_map(client: Ipv4Addr, internal: u16, options: &[u8]) -> Vec<u8> {
 
 /// Requests a server must refuse get the result code RFC 6887 and RFC 6886 name, with the
 /// request copied and the server's epoch; the server keeps answering valid ones after.
-fn refusals(softwire: Softwire) -> Result<()> {
+fn refusals(softwire: Softwire, path: DataPath) -> Result<()> {
     let args = ["--mode", "proxy"];
     with_cgn(
         softwire,
-        DataPath::Sockets,
+        path,
         CgnKind::PcpOnly,
         &args,
-        &[],
+        &["passed to the daemon"],
         |lab, _| {
             let lan1 = lab.lan(1);
             let pcp_result = |request: &[u8]| -> Result<u8> {
@@ -346,7 +346,7 @@ fn refusals(softwire: Softwire) -> Result<()> {
         },
     )
 }
-both_softwires!(refusals: refusals_l2, refusals_l3);
+every_path!(refusals);
 
 /// Waits (at most `within`) until the CGN maps TCP `external` to `host`:`internal` again.
 fn mapped_again(
@@ -574,61 +574,47 @@ fn natpmp_result(answer: &[u8]) -> Result<u16> {
 
 /// A host over its mapping quota gets "out of resources" from portproxy, and the mapping
 /// the CGN granted for it is deleted there again: nothing exists that has no hole.
-fn proxied_quota(softwire: Softwire) -> Result<()> {
+fn proxied_quota(softwire: Softwire, path: DataPath) -> Result<()> {
     let args = ["--max-mappings-per-host", "2"];
-    with_cgn(
-        softwire,
-        DataPath::Sockets,
-        CgnKind::PcpOnly,
-        &args,
-        &[],
-        |lab, _| {
-            for internal in [8261, 8262] {
-                ensure!(natpmp_result(&ask(lab.lan(1), &natpmp_map_request(internal))?)? == 0);
-            }
-            let third = natpmp_result(&ask(lab.lan(1), &natpmp_map_request(8263))?)?;
-            ensure!(
-                third == 4,
-                "the third mapping got result {third}, not 4 (out of resources)"
-            );
-            let nat = run_expect(lab.cgn(), "nft", &["list", "table", "inet", "nat"], &[])?;
-            ensure!(
-                nat.contains("dport 8262") && !nat.contains("dport 8263"),
-                "the CGN must hold the first two and not the refused one:\n{nat}"
-            );
-            Ok(())
-        },
-    )
+    with_cgn(softwire, path, CgnKind::PcpOnly, &args, &[], |lab, _| {
+        for internal in [8261, 8262] {
+            ensure!(natpmp_result(&ask(lab.lan(1), &natpmp_map_request(internal))?)? == 0);
+        }
+        let third = natpmp_result(&ask(lab.lan(1), &natpmp_map_request(8263))?)?;
+        ensure!(
+            third == 4,
+            "the third mapping got result {third}, not 4 (out of resources)"
+        );
+        let nat = run_expect(lab.cgn(), "nft", &["list", "table", "inet", "nat"], &[])?;
+        ensure!(
+            nat.contains("dport 8262") && !nat.contains("dport 8263"),
+            "the CGN must hold the first two and not the refused one:\n{nat}"
+        );
+        Ok(())
+    })
 }
-both_softwires!(proxied_quota: proxied_quota_l2, proxied_quota_l3);
+every_path!(proxied_quota);
 
 /// The CGN does not answer for a while: portproxy answers NETWORK_FAILURE (a short error
 /// clients retry) after its three tries, and maps as soon as the CGN answers again.
-fn cgn_unreachable_then_back(softwire: Softwire) -> Result<()> {
-    with_cgn(
-        softwire,
-        DataPath::Sockets,
-        CgnKind::PcpOnly,
-        &[],
-        &[],
-        |lab, _| {
-            natpmpc_map(lab.lan(1), 9271, 8271)?;
-            let cut = lab.dir().join("cut.nft");
-            std::fs::write(
-                &cut,
-                "table inet cut {\n    chain input {\n        type filter hook input priority -20; policy accept;\n        udp dport 5351 drop\n    }\n}\n",
-            )?;
-            lab.cgn()
-                .run("nft", &["-f", cut.to_str().context("UTF-8 lab dir")?])?;
-            let failed = natpmp_result(&ask(lab.lan(1), &natpmp_map_request(8272))?)?;
-            ensure!(
-                failed == 3,
-                "result {failed} while the CGN is silent, not 3 (network failure)"
-            );
-            lab.cgn().run("nft", &["delete", "table", "inet", "cut"])?;
-            natpmpc_map(lab.lan(1), 9272, 8272)?;
-            check_mapping(lab, 9272, lab.lan(1), 8272)
-        },
-    )
+fn cgn_unreachable_then_back(softwire: Softwire, path: DataPath) -> Result<()> {
+    with_cgn(softwire, path, CgnKind::PcpOnly, &[], &[], |lab, _| {
+        natpmpc_map(lab.lan(1), 9271, 8271)?;
+        let cut = lab.dir().join("cut.nft");
+        std::fs::write(
+            &cut,
+            "table inet cut {\n    chain input {\n        type filter hook input priority -20; policy accept;\n        udp dport 5351 drop\n    }\n}\n",
+        )?;
+        lab.cgn()
+            .run("nft", &["-f", cut.to_str().context("UTF-8 lab dir")?])?;
+        let failed = natpmp_result(&ask(lab.lan(1), &natpmp_map_request(8272))?)?;
+        ensure!(
+            failed == 3,
+            "result {failed} while the CGN is silent, not 3 (network failure)"
+        );
+        lab.cgn().run("nft", &["delete", "table", "inet", "cut"])?;
+        natpmpc_map(lab.lan(1), 9272, 8272)?;
+        check_mapping(lab, 9272, lab.lan(1), 8272)
+    })
 }
-both_softwires!(cgn_unreachable_then_back: cgn_unreachable_then_back_l2, cgn_unreachable_then_back_l3);
+every_path!(cgn_unreachable_then_back);
