@@ -27,6 +27,7 @@ counters! {
     SearchReplyToClient => "ssdp search replies relayed to clients",
     NotifyToLan => "ssdp notifies relayed to the LAN",
     HttpConnections => "http connections relayed",
+    CgnProbes => "looks at what the CGN speaks (one ssdp search each)",
     NatPmpAnswered => "nat-pmp requests answered here",
     PcpAnswered => "pcp requests answered here",
     UpstreamFailed => "mappings the CGN refused or did not answer",

@@ -333,6 +333,7 @@ impl Supervisor {
             self.next_check = Instant::now() + RECHECK_RELAYING;
             return Ok(());
         }
+        self.stats.add(Counter::CgnProbes);
         let probed = upstream::probe(&cfg).await;
         if unchanged && let Some(running) = &mut self.running {
             if running.probed.speaks != probed.speaks {
