@@ -98,12 +98,12 @@ pub struct Options {
     #[arg(long, value_enum, default_value_t = FirewallMode::Auto, value_name = "MODE")]
     pub firewall: FirewallMode,
 
-    /// Mappings the table (and the firewall) holds at once; grants beyond are relayed
-    /// but get no hole, and are counted.
+    /// Mappings the table (and the firewall) holds at once; relayed grants beyond get no hole
+    /// (counted), requests portproxy answers itself are refused.
     #[arg(long, default_value_t = 1024, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub max_mappings: u32,
 
-    /// Mappings one LAN host may hold at once; grants beyond are relayed but get no hole.
+    /// Mappings one LAN host may hold at once; beyond, as for --max-mappings.
     #[arg(long, default_value_t = 64, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub max_mappings_per_host: u32,
 

@@ -260,8 +260,8 @@ fn ask(ns: &Netns, request: &[u8]) -> Result<Vec<u8>> {
         let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
         socket.set_read_timeout(Some(Duration::from_millis(500)))?;
         let mut buf = [0; 1200];
-        // As long as portproxy may ask the CGN (three tries, 1.75 s) before it answers.
-        for _ in 0..6 {
+        // Well past the time portproxy may ask the CGN (three tries, 1.75 s) before it answers.
+        for _ in 0..10 {
             socket.send_to(request, SocketAddrV4::new(LAN_GATEWAY, PCP_PORT))?;
             if let Ok((len, _)) = socket.recv_from(&mut buf) {
                 return Ok(buf[..len].to_vec());

@@ -113,10 +113,15 @@ pub fn check_mapping(lab: &Lab, external: u16, host: &Netns, internal: u16) -> R
     Ok(())
 }
 
-/// `natpmpc -g GATEWAY -a EXTERNAL INTERNAL tcp 600` in `ns`, which must report the mapping;
-/// returns its output.
-#[allow(dead_code)] // not every test file maps with natpmpc
-pub fn natpmpc_map(ns: &Netns, external: u16, internal: u16) -> Result<String> {
+/// `natpmpc -g GATEWAY -a EXTERNAL INTERNAL tcp LIFETIME` in `ns`, whose output must hold
+/// `expected`; returns the output.
+fn natpmpc_tcp(
+    ns: &Netns,
+    external: u16,
+    internal: u16,
+    lifetime: u32,
+    expected: &str,
+) -> Result<String> {
     run_expect(
         ns,
         "natpmpc",
@@ -127,32 +132,23 @@ pub fn natpmpc_map(ns: &Netns, external: u16, internal: u16) -> Result<String> {
             &external.to_string(),
             &internal.to_string(),
             "tcp",
-            "600",
+            &lifetime.to_string(),
         ],
-        &[&format!(
-            "Mapped public port {external} protocol TCP to local port {internal}"
-        )],
+        &[expected],
     )
 }
 
-/// `natpmpc -a EXTERNAL INTERNAL tcp 0` in `ns`: a delete, which must be confirmed.
+/// `natpmpc ... -a EXTERNAL INTERNAL tcp 600` in `ns`, which must report the mapping;
+/// returns its output.
+#[allow(dead_code)] // not every test file maps with natpmpc
+pub fn natpmpc_map(ns: &Netns, external: u16, internal: u16) -> Result<String> {
+    let expected = format!("Mapped public port {external} protocol TCP to local port {internal}");
+    natpmpc_tcp(ns, external, internal, 600, &expected)
+}
+
+/// `natpmpc ... -a EXTERNAL INTERNAL tcp 0` in `ns`: a delete, which must be confirmed.
 #[allow(dead_code)] // not every test file deletes with natpmpc
 pub fn natpmpc_delete(ns: &Netns, external: u16, internal: u16) -> Result<()> {
-    run_expect(
-        ns,
-        "natpmpc",
-        &[
-            "-g",
-            &tests::LAN_GATEWAY.to_string(),
-            "-a",
-            &external.to_string(),
-            &internal.to_string(),
-            "tcp",
-            "0",
-        ],
-        &[&format!(
-            "Mapped public port 0 protocol TCP to local port {internal} liftime 0"
-        )],
-    )
-    .map(drop)
+    let expected = format!("Mapped public port 0 protocol TCP to local port {internal} liftime 0");
+    natpmpc_tcp(ns, external, internal, 0, &expected).map(drop)
 }
