@@ -334,8 +334,12 @@ impl Supervisor {
             return Ok(());
         }
         self.stats.add(Counter::CgnProbes);
-        let probed = upstream::probe(&cfg).await;
+        let mut probed = upstream::probe(&cfg).await;
         if unchanged && let Some(running) = &mut self.running {
+            // While the data path runs, a look only adds what answers now: an answer lost
+            // under load (a flood at the CGN) must not take a protocol away and rebuild.
+            // An interface change looks afresh.
+            probed.speaks = probed.speaks.union(running.probed.speaks);
             if running.probed.speaks != probed.speaks {
                 info!(
                     "the CGN now speaks {} (was: {})",

@@ -34,6 +34,17 @@ pub struct Speaks {
     pub upnp: bool,
 }
 
+impl Speaks {
+    /// What either answered.
+    pub fn union(self, other: Speaks) -> Speaks {
+        Speaks {
+            pcp: self.pcp || other.pcp,
+            nat_pmp: self.nat_pmp || other.nat_pmp,
+            upnp: self.upnp || other.upnp,
+        }
+    }
+}
+
 impl fmt::Display for Speaks {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let names: Vec<&str> = [
