@@ -5,7 +5,7 @@ use std::{path::Path, time::Duration};
 
 use anyhow::{Context as _, Result};
 
-use crate::{Daemon, IGD_HTTP_PORT, Netns, PCP_PORT, PUBLIC_IP};
+use crate::{Daemon, IGD_HTTP_PORT, Netns, PCP_PORT};
 
 /// What the lab's CGN speaks to its subscribers: everything miniupnpd does, or one protocol,
 /// like the CGNs users have (a DS-Lite AFTR offers PCP only, an older carrier box NAT-PMP).
@@ -114,6 +114,9 @@ pub(crate) fn install_ruleset(cgn: &Netns, dir: &Path, kind: CgnKind) -> Result<
 /// warning) binds SSDP to it, and works for the veth and the TUN (`192.0.0.1 peer
 /// 192.0.0.2`, a /32) alike.
 ///
+/// No `ext_ip`: miniupnpd takes the external address from `wan0`, so a new one there
+/// (`Lab::change_public_address`) is what it grants and announces after a SIGUSR1.
+///
 /// Files miniupnpd writes by default (/var/run/miniupnpd.pid, which also makes a second
 /// instance exit with "already running", and its lease file) go to the lab's directory.
 fn config(dir: &Path, notify_interval: u32, kind: CgnKind) -> String {
@@ -122,7 +125,6 @@ fn config(dir: &Path, notify_interval: u32, kind: CgnKind) -> String {
     let (natpmp, upnp) = (yes(kind.port_control()), yes(kind.upnp()));
     format!(
         "ext_ifname=wan0
-ext_ip={PUBLIC_IP}
 listening_ip=softwire/8
 http_port={IGD_HTTP_PORT}
 enable_natpmp={natpmp}

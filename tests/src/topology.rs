@@ -301,6 +301,27 @@ impl Lab {
         Ok(())
     }
 
+    /// The carrier renumbers: the CGN's external address becomes `new` (in the internet's
+    /// /24), and miniupnpd is told with SIGUSR1, as a CGN's address watcher would: it
+    /// announces the change (NAT-PMP address announcement, PCP ANNOUNCE with its epoch
+    /// reset, RFC 6887 §8.5) and grants on the new address from then on.
+    pub fn change_public_address(&mut self, new: Ipv4Addr) -> Result<()> {
+        let cgn = self.cgn();
+        // Deleting a primary address deletes the secondaries of its subnet with it.
+        cgn.ip(&format!("addr del {PUBLIC_IP}/24 dev wan0"))?;
+        cgn.ip(&format!("addr add {new}/24 dev wan0"))?;
+        let miniupnpd = self
+            .miniupnpd
+            .as_ref()
+            .context("the CGN's miniupnpd is not running")?;
+        let pid = i32::try_from(miniupnpd.pid()).context("pid")?;
+        // SAFETY: kill(2) on a child this lab started and still owns.
+        if unsafe { libc::kill(pid, libc::SIGUSR1) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("SIGUSR1 to miniupnpd");
+        }
+        Ok(())
+    }
+
     /// Reboots the CGN as far as its mappings go: miniupnpd stops, its redirections (nft
     /// chains) and lease file are gone, and it starts afresh, with a new epoch and none of
     /// the mappings it had granted; waits until it serves again.

@@ -14,7 +14,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use common::{check_mapping, natpmpc_delete, natpmpc_map, run_expect, with_lab};
+use common::{check_mapping, check_mapping_at, natpmpc_delete, natpmpc_map, run_expect, with_lab};
 use serde_json::Value;
 use tests::{
     CgnKind, Daemon, DataPath, LAN_GATEWAY, LAN1_IP, LAN2_IP, Lab, Netns, PCP_PORT, PUBLIC_IP,
@@ -372,9 +372,13 @@ fn mapped_again(
 }
 
 /// The announcements (RFC 6886 §3.2.1, RFC 6887 §14.1.3) that reach `socket` (port 5350 in
-/// a LAN host) from the gateway within `within`: the NAT-PMP one's epoch, and whether a PCP
-/// ANNOUNCE came, once both did or time is up.
-fn announcements(socket: &UdpSocket, within: Duration) -> Result<(Option<u32>, bool)> {
+/// a LAN host) from the gateway within `within`: the epoch of the NAT-PMP one that says
+/// `public`, and whether a PCP ANNOUNCE came, once both did or time is up.
+fn announcements(
+    socket: &UdpSocket,
+    public: Ipv4Addr,
+    within: Duration,
+) -> Result<(Option<u32>, bool)> {
     socket.set_read_timeout(Some(Duration::from_millis(200)))?;
     let start = Instant::now();
     let (mut natpmp, mut pcp) = (None, false);
@@ -387,7 +391,7 @@ fn announcements(socket: &UdpSocket, within: Duration) -> Result<(Option<u32>, b
             continue;
         }
         match &buf[..len] {
-            [0, 0x80, 0, 0, e0, e1, e2, e3, addr @ ..] if addr == PUBLIC_IP.octets() => {
+            [0, 0x80, 0, 0, e0, e1, e2, e3, addr @ ..] if addr == public.octets() => {
                 natpmp = Some(u32::from_be_bytes([*e0, *e1, *e2, *e3]));
             }
             [2, 0x80, ..] if len == 24 => pcp = true,
@@ -427,7 +431,7 @@ fn mappings_survive_a_cgn_reboot(softwire: Softwire, path: DataPath) -> Result<(
                 check_mapping(lab, 9242, lab.lan(2), 8242)?;
                 // NAT-PMP is answered here: portproxy's own announcement, a new epoch. PCP
                 // is relayed: the CGN's own ANNOUNCE, passed on.
-                let (natpmp, pcp) = announcements(&listener, within)?;
+                let (natpmp, pcp) = announcements(&listener, PUBLIC_IP, within)?;
                 ensure!(
                     natpmp.is_some_and(|epoch| epoch < 30) && pcp,
                     "expected a NAT-PMP announcement with a new epoch and the CGN's PCP \
@@ -450,6 +454,72 @@ fn mappings_survive_a_cgn_reboot(softwire: Softwire, path: DataPath) -> Result<(
     )
 }
 every_path!(mappings_survive_a_cgn_reboot);
+
+/// The carrier renumbers the CGN's external address: portproxy notices (a PCP CGN resets
+/// its epoch, RFC 6887 §8.5; a NAT-PMP one answers with the new address), maps again what
+/// its table holds, and from then on `portproxy mappings` and the NAT-PMP announcements on
+/// the LAN say the new address, at which the internet host reaches both LAN hosts (one
+/// mapping proxied, the other relayed, whichever protocol the CGN of `kind` speaks).
+fn external_address_change(softwire: Softwire, path: DataPath, kind: CgnKind) -> Result<()> {
+    const RENUMBERED: Ipv4Addr = Ipv4Addr::new(203, 0, 114, 9);
+    with_lab(Lab::builder(softwire).cgn(kind).cpe_firewall(), |lab| {
+        let args = ["--lan-iface", "br-lan", "--wan-iface", "softwire", "-vv"];
+        let portproxy = lab.spawn_portproxy_on(path, &args)?;
+        let result = (|| -> Result<()> {
+            natpmpc_map(lab.lan(1), 9281, 8281)?;
+            pcp_map_tcp(lab.lan(2), LAN_GATEWAY, LAN2_IP, 8282, 9282, 600)?;
+            // The epoch's 2 s slack (see mappings_survive_a_cgn_reboot).
+            std::thread::sleep(Duration::from_secs(4));
+            let listener = lab
+                .lan(1)
+                .enter(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 5350)))??;
+            lab.change_public_address(RENUMBERED)?;
+            let (natpmp, _) = announcements(&listener, RENUMBERED, Duration::from_secs(10))?;
+            ensure!(
+                natpmp.is_some(),
+                "no NAT-PMP announcement of {RENUMBERED} on the LAN within 10 s"
+            );
+            for (host, internal) in [(LAN1_IP, 8281), (LAN2_IP, 8282)] {
+                let external = external_of(lab, host, internal)?;
+                ensure!(
+                    external == RENUMBERED,
+                    "portproxy mappings still says {external} for {host}:{internal}"
+                );
+            }
+            check_mapping_at(lab, RENUMBERED, 9281, lab.lan(1), 8281)?;
+            check_mapping_at(lab, RENUMBERED, 9282, lab.lan(2), 8282)
+        })();
+        if result.is_err() {
+            eprintln!("=== portproxy log\n{}", portproxy.log());
+        }
+        result
+    })
+}
+
+fn address_change_on_a_pcp_cgn(softwire: Softwire, path: DataPath) -> Result<()> {
+    external_address_change(softwire, path, CgnKind::PcpOnly)
+}
+every_path!(address_change_on_a_pcp_cgn);
+
+fn address_change_on_a_natpmp_cgn(softwire: Softwire, path: DataPath) -> Result<()> {
+    external_address_change(softwire, path, CgnKind::NatPmpOnly)
+}
+every_path!(address_change_on_a_natpmp_cgn);
+
+/// The external address `portproxy mappings` shows for `host`:`internal`.
+fn external_of(lab: &Lab, host: Ipv4Addr, internal: u16) -> Result<Ipv4Addr> {
+    let json = lab.portproxy_mappings()?;
+    let m = json
+        .as_array()
+        .context("mappings --json is not an array")?
+        .iter()
+        .find(|m| m["host"] == host.to_string() && m["internal_port"] == internal)
+        .with_context(|| format!("no mapping {host}:{internal} in {json:#}"))?;
+    m["external_address"]
+        .as_str()
+        .and_then(|e| e.parse().ok())
+        .with_context(|| format!("no external address in {m:#}"))
+}
 
 /// How the router goes down in `table_survives`.
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -1,6 +1,9 @@
 //! Helpers shared by the namespace test files.
 
-use std::{net::SocketAddr, time::Instant};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    time::Instant,
+};
 
 use anyhow::{Result, bail, ensure};
 use tests::{LAN1_IP, LAN2_IP, Lab, LabBuilder, Netns, PUBLIC_IP, show_output};
@@ -91,6 +94,18 @@ pub fn run_expect(ns: &Netns, program: &str, args: &[&str], expected: &[&str]) -
 /// Checks that the CGN maps TCP `external` to `host`:`internal` and that the internet host
 /// reaches the service there (answering with its role).
 pub fn check_mapping(lab: &Lab, external: u16, host: &Netns, internal: u16) -> Result<()> {
+    check_mapping_at(lab, PUBLIC_IP, external, host, internal)
+}
+
+#[allow(dead_code)] // not every test file checks reachability
+/// `check_mapping` on the CGN's external address `public`.
+pub fn check_mapping_at(
+    lab: &Lab,
+    public: Ipv4Addr,
+    external: u16,
+    host: &Netns,
+    internal: u16,
+) -> Result<()> {
     let ruleset = run_expect(lab.cgn(), "nft", &["list", "table", "inet", "nat"], &[])?;
     let addr = if host.role() == "lan1" {
         LAN1_IP
@@ -104,7 +119,7 @@ pub fn check_mapping(lab: &Lab, external: u16, host: &Netns, internal: u16) -> R
     let _server = host.serve_tcp(internal)?;
     let reply = lab
         .inet()
-        .connect_tcp(SocketAddr::from((PUBLIC_IP, external)))?;
+        .connect_tcp(SocketAddr::from((public, external)))?;
     ensure!(
         reply == host.role(),
         "inet reached {reply:?} instead of {}",
