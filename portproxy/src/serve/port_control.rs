@@ -21,7 +21,7 @@ use super::Identity;
 use crate::config::Config;
 use crate::mapping::{self, Backing, Entry, Grant, Key, Mappings, Origin, Refused};
 use crate::proto::{Transport, natpmp, pcp};
-use crate::upstream::{Ask, Failure, Granted, Igd, Plan, Upstream, Via};
+use crate::upstream::{Ask, Failure, Granted, Igd, Plan, SocketPool, Upstream, Via};
 
 pub struct PortControlServer {
     cfg: Arc<Config>,
@@ -30,6 +30,7 @@ pub struct PortControlServer {
     igd: Option<Arc<Igd>>,
     mappings: Arc<Mappings>,
     identity: Arc<Identity>,
+    sockets: Arc<SocketPool>,
 }
 
 impl PortControlServer {
@@ -46,6 +47,7 @@ impl PortControlServer {
             igd,
             mappings,
             identity,
+            sockets: Arc::default(),
         }
     }
 
@@ -70,6 +72,7 @@ impl PortControlServer {
             wan: self.cfg.wan.addr,
             via,
             igd: self.igd.clone(),
+            sockets: self.sockets.clone(),
         })
     }
 

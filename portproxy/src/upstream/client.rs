@@ -1,19 +1,20 @@
 //! Asking the CGN for one mapping, in PCP or NAT-PMP, as the LAN host.
 //!
-//! One exchange is a fresh transparent socket bound to the host's address (any port) and
-//! connected to CGN:5351; `capture::ReplyCapture` routes the CGN's answer to it. The
+//! One exchange is a transparent socket bound to the host's address (any port) and
+//! connected to CGN:5351 (`SocketPool` keeps a few open per host, so a renewal costs a send
+//! and a receive); `capture::ReplyCapture` routes the CGN's answer to it. The
 //! request is sent again after 250 ms and 500 ms (RFC 6887 §8.1.1 asks for 3 s first;
 //! the LAN client waits on us, and libnatpmp gives up after its own retries), so an
 //! exchange takes at most 1.75 s. Only an answer to this request counts: PCP's nonce,
 //! protocol and internal port, NAT-PMP's opcode and internal port.
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use log::debug;
 use tokio::net::UdpSocket;
-
-use std::sync::Arc;
 
 use super::{Failure, Igd, Nonces, Via};
 use crate::proto::{Transport, natpmp, pcp};
@@ -61,6 +62,55 @@ pub struct Upstream {
     pub via: Via,
     /// With `Via::Upnp`: the IGD's connection service, if its description could be read.
     pub igd: Option<Arc<Igd>>,
+    pub sockets: Arc<SocketPool>,
+}
+
+/// Idle sockets kept per LAN host, and in all (each is a file descriptor).
+const IDLE_PER_HOST: usize = 2;
+const IDLE_MAX: usize = 256;
+
+/// Sockets to the CGN that finished an exchange, by the LAN host they send as: the next
+/// exchange for that host takes one rather than going through a socket's whole life
+/// (socket, options, bind, connect, registering with the runtime, closing), which cost
+/// more than the exchange itself. Bounded by `IDLE_PER_HOST` and `IDLE_MAX`.
+#[derive(Debug, Default)]
+pub struct SocketPool {
+    idle: Mutex<HashMap<(Ipv4Addr, SocketAddrV4), Vec<UdpSocket>>>,
+}
+
+impl SocketPool {
+    /// An idle socket sending as `from` to `cgn`, emptied of late answers, or a new one.
+    fn take(&self, from: Ipv4Addr, cgn: SocketAddrV4) -> Result<UdpSocket, Failure> {
+        let socket = {
+            let mut idle = self.idle.lock().unwrap();
+            let list = idle.get_mut(&(from, cgn));
+            let socket = list.and_then(Vec::pop);
+            if idle.get(&(from, cgn)).is_some_and(Vec::is_empty) {
+                idle.remove(&(from, cgn));
+            }
+            socket
+        };
+        match socket {
+            Some(socket) => {
+                let mut buf = [0u8; pcp::MAX_LEN];
+                while socket.try_recv(&mut buf).is_ok() {}
+                Ok(socket)
+            }
+            None => connect(from, cgn),
+        }
+    }
+
+    /// Keeps `socket` for the next exchange as `from`, if there is room.
+    fn give(&self, from: Ipv4Addr, cgn: SocketAddrV4, socket: UdpSocket) {
+        let mut idle = self.idle.lock().unwrap();
+        let total: usize = idle.values().map(Vec::len).sum();
+        let list = idle.entry((from, cgn)).or_default();
+        if list.len() < IDLE_PER_HOST && total < IDLE_MAX {
+            list.push(socket);
+        } else if list.is_empty() {
+            idle.remove(&(from, cgn));
+        }
+    }
 }
 
 impl Upstream {
@@ -160,21 +210,28 @@ impl Upstream {
     }
 
     async fn pcp_map(&self, ask: &Ask) -> Result<Granted, Failure> {
-        pcp_exchange(&connect(ask.host, self.cgn)?, ask).await
+        let socket = self.sockets.take(ask.host, self.cgn)?;
+        let granted = pcp_exchange(&socket, ask).await;
+        if !matches!(granted, Err(Failure::NoAnswer)) {
+            self.sockets.give(ask.host, self.cgn, socket);
+        }
+        granted
     }
 
     async fn natpmp_map(&self, ask: &Ask) -> Result<Granted, Failure> {
-        let socket = connect(ask.host, self.cgn)?;
+        let socket = self.sockets.take(ask.host, self.cgn)?;
         let request = natpmp_request(ask);
         let opcode = request[1] | 0x80;
         let msg = exchange(&socket, &request, |msg| {
             (msg.len() >= 16
                 && msg[0] == natpmp::VERSION
                 && msg[1] == opcode
-                && msg[8..10] == ask.internal_port.to_be_bytes())
+                && msg[8..10] == ask.internal_port.to_be_bytes()
+                && same_intent(ask, msg[2..4] == [0, 0], msg[12..16] == [0; 4]))
             .then(|| msg[..16].to_vec())
         })
         .await?;
+        self.sockets.give(ask.host, self.cgn, socket);
         let be32 = |at: usize| u32::from_be_bytes([msg[at], msg[at + 1], msg[at + 2], msg[at + 3]]);
         match u16::from_be_bytes([msg[2], msg[3]]) {
             natpmp::result::SUCCESS => Ok(Granted {
@@ -217,8 +274,9 @@ async fn pcp_exchange(socket: &UdpSocket, ask: &Ask) -> Result<Granted, Failure>
         (r.opcode == pcp::OPCODE_MAP
             && m.nonce == ask.nonce
             && m.protocol == map.protocol
-            && m.internal_port == ask.internal_port)
-            .then_some((r, m))
+            && m.internal_port == ask.internal_port
+            && same_intent(ask, r.result == pcp::result::SUCCESS, r.lifetime == 0))
+        .then_some((r, m))
     })
     .await;
     let (r, m) = response?;
@@ -235,6 +293,13 @@ async fn pcp_exchange(socket: &UdpSocket, ask: &Ask) -> Result<Granted, Failure>
         lifetime: r.lifetime,
         epoch: r.epoch,
     })
+}
+
+/// Whether a success answer fits what `ask` meant: lifetime 0 answers a delete, any other a
+/// map. A pooled socket may still get the late duplicate of the answer to the exchange
+/// before it, which may have been a delete of the same mapping.
+fn same_intent(ask: &Ask, success: bool, lifetime_zero: bool) -> bool {
+    !success || lifetime_zero == (ask.lifetime == 0)
 }
 
 /// A socket that sends as `from` (any port) to `cgn`.

@@ -23,7 +23,7 @@ use tokio::net::UdpSocket;
 
 use super::epoch::EpochWatch;
 use super::probe::{self, Epochs};
-use super::{Ask, Handling, Plan, Speaks, Upstream, Via};
+use super::{Ask, Handling, Plan, SocketPool, Speaks, Upstream, Via};
 use crate::clock::boot_time;
 use crate::config::Config;
 use crate::mapping::{Backing, Entry, Grant, Mappings, Origin};
@@ -203,6 +203,7 @@ impl Keeper {
     async fn recreate(&self) -> bool {
         let now = boot_time();
         let public = self.mappings.known_public_address().await;
+        let sockets = Arc::new(SocketPool::default());
         let mut all = true;
         for entry in self.mappings.entries().await {
             let Some((via, nonce)) = upstream_of(&entry) else {
@@ -225,6 +226,7 @@ impl Keeper {
                 wan: self.cfg.wan.addr,
                 via,
                 igd: None,
+                sockets: sockets.clone(),
             };
             match upstream.map(&ask).await {
                 Ok(granted) => {

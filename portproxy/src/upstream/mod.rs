@@ -17,7 +17,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-pub use client::{Ask, Granted, Upstream};
+pub use client::{Ask, Granted, SocketPool, Upstream};
 pub use igd::Igd;
 pub use keeper::{CgnState, Keeper};
 pub use nonce::Nonces;
