@@ -407,8 +407,9 @@ impl Mappings {
         }
         self.changed.store(false, Ordering::Relaxed);
         self.renewed.store(false, Ordering::Relaxed);
-        let entries = self.entries().await;
-        if let Err(e) = persist::save(path, &entries, now()) {
+        // Written from the table itself, a mapping at a time: no copy of it in memory.
+        let state = self.state.lock().await;
+        if let Err(e) = persist::save(path, state.table.entries(), now()) {
             self.stats.add(Counter::SaveErrors);
             warn!("saving the mappings: {e:#}");
         }

@@ -13,6 +13,7 @@
 //! than the lifetime it was last granted.
 
 use std::fs;
+use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -27,10 +28,25 @@ pub const SAVE_CHANGED: Duration = Duration::from_secs(10);
 pub const SAVE_RENEWED: Duration = Duration::from_secs(600);
 const VERSION: u32 = 1;
 
+/// The file: `Vec<Saved>` when read, `Saving` when written.
 #[derive(Debug, Serialize, Deserialize)]
-struct File {
+struct File<M> {
     version: u32,
-    mappings: Vec<Saved>,
+    mappings: M,
+}
+
+/// The table's entries, serialized one by one as they are turned into `Saved`.
+struct Saving<I> {
+    entries: I,
+    now: Duration,
+    unix: u64,
+}
+
+impl<'a, I: Iterator<Item = &'a Entry> + Clone> Serialize for Saving<I> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let (now, unix) = (self.now, self.unix);
+        serializer.collect_seq(self.entries.clone().map(|e| Saved::of(e, now, unix)))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,18 +180,30 @@ impl Saved {
 }
 
 /// Writes `entries` (times on the boot clock, `now` being the present) to `path`.
-pub fn save(path: &Path, entries: &[Entry], now: Duration) -> Result<()> {
-    let unix = unix_now();
+pub fn save<'a>(
+    path: &Path,
+    entries: impl Iterator<Item = &'a Entry> + Clone,
+    now: Duration,
+) -> Result<()> {
     let file = File {
         version: VERSION,
-        mappings: entries.iter().map(|e| Saved::of(e, now, unix)).collect(),
+        mappings: Saving {
+            entries,
+            now,
+            unix: unix_now(),
+        },
     };
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let tmp = path.with_extension("tmp");
-    fs::write(&tmp, serde_json::to_vec_pretty(&file)?)
-        .with_context(|| format!("writing {}", tmp.display()))?;
+    let write = || -> Result<()> {
+        let mut out = std::io::BufWriter::new(fs::File::create(&tmp)?);
+        serde_json::to_writer_pretty(&mut out, &file)?;
+        out.flush()?;
+        Ok(())
+    };
+    write().with_context(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
@@ -187,7 +215,7 @@ pub fn load(path: &Path, limit: usize) -> Result<Vec<Grant>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    let file: File = serde_json::from_slice(&bytes)
+    let file: File<Vec<Saved>> = serde_json::from_slice(&bytes)
         .with_context(|| format!("{} is not a mappings file", path.display()))?;
     if file.version != VERSION {
         bail!(
@@ -254,7 +282,7 @@ mod tests {
             // Expired: not restored.
             entry(Origin::NatPmp, Backing::NatPmp, Some(now)),
         ];
-        save(&path, &entries, now).unwrap();
+        save(&path, entries.iter(), now).unwrap();
         let grants = load(&path, 10).unwrap();
         assert_eq!(grants.len(), 3);
         assert!(

@@ -158,7 +158,7 @@ impl Table {
     }
 
     /// Every mapping, ordered by host, protocol and internal port.
-    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> + Clone {
         self.entries.values()
     }
 
