@@ -11,7 +11,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
-const TIMEOUT: Duration = Duration::from_secs(90);
+/// Against a hung run, not a speed check: a smoke run takes 70-80 s on two busy cores.
+const TIMEOUT: Duration = Duration::from_secs(150);
 
 const MODES: [&str; 5] = ["routing", "sockets", "fast", "nft", "proxy"];
 const METRICS: [&str; 14] = [
@@ -153,6 +154,13 @@ fn bench_smoke_writes_every_mode_and_metric() -> Result<()> {
                 None => bail!("mode {name} does not say whether it was available"),
             }
         }
+    }
+    let renewal = &modes["proxy"]["renewal"];
+    if !(renewal["renewals"].as_u64().is_some_and(|n| n > 0)
+        && renewal["rss_mapped_kib"].as_u64().is_some_and(|k| k > 0)
+        && renewal["renewal_cpu_pct"].is_number())
+    {
+        bail!("the proxy's renewal measurement is missing or failed: {renewal:#}");
     }
     let png = std::fs::metadata(out.join("bench.png")).context("no bench.png")?;
     if png.len() == 0 {

@@ -14,6 +14,7 @@
 
 mod chart;
 mod net;
+mod renewal;
 mod report;
 mod sys;
 mod traffic;
@@ -94,6 +95,13 @@ pub struct Args {
     /// Client tuples of the scale test (half on each LAN host).
     #[arg(long, default_value_t = 65536)]
     pub scale_tuples: u32,
+    /// Mappings the proxy holds while their client renews them (the `proxy` mode's renewal
+    /// measurement).
+    #[arg(long, default_value_t = 4096)]
+    pub renewal_mappings: u32,
+    /// Seconds of each renewal measurement window (idle, then renewing).
+    #[arg(long, default_value_t = 10.0)]
+    pub renewal_seconds: f64,
     /// Modes to run, comma-separated, of routing, sockets, fast, nft, proxy.
     #[arg(
         long,
@@ -234,6 +242,8 @@ pub struct ModeResult {
     pub mode: Mode,
     pub rounds: Vec<Round>,
     pub scale: Option<Scale>,
+    /// The proxy's mappings under renewal.
+    pub renewal: Option<std::result::Result<renewal::Renewal, String>>,
 }
 
 /// A running daemon, a DNAT ruleset (removed on drop), or nothing: what a mode puts on the CPE.
@@ -259,6 +269,7 @@ pub fn run(mut args: Args) -> Result<()> {
         args.seconds = args.seconds.min(1.0);
         args.latency_seconds = args.latency_seconds.min(1.0);
         args.flood_seconds = args.flood_seconds.min(1.0);
+        args.renewal_seconds = args.renewal_seconds.min(1.0);
     }
     if args.rounds == 0 || args.rounds > 50 || args.seconds <= 0.0 || args.seconds > 60.0 {
         bail!("--rounds must be 1-50 and --seconds 0-60");
@@ -268,6 +279,11 @@ pub fn run(mut args: Args) -> Result<()> {
     }
     if args.scale_tuples < 2 || args.scale_tuples > 65536 {
         bail!("--scale-tuples must be 2-65536");
+    }
+    if !(1..=16384).contains(&args.renewal_mappings)
+        || !(0.1..=600.0).contains(&args.renewal_seconds)
+    {
+        bail!("--renewal-mappings must be 1-16384 and --renewal-seconds 0.1-600");
     }
     let bin = PathBuf::from(std::env::var_os("PORTPROXY_BIN").context(
         "PORTPROXY_BIN is not set: use `cargo xtask bench` (or `cargo xtask test`), which build portproxy and set it",
@@ -507,6 +523,7 @@ fn measure(
             mode: m.clone(),
             rounds: Vec::new(),
             scale: None,
+            renewal: None,
         })
         .collect();
     for round in 0..args.rounds {
@@ -536,6 +553,16 @@ fn measure(
         match rig.scale(mode) {
             Ok(scale) => result.scale = Some(scale),
             Err(e) => eprintln!("bench: scale {} failed: {e:#}", mode.name),
+        }
+        if matches!(mode.kind, Kind::Proxy) {
+            eprintln!(
+                "bench: {} mappings under renewal ({} s windows)",
+                args.renewal_mappings, args.renewal_seconds
+            );
+            result.renewal = Some(rig.renewal().map_err(|e| {
+                eprintln!("bench: renewal failed: {e:#}");
+                format!("{e:#}")
+            }));
         }
         result.mode = mode.clone();
     }

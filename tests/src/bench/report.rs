@@ -6,6 +6,7 @@ use std::{fmt::Write as _, path::PathBuf};
 use anyhow::{Context as _, Result};
 use serde_json::{Value, json};
 
+use super::renewal::{self, Renewal};
 use super::{Args, Kind, ModeResult, Placement, Round, Scale, ScalePass, Throughput};
 use crate::bench::traffic::ProbeResult;
 
@@ -177,6 +178,13 @@ pub struct Target {
 }
 
 impl Report {
+    /// The proxy's renewal measurement, if the proxy mode ran.
+    fn renewal(&self) -> Option<Result<&Renewal, &String>> {
+        self.results
+            .iter()
+            .find_map(|r| r.renewal.as_ref().map(|r| r.as_ref()))
+    }
+
     fn summaries(&self) -> Vec<Summary> {
         self.results.iter().map(summarize).collect()
     }
@@ -375,6 +383,28 @@ impl Report {
             "<= +1000 us".into(),
             &|v| v <= 1000.0,
             proxy.unavailable.clone(),
+        );
+        let renewal = self.renewal();
+        let (renewal, why) = match renewal {
+            Some(Ok(r)) => (Some(r), proxy.unavailable.clone()),
+            Some(Err(e)) => (None, Some(format!("failed: {e}"))),
+            None => (None, Some("proxy mode not run".into())),
+        };
+        push(
+            format!("proxy CPU, {} mappings renewed", self.args.renewal_mappings),
+            renewal.map(|r| r.renewal_cpu_pct),
+            " %",
+            "< 1 % of one core".into(),
+            &|v| v < 1.0,
+            why.clone(),
+        );
+        push(
+            format!("proxy table, {} mappings", self.args.renewal_mappings),
+            renewal.map(|r| r.rss_mapped_kib.saturating_sub(r.rss_ready_kib) as f64 / 1024.0),
+            " MiB",
+            "<= 1 MiB".into(),
+            &|v| v <= 1.0,
+            why,
         );
         push(
             "stripped binary".into(),
@@ -625,6 +655,32 @@ impl Report {
         let _ = writeln!(t);
         let _ = writeln!(
             t,
+            "renewal: portproxy --mode proxy holding {} NAT-PMP mappings (lifetime {} s) of one host, which renews each at half its lifetime; {:.1} s windows:",
+            self.args.renewal_mappings,
+            renewal::LIFETIME_S,
+            self.args.renewal_seconds
+        );
+        let _ = match self.renewal() {
+            Some(Ok(r)) => writeln!(
+                t,
+                "  RSS {:.2} MiB ready, {:.2} MiB with the mappings ({:.0} bytes a mapping), VmHWM {:.2} MiB; \
+                 CPU {:.2} % of one core idle, {:.2} % renewing {} in {:.1} s ({:.1}/s)",
+                r.rss_ready_kib as f64 / 1024.0,
+                r.rss_mapped_kib as f64 / 1024.0,
+                r.bytes_per_mapping(),
+                r.hwm_kib as f64 / 1024.0,
+                r.idle_cpu_pct,
+                r.renewal_cpu_pct,
+                r.renewals,
+                r.window_s,
+                r.renewals_per_s
+            ),
+            Some(Err(e)) => writeln!(t, "  failed: {e}"),
+            None => writeln!(t, "  not measured (proxy mode not run)"),
+        };
+        let _ = writeln!(t);
+        let _ = writeln!(
+            t,
             "binary {}: {} bytes, stripped {} bytes; run took {:.0} s; raw numbers {}, chart {}",
             self.bin.display(),
             self.size,
@@ -756,6 +812,22 @@ impl Report {
                     "unavailable_reason": s.unavailable,
                     "summary": summary,
                     "scale": scale_json(&r.scale, &s.unavailable),
+                    "renewal": r.renewal.as_ref().map(|r| match r {
+                        Ok(r) => json!({
+                            "mappings": r.mappings,
+                            "lifetime_s": renewal::LIFETIME_S,
+                            "window_s": r.window_s,
+                            "rss_ready_kib": r.rss_ready_kib,
+                            "rss_mapped_kib": r.rss_mapped_kib,
+                            "bytes_per_mapping": r.bytes_per_mapping(),
+                            "hwm_kib": r.hwm_kib,
+                            "idle_cpu_pct": r.idle_cpu_pct,
+                            "renewal_cpu_pct": r.renewal_cpu_pct,
+                            "renewals": r.renewals,
+                            "renewals_per_s": r.renewals_per_s,
+                        }),
+                        Err(e) => json!({"error": e}),
+                    }),
                     "rounds": rounds,
                 }),
             );
