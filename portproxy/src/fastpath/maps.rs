@@ -32,7 +32,7 @@ pub fn map_config(cfg: &Config, to_daemon: ToDaemon) -> anyhow::Result<MapConfig
         anyhow::bail!(
             "the LAN interface {} has no Ethernet header (link type {}); the fast path needs an Ethernet LAN",
             cfg.lan.iface,
-            lan.arphrd
+            lan.kind
         );
     }
     let wan = iface::link(&cfg.wan.iface)?;
