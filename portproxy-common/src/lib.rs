@@ -84,31 +84,33 @@ pub const STAT_GRANT_LOST: u32 = 22;
 /// Number of `STATS` entries (its `max_entries`).
 pub const STAT_COUNT: u32 = 23;
 
-/// Counter names for reports, indexed by `STAT_*`.
-pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
+/// Each counter's stable identifier, indexed by `STAT_*`: the key `portproxy stats --json`
+/// shows it under, shared with the socket relay's counter for the same fate (the daemon's
+/// `stats::Counter` holds the vocabulary and its labels).
+pub const STAT_IDS: [&str; STAT_COUNT as usize] = [
     "passed",
-    "nat-pmp to cgn",
-    "pcp to cgn",
-    "nat-pmp to client",
-    "pcp to client",
-    "ssdp search out",
-    "ssdp notify in",
-    "dropped malformed",
-    "dropped not from cgn",
-    "passed to the daemon",
-    "ssdp search from wan",
+    "nat_pmp_to_cgn",
+    "pcp_to_cgn",
+    "nat_pmp_to_client",
+    "pcp_to_client",
+    "search_to_cgn",
+    "notify_to_lan",
+    "dropped_malformed",
+    "dropped_not_from_cgn",
+    "passed_to_daemon",
+    "search_from_wan",
     "errors",
-    "passed own address",
-    "relayed by xdp",
-    "xdp deferred to tc",
-    "dropped rate limit",
-    "dropped client quota",
-    "evicted",
-    "dropped not on lan",
-    "dropped malformed search",
-    "dropped ttl",
-    "grants to userspace",
-    "grants lost (ring full)",
+    "passed_own",
+    "relayed_by_xdp",
+    "xdp_deferred",
+    "dropped_rate_limit",
+    "dropped_quota",
+    "clients_evicted",
+    "dropped_not_on_lan",
+    "dropped_malformed_search",
+    "dropped_ttl",
+    "grants_to_daemon",
+    "grants_lost",
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -726,9 +728,9 @@ mod tests {
     }
 
     #[test]
-    fn stat_names_are_unique() {
-        for (i, a) in STAT_NAMES.iter().enumerate() {
-            assert!(!STAT_NAMES[i + 1..].contains(a), "{a} twice");
+    fn stat_ids_are_unique() {
+        for (i, a) in STAT_IDS.iter().enumerate() {
+            assert!(!STAT_IDS[i + 1..].contains(a), "{a} twice");
         }
     }
 

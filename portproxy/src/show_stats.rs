@@ -1,6 +1,7 @@
 //! `portproxy stats`: the running daemon's data path, hooks, live client
-//! entries and counters. Kernel counters and entries are read from the pinned
-//! maps; userspace counters from the status file.
+//! entries and counters. The programs' counters and entries are read from the
+//! pinned maps, the daemon's counters from the status file; both name a fate the
+//! same way (`stats::Counter`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -8,36 +9,62 @@ use std::path::Path;
 use anyhow::Result;
 use serde::Serialize;
 
+use crate::stats::Counter;
 use crate::status::{DataPathKind, Status};
 
 #[derive(Serialize)]
 struct Report {
+    /// Without its `counters`: they are in `counters` here, with the programs'.
     #[serde(flatten)]
     status: Status,
     /// Requests in flight in the kernel's CLIENTS map (fast path only).
     live_entries: Option<usize>,
-    /// The fast path's per-reason counters, summed over CPUs.
-    kernel_counters: BTreeMap<String, u64>,
+    /// Every fate counted, by id.
+    counters: BTreeMap<&'static str, Count>,
+}
+
+/// One fate's count by who counted it; absent where that side does not count it (`kernel`
+/// off the fast path).
+#[derive(Serialize)]
+struct Count {
+    /// The programs' `STATS`, summed over CPUs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kernel: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    daemon: Option<u64>,
 }
 
 pub fn run(state_dir: &Path, json: bool) -> Result<()> {
-    let status = Status::read(state_dir)?;
-    let (live_entries, kernel_counters) = match (&status.data_path, &status.pin_dir) {
-        // A socket-only build cannot read the maps of a fast-path daemon that wrote this status.
-        #[cfg(feature = "fastpath")]
-        (DataPathKind::FastPath, Some(pins)) => (
-            Some(count_clients(pins)?),
-            crate::fastpath::read_pinned_counters(pins)?
-                .iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
-        ),
-        _ => (None, BTreeMap::new()),
-    };
+    let mut status = Status::read(state_dir)?;
+    let daemon = std::mem::take(&mut status.counters);
+    let (live_entries, kernel): (_, BTreeMap<&str, u64>) =
+        match (&status.data_path, &status.pin_dir) {
+            // A socket-only build cannot read the maps of a fast-path daemon that wrote this status.
+            #[cfg(feature = "fastpath")]
+            (DataPathKind::FastPath, Some(pins)) => (
+                Some(count_clients(pins)?),
+                crate::fastpath::read_pinned_counters(pins)?
+                    .iter()
+                    .map(|(fate, n)| (fate.id(), n))
+                    .collect(),
+            ),
+            _ => (None, BTreeMap::new()),
+        };
+    let counters = Counter::ALL
+        .iter()
+        .map(|fate| {
+            let count = Count {
+                kernel: kernel.get(fate.id()).copied(),
+                daemon: daemon.get(fate.id()).copied(),
+            };
+            (fate.id(), count)
+        })
+        .filter(|(_, count)| count.kernel.is_some() || count.daemon.is_some())
+        .collect();
     let report = Report {
         status,
         live_entries,
-        kernel_counters,
+        counters,
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -99,16 +126,18 @@ fn text(report: &Report) -> String {
     if let Some(n) = report.live_entries {
         out += &format!("live client entries: {n}\n");
     }
-    for (title, counters) in [
-        ("kernel counters", &report.kernel_counters),
-        ("userspace counters", &s.counters),
-    ] {
-        if counters.is_empty() {
-            continue;
-        }
-        out += &format!("{title}:\n");
-        for (name, value) in counters {
-            out += &format!("{value:>12}  {name}\n");
+    if !report.counters.is_empty() {
+        out += &format!("counters:\n{:>12} {:>12}\n", "kernel", "daemon");
+    }
+    let show = |n: Option<u64>| n.map_or("-".to_string(), |n| n.to_string());
+    for fate in Counter::ALL {
+        if let Some(count) = report.counters.get(fate.id()) {
+            out += &format!(
+                "{:>12} {:>12}  {}\n",
+                show(count.kernel),
+                show(count.daemon),
+                fate.label()
+            );
         }
     }
     out

@@ -1,5 +1,5 @@
 //! The daemon's status file (`<state-dir>/status.json`): which data path runs,
-//! why, on which hooks, and the userspace counters. Rewritten every second;
+//! why, on which hooks, and the daemon's counters. Rewritten every second;
 //! `portproxy stats` reads it next to the pinned maps.
 
 use std::collections::BTreeMap;
@@ -55,7 +55,9 @@ pub struct Status {
     pub hooks: Vec<String>,
     /// Where the maps are pinned (fast path only).
     pub pin_dir: Option<PathBuf>,
-    /// Counters kept in userspace: the socket relay's, and entries aged out.
+    /// The daemon's counters by id (`stats::Counter`): the socket relay's, the mapping
+    /// table's, entries aged out.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub counters: BTreeMap<String, u64>,
     /// Mappings in the table now.
     #[serde(default)]

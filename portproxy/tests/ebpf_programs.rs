@@ -624,7 +624,7 @@ fn run_case_with(case: &Case, mut cfg: Config) -> Result<(), String> {
         if n != want {
             errors.push(format!(
                 "STATS[{}] ({}) = {n}, expected {want}",
-                i, STAT_NAMES[i]
+                i, STAT_IDS[i]
             ));
         }
     }
@@ -2301,7 +2301,7 @@ fn expect_stats(loaded: &Loaded, want: &[(u32, u64)]) -> Result<(), String> {
         if n != expected {
             errors.push(format!(
                 "STATS[{i}] ({}) = {n}, expected {expected}",
-                STAT_NAMES[i]
+                STAT_IDS[i]
             ));
         }
     }

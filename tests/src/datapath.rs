@@ -76,7 +76,7 @@ impl Lab {
     }
 
     /// Checks from `portproxy stats` that `daemon` ran on `path`; on the fast path, that
-    /// each of `kernel_counters` is above zero (the programs, not sockets, did the work).
+    /// the programs' count of each fate in `kernel_counters` (ids) is above zero (the programs, not sockets, did the work).
     pub fn check_data_path(
         &self,
         daemon: &Daemon,
@@ -92,7 +92,7 @@ impl Lab {
                     "expected the fast path, portproxy stats says:\n{stats:#}"
                 );
                 for name in kernel_counters {
-                    let value = stats["kernel_counters"][name].as_u64().unwrap_or(0);
+                    let value = stats["counters"][name]["kernel"].as_u64().unwrap_or(0);
                     ensure!(
                         value > 0,
                         "kernel counter {name:?} is {value}, so the programs did not carry it:\n{stats:#}"

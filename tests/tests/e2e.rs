@@ -3,7 +3,7 @@
 //! through the CPE's fw4-like firewall where portproxy sees the grant (NAT-PMP, PCP, UPnP
 //! through the HTTP relay; `upnp_map` talks to the CGN's IGD directly, which portproxy
 //! cannot see, so its CPE has no firewall). On the fast path, grants held for the firewall
-//! are delivered from userspace: their kernel counter is "grants to userspace".
+//! are delivered from userspace: their kernel counter is "grants_to_daemon".
 //! Every scenario runs on both softwire kinds. Run with `cargo xtask test` (root; it builds
 //! portproxy and sets PORTPROXY_BIN).
 
@@ -53,7 +53,7 @@ fn natpmp_public_address(softwire: Softwire, path: DataPath) -> Result<()> {
         Lab::builder(softwire),
         path,
         &[],
-        &["nat-pmp to cgn", "nat-pmp to client"],
+        &["nat_pmp_to_cgn", "nat_pmp_to_client"],
         |lab| {
             run_expect(
                 lab.lan(1),
@@ -73,7 +73,7 @@ fn natpmp_map(softwire: Softwire, path: DataPath) -> Result<()> {
         Lab::builder(softwire).cpe_firewall(),
         path,
         &[],
-        &["nat-pmp to cgn", "nat-pmp to client"],
+        &["nat_pmp_to_cgn", "nat_pmp_to_client"],
         |lab| {
             run_expect(
                 lab.lan(1),
@@ -103,7 +103,7 @@ fn upnp_discovery(softwire: Softwire, path: DataPath) -> Result<()> {
         Lab::builder(softwire),
         path,
         &[],
-        &["ssdp search out"],
+        &["search_to_cgn"],
         |lab| {
             let lan1 = lab.lan(1);
             run_expect(
@@ -129,7 +129,7 @@ fn upnp_map(softwire: Softwire, path: DataPath) -> Result<()> {
         Lab::builder(softwire),
         path,
         &[],
-        &["ssdp search out"],
+        &["search_to_cgn"],
         |lab| {
             let lan1 = lab.lan(1);
             let host = LAN1_IP.to_string();
@@ -163,7 +163,7 @@ fn pcp_map(softwire: Softwire, path: DataPath) -> Result<()> {
         Lab::builder(softwire).cpe_firewall(),
         path,
         &[],
-        &["pcp to cgn", "grants to userspace"],
+        &["pcp_to_cgn", "grants_to_daemon"],
         |lab| {
             let mapping = pcp_map_tcp(lab.lan(1), LAN_GATEWAY, LAN1_IP, 8383, 9383, 600)?;
             ensure!(
@@ -184,7 +184,7 @@ fn notify_reaches_lan(softwire: Softwire, path: DataPath) -> Result<()> {
         Lab::builder(softwire).notify_interval(interval),
         path,
         &[],
-        &["ssdp notify in"],
+        &["notify_to_lan"],
         |lab| {
             let socket = lab.lan(1).enter(|| -> Result<UdpSocket> {
                 let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 1900))?;
@@ -223,7 +223,7 @@ fn natpmp_same_port_two_hosts(softwire: Softwire, path: DataPath) -> Result<()> 
         Lab::builder(softwire).cpe_firewall(),
         path,
         &[],
-        &["nat-pmp to cgn", "grants to userspace"],
+        &["nat_pmp_to_cgn", "grants_to_daemon"],
         |lab| {
             const SOURCE_PORT: u16 = 40_000;
             let barrier = Barrier::new(2);
@@ -367,7 +367,7 @@ fn restart_after_sigkill(softwire: Softwire, path: DataPath) -> Result<()> {
                 &["Mapped public port 9191 protocol TCP to local port 8191"],
             )?;
             check_mapping(lab, 9191, lab.lan(1), 8191)?;
-            lab.check_data_path(&second, path, &["nat-pmp to cgn", "nat-pmp to client"])?;
+            lab.check_data_path(&second, path, &["nat_pmp_to_cgn", "nat_pmp_to_client"])?;
             let rules = run_expect(lab.cpe(), "ip", &["rule", "show"], &[])?;
             let reply_rules = rules.matches("lookup 5351").count();
             match (old_maps, clients_map_id(&second, path)?) {
@@ -499,7 +499,7 @@ fn after_interface_change(
             lab.check_data_path(
                 &portproxy,
                 path,
-                &["nat-pmp to cgn", "nat-pmp to client", "ssdp search out"],
+                &["nat_pmp_to_cgn", "nat_pmp_to_client", "search_to_cgn"],
             )
         })();
         if result.is_err() {
@@ -573,7 +573,7 @@ fn hook_layouts(softwire: Softwire) -> Result<()> {
                 lab.check_data_path(
                     &portproxy,
                     DataPath::FastPath,
-                    &["nat-pmp to cgn", "nat-pmp to client"],
+                    &["nat_pmp_to_cgn", "nat_pmp_to_client"],
                 )?;
                 let stats = lab.portproxy_stats(&portproxy)?;
                 let hooks: Vec<&str> = stats["hooks"]
@@ -633,7 +633,7 @@ fn fast_path_logs_each_packet(softwire: Softwire) -> Result<()> {
                 lab.check_data_path(
                     &portproxy,
                     DataPath::FastPath,
-                    &["nat-pmp to cgn", "nat-pmp to client"],
+                    &["nat_pmp_to_cgn", "nat_pmp_to_client"],
                 )?;
                 let request = format!("NAT-PMP request {LAN1_IP}:");
                 let reply = format!("NAT-PMP reply CGN {CGN_SOFTWIRE_IP} -> {LAN1_IP}:");

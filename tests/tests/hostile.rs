@@ -113,8 +113,7 @@ fn settled_stats(lab: &Lab, daemon: &Daemon) -> Result<Value> {
     let mut last = stats(lab, daemon)?;
     for _ in 0..6 {
         let now = stats(lab, daemon)?;
-        if now["counters"] == last["counters"] && now["kernel_counters"] == last["kernel_counters"]
-        {
+        if now["counters"] == last["counters"] {
             return Ok(now);
         }
         last = now;
@@ -122,14 +121,14 @@ fn settled_stats(lab: &Lab, daemon: &Daemon) -> Result<Value> {
     Ok(last)
 }
 
-/// A userspace counter by label (portproxy/src/stats.rs).
-fn user(stats: &Value, label: &str) -> u64 {
-    stats["counters"][label].as_u64().unwrap_or(0)
+/// The daemon's count of a fate, by id (portproxy/src/stats.rs).
+fn daemon_count(stats: &Value, id: &str) -> u64 {
+    stats["counters"][id]["daemon"].as_u64().unwrap_or(0)
 }
 
-/// A fast-path counter by name (portproxy-common STAT_NAMES).
-fn kernel(stats: &Value, name: &str) -> u64 {
-    stats["kernel_counters"][name].as_u64().unwrap_or(0)
+/// The fast path's count of a fate, by id (portproxy-common STAT_IDS).
+fn kernel_count(stats: &Value, id: &str) -> u64 {
+    stats["counters"][id]["kernel"].as_u64().unwrap_or(0)
 }
 
 /// Whether NAT-PMP/PCP (and SSDP, unless `--upnp-tcp 1`) run in the kernel.
@@ -485,20 +484,19 @@ fn malformed_input(softwire: Softwire, path: DataPath) -> Result<()> {
             let delta = |f: &dyn Fn(&Value) -> u64| f(&after) - f(&before);
 
             if in_kernel(path) {
-                let dropped = delta(&|s| kernel(s, "dropped malformed"));
-                let relayed = delta(&|s| kernel(s, "nat-pmp to cgn") + kernel(s, "pcp to cgn"));
+                let dropped = delta(&|s| kernel_count(s, "dropped_malformed"));
+                let relayed =
+                    delta(&|s| kernel_count(s, "nat_pmp_to_cgn") + kernel_count(s, "pcp_to_cgn"));
                 eprintln!("kernel: dropped malformed +{dropped}, relayed +{relayed}");
                 ensure!(
                     dropped == pc_bad && relayed == pc_valid,
                     "kernel counted {dropped} malformed and {relayed} relayed; expected {pc_bad} and {pc_valid}"
                 );
             } else {
-                let dropped = delta(&|s| user(s, "dropped: malformed"));
-                let relayed = delta(&|s| {
-                    user(s, "nat-pmp requests relayed to the CGN")
-                        + user(s, "pcp requests relayed to the CGN")
-                });
-                let searches = delta(&|s| user(s, "ssdp searches relayed to the CGN"));
+                let dropped = delta(&|s| daemon_count(s, "dropped_malformed"));
+                let relayed =
+                    delta(&|s| daemon_count(s, "nat_pmp_to_cgn") + daemon_count(s, "pcp_to_cgn"));
+                let searches = delta(&|s| daemon_count(s, "search_to_cgn"));
                 eprintln!(
                     "userspace: dropped malformed +{dropped}, relayed +{relayed}, searches +{searches}"
                 );
@@ -524,7 +522,7 @@ fn malformed_input(softwire: Softwire, path: DataPath) -> Result<()> {
             );
             // portproxy's own looks at the CGN send one search each (from its WAN address, as
             // the socket relay's searches do), counted apart.
-            let probes = delta(&|s| user(s, "looks at what the CGN speaks (one ssdp search each)"));
+            let probes = delta(&|s| daemon_count(s, "cgn_probes"));
             ensure!(
                 ssdp_at_cgn == odd.len() as u64 + probes,
                 "the CGN received {ssdp_at_cgn} datagrams on 1900; only the {} well-formed searches \
@@ -620,8 +618,8 @@ fn wan_side_with(softwire: Softwire, path: DataPath, http: bool) -> Result<()> {
 
         // The counter for the searches: one per search that reached the relay.
         if ssdp_on_sockets {
-            let from_wan = user(&after, "dropped: request or search from the WAN side")
-                - user(&before, "dropped: request or search from the WAN side");
+            let from_wan = daemon_count(&after, "dropped_from_wan")
+                - daemon_count(&before, "dropped_from_wan");
             eprintln!("userspace: dropped from the WAN +{from_wan}");
             ensure!(
                 from_wan >= 2,
@@ -629,7 +627,7 @@ fn wan_side_with(softwire: Softwire, path: DataPath, http: bool) -> Result<()> {
             );
         } else {
             let from_wan =
-                kernel(&after, "ssdp search from wan") - kernel(&before, "ssdp search from wan");
+                kernel_count(&after, "search_from_wan") - kernel_count(&before, "search_from_wan");
             eprintln!("kernel: ssdp search from wan +{from_wan}");
             ensure!(
                 from_wan >= 1,
@@ -637,8 +635,8 @@ fn wan_side_with(softwire: Softwire, path: DataPath, http: bool) -> Result<()> {
             );
         }
         if http {
-            let relayed = user(&after, "http connections relayed")
-                - user(&before, "http connections relayed");
+            let relayed = daemon_count(&after, "http_connections")
+                - daemon_count(&before, "http_connections");
             ensure!(
                 relayed == 0,
                 "{relayed} HTTP connections relayed from the WAN"
@@ -810,19 +808,15 @@ fn spoofed_source_with(softwire: Softwire, path: DataPath, off_lan: bool) -> Res
         let (in_its_name, _) = at_cgn.read("in_its_name")?;
         let (towards_it, towards_bytes) = at_cgn.read("towards_it")?;
         let relayed = if in_kernel(path) {
-            ["nat-pmp to cgn", "pcp to cgn", "ssdp search out"]
+            ["nat_pmp_to_cgn", "pcp_to_cgn", "search_to_cgn"]
                 .iter()
-                .map(|c| kernel(&after, c) - kernel(&before, c))
+                .map(|c| kernel_count(&after, c) - kernel_count(&before, c))
                 .sum::<u64>()
         } else {
-            [
-                "nat-pmp requests relayed to the CGN",
-                "pcp requests relayed to the CGN",
-                "ssdp searches relayed to the CGN",
-            ]
-            .iter()
-            .map(|c| user(&after, c) - user(&before, c))
-            .sum::<u64>()
+            ["nat_pmp_to_cgn", "pcp_to_cgn", "search_to_cgn"]
+                .iter()
+                .map(|c| daemon_count(&after, c) - daemon_count(&before, c))
+                .sum::<u64>()
         };
         eprintln!(
             "amplification towards {victim} (IP bytes received / IP bytes sent in its name):\n{report}\
@@ -972,10 +966,10 @@ fn spoofed_replies(softwire: Softwire, path: DataPath) -> Result<()> {
                 "a forged reply from the CGN reached a client: {c:?} {d:?}"
             );
             if in_kernel(path) {
-                let not_from_cgn = kernel(&after, "dropped not from cgn")
-                    - kernel(&before, "dropped not from cgn");
-                let passed = kernel(&after, "passed to the daemon")
-                    - kernel(&before, "passed to the daemon");
+                let not_from_cgn = kernel_count(&after, "dropped_not_from_cgn")
+                    - kernel_count(&before, "dropped_not_from_cgn");
+                let passed = kernel_count(&after, "passed_to_daemon")
+                    - kernel_count(&before, "passed_to_daemon");
                 eprintln!(
                     "kernel: dropped not from cgn +{not_from_cgn}, passed to the daemon +{passed}"
                 );
@@ -995,8 +989,8 @@ fn spoofed_replies(softwire: Softwire, path: DataPath) -> Result<()> {
                 // (a) and (b) are not the CGN's port 5351: the reply-capture rule leaves them to
                 // routing (the CPE forwards WAN traffic to LAN hosts; no relay involved), so they
                 // reach lan1 from their own source. (c) and (d) are captured and find no socket.
-                let expired = user(&after, "client entries expired")
-                    - user(&before, "client entries expired");
+                let expired = daemon_count(&after, "clients_expired")
+                    - daemon_count(&before, "clients_expired");
                 eprintln!("userspace: client entries expired +{expired}");
                 ensure!(
                     no_ports >= 2,
@@ -1064,10 +1058,9 @@ fn relay_loop(softwire: Softwire, path: DataPath) -> Result<()> {
         drop(second);
         let after = stats(lab, daemon)?;
         let relayed = if in_kernel(path) {
-            kernel(&after, "ssdp search out") - kernel(&before, "ssdp search out")
+            kernel_count(&after, "search_to_cgn") - kernel_count(&before, "search_to_cgn")
         } else {
-            user(&after, "ssdp searches relayed to the CGN")
-                - user(&before, "ssdp searches relayed to the CGN")
+            daemon_count(&after, "search_to_cgn") - daemon_count(&before, "search_to_cgn")
         };
         eprintln!(
             "one M-SEARCH: {cgn_seen} searches at the CGN, {lan1_seen} back at lan1, {relayed} counted as relayed by the CPE in 3 s"
@@ -1146,15 +1139,15 @@ fn cgn_restart(softwire: Softwire, path: DataPath) -> Result<()> {
         let after = stats(lab, daemon)?;
         let (to_cgn, to_client) = if in_kernel(path) {
             (
-                kernel(&after, "nat-pmp to cgn") - kernel(&before, "nat-pmp to cgn"),
-                kernel(&after, "nat-pmp to client") - kernel(&before, "nat-pmp to client"),
+                kernel_count(&after, "nat_pmp_to_cgn") - kernel_count(&before, "nat_pmp_to_cgn"),
+                kernel_count(&after, "nat_pmp_to_client")
+                    - kernel_count(&before, "nat_pmp_to_client"),
             )
         } else {
             (
-                user(&after, "nat-pmp requests relayed to the CGN")
-                    - user(&before, "nat-pmp requests relayed to the CGN"),
-                user(&after, "nat-pmp replies relayed to clients")
-                    - user(&before, "nat-pmp replies relayed to clients"),
+                daemon_count(&after, "nat_pmp_to_cgn") - daemon_count(&before, "nat_pmp_to_cgn"),
+                daemon_count(&after, "nat_pmp_to_client")
+                    - daemon_count(&before, "nat_pmp_to_client"),
             )
         };
         eprintln!("nat-pmp relayed to the CGN +{to_cgn}, to clients +{to_client}");
@@ -1201,9 +1194,9 @@ fn flood_from_one_host(softwire: Softwire, path: DataPath) -> Result<()> {
         })?;
         let stats = settled_stats(lab, daemon)?;
         let limited = if in_kernel(path) {
-            kernel(&stats, "dropped rate limit")
+            kernel_count(&stats, "dropped_rate_limit")
         } else {
-            user(&stats, "dropped: client over its rate limit")
+            daemon_count(&stats, "dropped_rate_limit")
         };
         let rss = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid()))?
             .lines()

@@ -79,10 +79,10 @@ fn mapping_of(lab: &Lab, host: Ipv4Addr, internal: u16) -> Result<(String, Strin
     Ok((field("origin"), field("upstream")))
 }
 
-/// A userspace counter, after the status file's next rewrite (once a second).
+/// The daemon's count of a fate (by id), after the status file's next rewrite (once a second).
 fn counter(lab: &Lab, daemon: &Daemon, name: &str) -> Result<u64> {
     std::thread::sleep(Duration::from_millis(1200));
-    Ok(lab.portproxy_stats(daemon)?["counters"][name]
+    Ok(lab.portproxy_stats(daemon)?["counters"][name]["daemon"]
         .as_u64()
         .unwrap_or(0))
 }
@@ -92,7 +92,7 @@ fn counter(lab: &Lab, daemon: &Daemon, name: &str) -> Result<u64> {
 /// before. Both mappings are reachable through the CPE firewall; a NAT-PMP delete removes
 /// the mapping at the CGN and in the table.
 fn natpmp_client_on_a_pcp_cgn(softwire: Softwire, path: DataPath) -> Result<()> {
-    let kernel = ["pcp to cgn", "passed to the daemon"];
+    let kernel = ["pcp_to_cgn", "passed_to_daemon"];
     with_cgn(
         softwire,
         path,
@@ -113,14 +113,14 @@ fn natpmp_client_on_a_pcp_cgn(softwire: Softwire, path: DataPath) -> Result<()> 
             );
             check_mapping(lab, 9201, lab.lan(1), 8201)?;
             ensure!(mapping_of(lab, LAN1_IP, 8201)? == ("nat-pmp".into(), "pcp-map".into()));
-            ensure!(counter(lab, portproxy, "nat-pmp requests answered here")? >= 2);
+            ensure!(counter(lab, portproxy, "nat_pmp_answered")? >= 2);
 
             let pcp = pcp_map_tcp(lab.lan(2), LAN_GATEWAY, LAN2_IP, 8202, 9202, 600)?;
             ensure!(pcp.external_port == 9202, "{pcp:?}");
             check_mapping(lab, 9202, lab.lan(2), 8202)?;
             ensure!(mapping_of(lab, LAN2_IP, 8202)? == ("pcp-map".into(), "relayed".into()));
             if path != DataPath::FastPath {
-                ensure!(counter(lab, portproxy, "pcp requests relayed to the CGN")? >= 1);
+                ensure!(counter(lab, portproxy, "pcp_to_cgn")? >= 1);
             }
 
             natpmpc_delete(lab.lan(1), 9201, 8201)?;
@@ -142,7 +142,7 @@ every_path!(natpmp_client_on_a_pcp_cgn);
 /// A CGN that speaks NAT-PMP only: a PCP client gets its mapping (its nonce, the public
 /// address) from portproxy, which maps with NAT-PMP as the host; `natpmpc` is relayed.
 fn pcp_client_on_a_natpmp_cgn(softwire: Softwire, path: DataPath) -> Result<()> {
-    let kernel = ["nat-pmp to cgn", "passed to the daemon"];
+    let kernel = ["nat_pmp_to_cgn", "passed_to_daemon"];
     with_cgn(
         softwire,
         path,
@@ -163,7 +163,7 @@ fn pcp_client_on_a_natpmp_cgn(softwire: Softwire, path: DataPath) -> Result<()> 
             );
             check_mapping(lab, 9211, lab.lan(1), 8211)?;
             ensure!(mapping_of(lab, LAN1_IP, 8211)? == ("pcp-map".into(), "nat-pmp".into()));
-            ensure!(counter(lab, portproxy, "pcp requests answered here")? >= 1);
+            ensure!(counter(lab, portproxy, "pcp_answered")? >= 1);
 
             natpmpc_map(lab.lan(2), 9212, 8212)?;
             check_mapping(lab, 9212, lab.lan(2), 8212)?;
@@ -177,7 +177,7 @@ every_path!(pcp_client_on_a_natpmp_cgn);
 /// `--mode proxy` answers both protocols even when the CGN speaks both, mapping with PCP.
 fn proxy_mode_answers_both(softwire: Softwire, path: DataPath) -> Result<()> {
     let args = ["--mode", "proxy"];
-    let kernel = ["passed to the daemon"];
+    let kernel = ["passed_to_daemon"];
     with_cgn(
         softwire,
         path,
@@ -214,7 +214,7 @@ every_path!(proxy_mode_answers_both);
 /// with AddPortMapping at the CGN's IGD (NewInternalClient: the host); reachable, and a
 /// NAT-PMP delete is a DeletePortMapping.
 fn upnp_only_cgn(softwire: Softwire, path: DataPath) -> Result<()> {
-    let kernel = ["passed to the daemon"];
+    let kernel = ["passed_to_daemon"];
     with_cgn(
         softwire,
         path,
@@ -293,7 +293,7 @@ fn refusals(softwire: Softwire, path: DataPath) -> Result<()> {
         path,
         CgnKind::PcpOnly,
         &args,
-        &["passed to the daemon"],
+        &["passed_to_daemon"],
         |lab, _| {
             let lan1 = lab.lan(1);
             let pcp_result = |request: &[u8]| -> Result<u8> {
@@ -437,14 +437,8 @@ fn mappings_survive_a_cgn_reboot(softwire: Softwire, path: DataPath) -> Result<(
                     "expected a NAT-PMP announcement with a new epoch and the CGN's PCP \
                      ANNOUNCE from the gateway: NAT-PMP epoch {natpmp:?}, PCP {pcp}"
                 );
-                ensure!(
-                    counter(
-                        lab,
-                        &portproxy,
-                        "mappings re-created after the CGN lost them"
-                    )? >= 2
-                );
-                lab.check_data_path(&portproxy, path, &["pcp to cgn", "passed to the daemon"])
+                ensure!(counter(lab, &portproxy, "mappings_recreated")? >= 2);
+                lab.check_data_path(&portproxy, path, &["pcp_to_cgn", "passed_to_daemon"])
             })();
             if result.is_err() {
                 eprintln!("=== portproxy log\n{}", portproxy.log());

@@ -123,7 +123,7 @@ fn boot_order(softwire: Softwire, path: DataPath, stage: SoftwireStage) -> Resul
             eprintln!("{stage:?}: relaying {took:?} after the softwire was complete");
             wait_for_state(lab, &daemon, "relaying", Duration::from_secs(2))?;
             maps_and_reaches(lab, 9701, 8701)?;
-            lab.check_data_path(&daemon, path, &["nat-pmp to cgn", "nat-pmp to client"])
+            lab.check_data_path(&daemon, path, &["nat_pmp_to_cgn", "nat_pmp_to_client"])
         })
     })
 }
@@ -185,7 +185,7 @@ fn flap_during_and_after_flood(softwire: Softwire, path: DataPath) -> Result<()>
             );
             wait_for_state(lab, &daemon, "relaying", Duration::from_secs(2))?;
             maps_and_reaches(lab, 9712, 8712)?;
-            lab.check_data_path(&daemon, path, &["nat-pmp to cgn", "nat-pmp to client"])
+            lab.check_data_path(&daemon, path, &["nat_pmp_to_cgn", "nat_pmp_to_client"])
         })
     })
 }
@@ -232,7 +232,7 @@ fn stopped_while_the_line_changes(softwire: Softwire, path: DataPath) -> Result<
                 continued.elapsed()
             );
             maps_and_reaches(lab, 9722, 8722)?;
-            lab.check_data_path(&daemon, path, &["nat-pmp to cgn", "nat-pmp to client"])
+            lab.check_data_path(&daemon, path, &["nat_pmp_to_cgn", "nat_pmp_to_client"])
         })
     })
 }

@@ -7,8 +7,17 @@ use portproxy_fuzz::proto::{natpmp, pcp};
 
 fuzz_target!(|msg: &[u8]| {
     match natpmp::parse_request(msg, 7) {
-        natpmp::Parsed::Refuse(reply) => assert!(reply.len() == 8 && reply[1] & 0x80 != 0),
-        natpmp::Parsed::Request(_) => assert!(msg.len() >= 2 && msg[0] == 0),
+        natpmp::Parsed::Refuse(reply) => {
+            let reply = reply.to_vec();
+            assert!(reply.len() == 8 && reply[1] & 0x80 != 0);
+        }
+        natpmp::Parsed::Request(request) => {
+            assert!(msg.len() >= 2 && msg[0] == 0);
+            // What a client would send for it reads back the same.
+            let mut out = [0; 12];
+            let len = request.encode(&mut out);
+            assert_eq!(natpmp::parse_request(&out[..len], 7), natpmp::Parsed::Request(request));
+        }
         natpmp::Parsed::Ignore => {}
     }
     match pcp::parse_request(msg) {

@@ -13,7 +13,7 @@ use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use portproxy_common::{
     ClientKey, ClientValue, Config as MapConfig, FLAG_HOLD_GRANTS, FLAG_PORT_CONTROL,
     FLAG_REPORT_GRANTS, FLAG_SERVE_NATPMP, FLAG_SERVE_PCP, FLAG_SSDP, RATE_REFILL_NS, RateKey,
-    RateValue, STAT_COUNT, STAT_EVICTED, STAT_NAMES, mask_be,
+    RateValue, STAT_COUNT, STAT_EVICTED, STAT_IDS, mask_be,
 };
 
 /// `BPF_NOEXIST` (create only).
@@ -22,6 +22,7 @@ const BPF_NOEXIST: u32 = 1;
 use super::iface;
 use crate::config::Config;
 use crate::datapath::ToDaemon;
+use crate::stats::Counter;
 
 /// Builds the programs' `CONFIG` from the daemon's configuration and the interfaces.
 /// `to_daemon`: see `FLAG_HOLD_GRANTS`, `FLAG_SERVE_NATPMP`, `FLAG_SERVE_PCP`.
@@ -32,7 +33,7 @@ pub fn map_config(cfg: &Config, to_daemon: ToDaemon) -> anyhow::Result<MapConfig
         anyhow::bail!(
             "the LAN interface {} has no Ethernet header (link type {}); the fast path needs an Ethernet LAN",
             cfg.lan.iface,
-            lan.arphrd
+            lan.kind
         );
     }
     let wan = iface::link(&cfg.wan.iface)?;
@@ -99,19 +100,31 @@ impl Counters {
         Ok(counters)
     }
 
-    /// `(name, value)` for every counter.
-    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        STAT_NAMES.iter().copied().zip(self.0.iter().copied())
+    /// `(fate, value)` for every counter.
+    pub fn iter(&self) -> impl Iterator<Item = (Counter, u64)> + '_ {
+        STAT_IDS
+            .iter()
+            .map(|id| fate(id))
+            .zip(self.0.iter().copied())
     }
+}
+
+/// The fate a `STATS` slot counts, by its id (`every_stat_has_a_fate` checks all resolve).
+fn fate(id: &str) -> Counter {
+    Counter::ALL
+        .iter()
+        .copied()
+        .find(|c| c.id() == id)
+        .unwrap_or_else(|| panic!("STATS id {id} is not in stats::Counter"))
 }
 
 impl fmt::Display for Counters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, (name, value)) in self.iter().enumerate() {
+        for (i, (fate, value)) in self.iter().enumerate() {
             if i > 0 {
                 writeln!(f)?;
             }
-            write!(f, "{name:<22} {value}")?;
+            write!(f, "{value:>10}  {}", fate.label())?;
         }
         Ok(())
     }
@@ -365,17 +378,29 @@ mod tests {
     }
 
     #[test]
-    fn counters_display_every_name() {
+    fn counters_display_every_label() {
         let mut counters = Counters::default();
         counters.0[portproxy_common::STAT_NOTIFY_IN as usize] = 3;
         let text = counters.to_string();
         assert_eq!(text.lines().count(), STAT_COUNT as usize);
-        assert!(text.contains("ssdp notify in"), "{text}");
         assert!(
             text.lines()
-                .any(|l| l.starts_with("ssdp notify in") && l.ends_with(" 3")),
+                .any(|l| l == "         3  ssdp notifies relayed to the LAN"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn every_stat_has_a_fate() {
+        let fates: Vec<_> = STAT_IDS.iter().map(|id| fate(id)).collect();
+        // ... and every fate only the programs count has its slot.
+        for only_kernel in Counter::ALL.iter().filter(|c| !Counter::DAEMON.contains(c)) {
+            assert!(
+                fates.contains(only_kernel),
+                "{} has no slot",
+                only_kernel.id()
+            );
+        }
     }
 
     /// The sweep on real maps: `tc_lan_ingress` run (BPF_PROG_TEST_RUN) on requests from more

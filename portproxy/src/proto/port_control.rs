@@ -468,11 +468,15 @@ pub mod encode {
         external: u16,
         lifetime: u32,
     ) -> Vec<u8> {
-        let op = if t == Transport::Udp { 1 } else { 2 };
-        let mut m = vec![0, op, 0, 0];
-        m.extend_from_slice(&internal.to_be_bytes());
-        m.extend_from_slice(&external.to_be_bytes());
-        m.extend_from_slice(&lifetime.to_be_bytes());
+        let mut m = vec![0; 12];
+        let request = crate::proto::natpmp::Request::Map {
+            proto: t,
+            internal_port: internal,
+            suggested_port: external,
+            lifetime,
+        };
+        let len = request.encode(&mut m);
+        m.truncate(len);
         m
     }
 
@@ -680,7 +684,18 @@ mod tests {
                 internal_port: 8081
             }
         );
-        let resp = crate::proto::natpmp::map_response(Transport::Tcp, 0, 9, 8081, 9081, 600);
+        let map = |proto, internal| {
+            crate::proto::natpmp::Response::Map {
+                proto,
+                result: 0,
+                epoch: 9,
+                internal,
+                external: 9081,
+                lifetime: 600,
+            }
+            .to_vec()
+        };
+        let resp = map(Transport::Tcp, 8081);
         let response = MapResponse::parse(&check_response(&resp).unwrap()).unwrap();
         assert_eq!(
             (
@@ -693,13 +708,13 @@ mod tests {
         );
         assert!(response.answers(&request));
         // Another internal port, or UDP for a TCP request: not this request's answer.
-        let other = crate::proto::natpmp::map_response(Transport::Tcp, 0, 9, 8082, 9081, 600);
+        let other = map(Transport::Tcp, 8082);
         assert!(
             !MapResponse::parse(&check_response(&other).unwrap())
                 .unwrap()
                 .answers(&request)
         );
-        let udp = crate::proto::natpmp::map_response(Transport::Udp, 0, 9, 8081, 9081, 600);
+        let udp = map(Transport::Udp, 8081);
         assert!(
             !MapResponse::parse(&check_response(&udp).unwrap())
                 .unwrap()

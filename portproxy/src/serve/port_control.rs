@@ -80,14 +80,21 @@ impl PortControlServer {
         let epoch = self.identity.epoch();
         let request = match natpmp::parse_request(msg, epoch) {
             natpmp::Parsed::Ignore => return None,
-            natpmp::Parsed::Refuse(reply) => return Some(reply),
+            natpmp::Parsed::Refuse(reply) => return Some(reply.to_vec()),
             natpmp::Parsed::Request(request) => request,
         };
         let reply = match request {
-            natpmp::Request::PublicAddress => match self.public_address().await {
-                Ok(addr) => natpmp::public_address_response(natpmp::result::SUCCESS, epoch, addr),
-                Err(f) => natpmp::public_address_response(f.natpmp(), epoch, Ipv4Addr::UNSPECIFIED),
-            },
+            natpmp::Request::PublicAddress => {
+                let (result, addr) = match self.public_address().await {
+                    Ok(addr) => (natpmp::result::SUCCESS, addr),
+                    Err(f) => (f.natpmp(), Ipv4Addr::UNSPECIFIED),
+                };
+                natpmp::Response::PublicAddress {
+                    result,
+                    epoch,
+                    addr,
+                }
+            }
             natpmp::Request::Map {
                 proto,
                 internal_port,
@@ -110,21 +117,22 @@ impl PortControlServer {
                     }
                 };
                 debug!("nat-pmp {client}: {request:?} -> {done:?}");
-                match done {
-                    Ok(Some(g)) => natpmp::map_response(
-                        proto,
-                        natpmp::result::SUCCESS,
-                        epoch,
-                        internal_port,
-                        g.external.port(),
-                        g.lifetime,
-                    ),
-                    Ok(None) => natpmp::map_response(proto, 0, epoch, internal_port, 0, 0),
-                    Err(f) => natpmp::map_response(proto, f.natpmp(), epoch, internal_port, 0, 0),
+                let (result, external, lifetime) = match done {
+                    Ok(Some(g)) => (natpmp::result::SUCCESS, g.external.port(), g.lifetime),
+                    Ok(None) => (natpmp::result::SUCCESS, 0, 0),
+                    Err(f) => (f.natpmp(), 0, 0),
+                };
+                natpmp::Response::Map {
+                    proto,
+                    result,
+                    epoch,
+                    internal: internal_port,
+                    external,
+                    lifetime,
                 }
             }
         };
-        Some(reply)
+        Some(reply.to_vec())
     }
 
     async fn pcp(&self, client: SocketAddrV4, msg: &[u8]) -> Option<Vec<u8>> {

@@ -247,15 +247,15 @@ impl Upstream {
     }
 }
 
-fn natpmp_request(ask: &Ask) -> Vec<u8> {
-    let opcode = match ask.proto {
-        Transport::Udp => 1,
-        Transport::Tcp => 2,
-    };
-    let mut m = vec![natpmp::VERSION, opcode, 0, 0];
-    m.extend_from_slice(&ask.internal_port.to_be_bytes());
-    m.extend_from_slice(&ask.suggested_port.to_be_bytes());
-    m.extend_from_slice(&ask.lifetime.to_be_bytes());
+fn natpmp_request(ask: &Ask) -> [u8; 12] {
+    let mut m = [0; 12];
+    natpmp::Request::Map {
+        proto: ask.proto,
+        internal_port: ask.internal_port,
+        suggested_port: ask.suggested_port,
+        lifetime: ask.lifetime,
+    }
+    .encode(&mut m);
     m
 }
 

@@ -1139,10 +1139,13 @@ mod tests {
 
     #[test]
     fn counters_block() {
-        let log = "[t INFO ] SIGTERM: stopping\n[t INFO ] counters:\n        12  nat-pmp to cgn\n         3  dropped: table full\n";
+        let log = "[t INFO ] SIGTERM: stopping\n[t INFO ] counters:\n        12  nat-pmp requests relayed to the CGN\n         3  dropped: client over its rate limit\n";
         assert_eq!(
             exit_counters(log),
-            ["12  nat-pmp to cgn", "3  dropped: table full"]
+            [
+                "12  nat-pmp requests relayed to the CGN",
+                "3  dropped: client over its rate limit"
+            ]
         );
     }
 }

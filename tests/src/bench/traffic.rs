@@ -15,6 +15,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use portproxy::proto::{
+    Transport,
+    natpmp::{Parsed, Request, Response, parse_request, result},
+};
 
 use crate::{Netns, PUBLIC_IP};
 
@@ -175,25 +179,32 @@ pub struct SinkStats {
     pub tid: AtomicU32,
 }
 
-/// Builds the NAT-PMP response to `req` in `out`; the length, or `None` for what a
-/// NAT-PMP server would not answer here.
+/// Builds the NAT-PMP response to `req` in `out` with the daemon's codec (nothing
+/// allocated): a map grants the suggested port and echoes the lifetime (the prober's
+/// sequence number). The length, or `None` for what a NAT-PMP server would not answer here.
 pub fn natpmp_response(req: &[u8], epoch: u32, out: &mut [u8]) -> Option<usize> {
-    match req {
-        [0, 0] => {
-            out[..4].copy_from_slice(&[0, 0x80, 0, 0]);
-            out[4..8].copy_from_slice(&epoch.to_be_bytes());
-            out[8..12].copy_from_slice(&PUBLIC_IP.octets());
-            Some(12)
-        }
-        [0, op @ (1 | 2), _, _, rest @ ..] if rest.len() == 8 => {
-            out[..4].copy_from_slice(&[0, 0x80 | op, 0, 0]);
-            out[4..8].copy_from_slice(&epoch.to_be_bytes());
-            // internal port, external port (= the suggested one), lifetime: echoed.
-            out[8..16].copy_from_slice(rest);
-            Some(16)
-        }
-        _ => None,
-    }
+    let response = match parse_request(req, epoch) {
+        Parsed::Request(Request::PublicAddress) => Response::PublicAddress {
+            result: result::SUCCESS,
+            epoch,
+            addr: PUBLIC_IP,
+        },
+        Parsed::Request(Request::Map {
+            proto,
+            internal_port,
+            suggested_port,
+            lifetime,
+        }) => Response::Map {
+            proto,
+            result: result::SUCCESS,
+            epoch,
+            internal: internal_port,
+            external: suggested_port,
+            lifetime,
+        },
+        Parsed::Ignore | Parsed::Refuse(_) => return None,
+    };
+    Some(response.encode(out))
 }
 
 /// Runs the responder on `0.0.0.0:5351` of the calling thread's namespace until `stop`.
@@ -471,9 +482,13 @@ pub struct ProbeResult {
 /// echoes (so that a late reply is never taken for the current one).
 fn probe_request(seq: u32) -> [u8; 12] {
     let mut req = [0u8; 12];
-    req[1] = 1;
-    req[4..6].copy_from_slice(&9u16.to_be_bytes());
-    req[8..12].copy_from_slice(&seq.to_be_bytes());
+    Request::Map {
+        proto: Transport::Udp,
+        internal_port: 9,
+        suggested_port: 0,
+        lifetime: seq,
+    }
+    .encode(&mut req);
     req
 }
 
@@ -611,5 +626,20 @@ mod tests {
         assert_eq!(out[1], 0x81);
         assert_eq!(out[12..16], [1, 2, 3, 4]);
         assert_eq!(natpmp_response(&[2, 1, 0], 1, &mut out), None);
+    }
+
+    #[test]
+    fn payloads_are_what_the_codec_encodes() {
+        let mut out = [0u8; 12];
+        let len = Request::PublicAddress.encode(&mut out);
+        assert_eq!(out[..len], PUBLIC_ADDRESS_REQUEST);
+        let map = Request::Map {
+            proto: Transport::Udp,
+            internal_port: 5000,
+            suggested_port: 5000,
+            lifetime: 7200,
+        };
+        assert_eq!(map.encode(&mut out), 12);
+        assert_eq!(out, MAP_REQUEST);
     }
 }
