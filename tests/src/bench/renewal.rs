@@ -11,6 +11,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, ensure};
+use portproxy::proto::{Transport, natpmp::Request};
 
 use super::{Rig, net::join_within, net::spawn_in, sys};
 use crate::{LAN_GATEWAY, PCP_PORT};
@@ -50,11 +51,14 @@ impl Renewal {
 /// for the success answer.
 fn map(socket: &UdpSocket, port: u16, lifetime: u32, buf: &mut [u8]) -> Result<()> {
     let mut req = [0u8; 12];
-    req[1] = 2; // map TCP
-    req[4..6].copy_from_slice(&port.to_be_bytes());
-    req[6..8].copy_from_slice(&port.to_be_bytes());
-    req[8..12].copy_from_slice(&lifetime.to_be_bytes());
-    socket.send(&req)?;
+    let len = Request::Map {
+        proto: Transport::Tcp,
+        internal_port: port,
+        suggested_port: port,
+        lifetime,
+    }
+    .encode(&mut req);
+    socket.send(&req[..len])?;
     let deadline = Instant::now() + ANSWER_TIMEOUT;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
