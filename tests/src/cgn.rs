@@ -17,17 +17,22 @@ pub enum CgnKind {
     PcpOnly,
     /// NAT-PMP only: PCP requests (any version but 0) are dropped.
     NatPmpOnly,
-    /// UPnP IGD only (miniupnpd's NAT-PMP/PCP off).
+    /// UPnP IGD only (miniupnpd's NAT-PMP/PCP off), as IGD:2 (with AddAnyPortMapping).
     UpnpOnly,
+    /// UPnP IGD only, describing itself as IGD:1 (no AddAnyPortMapping), as many do.
+    UpnpIgd1Only,
 }
 
 impl CgnKind {
     fn port_control(self) -> bool {
-        self != CgnKind::UpnpOnly
+        !matches!(self, CgnKind::UpnpOnly | CgnKind::UpnpIgd1Only)
     }
 
     fn upnp(self) -> bool {
-        matches!(self, CgnKind::Everything | CgnKind::UpnpOnly)
+        matches!(
+            self,
+            CgnKind::Everything | CgnKind::UpnpOnly | CgnKind::UpnpIgd1Only
+        )
     }
 
     /// The nftables input filter that silences one of NAT-PMP and PCP: miniupnpd's
@@ -53,7 +58,7 @@ impl CgnKind {
 }
 ",
             ),
-            CgnKind::Everything | CgnKind::UpnpOnly => None,
+            CgnKind::Everything | CgnKind::UpnpOnly | CgnKind::UpnpIgd1Only => None,
         }
     }
 }
@@ -123,12 +128,14 @@ fn config(dir: &Path, notify_interval: u32, kind: CgnKind) -> String {
     let dir = dir.display();
     let yes = |on: bool| if on { "yes" } else { "no" };
     let (natpmp, upnp) = (yes(kind.port_control()), yes(kind.upnp()));
+    let igd1 = yes(kind == CgnKind::UpnpIgd1Only);
     format!(
         "ext_ifname=wan0
 listening_ip=softwire/8
 http_port={IGD_HTTP_PORT}
 enable_natpmp={natpmp}
 enable_upnp={upnp}
+force_igd_desc_v1={igd1}
 secure_mode=no
 pcp_allow_thirdparty=yes
 notify_interval={notify_interval}

@@ -14,7 +14,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use common::{check_mapping, check_mapping_at, natpmpc_delete, natpmpc_map, run_expect, with_lab};
+use common::{
+    check_mapping, check_mapping_at, natpmpc_delete, natpmpc_map, natpmpc_map_any, run_expect,
+    with_lab,
+};
 use serde_json::Value;
 use tests::{
     CgnKind, Daemon, DataPath, LAN_GATEWAY, LAN1_IP, LAN2_IP, Lab, Netns, PCP_PORT, PUBLIC_IP,
@@ -210,48 +213,58 @@ fn proxy_mode_answers_both(softwire: Softwire, path: DataPath) -> Result<()> {
 }
 every_path!(proxy_mode_answers_both);
 
-/// A CGN that speaks UPnP only: both NAT-PMP and PCP clients are answered here and mapped
-/// with AddPortMapping at the CGN's IGD (NewInternalClient: the host); reachable, and a
-/// NAT-PMP delete is a DeletePortMapping.
-fn upnp_only_cgn(softwire: Softwire, path: DataPath) -> Result<()> {
+/// A CGN that speaks UPnP only (an IGD of `kind`'s version): both NAT-PMP and PCP clients
+/// are answered here and mapped with AddPortMapping at the CGN's IGD (NewInternalClient:
+/// the host); reachable; a NAT-PMP client asking for a port another host has gets another
+/// one (AddAnyPortMapping on IGD:2, further AddPortMapping tries on IGD:1); a NAT-PMP
+/// delete is a DeletePortMapping.
+fn upnp_only_cgn(softwire: Softwire, path: DataPath, kind: CgnKind) -> Result<()> {
     let kernel = ["passed_to_daemon"];
-    with_cgn(
-        softwire,
-        path,
-        CgnKind::UpnpOnly,
-        &[],
-        &kernel,
-        |lab, portproxy| {
-            check_plan(
-                lab,
-                portproxy,
-                [false, false, true],
-                "NAT-PMP answered here, mapped with UPnP IGD; PCP answered here, mapped with UPnP IGD",
-            )?;
-            let out = natpmpc_map(lab.lan(1), 9281, 8281)?;
-            ensure!(
-                out.contains(&format!("Public IP address : {PUBLIC_IP}")),
-                "natpmpc did not get the public address (GetExternalIPAddress):\n{out}"
-            );
-            check_mapping(lab, 9281, lab.lan(1), 8281)?;
-            ensure!(mapping_of(lab, LAN1_IP, 8281)? == ("nat-pmp".into(), "upnp".into()));
-            let pcp = pcp_map_tcp(lab.lan(2), LAN_GATEWAY, LAN2_IP, 8282, 9282, 600)?;
-            ensure!(
-                pcp.external_port == 9282 && pcp.external_ip == PUBLIC_IP,
-                "{pcp:?}"
-            );
-            check_mapping(lab, 9282, lab.lan(2), 8282)?;
-            natpmpc_delete(lab.lan(1), 9281, 8281)?;
-            let nat = run_expect(lab.cgn(), "nft", &["list", "table", "inet", "nat"], &[])?;
-            ensure!(
-                !nat.contains("dport 9281"),
-                "the CGN still maps 9281:\n{nat}"
-            );
-            Ok(())
-        },
-    )
+    with_cgn(softwire, path, kind, &[], &kernel, |lab, portproxy| {
+        check_plan(
+            lab,
+            portproxy,
+            [false, false, true],
+            "NAT-PMP answered here, mapped with UPnP IGD; PCP answered here, mapped with UPnP IGD",
+        )?;
+        let out = natpmpc_map(lab.lan(1), 9281, 8281)?;
+        ensure!(
+            out.contains(&format!("Public IP address : {PUBLIC_IP}")),
+            "natpmpc did not get the public address (GetExternalIPAddress):\n{out}"
+        );
+        check_mapping(lab, 9281, lab.lan(1), 8281)?;
+        ensure!(mapping_of(lab, LAN1_IP, 8281)? == ("nat-pmp".into(), "upnp".into()));
+        let pcp = pcp_map_tcp(lab.lan(2), LAN_GATEWAY, LAN2_IP, 8282, 9282, 600)?;
+        ensure!(
+            pcp.external_port == 9282 && pcp.external_ip == PUBLIC_IP,
+            "{pcp:?}"
+        );
+        check_mapping(lab, 9282, lab.lan(2), 8282)?;
+        // 9282 is lan2's now: NAT-PMP takes another port rather than failing
+        // (AddAnyPortMapping on an IGD:2; on an IGD:1 portproxy tries others itself).
+        let other = natpmpc_map_any(lab.lan(1), 9282, 8283)?;
+        ensure!(other != 9282, "lan1 got lan2's port 9282");
+        check_mapping(lab, other, lab.lan(1), 8283)?;
+        check_mapping(lab, 9282, lab.lan(2), 8282)?;
+        natpmpc_delete(lab.lan(1), 9281, 8281)?;
+        let nat = run_expect(lab.cgn(), "nft", &["list", "table", "inet", "nat"], &[])?;
+        ensure!(
+            !nat.contains("dport 9281"),
+            "the CGN still maps 9281:\n{nat}"
+        );
+        Ok(())
+    })
 }
-every_path!(upnp_only_cgn);
+
+fn upnp_igd2_only_cgn(softwire: Softwire, path: DataPath) -> Result<()> {
+    upnp_only_cgn(softwire, path, CgnKind::UpnpOnly)
+}
+every_path!(upnp_igd2_only_cgn);
+
+fn upnp_igd1_only_cgn(softwire: Softwire, path: DataPath) -> Result<()> {
+    upnp_only_cgn(softwire, path, CgnKind::UpnpIgd1Only)
+}
+every_path!(upnp_igd1_only_cgn);
 
 /// Sends `request` to the gateway's port 5351 from `ns` and returns the answer.
 fn ask(ns: &Netns, request: &[u8]) -> Result<Vec<u8>> {

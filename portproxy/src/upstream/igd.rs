@@ -85,15 +85,15 @@ impl Igd {
     }
 
     /// AddPortMapping for `ask`'s host and internal port on its suggested port (0: the
-    /// internal port) for its lifetime; unless it wants that port or nothing, on an IGD:2
-    /// AddAnyPortMapping, which lets the IGD pick another when that one is taken. The
-    /// external port mapped.
+    /// internal port) for its lifetime. Unless it wants that port or nothing, another port
+    /// will do when that one is taken: AddAnyPortMapping on an IGD:2, a few other ports on
+    /// an IGD:1. The external port mapped.
     pub async fn add(&self, wan: Ipv4Addr, ask: &Ask) -> Result<u16, Failure> {
         let (host, proto, internal) = (ask.host, ask.proto, ask.internal_port);
         let (external, lease) = (ask.suggested_port, ask.lifetime);
         let any = !ask.prefer_failure;
         let external = if external == 0 { internal } else { external };
-        let args = vec![
+        let mut args = vec![
             ("NewRemoteHost", String::new()),
             ("NewExternalPort", external.to_string()),
             ("NewProtocol", proto.name().to_uppercase()),
@@ -103,18 +103,25 @@ impl Igd {
             ("NewPortMappingDescription", DESCRIPTION.to_string()),
             ("NewLeaseDuration", lease.to_string()),
         ];
-        let any = any && self.service.ends_with(":2");
-        let action = if any {
-            "AddAnyPortMapping"
-        } else {
-            "AddPortMapping"
-        };
-        let args = self.call(wan, action, &args).await?;
-        match any {
-            true => upnp::argument(&args, "NewReservedPort")
+        if any && self.service.ends_with(":2") {
+            let args = self.call(wan, "AddAnyPortMapping", &args).await?;
+            return upnp::argument(&args, "NewReservedPort")
                 .and_then(|p| p.parse().ok())
-                .ok_or(Failure::Unexpected),
-            false => Ok(external),
+                .ok_or(Failure::Unexpected);
+        }
+        // IGD:1 has no AddAnyPortMapping: on a conflict (718) a client that takes any port
+        // gets the first of a few others that is free, as AddAnyPortMapping would choose.
+        let tries = if any { CONFLICT_TRIES } else { 1 };
+        let (mut port, mut tried) = (external, 1);
+        loop {
+            match self.call(wan, "AddPortMapping", &args).await {
+                Err(Failure::CannotProvideExternal) if tried < tries => {
+                    port = other_port(host, internal, tried);
+                    args[1].1 = port.to_string();
+                    tried += 1;
+                }
+                result => return result.map(|_| port),
+            }
         }
     }
 
@@ -185,6 +192,21 @@ impl Igd {
     }
 }
 
+/// AddPortMapping calls for one mapping on an IGD:1 that says the port is taken.
+const CONFLICT_TRIES: u32 = 4;
+
+/// The `n`th port tried after a conflict: spread over 1024-65535 (neighbours of a taken port
+/// are often taken too), the same for the same host and port, so a retried request asks for
+/// the same ports again.
+fn other_port(host: Ipv4Addr, internal: u16, n: u32) -> u16 {
+    let seed = u32::from(host) ^ (u32::from(internal) << 8) ^ n.wrapping_mul(0x9e37_79b9);
+    let mixed = seed
+        .wrapping_mul(0x85eb_ca6b)
+        .rotate_left(13)
+        .wrapping_mul(0xc2b2_ae35);
+    1024 + (mixed % (65536 - 1024)) as u16
+}
+
 /// Sends `request` to `server` from `wan` and reads the response to its end (the server
 /// closes): the status and the body, within `EXCHANGE` and `upnp::MAX_HEAD + MAX_BODY`.
 async fn exchange(server: SocketAddrV4, wan: Ipv4Addr, request: &[u8]) -> Result<(u16, Vec<u8>)> {
@@ -250,6 +272,28 @@ mod tests {
         assert_eq!(
             upnp::argument(&services[1], "controlURL"),
             Some("/ctl/IPConn")
+        );
+    }
+
+    #[test]
+    fn ports_after_a_conflict_are_spread_and_repeatable() {
+        let host = Ipv4Addr::new(192, 168, 1, 2);
+        let ports: Vec<u16> = (1..CONFLICT_TRIES)
+            .map(|n| other_port(host, 8080, n))
+            .collect();
+        assert!(ports.iter().all(|&p| p >= 1024), "{ports:?}");
+        assert_eq!(
+            ports,
+            (1..CONFLICT_TRIES)
+                .map(|n| other_port(host, 8080, n))
+                .collect::<Vec<_>>()
+        );
+        let mut distinct = ports.clone();
+        distinct.dedup();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+        assert!(
+            ports.windows(2).all(|w| w[0].abs_diff(w[1]) > 1),
+            "{ports:?}"
         );
     }
 

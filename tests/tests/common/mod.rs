@@ -5,7 +5,7 @@ use std::{
     time::Instant,
 };
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Context as _, Result, bail, ensure};
 use tests::{LAN1_IP, LAN2_IP, Lab, LabBuilder, Netns, PUBLIC_IP, show_output};
 
 /// Generates a test per softwire kind: `both_softwires!(scenario: name_l2, name_l3);` with
@@ -151,6 +151,28 @@ fn natpmpc_tcp(
         ],
         &[expected],
     )
+}
+
+/// `natpmpc ... -a EXTERNAL INTERNAL tcp 600` in `ns`, which must report a mapping to
+/// INTERNAL on whatever public port; returns the public port.
+#[allow(dead_code)] // not every test file maps with natpmpc
+pub fn natpmpc_map_any(ns: &Netns, external: u16, internal: u16) -> Result<u16> {
+    let out = natpmpc_tcp(
+        ns,
+        external,
+        internal,
+        600,
+        &format!("protocol TCP to local port {internal}"),
+    )?;
+    out.lines()
+        .find_map(|l| {
+            l.strip_prefix("Mapped public port ")?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .with_context(|| format!("no mapped public port in natpmpc's output:\n{out}"))
 }
 
 /// `natpmpc ... -a EXTERNAL INTERNAL tcp 600` in `ns`, which must report the mapping;
