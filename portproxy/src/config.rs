@@ -171,6 +171,34 @@ impl fmt::Display for Config {
 }
 
 #[cfg(test)]
+impl Config {
+    /// A CPE as the lab has it, for unit tests.
+    pub fn example() -> Config {
+        let side = |iface: &str, index, addr| Side {
+            iface: iface.into(),
+            index,
+            addr,
+            prefix_len: 24,
+        };
+        Config {
+            lan: side("br-lan", 2, Ipv4Addr::new(192, 168, 1, 1)),
+            wan: side("softwire", 3, Ipv4Addr::new(192, 0, 0, 2)),
+            cgn: Ipv4Addr::new(192, 0, 0, 1),
+            nat_pmp: true,
+            upnp_udp: true,
+            upnp_tcp: false,
+            nat_pmp_port: 5351,
+            ssdp_port: 1900,
+            http_ports: [5000, 2869],
+            pending_timeout: Duration::from_secs(60),
+            max_clients: 4096,
+            rate_limit: 10,
+            hooks: crate::cli::Hooks::Auto,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -26,6 +26,8 @@ pub struct ToDaemon {
     pub serve_nat_pmp: bool,
     /// PCP requests likewise.
     pub serve_pcp: bool,
+    /// SSDP searches go up to the daemon, which answers them as the LAN's IGD.
+    pub serve_upnp: bool,
 }
 
 impl ToDaemon {
@@ -51,7 +53,12 @@ impl DataPath {
             warn!("--xdp: {reason}; relaying on sockets");
             return DataPath::Sockets(Some(reason));
         }
-        match FastPath::start(&kernel_share(cfg), pin_dir, kernel_log, to_daemon) {
+        match FastPath::start(
+            &kernel_share(cfg, to_daemon),
+            pin_dir,
+            kernel_log,
+            to_daemon,
+        ) {
             Ok(fast) => DataPath::Fast(fast, to_daemon),
             Err(e) => {
                 let reason = format!("{e:#}");
@@ -80,45 +87,21 @@ impl DataPath {
 
 /// What the kernel programs carry: NAT-PMP/PCP, and SSDP unless LOCATION
 /// must be rewritten for the HTTP relay (that changes packet lengths, which
-/// the programs do not do; HTTP itself is TCP and always on sockets).
-fn kernel_share(cfg: &Config) -> Config {
+/// the programs do not do; HTTP itself is TCP and always on sockets) or the
+/// daemon answers searches as the LAN's IGD.
+fn kernel_share(cfg: &Config, to_daemon: ToDaemon) -> Config {
     Config {
-        upnp_udp: cfg.upnp_udp && !cfg.upnp_tcp,
+        upnp_udp: cfg.upnp_udp && !cfg.upnp_tcp && !to_daemon.serve_upnp,
         ..cfg.clone()
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
-    use std::time::Duration;
-
     use super::*;
-    use crate::cli::Hooks;
-    use crate::config::Side;
 
     fn config() -> Config {
-        let side = |iface: &str, index, addr| Side {
-            iface: iface.into(),
-            index,
-            addr,
-            prefix_len: 24,
-        };
-        Config {
-            lan: side("br-lan", 2, Ipv4Addr::new(192, 168, 1, 1)),
-            wan: side("softwire", 3, Ipv4Addr::new(192, 0, 0, 2)),
-            cgn: Ipv4Addr::new(192, 0, 0, 1),
-            nat_pmp: true,
-            upnp_udp: true,
-            upnp_tcp: false,
-            nat_pmp_port: 5351,
-            ssdp_port: 1900,
-            http_ports: [5000, 2869],
-            pending_timeout: Duration::from_secs(60),
-            max_clients: 4096,
-            rate_limit: 10,
-            hooks: Hooks::Auto,
-        }
+        Config::example()
     }
 
     #[test]

@@ -295,3 +295,37 @@ mod tests {
         assert_eq!(missing, "an IPv4 address on softwire (or give one with -w)");
     }
 }
+
+/// An interface's traffic counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub rx_packets: u64,
+}
+
+/// The traffic counters of interface `index` (its 64-bit statistics).
+pub async fn traffic(handle: &Handle, index: u32) -> Result<Traffic> {
+    let link = handle
+        .link()
+        .get()
+        .match_index(index)
+        .execute()
+        .try_next()
+        .await
+        .with_context(|| format!("reading interface {index}"))?
+        .with_context(|| format!("no interface {index}"))?;
+    link.attributes
+        .iter()
+        .find_map(|attr| match attr {
+            LinkAttribute::Stats64(s) => Some(Traffic {
+                tx_bytes: s.tx_bytes,
+                rx_bytes: s.rx_bytes,
+                tx_packets: s.tx_packets,
+                rx_packets: s.rx_packets,
+            }),
+            _ => None,
+        })
+        .with_context(|| format!("interface {index} has no statistics"))
+}

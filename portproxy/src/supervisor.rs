@@ -45,7 +45,7 @@ use crate::fastpath;
 use crate::firewall::Firewall;
 use crate::mapping::{self, Limits, Mappings};
 use crate::relay::SocketRelay;
-use crate::serve::{Identity, PortControlServer};
+use crate::serve::{Identity, IgdServer, Mapper, PortControlServer};
 use crate::sockets::{self, PortInUse};
 use crate::stats::{Counter, Stats};
 use crate::status::{DataPathKind, State, Status};
@@ -111,17 +111,20 @@ impl Running {
             .lost_state(cfg.cgn, &probed.epochs);
         let recreate = (lost || restored) && mappings.len() > 0;
         let serving = cfg.nat_pmp && plan.serves_any();
+        // The LAN's IGD is portproxy when SSDP is on and UPnP is not relayed.
+        let serving_upnp = cfg.upnp_udp && plan.upnp == upstream::Handling::Serve;
         let to_daemon = ToDaemon {
             // With firewall holes the programs hold grants back until the hole is open.
             hold_grants: mappings.has_firewall().await,
             serve_nat_pmp: plan.nat_pmp == upstream::Handling::Serve,
             serve_pcp: plan.pcp == upstream::Handling::Serve,
+            serve_upnp: serving_upnp,
         };
         let hold_grants = to_daemon.hold_grants;
         let mut data_path =
             DataPath::choose(opts.xdp, &cfg, &opts.pin_dir, opts.verbose >= 2, to_daemon);
         let on_sockets = Arc::new(data_path.socket_share(&cfg));
-        let igd = match (serving, plan.via, &probed.igd_location) {
+        let igd = match (serving || serving_upnp, plan.via, &probed.igd_location) {
             (true, Some(upstream::Via::Upnp), Some(location)) => {
                 match upstream::Igd::discover(location, cfg.wan.addr).await {
                     Ok(igd) => Some(Arc::new(igd)),
@@ -133,18 +136,24 @@ impl Running {
             }
             _ => None,
         };
-        let server = serving.then(|| {
-            Arc::new(PortControlServer::new(
-                on_sockets.clone(),
-                plan,
-                igd,
-                mappings.clone(),
-                identity.clone(),
+        let mapper = Arc::new(Mapper::new(
+            on_sockets.clone(),
+            plan.via,
+            igd,
+            mappings.clone(),
+            identity.clone(),
+        ));
+        let server = serving.then(|| Arc::new(PortControlServer::new(plan, mapper.clone())));
+        let igd_server = serving_upnp.then(|| {
+            Arc::new(IgdServer::new(
+                mapper.clone(),
+                handle.clone(),
+                stats.clone(),
             ))
         });
         // Bind first: a port in use (say, a second portproxy) must fail before the
         // routing rule, which a running instance depends on, is touched.
-        let relay = SocketRelay::start(&on_sockets, stats, mappings, server)?;
+        let relay = SocketRelay::start(&on_sockets, stats, mappings, server, igd_server)?;
         // Where NAT-PMP/PCP answers, held grants and announcements leave from (LAN address,
         // port 5351): the relay's socket, or one of its own when the programs carry 5351.
         let lan_port_control = match (cfg.nat_pmp, relay.port_control_socket()) {
@@ -163,7 +172,7 @@ impl Running {
         };
         // On either data path: the CGN's answers to what the daemon asks as a host, and
         // replies the programs find no client for, must come to the CPE, not the LAN.
-        let capture = match cfg.nat_pmp {
+        let capture = match cfg.nat_pmp || serving_upnp {
             true => match ReplyCapture::install(handle, &cfg).await {
                 Ok(capture) => Some(capture),
                 Err(e) => {

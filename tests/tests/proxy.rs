@@ -107,7 +107,7 @@ fn natpmp_client_on_a_pcp_cgn(softwire: Softwire, path: DataPath) -> Result<()> 
                 lab,
                 portproxy,
                 [true, false, false],
-                "NAT-PMP answered here, mapped with PCP; PCP relayed",
+                "NAT-PMP answered here, mapped with PCP; PCP relayed; UPnP IGD answered here, mapped with PCP",
             )?;
             let out = natpmpc_map(lab.lan(1), 9201, 8201)?;
             ensure!(
@@ -157,7 +157,7 @@ fn pcp_client_on_a_natpmp_cgn(softwire: Softwire, path: DataPath) -> Result<()> 
                 lab,
                 portproxy,
                 [false, true, false],
-                "NAT-PMP relayed; PCP answered here, mapped with NAT-PMP",
+                "NAT-PMP relayed; PCP answered here, mapped with NAT-PMP; UPnP IGD answered here, mapped with NAT-PMP",
             )?;
             let pcp = pcp_map_tcp(lab.lan(1), LAN_GATEWAY, LAN1_IP, 8211, 9211, 600)?;
             ensure!(
@@ -192,7 +192,7 @@ fn proxy_mode_answers_both(softwire: Softwire, path: DataPath) -> Result<()> {
                 lab,
                 portproxy,
                 [true, true, true],
-                "NAT-PMP answered here, mapped with PCP; PCP answered here, mapped with PCP",
+                "NAT-PMP answered here, mapped with PCP; PCP answered here, mapped with PCP; UPnP IGD answered here, mapped with PCP",
             )?;
             natpmpc_map(lab.lan(1), 9221, 8221)?;
             check_mapping(lab, 9221, lab.lan(1), 8221)?;
@@ -225,7 +225,7 @@ fn upnp_only_cgn(softwire: Softwire, path: DataPath, kind: CgnKind) -> Result<()
             lab,
             portproxy,
             [false, false, true],
-            "NAT-PMP answered here, mapped with UPnP IGD; PCP answered here, mapped with UPnP IGD",
+            "NAT-PMP answered here, mapped with UPnP IGD; PCP answered here, mapped with UPnP IGD; UPnP IGD relayed",
         )?;
         let out = natpmpc_map(lab.lan(1), 9281, 8281)?;
         ensure!(

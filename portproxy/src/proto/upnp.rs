@@ -300,6 +300,39 @@ pub fn soap_request(service: &str, action: &str, args: &[(&str, String)]) -> Str
     body
 }
 
+/// A SOAP response body to `action` of `service`, with `args`: values XML-escaped, but an
+/// XML document (GetListOfPortMappings' listing) in CDATA, as miniupnpd sends it and
+/// miniupnpc reads it (its parser does not unescape).
+pub fn soap_response(service: &str, action: &str, args: &[(&str, String)]) -> String {
+    let mut body = format!(
+        "<?xml version=\"1.0\"?>\r\n<s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\" \
+         s:encodingStyle=\"http://schemas.xmlsoap.org/soap/encoding/\"><s:Body><u:{action}Response xmlns:u=\"{service}\">"
+    );
+    for (name, value) in args {
+        if value.starts_with("<?xml") && !value.contains("]]>") {
+            body += &format!("<{name}><![CDATA[{value}]]></{name}>");
+        } else {
+            body += &format!(
+                "<{name}>{}</{name}>",
+                quick_xml::escape::escape(value.as_str())
+            );
+        }
+    }
+    body += &format!("</u:{action}Response></s:Body></s:Envelope>\r\n");
+    body
+}
+
+/// A SOAP fault body carrying UPnP error `code` (UPnP Device Architecture §3.2.2).
+pub fn soap_fault(code: u16, description: &str) -> String {
+    format!(
+        "<?xml version=\"1.0\"?>\r\n<s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\" \
+         s:encodingStyle=\"http://schemas.xmlsoap.org/soap/encoding/\"><s:Body><s:Fault>\
+         <faultcode>s:Client</faultcode><faultstring>UPnPError</faultstring><detail>\
+         <UPnPError xmlns=\"urn:schemas-upnp-org:control-1-0\"><errorCode>{code}</errorCode>\
+         <errorDescription>{description}</errorDescription></UPnPError></detail></s:Fault></s:Body></s:Envelope>\r\n"
+    )
+}
+
 /// The UPnP error code of a SOAP fault (`<UPnPError><errorCode>`).
 pub fn fault_code(body: &[u8]) -> Option<u16> {
     number(&arguments(body, "UPnPError").ok()?, "errorCode").ok()

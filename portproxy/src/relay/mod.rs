@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 
 use crate::config::Config;
 use crate::mapping::Mappings;
-use crate::serve::PortControlServer;
+use crate::serve::{IgdServer, PortControlServer};
 use crate::stats::Stats;
 pub use tasks::Tasks;
 
@@ -28,6 +28,8 @@ pub struct SocketRelay {
     tasks: Tasks,
     /// The NAT-PMP/PCP relay's LAN socket, when it runs.
     port_control: Option<Arc<UdpSocket>>,
+    /// Says goodbye for the IGD, when portproxy is the LAN's IGD.
+    ssdp: Option<Arc<ssdp::SsdpRelay>>,
 }
 
 impl SocketRelay {
@@ -36,10 +38,12 @@ impl SocketRelay {
         stats: &Arc<Stats>,
         mappings: &Arc<Mappings>,
         server: Option<Arc<PortControlServer>>,
+        igd: Option<Arc<IgdServer>>,
     ) -> Result<SocketRelay> {
         let tasks = Tasks::default();
         let mut loops = JoinSet::new();
-        let http = if cfg.upnp_tcp {
+        // The LAN's IGD is portproxy itself: no HTTP to relay to the CGN.
+        let http = if cfg.upnp_tcp && igd.is_none() {
             let (relay, listeners) =
                 http::HttpRelay::bind(cfg.clone(), stats.clone(), mappings.clone(), &tasks)?;
             for listener in listeners {
@@ -61,14 +65,22 @@ impl SocketRelay {
             port_control = Some(relay.lan_socket());
             loops.spawn(relay.run());
         }
+        let igd = igd.filter(|_| cfg.upnp_udp);
+        if let Some(igd) = &igd {
+            let listener = igd.bind()?;
+            loops.spawn(igd.clone().run(listener, tasks.clone()));
+        }
+        let mut ssdp = None;
         if cfg.upnp_udp {
-            let relay = ssdp::SsdpRelay::bind(cfg.clone(), stats.clone(), http, &tasks)?;
+            let relay = ssdp::SsdpRelay::bind(cfg.clone(), stats.clone(), http, igd, &tasks)?;
+            ssdp = Some(relay.clone());
             loops.spawn(relay.run());
         }
         Ok(SocketRelay {
             loops,
             tasks,
             port_control,
+            ssdp,
         })
     }
 
@@ -89,6 +101,9 @@ impl SocketRelay {
 
     /// Stops every loop and task; when it returns, every socket of this relay is closed.
     pub async fn stop(mut self) {
+        if let Some(ssdp) = &self.ssdp {
+            ssdp.goodbye().await;
+        }
         self.loops.shutdown().await;
         self.tasks.stop().await;
     }

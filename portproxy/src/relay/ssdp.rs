@@ -6,6 +6,9 @@
 //! searching client. WAN -> LAN: NOTIFY from the CGN is multicast on the LAN.
 //! Nothing else crosses: no searches from the WAN, no notifies from the LAN,
 //! nothing portproxy sent itself.
+//!
+//! When portproxy is the LAN's IGD (`serve::IgdServer`), searches are answered here
+//! instead of relayed, and the IGD's NOTIFY go out on the LAN.
 
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
@@ -22,6 +25,7 @@ use crate::proto::{location, ssdp};
 use crate::relay::Tasks;
 use crate::relay::http::HttpRelay;
 use crate::relay::rate_limit::RateLimit;
+use crate::serve::IgdServer;
 use crate::sockets;
 use crate::stats::{Counter, Stats};
 
@@ -34,6 +38,7 @@ pub struct SsdpRelay {
     cfg: Arc<Config>,
     stats: Arc<Stats>,
     http: Option<Arc<HttpRelay>>,
+    igd: Option<Arc<IgdServer>>,
     lan: UdpSocket,
     wan: UdpSocket,
     searches: Arc<Semaphore>,
@@ -46,6 +51,7 @@ impl SsdpRelay {
         cfg: Arc<Config>,
         stats: Arc<Stats>,
         http: Option<Arc<HttpRelay>>,
+        igd: Option<Arc<IgdServer>>,
         tasks: &Tasks,
     ) -> Result<Arc<Self>> {
         let listen = |side| {
@@ -59,6 +65,7 @@ impl SsdpRelay {
             lan,
             wan,
             http,
+            igd,
             searches: Arc::new(Semaphore::new(MAX_SEARCHES)),
             rate: std::sync::Mutex::new(RateLimit::new(cfg.rate_limit)),
             tasks: tasks.clone(),
@@ -68,8 +75,42 @@ impl SsdpRelay {
     }
 
     pub async fn run(self: Arc<Self>) -> Result<()> {
-        tokio::try_join!(self.clone().from_lan(), self.from_wan())?;
+        tokio::try_join!(
+            self.clone().from_lan(),
+            self.clone().from_wan(),
+            self.alive()
+        )?;
         Ok(())
+    }
+
+    /// The IGD's NOTIFY ssdp:alive, at start and then twice per validity; nothing without
+    /// an IGD.
+    async fn alive(self: Arc<Self>) -> Result<()> {
+        let Some(igd) = &self.igd else {
+            return Ok(());
+        };
+        loop {
+            self.notify(igd, true).await;
+            tokio::time::sleep(IgdServer::notify_interval()).await;
+        }
+    }
+
+    /// The IGD's NOTIFY ssdp:byebye, when it goes away.
+    pub async fn goodbye(&self) {
+        if let Some(igd) = &self.igd {
+            self.notify(igd, false).await;
+        }
+    }
+
+    async fn notify(&self, igd: &IgdServer, alive: bool) {
+        let group = SocketAddrV4::new(ssdp::GROUP, self.cfg.ssdp_port);
+        for notify in igd.notifies(alive) {
+            if let Err(e) = self.lan.send_to(notify.as_bytes(), group).await {
+                self.stats.add(Counter::DropSendFailed);
+                warn!("ssdp: the IGD's NOTIFY on {}: {e}", self.cfg.lan.iface);
+                return;
+            }
+        }
     }
 
     fn is_own(&self, ip: IpAddr) -> bool {
@@ -112,6 +153,17 @@ impl SsdpRelay {
                 .allow(*client.ip(), std::time::Instant::now())
             {
                 self.stats.add(Counter::DropRateLimit);
+                continue;
+            }
+            if let Some(igd) = &self.igd {
+                debug!("ssdp {client}: {} (answered here)", msg.summary());
+                for answer in igd.answers(msg.header("ST").unwrap_or_default()) {
+                    if let Err(e) = self.lan.send_to(answer.as_bytes(), client).await {
+                        self.stats.add(Counter::DropSendFailed);
+                        debug!("ssdp: answering {client}: {e}");
+                        break;
+                    }
+                }
                 continue;
             }
             let Ok(permit) = self.searches.clone().try_acquire_owned() else {

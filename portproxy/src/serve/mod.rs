@@ -1,11 +1,16 @@
-//! portproxy as a server on the LAN: NAT-PMP and PCP answered here (`port_control`) when
-//! the CGN does not speak the client's protocol, or `--mode proxy` says so.
+//! portproxy as a server on the LAN, when the CGN does not speak the client's protocol or
+//! `--mode proxy` says so: NAT-PMP and PCP answered here (`port_control`), a UPnP IGD
+//! (`igd`); both carry out mappings at the CGN through `mapper`.
 
+mod igd;
+mod mapper;
 mod port_control;
 
 use std::sync::Mutex;
 use std::time::Duration;
 
+pub use igd::IgdServer;
+pub use mapper::Mapper;
 pub use port_control::PortControlServer;
 
 use crate::clock::boot_time;

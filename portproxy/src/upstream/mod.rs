@@ -85,16 +85,19 @@ pub enum Handling {
 pub struct Plan {
     pub nat_pmp: Handling,
     pub pcp: Handling,
+    /// UPnP IGD: relayed (SSDP to the CGN, which answers as an IGD) or served by the IGD
+    /// on the LAN address (`serve::igd`).
+    pub upnp: Handling,
     /// What the served protocols are translated to; `None` when the CGN answered no probe
     /// (served requests then get NETWORK_FAILURE, a short error clients retry).
     pub via: Option<Via>,
 }
 
 impl Plan {
-    /// auto: a protocol the CGN speaks is relayed, the other one served and translated to
+    /// auto: a protocol the CGN speaks is relayed, the others served and translated to
     /// what it speaks (PCP preferred, then NAT-PMP, then UPnP IGD). A CGN that answered no
-    /// probe (down) leaves both relayed, as a plain relay would. relay: both relayed. proxy:
-    /// both served.
+    /// probe (down) leaves all relayed, as a plain relay would. relay: all relayed. proxy:
+    /// all served (but nothing when the CGN answered no probe).
     pub fn choose(mode: Mode, speaks: Speaks) -> Plan {
         use Handling::{Relay, Serve};
         let via = match (speaks.pcp, speaks.nat_pmp, speaks.upnp) {
@@ -107,14 +110,21 @@ impl Plan {
             true => Relay,
             false => Serve,
         };
-        let (nat_pmp, pcp) = match mode {
-            Mode::Relay => (Relay, Relay),
-            Mode::Proxy => (Serve, Serve),
-            Mode::Auto => (auto(speaks.nat_pmp), auto(speaks.pcp)),
+        let (nat_pmp, pcp, upnp) = match mode {
+            Mode::Relay => (Relay, Relay, Relay),
+            Mode::Proxy if via.is_some() => (Serve, Serve, Serve),
+            Mode::Proxy => (Serve, Serve, Relay),
+            Mode::Auto => (auto(speaks.nat_pmp), auto(speaks.pcp), auto(speaks.upnp)),
         };
-        Plan { nat_pmp, pcp, via }
+        Plan {
+            nat_pmp,
+            pcp,
+            upnp,
+            via,
+        }
     }
 
+    /// Whether NAT-PMP or PCP is answered here.
     pub fn serves_any(&self) -> bool {
         self.nat_pmp == Handling::Serve || self.pcp == Handling::Serve
     }
@@ -141,7 +151,13 @@ impl fmt::Display for Plan {
             (Handling::Serve, Some(Via::Upnp)) => "answered here, mapped with UPnP IGD".to_string(),
             (Handling::Serve, None) => "answered here, no upstream protocol".to_string(),
         };
-        write!(f, "NAT-PMP {}; PCP {}", show(self.nat_pmp), show(self.pcp))
+        write!(
+            f,
+            "NAT-PMP {}; PCP {}; UPnP IGD {}",
+            show(self.nat_pmp),
+            show(self.pcp),
+            show(self.upnp)
+        )
     }
 }
 
@@ -258,9 +274,17 @@ mod tests {
             (upnp_only.nat_pmp, upnp_only.pcp, upnp_only.via),
             (Serve, Serve, Some(Via::Upnp))
         );
+        assert_eq!(upnp_only.upnp, Relay);
+        assert_eq!(Plan::choose(Mode::Auto, speaks(true, false)).upnp, Serve);
+        assert_eq!(Plan::choose(Mode::Auto, speaks(false, false)).upnp, Relay);
         let proxy = Plan::choose(Mode::Proxy, speaks(false, true));
-        assert_eq!((proxy.nat_pmp, proxy.pcp), (Serve, Serve));
-        assert!(!Plan::choose(Mode::Relay, speaks(true, false)).serves_any());
+        assert_eq!(
+            (proxy.nat_pmp, proxy.pcp, proxy.upnp),
+            (Serve, Serve, Serve)
+        );
+        assert_eq!(Plan::choose(Mode::Proxy, speaks(false, false)).upnp, Relay);
+        let relay = Plan::choose(Mode::Relay, speaks(true, false));
+        assert!(!relay.serves_any() && relay.upnp == Relay);
     }
 
     #[test]

@@ -1,0 +1,474 @@
+//! The IGD's actions (WANIPConnection:1 and :2, WANCommonInterfaceConfig:1), carried out as
+//! RFC 6970's interworking function does: a mapping is made at the CGN in the protocol it
+//! speaks (`Mapper`), as the requesting host, and held in the table; what a control point
+//! reads (Get*Entry, GetListOfPortMappings) comes from the table.
+//!
+//! Decisions (see the README's UPnP section):
+//! - Secure mode: NewInternalClient must be the requesting host (606 otherwise), and a host
+//!   deletes and manages only its own mappings.
+//! - AddPortMapping wants that external port or nothing (PCP PREFER_FAILURE; 718 when the
+//!   CGN or another mapping here has it); AddAnyPortMapping lets the CGN choose.
+//! - Leases: IGD:1's 0 is permanent; IGD:2 caps leases at a week and takes 0 as a week.
+//!   The CGN is asked for at most `UPSTREAM_LIFETIME` at a time and the mapping renewed
+//!   there at half its lifetime while the lease lasts (`Leases`).
+//! - Descriptions are kept up to `MAX_DESCRIPTION` bytes.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use log::debug;
+
+use super::description::IP_CONNECTION;
+use crate::clock::boot_time;
+use crate::mapping::{Entry, Key, Origin};
+use crate::netif;
+use crate::proto::Transport;
+use crate::serve::Mapper;
+use crate::upstream::Failure;
+
+/// The longest lifetime asked of the CGN at once; longer leases are renewed there.
+pub const UPSTREAM_LIFETIME: u32 = 3600;
+/// IGD:2's longest lease, and what its lease 0 means (WANIPConnection:2 §2.3.16).
+const WEEK: u32 = 604_800;
+const MAX_DESCRIPTION: usize = 256;
+
+/// A UPnP error: its code and the name the specifications give it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpnpError(pub u16, pub &'static str);
+
+pub const INVALID_ACTION: UpnpError = UpnpError(401, "Invalid Action");
+pub const INVALID_ARGS: UpnpError = UpnpError(402, "Invalid Args");
+pub const ACTION_FAILED: UpnpError = UpnpError(501, "Action Failed");
+pub const NOT_AUTHORIZED: UpnpError = UpnpError(606, "Action not authorized");
+const INDEX_INVALID: UpnpError = UpnpError(713, "SpecifiedArrayIndexInvalid");
+const NO_SUCH_ENTRY: UpnpError = UpnpError(714, "NoSuchEntryInArray");
+const WILDCARD_EXTERNAL_PORT: UpnpError = UpnpError(716, "WildCardNotPermittedInExtPort");
+const CONFLICT: UpnpError = UpnpError(718, "ConflictInMappingEntry");
+const REMOTE_HOST_WILDCARD_ONLY: UpnpError = UpnpError(726, "RemoteHostOnlySupportsWildcard");
+const NO_PORT_MAPS: UpnpError = UpnpError(728, "NoPortMapsAvailable");
+const NOT_FOUND: UpnpError = UpnpError(730, "PortMappingNotFound");
+const WILDCARD_INTERNAL_PORT: UpnpError = UpnpError(732, "WildCardNotPermittedInIntPort");
+const INCONSISTENT: UpnpError = UpnpError(733, "InconsistentParameters");
+
+impl From<Failure> for UpnpError {
+    /// RFC 6970 §5.2's table, with NAT-PMP's results mapped to PCP's first.
+    fn from(f: Failure) -> UpnpError {
+        match f {
+            Failure::NotAuthorized => NOT_AUTHORIZED,
+            Failure::NoResources | Failure::UserExQuota => NO_PORT_MAPS,
+            Failure::CannotProvideExternal => CONFLICT,
+            Failure::NetworkFailure | Failure::NoAnswer | Failure::Unexpected => ACTION_FAILED,
+        }
+    }
+}
+
+/// An action's output arguments, in the order the service description lists them.
+pub type Output = Vec<(&'static str, String)>;
+
+/// Lease ends of the mappings made through the IGD (boot-time clock; `None`: until
+/// deleted). The table's entry expires with what the CGN granted; the lease may last longer.
+#[derive(Default)]
+pub struct Leases(Mutex<HashMap<Key, Option<Duration>>>);
+
+impl Leases {
+    fn set(&self, key: Key, end: Option<Duration>) {
+        self.0.lock().unwrap().insert(key, end);
+    }
+
+    fn remove(&self, key: &Key) {
+        self.0.lock().unwrap().remove(key);
+    }
+
+    /// `Some(None)`: permanent; `None`: not made here (or its lease is over).
+    fn end(&self, key: &Key) -> Option<Option<Duration>> {
+        self.0.lock().unwrap().get(key).copied()
+    }
+
+    /// Seconds of lease left as GetSpecificPortMappingEntry says it (0: permanent).
+    fn left_secs(&self, entry: &Entry, now: Duration) -> u32 {
+        let end = match self.end(&entry.key) {
+            Some(end) => end,
+            // Not made through the IGD (NAT-PMP, PCP, restored): what the CGN granted.
+            None => entry.expires,
+        };
+        end.map_or(0, |end| {
+            u32::try_from(end.saturating_sub(now).as_secs().max(1)).unwrap_or(u32::MAX)
+        })
+    }
+}
+
+pub struct Control {
+    pub mapper: Arc<Mapper>,
+    pub leases: Leases,
+    /// When the IGD started (GetStatusInfo's uptime).
+    pub started: Duration,
+    /// For the WAN's traffic counters.
+    pub netlink: rtnetlink::Handle,
+}
+
+impl Control {
+    /// Carries out `action` of `service` (its full type) for `client`.
+    pub async fn call(
+        &self,
+        client: SocketAddrV4,
+        service: &str,
+        action: &str,
+        args: &[(String, String)],
+    ) -> Result<Output, UpnpError> {
+        let version = service.rsplit(':').next().unwrap_or("1");
+        let v2 = version == "2";
+        let ip_connection = service.starts_with(IP_CONNECTION);
+        let a = Args(args);
+        debug!("upnp {client}: {service}#{action}");
+        match (ip_connection, action) {
+            (true, "AddPortMapping") => self.add(client, &a, false, v2).await,
+            (true, "AddAnyPortMapping") if v2 => self.add(client, &a, true, v2).await,
+            (true, "DeletePortMapping") => self.delete(client, &a).await,
+            (true, "DeletePortMappingRange") if v2 => self.delete_range(client, &a).await,
+            (true, "GetSpecificPortMappingEntry") => self.specific(&a).await,
+            (true, "GetGenericPortMappingEntry") => self.generic(&a).await,
+            (true, "GetListOfPortMappings") if v2 => self.list(client, &a).await,
+            (true, "GetExternalIPAddress") => {
+                let addr = self.mapper.public_address().await?;
+                Ok(vec![("NewExternalIPAddress", addr.to_string())])
+            }
+            (true, "GetStatusInfo") => Ok(vec![
+                ("NewConnectionStatus", "Connected".into()),
+                ("NewLastConnectionError", "ERROR_NONE".into()),
+                (
+                    "NewUptime",
+                    boot_time()
+                        .saturating_sub(self.started)
+                        .as_secs()
+                        .to_string(),
+                ),
+            ]),
+            (true, "GetConnectionTypeInfo") => Ok(vec![
+                ("NewConnectionType", "IP_Routed".into()),
+                ("NewPossibleConnectionTypes", "IP_Routed".into()),
+            ]),
+            (true, "GetNATRSIPStatus") => Ok(vec![
+                ("NewRSIPAvailable", "0".into()),
+                ("NewNATEnabled", "1".into()),
+            ]),
+            (false, "GetCommonLinkProperties") => Ok(vec![
+                ("NewWANAccessType", "Ethernet".into()),
+                ("NewLayer1UpstreamMaxBitRate", "0".into()),
+                ("NewLayer1DownstreamMaxBitRate", "0".into()),
+                ("NewPhysicalLinkStatus", "Up".into()),
+            ]),
+            (
+                false,
+                "GetTotalBytesSent"
+                | "GetTotalBytesReceived"
+                | "GetTotalPacketsSent"
+                | "GetTotalPacketsReceived",
+            ) => {
+                let wan = self.mapper.config().wan.index;
+                let t = netif::traffic(&self.netlink, wan).await.map_err(|e| {
+                    debug!("the WAN's traffic counters: {e:#}");
+                    ACTION_FAILED
+                })?;
+                // The counters are 32-bit in WANCommonInterfaceConfig:1: they wrap.
+                let (name, value) = match action {
+                    "GetTotalBytesSent" => ("NewTotalBytesSent", t.tx_bytes),
+                    "GetTotalBytesReceived" => ("NewTotalBytesReceived", t.rx_bytes),
+                    "GetTotalPacketsSent" => ("NewTotalPacketsSent", t.tx_packets),
+                    _ => ("NewTotalPacketsReceived", t.rx_packets),
+                };
+                Ok(vec![(name, (value & u64::from(u32::MAX)).to_string())])
+            }
+            _ => Err(INVALID_ACTION),
+        }
+    }
+
+    /// AddPortMapping, or AddAnyPortMapping when `any`.
+    async fn add(
+        &self,
+        client: SocketAddrV4,
+        a: &Args<'_>,
+        any: bool,
+        v2: bool,
+    ) -> Result<Output, UpnpError> {
+        if !a.get("NewRemoteHost")?.is_empty() {
+            return Err(REMOTE_HOST_WILDCARD_ONLY);
+        }
+        let proto = a.protocol()?;
+        let external: u16 = a.number("NewExternalPort")?;
+        let internal: u16 = a.number("NewInternalPort")?;
+        if internal == 0 {
+            return Err(WILDCARD_INTERNAL_PORT);
+        }
+        if external == 0 && !any {
+            return Err(WILDCARD_EXTERNAL_PORT);
+        }
+        let host: Ipv4Addr = a
+            .get("NewInternalClient")?
+            .parse()
+            .map_err(|_| INVALID_ARGS)?;
+        if host != *client.ip() {
+            return Err(NOT_AUTHORIZED);
+        }
+        if !matches!(a.get("NewEnabled")?, "1" | "true" | "yes") {
+            // A disabled mapping is one that maps nothing: not kept here.
+            return Err(ACTION_FAILED);
+        }
+        let lease: u32 = a.number("NewLeaseDuration")?;
+        let lease = match (v2, lease) {
+            (false, 0) => None,
+            (true, 0) => Some(WEEK),
+            (true, l) => Some(l.min(WEEK)),
+            (false, l) => Some(l),
+        };
+        let key = Key {
+            host,
+            proto,
+            internal_port: internal,
+        };
+        // The seed's interworking function looks here first: a port another mapping has
+        // is a conflict without asking the CGN.
+        let entries = self.mapper.mappings.entries().await;
+        let taken = entries
+            .iter()
+            .any(|e| e.key.proto == proto && e.external.port() == external && e.key != key);
+        let external = match (taken, any) {
+            (true, false) => return Err(CONFLICT),
+            // AddAnyPortMapping: the CGN chooses.
+            (true, true) => 0,
+            (false, _) => external,
+        };
+        if let Some(e) = entries.iter().find(|e| e.key == key)
+            && external != 0
+            && e.external.port() != external
+        {
+            // One mapping per internal port: this one is on another external port.
+            return Err(CONFLICT);
+        }
+        let description = a.get("NewPortMappingDescription").unwrap_or_default();
+        let description = truncate(description, MAX_DESCRIPTION).to_string();
+        let upstream = lease.map_or(UPSTREAM_LIFETIME, |l| l.clamp(1, UPSTREAM_LIFETIME));
+        let origin = Origin::Upnp { any, description };
+        let granted = self
+            .mapper
+            .map(key, (external, upstream, !any), origin, client)
+            .await?;
+        let now = boot_time();
+        self.leases
+            .set(key, lease.map(|l| now + Duration::from_secs(l.into())));
+        match any {
+            true => Ok(vec![(
+                "NewReservedPort",
+                granted.external.port().to_string(),
+            )]),
+            false => Ok(Vec::new()),
+        }
+    }
+
+    /// The table's mapping on external `port` of `proto`.
+    async fn by_external(&self, proto: Transport, port: u16) -> Option<Entry> {
+        let entries = self.mapper.mappings.entries().await;
+        entries
+            .into_iter()
+            .find(|e| e.key.proto == proto && e.external.port() == port)
+    }
+
+    async fn delete(&self, client: SocketAddrV4, a: &Args<'_>) -> Result<Output, UpnpError> {
+        let proto = a.protocol()?;
+        let port = a.number("NewExternalPort")?;
+        let entry = self.by_external(proto, port).await.ok_or(NO_SUCH_ENTRY)?;
+        if entry.key.host != *client.ip() {
+            return Err(NOT_AUTHORIZED);
+        }
+        self.leases.remove(&entry.key);
+        self.mapper.delete(entry.key, None).await?;
+        Ok(Vec::new())
+    }
+
+    async fn delete_range(&self, client: SocketAddrV4, a: &Args<'_>) -> Result<Output, UpnpError> {
+        let (start, end): (u16, u16) = (a.number("NewStartPort")?, a.number("NewEndPort")?);
+        let proto = a.protocol()?;
+        if start > end {
+            return Err(INCONSISTENT);
+        }
+        let mine: Vec<Entry> = self
+            .mapper
+            .mappings
+            .of_host(*client.ip())
+            .await
+            .into_iter()
+            .filter(|e| e.key.proto == proto && (start..=end).contains(&e.external.port()))
+            .collect();
+        if mine.is_empty() {
+            return Err(NOT_FOUND);
+        }
+        let mut result = Ok(Vec::new());
+        for entry in mine {
+            self.leases.remove(&entry.key);
+            if let Err(f) = self.mapper.delete(entry.key, None).await {
+                result = Err(UpnpError::from(f));
+            }
+        }
+        result
+    }
+
+    async fn specific(&self, a: &Args<'_>) -> Result<Output, UpnpError> {
+        let proto = a.protocol()?;
+        let entry = self
+            .by_external(proto, a.number("NewExternalPort")?)
+            .await
+            .ok_or(NO_SUCH_ENTRY)?;
+        let mut out = self.describe(&entry, boot_time());
+        // GetSpecificPortMappingEntry does not repeat what was asked.
+        out.retain(|(name, _)| {
+            !matches!(*name, "NewRemoteHost" | "NewExternalPort" | "NewProtocol")
+        });
+        Ok(out)
+    }
+
+    async fn generic(&self, a: &Args<'_>) -> Result<Output, UpnpError> {
+        let index: usize = a.number("NewPortMappingIndex")?;
+        let entries = self.mapper.mappings.entries().await;
+        let entry = entries.get(index).ok_or(INDEX_INVALID)?;
+        Ok(self.describe(entry, boot_time()))
+    }
+
+    /// GetListOfPortMappings (IGD:2): the requester's mappings in the range (everyone's
+    /// with NewManage), at most NewNumberOfPorts, as the PortMappingList XML document.
+    async fn list(&self, client: SocketAddrV4, a: &Args<'_>) -> Result<Output, UpnpError> {
+        let (start, end): (u16, u16) = (a.number("NewStartPort")?, a.number("NewEndPort")?);
+        let proto = a.protocol()?;
+        let manage = matches!(a.get("NewManage")?, "1" | "true" | "yes");
+        let most: usize = a.number("NewNumberOfPorts")?;
+        if start > end {
+            return Err(INCONSISTENT);
+        }
+        let now = boot_time();
+        let entries = self.mapper.mappings.entries().await;
+        let listed: Vec<&Entry> = entries
+            .iter()
+            .filter(|e| e.key.proto == proto && (start..=end).contains(&e.external.port()))
+            .filter(|e| manage || e.key.host == *client.ip())
+            .take(if most == 0 { usize::MAX } else { most })
+            .collect();
+        if listed.is_empty() {
+            return Err(NOT_FOUND);
+        }
+        let mut xml = String::from(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><p:PortMappingList \
+             xmlns:p=\"urn:schemas-upnp-org:gw:WANIPConnection\">",
+        );
+        for entry in listed {
+            xml += "<p:PortMappingEntry>";
+            for (name, value) in self.describe(entry, now) {
+                let name = match name {
+                    "NewPortMappingDescription" => "NewDescription",
+                    "NewLeaseDuration" => "NewLeaseTime",
+                    other => other,
+                };
+                xml += &format!(
+                    "<p:{name}>{}</p:{name}>",
+                    quick_xml::escape::escape(value.as_str())
+                );
+            }
+            xml += "</p:PortMappingEntry>";
+        }
+        xml += "</p:PortMappingList>";
+        Ok(vec![("NewPortListing", xml)])
+    }
+
+    /// A mapping as GetGenericPortMappingEntry lists it.
+    fn describe(&self, entry: &Entry, now: Duration) -> Output {
+        let description = match &entry.origin {
+            Origin::Upnp { description, .. } => description.clone(),
+            Origin::NatPmp => "NAT-PMP".into(),
+            Origin::PcpMap { .. } => "PCP".into(),
+        };
+        vec![
+            ("NewRemoteHost", String::new()),
+            ("NewExternalPort", entry.external.port().to_string()),
+            ("NewProtocol", entry.key.proto.name().to_uppercase()),
+            ("NewInternalPort", entry.key.internal_port.to_string()),
+            ("NewInternalClient", entry.key.host.to_string()),
+            ("NewEnabled", "1".into()),
+            ("NewPortMappingDescription", description),
+            (
+                "NewLeaseDuration",
+                self.leases.left_secs(entry, now).to_string(),
+            ),
+        ]
+    }
+
+    /// Renews at the CGN what was made here and whose lease lasts beyond what the CGN
+    /// granted, once half of that has passed; forgets leases that are over.
+    pub async fn renew(&self) {
+        let now = boot_time();
+        for entry in self.mapper.mappings.entries().await {
+            let Origin::Upnp { any, .. } = &entry.origin else {
+                continue;
+            };
+            let (Some(lease_end), Some(expires)) = (self.leases.end(&entry.key), entry.expires)
+            else {
+                continue;
+            };
+            if lease_end.is_some_and(|end| end <= expires) {
+                continue;
+            }
+            let half = Duration::from_secs(u64::from(entry.lifetime) / 2);
+            if expires.saturating_sub(now) > half {
+                continue;
+            }
+            let left = lease_end.map_or(u64::from(UPSTREAM_LIFETIME), |end| {
+                end.saturating_sub(now).as_secs()
+            });
+            let lifetime = u32::try_from(left)
+                .unwrap_or(u32::MAX)
+                .clamp(1, UPSTREAM_LIFETIME);
+            let ask = (entry.external.port(), lifetime, !any);
+            if let Err(f) = self
+                .mapper
+                .map(entry.key, ask, entry.origin.clone(), entry.client)
+                .await
+            {
+                debug!("renewing {} at the CGN: {f}", entry.key);
+            }
+        }
+        let mut leases = self.leases.0.lock().unwrap();
+        leases.retain(|_, end| end.is_none_or(|end| end > now));
+    }
+}
+
+/// An action's input arguments.
+struct Args<'a>(&'a [(String, String)]);
+
+impl Args<'_> {
+    fn get(&self, name: &str) -> Result<&str, UpnpError> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.trim())
+            .ok_or(INVALID_ARGS)
+    }
+
+    fn number<T: std::str::FromStr>(&self, name: &str) -> Result<T, UpnpError> {
+        self.get(name)?.parse().map_err(|_| INVALID_ARGS)
+    }
+
+    fn protocol(&self) -> Result<Transport, UpnpError> {
+        match self.get("NewProtocol")?.to_ascii_uppercase().as_str() {
+            "TCP" => Ok(Transport::Tcp),
+            "UDP" => Ok(Transport::Udp),
+            _ => Err(INVALID_ARGS),
+        }
+    }
+}
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}

@@ -1,0 +1,190 @@
+//! What every server on the LAN does with a request once its protocol is understood: map
+//! or delete at the CGN as the requesting host (`upstream`), in the protocol the CGN speaks,
+//! and keep the table (and so the firewall) in step with what the CGN holds.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+
+use log::debug;
+
+use super::Identity;
+use crate::config::Config;
+use crate::mapping::{self, Backing, Entry, Grant, Key, Mappings, Origin, Refused};
+use crate::proto::Transport;
+use crate::upstream::{Ask, Failure, Granted, Igd, SocketPool, Upstream, Via};
+
+pub struct Mapper {
+    cfg: Arc<Config>,
+    /// What requests are translated to; `None` when the CGN answered no probe.
+    via: Option<Via>,
+    /// The CGN's IGD, when `via` is UPnP and its description could be read.
+    igd: Option<Arc<Igd>>,
+    pub mappings: Arc<Mappings>,
+    pub identity: Arc<Identity>,
+    sockets: Arc<SocketPool>,
+}
+
+impl Mapper {
+    pub fn new(
+        cfg: Arc<Config>,
+        via: Option<Via>,
+        igd: Option<Arc<Igd>>,
+        mappings: Arc<Mappings>,
+        identity: Arc<Identity>,
+    ) -> Mapper {
+        Mapper {
+            cfg,
+            via,
+            igd,
+            mappings,
+            identity,
+            sockets: Arc::default(),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    fn upstream(&self) -> Result<Upstream, Failure> {
+        let via = self.via.ok_or(Failure::NetworkFailure)?;
+        Ok(Upstream {
+            cgn: SocketAddrV4::new(self.cfg.cgn, self.cfg.nat_pmp_port),
+            wan: self.cfg.wan.addr,
+            via,
+            igd: self.igd.clone(),
+            sockets: self.sockets.clone(),
+        })
+    }
+
+    /// The CGN's external address: known from a probe or a grant, else asked for.
+    pub async fn public_address(&self) -> Result<Ipv4Addr, Failure> {
+        if let Some(addr) = self.mappings.known_public_address().await {
+            return Ok(addr);
+        }
+        let addr = self.upstream()?.public_address().await?;
+        self.mappings.public_address(addr).await;
+        Ok(addr)
+    }
+
+    /// Maps `key` at the CGN (`ask`: suggested port, lifetime, that port or nothing) and
+    /// takes the grant into the table.
+    pub async fn map(
+        &self,
+        key: Key,
+        (suggested_port, lifetime, prefer_failure): (u16, u32, bool),
+        origin: Origin,
+        client: SocketAddrV4,
+    ) -> Result<Granted, Failure> {
+        let own = [self.cfg.lan.addr, self.cfg.wan.addr];
+        if !mapping::is_lan_host(key.host, &self.cfg.lan, &own) {
+            return Err(Failure::NotAuthorized);
+        }
+        let upstream = self.upstream()?;
+        // A renewal goes with the nonce that made the mapping (it may come from a file
+        // written by an earlier run, whose derived nonces differ).
+        let backing = self.mappings.get(&key).await.map(|e| e.backing);
+        let ask = Ask {
+            host: key.host,
+            proto: key.proto,
+            internal_port: key.internal_port,
+            suggested_port,
+            lifetime,
+            prefer_failure,
+            nonce: self.nonce_for(&key, &origin, backing),
+        };
+        let mut granted = upstream.map(&ask).await?;
+        if granted.external.ip().is_unspecified() {
+            granted.external.set_ip(self.public_address().await?);
+        }
+        let backing = match upstream.via {
+            Via::Pcp => Backing::Pcp { nonce: ask.nonce },
+            Via::NatPmp => Backing::NatPmp,
+            Via::Upnp => Backing::Upnp,
+        };
+        let grant = Grant {
+            key,
+            external: granted.external,
+            lifetime: granted.lifetime,
+            origin,
+            backing,
+            client,
+        };
+        if let Err(refused) = self.mappings.granted(grant).await {
+            // Nothing may exist at the CGN that the table (and so the firewall) does not hold.
+            let undo = Ask { lifetime: 0, ..ask };
+            if let Err(e) = upstream.map(&undo).await {
+                debug!(
+                    "deleting {}:{} at the CGN again: {e}",
+                    key.host, key.internal_port
+                );
+            }
+            return Err(match refused {
+                Refused::HostQuota => Failure::UserExQuota,
+                Refused::TableFull | Refused::LifetimeOverflow => Failure::NoResources,
+            });
+        }
+        Ok(granted)
+    }
+
+    /// Deletes `key` at the CGN and from the table. A PCP delete must carry the nonce that
+    /// made the mapping (`nonce`); NAT-PMP has none to check.
+    pub async fn delete(&self, key: Key, nonce: Option<[u8; 12]>) -> Result<(), Failure> {
+        let entry = self.mappings.get(&key).await;
+        if let (Some(e), Some(nonce)) = (&entry, nonce)
+            && !same_nonce(e, nonce)
+        {
+            return Err(Failure::NotAuthorized);
+        }
+        let upstream = self.upstream()?;
+        let origin = entry.as_ref().map_or(Origin::NatPmp, |e| e.origin.clone());
+        let ask = Ask {
+            host: key.host,
+            proto: key.proto,
+            internal_port: key.internal_port,
+            // UPnP deletes by external port.
+            suggested_port: entry.as_ref().map_or(0, |e| e.external.port()),
+            lifetime: 0,
+            prefer_failure: false,
+            nonce: self.nonce_for(&key, &origin, entry.as_ref().map(|e| e.backing)),
+        };
+        // The client wants it gone: the hole closes whatever the CGN says.
+        let at_cgn = upstream.map(&ask).await.map(|_| ());
+        self.mappings.deleted(key).await;
+        at_cgn
+    }
+
+    /// Deletes every mapping of `host` (of `proto`, or of both).
+    pub async fn delete_all(
+        &self,
+        host: Ipv4Addr,
+        proto: Option<Transport>,
+    ) -> Result<(), Failure> {
+        let mut result = Ok(());
+        for entry in self.mappings.of_host(host).await {
+            if proto.is_none_or(|p| p == entry.key.proto) {
+                result = result.and(self.delete(entry.key, None).await);
+            }
+        }
+        result
+    }
+
+    /// The nonce the CGN knows the mapping by: the one that made it upstream, else the
+    /// PCP client's own (a PCP proxy keeps it end to end), else one derived from the key.
+    pub fn nonce_for(&self, key: &Key, origin: &Origin, backing: Option<Backing>) -> [u8; 12] {
+        match (backing, origin) {
+            (Some(Backing::Pcp { nonce }), _) => nonce,
+            (_, Origin::PcpMap { nonce }) => *nonce,
+            _ => self.identity.nonces.for_key(key),
+        }
+    }
+}
+
+/// Whether `nonce` is the one the PCP mapping `entry` was made with (RFC 6887 §11.3); a
+/// mapping made with NAT-PMP or UPnP has none to compare.
+pub fn same_nonce(entry: &Entry, nonce: [u8; 12]) -> bool {
+    match entry.origin {
+        Origin::PcpMap { nonce: made_with } => made_with == nonce,
+        _ => true,
+    }
+}
