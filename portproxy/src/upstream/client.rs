@@ -114,21 +114,28 @@ impl SocketPool {
 }
 
 impl Upstream {
-    /// Creates, renews (lifetime > 0) or deletes (lifetime 0) a mapping. With NAT-PMP a
-    /// `prefer_failure` ask that got another port is deleted again and refused.
+    /// Creates, renews (lifetime > 0) or deletes (lifetime 0) a mapping. A `prefer_failure`
+    /// ask that got another port is deleted again and refused.
     pub async fn map(&self, ask: &Ask) -> Result<Granted, Failure> {
         let granted = match self.via {
             Via::Pcp => self.pcp_map(ask).await?,
             Via::NatPmp => self.natpmp_map(ask).await?,
             Via::Upnp => self.upnp_map(ask).await?,
         };
+        // NAT-PMP cannot say "that port or nothing", and a PCP server may not honour it
+        // (miniupnpd 2.3 moves on when the port is another client's): what came back on
+        // another port is deleted again. (UPnP's AddPortMapping is exact.)
         let other_port = ask.suggested_port != 0 && granted.external.port() != ask.suggested_port;
-        if self.via == Via::NatPmp && ask.prefer_failure && ask.lifetime != 0 && other_port {
+        if self.via != Via::Upnp && ask.prefer_failure && ask.lifetime != 0 && other_port {
             let undo = Ask {
                 lifetime: 0,
                 ..*ask
             };
-            if let Err(e) = self.natpmp_map(&undo).await {
+            let deleted = match self.via {
+                Via::Pcp => self.pcp_map(&undo).await,
+                _ => self.natpmp_map(&undo).await,
+            };
+            if let Err(e) = deleted {
                 debug!(
                     "deleting {}:{} again at the CGN: {e}",
                     ask.host, ask.internal_port
