@@ -8,12 +8,17 @@
 #[macro_use]
 mod common;
 
-use std::time::Duration;
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    time::Duration,
+};
 
-use anyhow::{Result, ensure};
+use anyhow::{Context as _, Result, bail, ensure};
 use common::{check_mapping, run_expect, with_lab};
 use tests::{
-    CgnKind, Daemon, DataPath, LAN1_IP, LAN2_IP, Lab, Netns, PUBLIC_IP, Softwire, show_output,
+    CGN_SOFTWIRE_IP, CPE_SOFTWIRE_IP, CgnKind, Daemon, DataPath, LAN_GATEWAY, LAN1_IP, LAN2_IP,
+    Lab, Netns, PUBLIC_IP, Softwire, pcp_map_tcp, show_output,
 };
 
 /// Runs portproxy in a lab whose CGN speaks `kind`, behind the fw4-like firewall, then
@@ -169,3 +174,144 @@ fn igd2_actions(softwire: Softwire, path: DataPath) -> Result<()> {
     })
 }
 every_path!(igd2_actions);
+
+/// One WANIPConnection:1 action from `ns`, as a control point sends it: the response body,
+/// or the UPnP error code of the fault.
+fn soap(ns: &Netns, action: &str, args: &[(&str, String)]) -> Result<Result<String, u16>> {
+    let service = "urn:schemas-upnp-org:service:WANIPConnection:1";
+    let mut body = format!(
+        "<?xml version=\"1.0\"?><s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\" \
+         s:encodingStyle=\"http://schemas.xmlsoap.org/soap/encoding/\"><s:Body><u:{action} xmlns:u=\"{service}\">"
+    );
+    for (name, value) in args {
+        body += &format!("<{name}>{value}</{name}>");
+    }
+    body += &format!("</u:{action}></s:Body></s:Envelope>");
+    let request = format!(
+        "POST /ctl/IPConn HTTP/1.1\r\nHost: {LAN_GATEWAY}:5000\r\nContent-Type: text/xml\r\n\
+         SOAPAction: \"{service}#{action}\"\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let response = ns.enter(|| -> std::io::Result<String> {
+        let to = SocketAddr::from((LAN_GATEWAY, 5000));
+        let mut stream = TcpStream::connect_timeout(&to, Duration::from_secs(5))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.write_all(request.as_bytes())?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        Ok(response)
+    })??;
+    if response.starts_with("HTTP/1.1 200") {
+        return Ok(Ok(response));
+    }
+    let code = response
+        .split("<errorCode>")
+        .nth(1)
+        .and_then(|rest| rest.split('<').next()?.parse().ok())
+        .with_context(|| format!("{action}: neither a success nor a UPnP error:\n{response}"))?;
+    Ok(Err(code))
+}
+
+fn add(ns: &Netns, host: &str, internal: u16, external: u16) -> Result<Result<String, u16>> {
+    soap(
+        ns,
+        "AddPortMapping",
+        &[
+            ("NewRemoteHost", String::new()),
+            ("NewExternalPort", external.to_string()),
+            ("NewProtocol", "TCP".into()),
+            ("NewInternalPort", internal.to_string()),
+            ("NewInternalClient", host.into()),
+            ("NewEnabled", "1".into()),
+            ("NewPortMappingDescription", "seed 004".into()),
+            ("NewLeaseDuration", "0".into()),
+        ],
+    )
+}
+
+/// Whether GetSpecificPortMappingEntry says `external` is free (714).
+fn free(ns: &Netns, external: u16) -> Result<bool> {
+    let args = [
+        ("NewRemoteHost", String::new()),
+        ("NewExternalPort", external.to_string()),
+        ("NewProtocol", "TCP".into()),
+    ];
+    match soap(ns, "GetSpecificPortMappingEntry", &args)? {
+        Ok(_) => Ok(false),
+        Err(714) => Ok(true),
+        Err(code) => bail!("GetSpecificPortMappingEntry {external}: error {code}"),
+    }
+}
+
+/// The four IGD:1 control points of seed 004, scripted as the slides describe them, with
+/// 9401 held here by lan2 and 9402 held at the CGN by another client (the CPE itself, over
+/// PCP, so the table does not know it):
+/// - uTorrent: GetSpecificPortMappingEntry until a port is free, then AddPortMapping (and
+///   on to the next port after a 718): ends mapped on 9403;
+/// - Azureus: AddPortMapping, then the same port five more times: 718 each time on 9402,
+///   mapped at once on a free port;
+/// - Shareaza: GetSpecificPortMappingEntry, and no AddPortMapping when taken: gives up on
+///   9401, mapped on a free port;
+/// - eMule: one AddPortMapping: 718 on 9401, mapped on a free port.
+///
+/// Every mapping made is reachable; a refused one leaves nothing at the CGN.
+fn seed_004_control_points(softwire: Softwire, path: DataPath) -> Result<()> {
+    with_igd(softwire, path, CgnKind::PcpOnly, |lab, _| {
+        let (lan1, lan2) = (lab.lan(1), lab.lan(2));
+        let (host1, host2) = (LAN1_IP.to_string(), LAN2_IP.to_string());
+        ensure!(
+            add(lan2, &host2, 8401, 9401)?.is_ok(),
+            "lan2 could not map 9401"
+        );
+        pcp_map_tcp(lab.cpe(), CGN_SOFTWIRE_IP, CPE_SOFTWIRE_IP, 8402, 9402, 600)?;
+
+        // uTorrent.
+        let mut mapped = None;
+        for port in 9401..9410 {
+            if free(lan1, port)? && add(lan1, &host1, 8410, port)?.is_ok() {
+                mapped = Some(port);
+                break;
+            }
+        }
+        ensure!(
+            mapped == Some(9403),
+            "uTorrent's flow ended on {mapped:?}, not 9403"
+        );
+        check_mapping(lab, 9403, lan1, 8410)?;
+
+        // Azureus.
+        for _ in 0..6 {
+            ensure!(
+                add(lan1, &host1, 8411, 9402)? == Err(718),
+                "9402 is the CGN's other client's"
+            );
+        }
+        ensure!(add(lan1, &host1, 8411, 9411)?.is_ok());
+        check_mapping(lab, 9411, lan1, 8411)?;
+
+        // Shareaza.
+        ensure!(!free(lan1, 9401)?, "9401 is lan2's");
+        ensure!(free(lan1, 9412)? && add(lan1, &host1, 8412, 9412)?.is_ok());
+        check_mapping(lab, 9412, lan1, 8412)?;
+
+        // eMule.
+        ensure!(add(lan1, &host1, 8413, 9401)? == Err(718), "9401 is lan2's");
+        ensure!(add(lan1, &host1, 8413, 9413)?.is_ok());
+        check_mapping(lab, 9413, lan1, 8413)?;
+
+        // What was refused left nothing at the CGN for lan1.
+        let nat = run_expect(lab.cgn(), "nft", &["list", "table", "inet", "nat"], &[])?;
+        for internal in [8411, 8413] {
+            let rules = nat
+                .lines()
+                .filter(|l| l.contains(&format!("{host1}:{internal}")))
+                .count();
+            ensure!(
+                rules == 1,
+                "{rules} CGN rules for {host1}:{internal}:\n{nat}"
+            );
+        }
+        Ok(())
+    })
+}
+every_path!(seed_004_control_points);
