@@ -22,18 +22,30 @@ use tests::{
 };
 
 /// Runs portproxy in a lab whose CGN speaks `kind`, behind the fw4-like firewall, then
-/// `test`; prints portproxy's log on failure.
+/// `test`; on the fast path the programs must have passed the CGN's answers to what the
+/// IGD asked up to the daemon. Prints portproxy's log on failure.
 fn with_igd(
     softwire: Softwire,
     path: DataPath,
     kind: CgnKind,
     test: impl FnOnce(&Lab, &Daemon) -> Result<()>,
 ) -> Result<()> {
+    with_igd_counting(softwire, path, kind, &["passed_to_daemon"], test)
+}
+
+/// `with_igd`, with the kernel counters that must have moved on the fast path.
+fn with_igd_counting(
+    softwire: Softwire,
+    path: DataPath,
+    kind: CgnKind,
+    kernel: &[&str],
+    test: impl FnOnce(&Lab, &Daemon) -> Result<()>,
+) -> Result<()> {
     with_lab(Lab::builder(softwire).cgn(kind).cpe_firewall(), |lab| {
         let args = ["--lan-iface", "br-lan", "--wan-iface", "softwire", "-vv"];
         let portproxy = lab.spawn_portproxy_on(path, &args)?;
-        let result = test(lab, &portproxy)
-            .and_then(|()| lab.check_data_path(&portproxy, path, &["passed_to_daemon"]));
+        let result =
+            test(lab, &portproxy).and_then(|()| lab.check_data_path(&portproxy, path, kernel));
         if result.is_err() {
             eprintln!("=== portproxy log\n{}", portproxy.log());
         }
@@ -116,6 +128,32 @@ fn control_point(softwire: Softwire, path: DataPath, kind: CgnKind) -> Result<()
         Ok(())
     })
 }
+
+/// GUPnP's SSDP client, searching for everything, finds both IGD versions and their
+/// connection services on the LAN, each version with its own description. (On the fast
+/// path the programs pass the searches up.)
+fn gssdp_discovery(softwire: Softwire, path: DataPath) -> Result<()> {
+    with_igd_counting(softwire, path, CgnKind::PcpOnly, &["passed"], |lab, _| {
+        let args = ["-i", "eth0", "-t", "ssdp:all", "-n", "2"];
+        let out = run_expect(lab.lan(1), "gssdp-discover", &args, &["resource available"])?;
+        // gssdp-discover prints a block per answer: USN, then Location.
+        for version in [1, 2] {
+            let location = format!("Location: http://192.168.1.1:5000/igd{version}.xml");
+            for kind in [
+                format!("device:InternetGatewayDevice:{version}"),
+                format!("service:WANIPConnection:{version}"),
+            ] {
+                let found = out.split("resource available").any(|answer| {
+                    answer.contains(&format!("urn:schemas-upnp-org:{kind}"))
+                        && answer.contains(&location)
+                });
+                ensure!(found, "no answer for {kind} at {location}:\n{out}");
+            }
+        }
+        Ok(())
+    })
+}
+every_path!(gssdp_discovery);
 
 fn control_point_on_a_pcp_cgn(softwire: Softwire, path: DataPath) -> Result<()> {
     control_point(softwire, path, CgnKind::PcpOnly)

@@ -14,6 +14,8 @@ const PACKAGES: &[&str] = &[
     "miniupnpd-nftables",
     "miniupnpc",
     "natpmpc",
+    // gssdp-discover: GUPnP's SSDP client, a second one besides miniupnpc's for the IGD tests.
+    "gupnp-tools",
     "bpftool",
     "nftables",
     "iproute2",
