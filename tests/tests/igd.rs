@@ -15,7 +15,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use common::{check_mapping, run_expect, with_lab};
+use common::{check_mapping, mapped_again, run_expect, with_lab};
 use tests::{
     CGN_SOFTWIRE_IP, CPE_SOFTWIRE_IP, CgnKind, Daemon, DataPath, LAN_GATEWAY, LAN1_IP, LAN2_IP,
     Lab, Netns, PUBLIC_IP, Softwire, pcp_map_tcp, show_output,
@@ -353,3 +353,37 @@ fn seed_004_control_points(softwire: Softwire, path: DataPath) -> Result<()> {
     })
 }
 every_path!(seed_004_control_points);
+
+/// The CGN reboots and loses every mapping: the one made through the IGD (a PCP mapping
+/// with portproxy's nonce) is back at the CGN within 10 s and reachable again.
+fn igd_mapping_survives_a_cgn_reboot(softwire: Softwire, path: DataPath) -> Result<()> {
+    with_lab(
+        Lab::builder(softwire).cgn(CgnKind::PcpOnly).cpe_firewall(),
+        |lab| {
+            let args = ["--lan-iface", "br-lan", "--wan-iface", "softwire", "-vv"];
+            let portproxy = lab.spawn_portproxy_on(path, &args)?;
+            let result = (|| -> Result<()> {
+                let host1 = LAN1_IP.to_string();
+                upnpc(
+                    lab.lan(1),
+                    1,
+                    &["-a", &host1, "8421", "9421", "tcp"],
+                    &["is redirected"],
+                )?;
+                // The epoch's 2 s slack (see proxy.rs, mappings_survive_a_cgn_reboot).
+                std::thread::sleep(Duration::from_secs(4));
+                lab.reboot_cgn()?;
+                let took = mapped_again(lab, 9421, LAN1_IP, 8421, Duration::from_secs(10))?;
+                eprintln!("back at the CGN after {took:?}");
+                check_mapping(lab, 9421, lab.lan(1), 8421)?;
+                upnpc(lab.lan(1), 1, &["-l"], &[&format!("9421->{host1}:8421")])?;
+                Ok(())
+            })();
+            if result.is_err() {
+                eprintln!("=== portproxy log\n{}", portproxy.log());
+            }
+            result
+        },
+    )
+}
+every_path!(igd_mapping_survives_a_cgn_reboot);

@@ -15,8 +15,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use common::{
-    check_mapping, check_mapping_at, natpmpc_delete, natpmpc_map, natpmpc_map_any, run_expect,
-    with_lab,
+    check_mapping, check_mapping_at, mapped_again, natpmpc_delete, natpmpc_map, natpmpc_map_any,
+    run_expect, with_lab,
 };
 use serde_json::Value;
 use tests::{
@@ -359,30 +359,6 @@ fn refusals(softwire: Softwire, path: DataPath) -> Result<()> {
     )
 }
 every_path!(refusals);
-
-/// Waits (at most `within`) until the CGN maps TCP `external` to `host`:`internal` again.
-fn mapped_again(
-    lab: &Lab,
-    external: u16,
-    host: Ipv4Addr,
-    internal: u16,
-    within: Duration,
-) -> Result<Duration> {
-    let start = Instant::now();
-    let rule = format!("dport {external} dnat ip to {host}:{internal}");
-    loop {
-        let nat = run_expect(lab.cgn(), "nft", &["list", "table", "inet", "nat"], &[])?;
-        if nat.contains(&rule) {
-            return Ok(start.elapsed());
-        }
-        if start.elapsed() > within {
-            bail!(
-                "the CGN did not map {external} -> {host}:{internal} again within {within:?}:\n{nat}"
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 /// The announcements (RFC 6886 §3.2.1, RFC 6887 §14.1.3) that reach `socket` (port 5350 in
 /// a LAN host) from the gateway within `within`: the epoch of the NAT-PMP one that says

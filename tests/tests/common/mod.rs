@@ -1,11 +1,10 @@
 //! Helpers shared by the namespace test files.
 
+use anyhow::{Context as _, Result, bail, ensure};
 use std::{
     net::{Ipv4Addr, SocketAddr},
-    time::Instant,
+    time::{Duration, Instant},
 };
-
-use anyhow::{Context as _, Result, bail, ensure};
 use tests::{LAN1_IP, LAN2_IP, Lab, LabBuilder, Netns, PUBLIC_IP, show_output};
 
 /// Generates a test per softwire kind: `both_softwires!(scenario: name_l2, name_l3);` with
@@ -188,4 +187,29 @@ pub fn natpmpc_map(ns: &Netns, external: u16, internal: u16) -> Result<String> {
 pub fn natpmpc_delete(ns: &Netns, external: u16, internal: u16) -> Result<()> {
     let expected = format!("Mapped public port 0 protocol TCP to local port {internal} liftime 0");
     natpmpc_tcp(ns, external, internal, 0, &expected).map(drop)
+}
+
+#[allow(dead_code)] // not every test file reboots the CGN
+/// Waits (at most `within`) until the CGN maps TCP `external` to `host`:`internal` again.
+pub fn mapped_again(
+    lab: &Lab,
+    external: u16,
+    host: Ipv4Addr,
+    internal: u16,
+    within: Duration,
+) -> Result<Duration> {
+    let start = Instant::now();
+    let rule = format!("dport {external} dnat ip to {host}:{internal}");
+    loop {
+        let nat = run_expect(lab.cgn(), "nft", &["list", "table", "inet", "nat"], &[])?;
+        if nat.contains(&rule) {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > within {
+            bail!(
+                "the CGN did not map {external} -> {host}:{internal} again within {within:?}:\n{nat}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
