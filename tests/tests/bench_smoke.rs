@@ -162,6 +162,10 @@ fn bench_smoke_writes_every_mode_and_metric() -> Result<()> {
     {
         bail!("the proxy's renewal measurement is missing or failed: {renewal:#}");
     }
+    let igd = &modes["proxy"]["igd"];
+    if !(igd["calls_per_s"].as_f64().is_some_and(|r| r > 0.0) && igd["p99_us"].is_number()) {
+        bail!("the IGD measurement is missing or failed: {igd:#}");
+    }
     let png = std::fs::metadata(out.join("bench.png")).context("no bench.png")?;
     if png.len() == 0 {
         bail!("bench.png is empty");

@@ -13,6 +13,7 @@
 //! - `report`: the table, the targets and the JSON; `chart`: the PNG.
 
 mod chart;
+mod igd;
 mod net;
 mod renewal;
 mod report;
@@ -244,6 +245,8 @@ pub struct ModeResult {
     pub scale: Option<Scale>,
     /// The proxy's mappings under renewal.
     pub renewal: Option<std::result::Result<renewal::Renewal, String>>,
+    /// The IGD's AddPortMapping calls (measured with the proxy mode).
+    pub igd: Option<std::result::Result<igd::IgdLoad, String>>,
 }
 
 /// A running daemon, a DNAT ruleset (removed on drop), or nothing: what a mode puts on the CPE.
@@ -524,6 +527,7 @@ fn measure(
             rounds: Vec::new(),
             scale: None,
             renewal: None,
+            igd: None,
         })
         .collect();
     for round in 0..args.rounds {
@@ -561,6 +565,14 @@ fn measure(
             );
             result.renewal = Some(rig.renewal().map_err(|e| {
                 eprintln!("bench: renewal failed: {e:#}");
+                format!("{e:#}")
+            }));
+            eprintln!(
+                "bench: {} AddPortMapping calls to the IGD",
+                args.renewal_mappings
+            );
+            result.igd = Some(rig.igd().map_err(|e| {
+                eprintln!("bench: igd failed: {e:#}");
                 format!("{e:#}")
             }));
         }
@@ -628,13 +640,13 @@ impl<'a> Rig<'a> {
         let mut cmd = self.net.cpe().command("taskset");
         cmd.args(["-c", &self.placement.cpe.to_string()])
             .arg(self.bin)
+            .args(["--lan-iface", "br-lan", "--wan-iface", "softwire"])
+            // SSDP off unless the measurement wants it (the IGD's).
+            .args(match extra.iter().any(|a| a == "--upnp-udp") {
+                true => &[][..],
+                false => &["--upnp-udp", "0"][..],
+            })
             .args([
-                "--lan-iface",
-                "br-lan",
-                "--wan-iface",
-                "softwire",
-                "--upnp-udp",
-                "0",
                 // Room for the scale test's 65,536 client tuples on both data paths, and no
                 // per-host rate limit: the generator is one host sending as fast as it can,
                 // and the bench measures the data path (the limiter has its own tests).

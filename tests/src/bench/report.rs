@@ -6,6 +6,7 @@ use std::{fmt::Write as _, path::PathBuf};
 use anyhow::{Context as _, Result};
 use serde_json::{Value, json};
 
+use super::igd::IgdLoad;
 use super::renewal::{self, Renewal};
 use super::{Args, Kind, ModeResult, Placement, Round, Scale, ScalePass, Throughput};
 use crate::bench::traffic::ProbeResult;
@@ -183,6 +184,13 @@ impl Report {
         self.results
             .iter()
             .find_map(|r| r.renewal.as_ref().map(|r| r.as_ref()))
+    }
+
+    /// The IGD's measurement, if the proxy mode ran.
+    fn igd(&self) -> Option<Result<&IgdLoad, &String>> {
+        self.results
+            .iter()
+            .find_map(|r| r.igd.as_ref().map(|r| r.as_ref()))
     }
 
     fn summaries(&self) -> Vec<Summary> {
@@ -678,6 +686,24 @@ impl Report {
             Some(Err(e)) => writeln!(t, "  failed: {e}"),
             None => writeln!(t, "  not measured (proxy mode not run)"),
         };
+        let _ = writeln!(
+            t,
+            "igd: portproxy as the LAN's IGD (the CGN speaks NAT-PMP), {} AddPortMapping calls from one control point, one at a time:",
+            self.args.renewal_mappings
+        );
+        let _ = match self.igd() {
+            Some(Ok(g)) => writeln!(
+                t,
+                "  round trip p50 {:.0} us, p99 {:.0} us; {:.0} calls/s; RSS {:.2} MiB before, {:.2} MiB with the mappings",
+                g.p50_us,
+                g.p99_us,
+                g.calls_per_s,
+                g.rss_ready_kib as f64 / 1024.0,
+                g.rss_mapped_kib as f64 / 1024.0
+            ),
+            Some(Err(e)) => writeln!(t, "  failed: {e}"),
+            None => writeln!(t, "  not measured (proxy mode not run)"),
+        };
         let _ = writeln!(t);
         let _ = writeln!(
             t,
@@ -812,6 +838,17 @@ impl Report {
                     "unavailable_reason": s.unavailable,
                     "summary": summary,
                     "scale": scale_json(&r.scale, &s.unavailable),
+                    "igd": r.igd.as_ref().map(|r| match r {
+                        Ok(g) => json!({
+                            "calls": g.calls,
+                            "p50_us": g.p50_us,
+                            "p99_us": g.p99_us,
+                            "calls_per_s": g.calls_per_s,
+                            "rss_ready_kib": g.rss_ready_kib,
+                            "rss_mapped_kib": g.rss_mapped_kib,
+                        }),
+                        Err(e) => json!({"error": e}),
+                    }),
                     "renewal": r.renewal.as_ref().map(|r| match r {
                         Ok(r) => json!({
                             "mappings": r.mappings,
