@@ -465,7 +465,12 @@ async fn send(
         .connect(callback.addr.into())
         .await
         .context("connecting")?;
-    let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+    // Title-Case names (`Sid`, `Seq`), as UPnP stacks that compare names exactly expect
+    // more often than lower case.
+    let (mut sender, connection) = http1::Builder::new()
+        .title_case_headers(true)
+        .handshake(TokioIo::new(stream))
+        .await?;
     let request = Request::builder()
         .method(Method::from_bytes(b"NOTIFY")?)
         .uri(callback.target.as_str())

@@ -62,7 +62,10 @@ pub async fn serve(igd: Arc<IgdServer>, listener: TcpListener, tasks: Tasks) -> 
                 let (igd, events) = (igd.clone(), events.clone());
                 async move { Ok::<_, Infallible>(respond(&igd, peer, req, &events).await) }
             });
+            // Title-Case header names (`Sid`, `Timeout`): what control points that compare
+            // names exactly expect more often than lower case.
             let connection = http1::Builder::new()
+                .title_case_headers(true)
                 .max_buf_size(MAX_HEAD)
                 .max_headers(MAX_HEADERS)
                 .serve_connection(TokioIo::new(stream), service);
