@@ -83,8 +83,11 @@ impl Drop for EventSink {
     }
 }
 
-/// A request or response head and body, read from `stream` (Content-Length bodies only).
-fn read_message(stream: &mut TcpStream) -> Result<(String, Vec<(String, String)>, String)> {
+/// A request or response: its first line, its headers (names in lower case), its body.
+type Message = (String, Vec<(String, String)>, String);
+
+/// A request or response read from `stream` (Content-Length bodies only).
+fn read_message(stream: &mut TcpStream) -> Result<Message> {
     let mut reader = BufReader::new(stream);
     let mut first = String::new();
     reader.read_line(&mut first)?;

@@ -176,11 +176,11 @@ every_path!(igd2_actions);
 /// address, no mappings), one when upnpc maps and one when the carrier renumbers the CGN;
 /// renewal keeps its SID; a SUBSCRIBE whose callback is lan2 (CallStranger) is refused
 /// and lan2 never hears a thing; malformed ones are refused; after UNSUBSCRIBE, nothing.
-fn events(softwire: Softwire, path: DataPath) -> Result<()> {
+fn events(softwire: Softwire, path: DataPath, kind: CgnKind) -> Result<()> {
     const RENUMBERED: Ipv4Addr = Ipv4Addr::new(203, 0, 114, 9);
     const EVENTS: &str = "/evt/IPConn";
     const PORT: u16 = 49152;
-    with_igd(softwire, path, CgnKind::PcpOnly, |lab, portproxy| {
+    with_igd(softwire, path, kind, |lab, portproxy| {
         let sink1 = lab.lan(1).serve_events(PORT)?;
         let sink2 = lab.lan(2).serve_events(PORT)?;
         let callback1 = format!("<http://{LAN1_IP}:{PORT}/events>");
@@ -308,4 +308,13 @@ fn events(softwire: Softwire, path: DataPath) -> Result<()> {
         Ok(())
     })
 }
-every_path!(events);
+
+fn events_on_a_pcp_cgn(softwire: Softwire, path: DataPath) -> Result<()> {
+    events(softwire, path, CgnKind::PcpOnly)
+}
+every_path!(events_on_a_pcp_cgn);
+
+fn events_on_a_natpmp_cgn(softwire: Softwire, path: DataPath) -> Result<()> {
+    events(softwire, path, CgnKind::NatPmpOnly)
+}
+every_path!(events_on_a_natpmp_cgn);
