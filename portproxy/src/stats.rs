@@ -81,6 +81,11 @@ counters! {
         FirewallErrors "firewall_errors" => "firewall updates failed",
         SaveErrors "save_errors" => "mappings file writes failed",
         UpnpNotUnderstood "upnp_not_understood" => "upnp mapping actions not understood (spliced, not learned)",
+        GenaSubscribed "gena_subscribed" => "gena subscriptions taken (renewals apart)",
+        GenaRefused "gena_refused" => "gena (un)subscribes refused: bad headers, unknown sid or a callback not to the subscriber",
+        GenaEvicted "gena_evicted" => "gena subscriptions ended early for a newer one (per-host or total limit)",
+        GenaEvents "gena_events" => "gena events delivered",
+        GenaFailed "gena_failed" => "gena events not delivered (callback refused, silent or not 2xx)",
     }
     kernel {
         Passed "passed" => "passed to the stack: not for portproxy",

@@ -10,15 +10,15 @@ mod common;
 
 use std::{
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
     time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
 use common::{check_mapping, mapped_again, run_expect, with_lab};
 use tests::{
-    CGN_SOFTWIRE_IP, CPE_SOFTWIRE_IP, CgnKind, Daemon, DataPath, LAN_GATEWAY, LAN1_IP, LAN2_IP,
-    Lab, Netns, PUBLIC_IP, Softwire, pcp_map_tcp, show_output,
+    CGN_SOFTWIRE_IP, CPE_SOFTWIRE_IP, CgnKind, Daemon, DataPath, Event, LAN_GATEWAY, LAN1_IP,
+    LAN2_IP, Lab, Netns, PUBLIC_IP, Softwire, pcp_map_tcp, response_header, show_output,
 };
 
 /// Runs portproxy in a lab whose CGN speaks `kind`, behind the fw4-like firewall, then
@@ -28,7 +28,7 @@ fn with_igd(
     softwire: Softwire,
     path: DataPath,
     kind: CgnKind,
-    test: impl FnOnce(&Lab, &Daemon) -> Result<()>,
+    test: impl FnOnce(&mut Lab, &Daemon) -> Result<()>,
 ) -> Result<()> {
     with_igd_counting(softwire, path, kind, &["passed_to_daemon"], test)
 }
@@ -39,7 +39,7 @@ fn with_igd_counting(
     path: DataPath,
     kind: CgnKind,
     kernel: &[&str],
-    test: impl FnOnce(&Lab, &Daemon) -> Result<()>,
+    test: impl FnOnce(&mut Lab, &Daemon) -> Result<()>,
 ) -> Result<()> {
     with_lab(Lab::builder(softwire).cgn(kind).cpe_firewall(), |lab| {
         let args = ["--lan-iface", "br-lan", "--wan-iface", "softwire", "-vv"];
@@ -387,3 +387,149 @@ fn igd_mapping_survives_a_cgn_reboot(softwire: Softwire, path: DataPath) -> Resu
     )
 }
 every_path!(igd_mapping_survives_a_cgn_reboot);
+/// GENA eventing (UDA 1.1 §4): a subscriber on lan1 gets the initial event (the CGN's
+/// address, no mappings), one when upnpc maps and one when the carrier renumbers the CGN;
+/// renewal keeps its SID; a SUBSCRIBE whose callback is lan2 (CallStranger) is refused
+/// and lan2 never hears a thing; malformed ones are refused; after UNSUBSCRIBE, nothing.
+fn events(softwire: Softwire, path: DataPath, kind: CgnKind) -> Result<()> {
+    const RENUMBERED: Ipv4Addr = Ipv4Addr::new(203, 0, 114, 9);
+    const EVENTS: &str = "/evt/IPConn";
+    const PORT: u16 = 49152;
+    with_igd(softwire, path, kind, |lab, portproxy| {
+        let sink1 = lab.lan(1).serve_events(PORT)?;
+        let sink2 = lab.lan(2).serve_events(PORT)?;
+        let callback1 = format!("<http://{LAN1_IP}:{PORT}/events>");
+        let (status, headers) = lab.lan(1).gena(
+            "SUBSCRIBE",
+            EVENTS,
+            &[
+                ("CALLBACK", &callback1),
+                ("NT", "upnp:event"),
+                ("TIMEOUT", "Second-300"),
+            ],
+        )?;
+        ensure!(status == 200, "SUBSCRIBE: {status} {headers:?}");
+        let sid = response_header(&headers, "sid")
+            .filter(|sid| sid.starts_with("uuid:"))
+            .with_context(|| format!("no SID in {headers:?}"))?
+            .to_string();
+        ensure!(response_header(&headers, "timeout") == Some("Second-300"));
+        let of_sid = |e: &Event| e.header("sid") == Some(sid.as_str());
+        let initial = sink1.wait_for(Duration::from_secs(5), |e| of_sid(e))?;
+        ensure!(
+            initial.seq() == Some(0)
+                && initial.target == "/events"
+                && initial.header("nt") == Some("upnp:event")
+                && initial.header("nts") == Some("upnp:propchange")
+                && initial.variable("ExternalIPAddress") == Some(&PUBLIC_IP.to_string())
+                && initial.variable("PortMappingNumberOfEntries") == Some("0")
+                && initial.variable("ConnectionStatus") == Some("Connected"),
+            "initial event: {initial:#?}"
+        );
+
+        // CallStranger: lan1 asks for lan2's events to go to lab.lan(2).
+        let callback2 = format!("<http://{LAN2_IP}:{PORT}/events>");
+        let (status, _) = lab.lan(1).gena(
+            "SUBSCRIBE",
+            EVENTS,
+            &[("CALLBACK", &callback2), ("NT", "upnp:event")],
+        )?;
+        ensure!(
+            status == 412,
+            "SUBSCRIBE with lan2's callback from lan1: {status}"
+        );
+        // Malformed: no NT; SID and NT together; an unknown SID.
+        let (status, _) = lab
+            .lan(1)
+            .gena("SUBSCRIBE", EVENTS, &[("CALLBACK", &callback1)])?;
+        ensure!(status == 412, "SUBSCRIBE without NT: {status}");
+        let both = [("SID", sid.as_str()), ("NT", "upnp:event")];
+        let (status, _) = lab.lan(1).gena("SUBSCRIBE", EVENTS, &both)?;
+        ensure!(status == 400, "SUBSCRIBE with SID and NT: {status}");
+        let unknown = [("SID", "uuid:00000000-0000-4000-8000-000000000000")];
+        let (status, _) = lab.lan(1).gena("SUBSCRIBE", EVENTS, &unknown)?;
+        ensure!(status == 412, "renewal of an unknown SID: {status}");
+
+        let host1 = LAN1_IP.to_string();
+        upnpc(
+            lab.lan(1),
+            1,
+            &["-a", &host1, "8321", "9321", "tcp", "3600"],
+            &["is redirected"],
+        )?;
+        let mapped = sink1.wait_for(Duration::from_secs(5), |e| {
+            of_sid(e) && e.variable("PortMappingNumberOfEntries") == Some("1")
+        })?;
+        ensure!(mapped.seq() == Some(1), "second event: {mapped:#?}");
+
+        // Renewal: the same SID, the new timeout.
+        let (status, headers) = lab.lan(1).gena(
+            "SUBSCRIBE",
+            EVENTS,
+            &[("SID", &sid), ("TIMEOUT", "Second-600")],
+        )?;
+        ensure!(
+            status == 200
+                && response_header(&headers, "sid") == Some(sid.as_str())
+                && response_header(&headers, "timeout") == Some("Second-600"),
+            "renewal: {status} {headers:?}"
+        );
+
+        // The epoch's 2 s slack (see proxy.rs, mappings_survive_a_cgn_reboot).
+        std::thread::sleep(Duration::from_secs(4));
+        lab.change_public_address(RENUMBERED)?;
+        let renumbered = RENUMBERED.to_string();
+        let moved = sink1.wait_for(Duration::from_secs(10), |e| {
+            of_sid(e) && e.variable("ExternalIPAddress") == Some(&renumbered)
+        })?;
+        ensure!(
+            moved.seq() == Some(2) && moved.variable("PortMappingNumberOfEntries") == Some("1"),
+            "event of the new address: {moved:#?}"
+        );
+
+        let (status, _) = lab.lan(2).gena("UNSUBSCRIBE", EVENTS, &[("SID", &sid)])?;
+        ensure!(
+            status == 412,
+            "UNSUBSCRIBE of lan1's SID from lan2: {status}"
+        );
+        let (status, _) = lab.lan(1).gena("UNSUBSCRIBE", EVENTS, &[("SID", &sid)])?;
+        ensure!(status == 200, "UNSUBSCRIBE: {status}");
+        let before = sink1.events().len();
+        upnpc(lab.lan(1), 1, &["-d", "9321", "tcp"], &[])?;
+        std::thread::sleep(Duration::from_secs(3));
+        let after = sink1.events();
+        ensure!(
+            after.len() == before,
+            "events after UNSUBSCRIBE: {:#?}",
+            &after[before..]
+        );
+        let (status, _) = lab.lan(1).gena("UNSUBSCRIBE", EVENTS, &[("SID", &sid)])?;
+        ensure!(status == 412, "a second UNSUBSCRIBE: {status}");
+        ensure!(
+            sink2.events().is_empty(),
+            "lan2 was sent events: {:#?}",
+            sink2.events()
+        );
+        // The status file is written once a second.
+        std::thread::sleep(Duration::from_millis(1200));
+        let stats = lab.portproxy_stats(portproxy)?;
+        let counter = |name: &str| stats["counters"][name]["daemon"].as_u64().unwrap_or(0);
+        ensure!(
+            counter("gena_events") >= 3 && counter("gena_refused") >= 6,
+            "gena counters: events {}, refused {}",
+            counter("gena_events"),
+            counter("gena_refused")
+        );
+        Ok(())
+    })
+}
+
+fn events_on_a_pcp_cgn(softwire: Softwire, path: DataPath) -> Result<()> {
+    events(softwire, path, CgnKind::PcpOnly)
+}
+every_path!(events_on_a_pcp_cgn);
+
+fn events_on_a_natpmp_cgn(softwire: Softwire, path: DataPath) -> Result<()> {
+    events(softwire, path, CgnKind::NatPmpOnly)
+}
+every_path!(events_on_a_natpmp_cgn);

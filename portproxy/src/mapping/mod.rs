@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use log::{debug, info, warn};
 use serde::{Deserialize, Serialize};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, watch};
 
 pub use table::{Learned, Limits, Refused, Table};
 
@@ -198,6 +198,14 @@ struct State {
     public_addr: Option<Ipv4Addr>,
 }
 
+/// What the table says that a UPnP subscriber is told of (the IGD's evented variables):
+/// the CGN's external address and how many mappings there are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Observed {
+    pub public_addr: Option<Ipv4Addr>,
+    pub len: usize,
+}
+
 /// The daemon's mapping table and its firewall holes.
 pub struct Mappings {
     /// One lock over the table and the firewall, so that the holes change in
@@ -209,6 +217,8 @@ pub struct Mappings {
     /// expired or moved; only renewed.
     changed: AtomicBool,
     renewed: AtomicBool,
+    /// Changes of `Observed` (see `watch`).
+    observed: watch::Sender<Observed>,
     stats: Arc<Stats>,
 }
 
@@ -223,13 +233,35 @@ impl Mappings {
             held: AtomicUsize::new(0),
             changed: AtomicBool::new(false),
             renewed: AtomicBool::new(false),
+            observed: watch::Sender::new(Observed::default()),
             stats,
         })
     }
 
+    /// The external address and the table's length, now and whenever they change.
+    pub fn watch(&self) -> watch::Receiver<Observed> {
+        self.observed.subscribe()
+    }
+
+    /// Tells the watchers what changed (nothing when nothing did); with the lock held, so
+    /// changes are seen in their order.
+    fn publish(&self, state: &State) {
+        let now = Observed {
+            public_addr: state.public_addr,
+            len: state.table.len(),
+        };
+        self.observed.send_if_modified(|seen| {
+            let changed = *seen != now;
+            *seen = now;
+            changed
+        });
+    }
+
     /// Notes the CGN's external address.
     pub async fn public_address(&self, addr: Ipv4Addr) {
-        self.state.lock().await.public_addr = Some(addr);
+        let mut state = self.state.lock().await;
+        state.public_addr = Some(addr);
+        self.publish(&state);
     }
 
     /// The CGN's external address, if known.
@@ -274,6 +306,8 @@ impl Mappings {
         let learned = match state.table.grant(grant.clone(), now) {
             Ok(learned) => learned,
             Err(refused) => {
+                // The grant still said the external address.
+                self.publish(&state);
                 self.stats.add(match refused {
                     Refused::HostQuota => Counter::MappingRefusedQuota,
                     Refused::TableFull => Counter::MappingRefusedFull,
@@ -287,6 +321,7 @@ impl Mappings {
             }
         };
         self.held.store(state.table.len(), Ordering::Relaxed);
+        self.publish(&state);
         let entry = learned.entry();
         let lifetime = match grant.lifetime {
             0 => "until deleted".to_string(),
@@ -340,6 +375,7 @@ impl Mappings {
     /// Counts and logs deleted entries and closes their holes.
     async fn closed(&self, state: &State, gone: Vec<Entry>) {
         self.held.store(state.table.len(), Ordering::Relaxed);
+        self.publish(state);
         if !gone.is_empty() {
             self.changed.store(true, Ordering::Relaxed);
         }
@@ -361,6 +397,7 @@ impl Mappings {
         let mut state = self.state.lock().await;
         let expired = state.table.expire(now());
         self.held.store(state.table.len(), Ordering::Relaxed);
+        self.publish(&state);
         if !expired.is_empty() {
             self.changed.store(true, Ordering::Relaxed);
         }
@@ -463,5 +500,52 @@ mod tests {
         ] {
             assert!(!is_lan_host(not, &lan, &own), "{not}");
         }
+    }
+
+    #[tokio::test]
+    async fn watchers_see_the_address_and_the_count_change_and_nothing_else() {
+        let mappings = Mappings::new(
+            Limits {
+                total: 8,
+                per_host: 8,
+            },
+            None,
+            Arc::default(),
+        );
+        let mut watch = mappings.watch();
+        let public = Ipv4Addr::new(203, 0, 113, 1);
+        mappings.public_address(public).await;
+        assert!(watch.has_changed().unwrap());
+        assert_eq!(
+            *watch.borrow_and_update(),
+            Observed {
+                public_addr: Some(public),
+                len: 0
+            }
+        );
+        // The same address again is no change.
+        mappings.public_address(public).await;
+        assert!(!watch.has_changed().unwrap());
+        let host = Ipv4Addr::new(192, 168, 1, 2);
+        let key = Key {
+            host,
+            proto: Transport::Tcp,
+            internal_port: 8080,
+        };
+        let grant = Grant {
+            key,
+            external: SocketAddrV4::new(public, 9080),
+            lifetime: 600,
+            origin: Origin::NatPmp,
+            backing: Backing::Relayed,
+            client: SocketAddrV4::new(host, 40000),
+        };
+        mappings.granted(grant.clone()).await.unwrap();
+        assert_eq!(watch.borrow_and_update().len, 1);
+        // A renewal changes neither.
+        mappings.granted(grant).await.unwrap();
+        assert!(!watch.has_changed().unwrap());
+        mappings.deleted(key).await;
+        assert_eq!(watch.borrow_and_update().len, 0);
     }
 }

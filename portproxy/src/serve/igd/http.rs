@@ -1,6 +1,7 @@
-//! The IGD's HTTP side (hyper): descriptions (GET) and SOAP control (POST), on the LAN
-//! address, to LAN hosts only; bounded in connections, head size, header count, body size
-//! and time per connection, so a slow or hostile client cannot hold it.
+//! The IGD's HTTP side (hyper): descriptions (GET), SOAP control (POST) and event
+//! subscriptions (SUBSCRIBE, UNSUBSCRIBE; `events`), on the LAN address, to LAN hosts only;
+//! bounded in connections, head size, header count, body size and time per connection, so
+//! a slow or hostile client cannot hold it.
 
 use std::convert::Infallible;
 use std::net::{SocketAddr, SocketAddrV4};
@@ -23,6 +24,7 @@ use super::description::{
     COMMON_IF, COMMON_IF_CONTROL, COMMON_IF_SCPD, DESCRIPTION_V1, DESCRIPTION_V2, IP_CONNECTION,
     IP_CONNECTION_CONTROL, IP_CONNECTION_SCPD,
 };
+use super::events::{self, Answer, Service};
 use crate::proto::upnp;
 use crate::relay::Tasks;
 use crate::stats::Counter;
@@ -53,13 +55,17 @@ pub async fn serve(igd: Arc<IgdServer>, listener: TcpListener, tasks: Tasks) -> 
             continue;
         };
         let igd = igd.clone();
+        let events = tasks.clone();
         tasks.spawn(async move {
             let stats = igd.stats.clone();
             let service = service_fn(move |req| {
-                let igd = igd.clone();
-                async move { Ok::<_, Infallible>(respond(&igd, peer, req).await) }
+                let (igd, events) = (igd.clone(), events.clone());
+                async move { Ok::<_, Infallible>(respond(&igd, peer, req, &events).await) }
             });
+            // Title-Case header names (`Sid`, `Timeout`): what control points that compare
+            // names exactly expect more often than lower case.
             let connection = http1::Builder::new()
+                .title_case_headers(true)
                 .max_buf_size(MAX_HEAD)
                 .max_headers(MAX_HEADERS)
                 .serve_connection(TokioIo::new(stream), service);
@@ -79,12 +85,19 @@ pub async fn serve(igd: Arc<IgdServer>, listener: TcpListener, tasks: Tasks) -> 
     }
 }
 
+/// Answers `req`; `tasks` runs the event senders of new subscriptions.
 async fn respond(
     igd: &IgdServer,
     peer: SocketAddrV4,
     req: Request<Incoming>,
+    tasks: &Tasks,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
+    match req.method().as_str() {
+        "SUBSCRIBE" => return subscription(igd, peer, &path, false, &req, tasks),
+        "UNSUBSCRIBE" => return subscription(igd, peer, &path, true, &req, tasks),
+        _ => {}
+    }
     match (req.method(), path.as_str()) {
         (&Method::GET, DESCRIPTION_V1) => xml(StatusCode::OK, igd.description(1)),
         (&Method::GET, DESCRIPTION_V2) => xml(StatusCode::OK, igd.description(2)),
@@ -100,6 +113,49 @@ async fn respond(
         }
         (&Method::GET | &Method::POST, _) => empty(StatusCode::NOT_FOUND),
         _ => empty(StatusCode::NOT_IMPLEMENTED),
+    }
+}
+
+/// A SUBSCRIBE or UNSUBSCRIBE (`unsubscribe`) at the eventSubURL `path`. Its body, which
+/// it should not have, is never read.
+fn subscription(
+    igd: &IgdServer,
+    peer: SocketAddrV4,
+    path: &str,
+    unsubscribe: bool,
+    req: &Request<Incoming>,
+    tasks: &Tasks,
+) -> Response<Full<Bytes>> {
+    let Some(service) = Service::at(path) else {
+        return empty(StatusCode::NOT_FOUND);
+    };
+    let answer = events::parse(unsubscribe, req.headers(), *peer.ip())
+        .and_then(|request| igd.events.answer(*peer.ip(), service, request, tasks));
+    match answer {
+        Ok(Answer::Subscribed { sid, timeout }) => {
+            let mut response = empty(StatusCode::OK);
+            let headers = response.headers_mut();
+            headers.insert(
+                header::SERVER,
+                header::HeaderValue::from_static(super::ssdp::SERVER),
+            );
+            // A SID and a TIMEOUT are made here of visible ASCII only.
+            for (name, value) in [("sid", sid), ("timeout", format!("Second-{timeout}"))] {
+                if let Ok(value) = header::HeaderValue::from_str(&value) {
+                    headers.insert(name, value);
+                }
+            }
+            response
+        }
+        Ok(Answer::Unsubscribed) => empty(StatusCode::OK),
+        Err(status) => {
+            igd.stats.add(Counter::GenaRefused);
+            debug!(
+                "igd: {} from {peer} at {path} refused: {status}",
+                req.method()
+            );
+            empty(status)
+        }
     }
 }
 

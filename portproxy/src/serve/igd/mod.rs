@@ -3,10 +3,12 @@
 //! find portproxy as their gateway's IGD: it answers their SSDP searches (`ssdp`, through
 //! the SSDP socket of `relay::ssdp`), serves IGD:1 and IGD:2 descriptions and SOAP control
 //! (`http`, `description`) and carries out each action at the CGN in PCP or NAT-PMP
-//! (`control`, through `Mapper`), keeping long leases alive there.
+//! (`control`, through `Mapper`), keeping long leases alive there. Subscribers to its
+//! services' events are told of a new external address or mapping count (`events`).
 
 mod control;
 mod description;
+mod events;
 mod http;
 mod ssdp;
 
@@ -18,6 +20,7 @@ use anyhow::{Context as _, Result};
 use tokio::net::TcpListener;
 
 use self::control::{Control, Leases};
+use self::events::Events;
 use super::Mapper;
 use crate::clock::boot_time;
 use crate::config::Config;
@@ -30,6 +33,8 @@ const RENEW_CHECK: Duration = Duration::from_secs(5);
 
 pub struct IgdServer {
     control: Control,
+    /// GENA subscriptions and their events.
+    events: Arc<Events>,
     stats: Arc<Stats>,
     /// The root devices of IGD:1 and IGD:2.
     uuids: [String; 2],
@@ -47,6 +52,7 @@ impl IgdServer {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_secs() as u32 & 0x7fff_ffff);
         IgdServer {
+            events: Arc::new(Events::new(mapper.clone(), stats.clone())),
             control: Control {
                 mapper,
                 leases: Leases::default(),
@@ -137,8 +143,12 @@ fn uuid(cfg: &Config, version: u8) -> String {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
         })
     };
-    let (a, b) = (fnv(0xcbf2_9ce4_8422_2325), fnv(0x8422_2325_cbf2_9ce4));
-    // Version 4 and variant bits, so it looks like any other UUID to a strict parser.
+    uuid_of(fnv(0xcbf2_9ce4_8422_2325), fnv(0x8422_2325_cbf2_9ce4))
+}
+
+/// The UUID of 128 bits `a` and `b`, with version 4 and variant bits set, so it looks like
+/// any other UUID to a strict parser.
+fn uuid_of(a: u64, b: u64) -> String {
     let a = (a & !0xf000) | 0x4000;
     let b = (b & !(0xc << 60)) | (0x8 << 60);
     format!(
@@ -244,7 +254,7 @@ fn ip_connection_scpd() -> String {
             ("PortMappingEnabled", "boolean", false),
             ("PortMappingDescription", "string", false),
             ("PortMappingLeaseDuration", "ui4", false),
-            ("ConnectionStatus", "string", false),
+            ("ConnectionStatus", "string", true),
             ("LastConnectionError", "string", false),
             ("Uptime", "ui4", false),
             ("ConnectionType", "string", false),

@@ -1,0 +1,731 @@
+//! GENA eventing for the IGD's services (UPnP Device Architecture 1.1 §4): a LAN control
+//! point SUBSCRIBEs at an eventSubURL with a CALLBACK URL and is sent a NOTIFY there with
+//! every evented variable of the service at once (SEQ 0), then one whenever one of them
+//! changes: the CGN's external address or the number of mappings (WANIPConnection;
+//! WANCommonInterfaceConfig's PhysicalLinkStatus is always "Up"). Changes come from the
+//! table's watch (`Mappings::watch`), not from polling.
+//!
+//! Decisions (CallStranger, CVE-2020-12695, and bounds):
+//! - A CALLBACK is taken only as `http://<the subscriber's own address>[:port]/path`, at
+//!   most `MAX_CALLBACKS` of them: a subscription cannot make portproxy send to another
+//!   host, nor to a name, nor over another scheme (412, counted as `gena_refused`).
+//! - A SID is renewed or cancelled only by the host that took it (412 otherwise), and is
+//!   random (`getrandom`), so another host can neither guess nor end it.
+//! - At most `PER_HOST` subscriptions per host and `TOTAL` in all: a new one ends the
+//!   oldest (of the host, else of all). TIMEOUT is capped at `MAX_TIMEOUT` (and at least
+//!   `MIN_TIMEOUT`); none, or one not understood, is `DEFAULT_TIMEOUT`.
+//! - Each subscription has a task of its own that sends its events in order, at most one
+//!   per `MODERATION` (changes in between are sent together), each NOTIFY bounded by
+//!   `DELIVERY_TIME`: a callback that never answers holds only its own task, never the
+//!   server. A failed delivery is counted (`gena_failed`) and the subscription kept until
+//!   it expires; its SEQ still advances (§4.2.1: the subscriber sees it missed one).
+//! - The initial event leaves `INITIAL_DELAY` after the subscription is taken, so it
+//!   follows the 200 that tells the control point its SID (§4.2.1).
+
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::client::conn::http1;
+use hyper::{HeaderMap, Method, Request, StatusCode, Uri, header};
+use hyper_util::rt::TokioIo;
+use log::debug;
+use tokio::net::TcpSocket;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::description::{COMMON_IF_EVENTS, IP_CONNECTION_EVENTS};
+use crate::mapping::Observed;
+use crate::relay::Tasks;
+use crate::serve::Mapper;
+use crate::stats::{Counter, Stats};
+
+pub const MAX_TIMEOUT: u32 = 1800;
+pub const DEFAULT_TIMEOUT: u32 = 1800;
+pub const MIN_TIMEOUT: u32 = 60;
+/// Subscriptions of one host, and of all hosts.
+pub const PER_HOST: usize = 16;
+pub const TOTAL: usize = 64;
+/// CALLBACK URLs one subscription may give (tried in order, §4.1.1).
+pub const MAX_CALLBACKS: usize = 4;
+/// How long one NOTIFY may take, connection included.
+pub const DELIVERY_TIME: Duration = Duration::from_secs(2);
+/// The shortest time between two events of one subscription.
+pub const MODERATION: Duration = Duration::from_secs(1);
+const INITIAL_DELAY: Duration = Duration::from_millis(200);
+/// How long the initial event waits for the CGN's address when it is not known yet.
+const ADDRESS_LOOKUP: Duration = Duration::from_secs(2);
+
+/// The IGD's evented services, by their eventSubURL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    IpConnection,
+    CommonIf,
+}
+
+/// A state variable's name and value, as a propertyset carries it.
+pub type Variable = (&'static str, String);
+
+impl Service {
+    pub fn at(path: &str) -> Option<Service> {
+        match path {
+            IP_CONNECTION_EVENTS => Some(Service::IpConnection),
+            COMMON_IF_EVENTS => Some(Service::CommonIf),
+            _ => None,
+        }
+    }
+
+    /// Every evented variable of the service (those its SCPD marks `sendEvents="yes"`).
+    pub fn variables(self, observed: &Observed) -> Vec<Variable> {
+        match self {
+            Service::IpConnection => vec![
+                (
+                    "ExternalIPAddress",
+                    observed
+                        .public_addr
+                        .map_or_else(String::new, |a| a.to_string()),
+                ),
+                (
+                    "PortMappingNumberOfEntries",
+                    observed.len.min(usize::from(u16::MAX)).to_string(),
+                ),
+                ("ConnectionStatus", "Connected".into()),
+            ],
+            Service::CommonIf => vec![("PhysicalLinkStatus", "Up".into())],
+        }
+    }
+}
+
+/// The body of an event message (§4.3.2).
+pub fn propertyset(variables: &[Variable]) -> String {
+    let mut xml = String::from(
+        "<?xml version=\"1.0\"?>\r\n<e:propertyset xmlns:e=\"urn:schemas-upnp-org:event-1-0\">",
+    );
+    for (name, value) in variables {
+        let _ = write!(
+            xml,
+            "<e:property><{name}>{}</{name}></e:property>",
+            quick_xml::escape::escape(value.as_str())
+        );
+    }
+    xml += "</e:propertyset>\r\n";
+    xml
+}
+
+/// Where a subscriber wants its events: the subscriber's own address and a port, and the
+/// request target there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Callback {
+    pub addr: SocketAddrV4,
+    pub target: String,
+}
+
+/// A SUBSCRIBE or UNSUBSCRIBE, its headers checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subscription {
+    New {
+        callbacks: Vec<Callback>,
+        timeout: u32,
+    },
+    Renew {
+        sid: String,
+        timeout: u32,
+    },
+    Cancel {
+        sid: String,
+    },
+}
+
+/// Reads a SUBSCRIBE (`unsubscribe` false) or UNSUBSCRIBE from `peer`: 400 when it mixes a
+/// SID with NT or CALLBACK, 412 when a header is missing or wrong, or a callback is not
+/// `peer`'s (§4.1.1, §4.1.3).
+pub fn parse(
+    unsubscribe: bool,
+    headers: &HeaderMap,
+    peer: Ipv4Addr,
+) -> Result<Subscription, StatusCode> {
+    let get = |name: &str| -> Result<Option<&str>, StatusCode> {
+        let mut values = headers.get_all(name).iter();
+        match (values.next(), values.next()) {
+            (None, _) => Ok(None),
+            (Some(v), None) => v
+                .to_str()
+                .map(|v| Some(v.trim()))
+                .map_err(|_| StatusCode::PRECONDITION_FAILED),
+            // The same header twice: which one is meant?
+            (Some(_), Some(_)) => Err(StatusCode::BAD_REQUEST),
+        }
+    };
+    let (sid, nt, callback) = (get("sid")?, get("nt")?, get("callback")?);
+    let timeout = timeout(get("timeout")?);
+    match sid {
+        Some(_) if nt.is_some() || callback.is_some() => Err(StatusCode::BAD_REQUEST),
+        Some("") => Err(StatusCode::PRECONDITION_FAILED),
+        Some(sid) if unsubscribe => Ok(Subscription::Cancel { sid: sid.into() }),
+        Some(sid) => Ok(Subscription::Renew {
+            sid: sid.into(),
+            timeout,
+        }),
+        None if unsubscribe => Err(StatusCode::PRECONDITION_FAILED),
+        None => {
+            if nt != Some("upnp:event") {
+                return Err(StatusCode::PRECONDITION_FAILED);
+            }
+            let callbacks =
+                callbacks(callback.unwrap_or(""), peer).ok_or(StatusCode::PRECONDITION_FAILED)?;
+            Ok(Subscription::New { callbacks, timeout })
+        }
+    }
+}
+
+/// `<http://192.168.1.2:49152/evt><http://...>`: every URL must be plain http to `peer`
+/// itself, by address (CallStranger); `None` otherwise, or when there are none or too many.
+pub fn callbacks(header: &str, peer: Ipv4Addr) -> Option<Vec<Callback>> {
+    let mut rest = header.trim();
+    let mut callbacks = Vec::new();
+    while !rest.is_empty() {
+        let (url, after) = rest.strip_prefix('<')?.split_once('>')?;
+        if callbacks.len() == MAX_CALLBACKS {
+            return None;
+        }
+        callbacks.push(callback(url, peer)?);
+        rest = after.trim_start();
+    }
+    (!callbacks.is_empty()).then_some(callbacks)
+}
+
+fn callback(url: &str, peer: Ipv4Addr) -> Option<Callback> {
+    let uri: Uri = url.parse().ok()?;
+    let authority = uri.authority()?;
+    // No user info: `http://192.168.1.2@other/` names another host than it seems to.
+    if uri.scheme_str() != Some("http") || authority.as_str().contains('@') {
+        return None;
+    }
+    let host: Ipv4Addr = authority.host().parse().ok()?;
+    if host != peer {
+        return None;
+    }
+    let port = authority.port_u16().unwrap_or(80);
+    if port == 0 {
+        return None;
+    }
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    Some(Callback {
+        addr: SocketAddrV4::new(host, port),
+        target: if target.is_empty() { "/" } else { target }.to_string(),
+    })
+}
+
+/// TIMEOUT: `Second-N` or `Second-infinite` (§4.1.1), within our bounds.
+pub fn timeout(header: Option<&str>) -> u32 {
+    let Some(value) = header else {
+        return DEFAULT_TIMEOUT;
+    };
+    let Some(secs) = value
+        .get(..7)
+        .filter(|p| p.eq_ignore_ascii_case("second-"))
+        .map(|_| &value[7..])
+    else {
+        return DEFAULT_TIMEOUT;
+    };
+    if secs.eq_ignore_ascii_case("infinite") {
+        return MAX_TIMEOUT;
+    }
+    secs.parse::<u32>()
+        .map_or(DEFAULT_TIMEOUT, |s| s.clamp(MIN_TIMEOUT, MAX_TIMEOUT))
+}
+
+/// What a SUBSCRIBE or UNSUBSCRIBE got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    Subscribed { sid: String, timeout: u32 },
+    Unsubscribed,
+}
+
+struct Entry {
+    sid: String,
+    host: Ipv4Addr,
+    service: Service,
+    expires: Instant,
+    /// Ends the subscription's task.
+    stop: CancellationToken,
+}
+
+/// The subscriptions, oldest first: the bookkeeping, over a clock given by the caller.
+#[derive(Default)]
+pub struct Subscriptions(Vec<Entry>);
+
+impl Subscriptions {
+    /// Takes a subscription; returns the stop tokens of those it ended to make room.
+    fn add(&mut self, entry: Entry) -> Vec<CancellationToken> {
+        let mut ended = Vec::new();
+        let of_host = self.0.iter().filter(|e| e.host == entry.host).count();
+        if of_host >= PER_HOST {
+            if let Some(i) = self.0.iter().position(|e| e.host == entry.host) {
+                ended.push(self.0.remove(i).stop);
+            }
+        }
+        if self.0.len() >= TOTAL {
+            ended.push(self.0.remove(0).stop);
+        }
+        self.0.push(entry);
+        ended
+    }
+
+    /// The subscription `sid` of `host` at `service`, if there is one.
+    fn find(&mut self, sid: &str, host: Ipv4Addr, service: Service) -> Option<&mut Entry> {
+        self.0
+            .iter_mut()
+            .find(|e| e.sid == sid && e.host == host && e.service == service)
+    }
+
+    fn remove(&mut self, sid: &str) -> Option<Entry> {
+        let i = self.0.iter().position(|e| e.sid == sid)?;
+        Some(self.0.remove(i))
+    }
+
+    fn expires(&self, sid: &str) -> Option<Instant> {
+        self.0.iter().find(|e| e.sid == sid).map(|e| e.expires)
+    }
+
+    /// Removes `sid` if it expired by `now`; whether it is gone.
+    fn expire(&mut self, sid: &str, now: Instant) -> bool {
+        match self.expires(sid) {
+            Some(end) if end > now => false,
+            Some(_) => self.remove(sid).is_some(),
+            None => true,
+        }
+    }
+}
+
+/// The IGD's subscriptions and what sends their events.
+pub struct Events {
+    subscriptions: Mutex<Subscriptions>,
+    observed: watch::Receiver<Observed>,
+    mapper: Arc<Mapper>,
+    stats: Arc<Stats>,
+    /// Where NOTIFYs leave from: the IGD's own LAN address.
+    lan_addr: Ipv4Addr,
+}
+
+impl Events {
+    pub fn new(mapper: Arc<Mapper>, stats: Arc<Stats>) -> Events {
+        Events {
+            subscriptions: Mutex::default(),
+            observed: mapper.mappings.watch(),
+            lan_addr: mapper.config().lan.addr,
+            mapper,
+            stats,
+        }
+    }
+
+    /// Carries out a (UN)SUBSCRIBE of `peer` at `service`; a new subscription's events are
+    /// sent from a task of `tasks`.
+    pub fn answer(
+        self: &Arc<Self>,
+        peer: Ipv4Addr,
+        service: Service,
+        request: Subscription,
+        tasks: &Tasks,
+    ) -> Result<Answer, StatusCode> {
+        let mut subscriptions = self.subscriptions.lock().unwrap();
+        let answer = match request {
+            Subscription::New { callbacks, timeout } => {
+                let sid = format!("uuid:{}", random_uuid());
+                let stop = CancellationToken::new();
+                let ended = subscriptions.add(Entry {
+                    sid: sid.clone(),
+                    host: peer,
+                    service,
+                    expires: Instant::now() + secs(timeout),
+                    stop: stop.clone(),
+                });
+                for token in ended {
+                    self.stats.add(Counter::GenaEvicted);
+                    token.cancel();
+                }
+                self.stats.add(Counter::GenaSubscribed);
+                debug!("igd: {peer} subscribed to {service:?} as {sid} for {timeout}s");
+                let events = self.clone();
+                let task_sid = sid.clone();
+                tasks.spawn(async move {
+                    tokio::select! {
+                        () = stop.cancelled() => {}
+                        () = events.publish(&task_sid, service, &callbacks) => {}
+                    }
+                });
+                Answer::Subscribed { sid, timeout }
+            }
+            Subscription::Renew { sid, timeout } => {
+                let entry = subscriptions
+                    .find(&sid, peer, service)
+                    .ok_or(StatusCode::PRECONDITION_FAILED)?;
+                entry.expires = Instant::now() + secs(timeout);
+                Answer::Subscribed { sid, timeout }
+            }
+            Subscription::Cancel { sid } => {
+                subscriptions
+                    .find(&sid, peer, service)
+                    .ok_or(StatusCode::PRECONDITION_FAILED)?;
+                if let Some(entry) = subscriptions.remove(&sid) {
+                    entry.stop.cancel();
+                }
+                debug!("igd: {peer} unsubscribed {sid}");
+                Answer::Unsubscribed
+            }
+        };
+        Ok(answer)
+    }
+
+    /// Sends the events of subscription `sid` until it expires (or is ended by a cancel).
+    async fn publish(&self, sid: &str, service: Service, callbacks: &[Callback]) {
+        tokio::time::sleep(INITIAL_DELAY).await;
+        let mut observed = self.observed.clone();
+        let mut seq: u32 = 0;
+        let mut sent: Option<Vec<Variable>> = None;
+        loop {
+            let mut now = *observed.borrow_and_update();
+            if sent.is_none() && service == Service::IpConnection && now.public_addr.is_none() {
+                // Not known yet (no grant, no probe said it): the initial event asks.
+                let asked = tokio::time::timeout(ADDRESS_LOOKUP, self.mapper.public_address());
+                now.public_addr = asked.await.ok().and_then(Result::ok);
+            }
+            let variables = service.variables(&now);
+            if sent.as_ref() != Some(&variables) {
+                let body = Bytes::from(propertyset(&variables));
+                self.notify(callbacks, sid, seq, body).await;
+                // After the largest SEQ comes 1: 0 is the initial event's alone.
+                seq = seq.checked_add(1).unwrap_or(1);
+                sent = Some(variables);
+                tokio::time::sleep(MODERATION).await;
+                continue;
+            }
+            let Some(expires) = self.subscriptions.lock().unwrap().expires(sid) else {
+                return;
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until(expires) => {
+                    // Renewed meanwhile, or over.
+                    if self.subscriptions.lock().unwrap().expire(sid, Instant::now()) {
+                        debug!("igd: subscription {sid} expired");
+                        return;
+                    }
+                }
+                changed = observed.changed() => {
+                    if changed.is_err() {
+                        // The table is gone: the daemon is stopping.
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One event message, to the first callback that takes it.
+    async fn notify(&self, callbacks: &[Callback], sid: &str, seq: u32, body: Bytes) {
+        for callback in callbacks {
+            let sent = tokio::time::timeout(
+                DELIVERY_TIME,
+                send(self.lan_addr, callback, sid, seq, body.clone()),
+            )
+            .await;
+            match sent {
+                Ok(Ok(status)) if status.is_success() => {
+                    self.stats.add(Counter::GenaEvents);
+                    return;
+                }
+                Ok(Ok(status)) => debug!("igd: event {seq} of {sid} to {callback:?}: {status}"),
+                Ok(Err(e)) => debug!("igd: event {seq} of {sid} to {callback:?}: {e:#}"),
+                Err(_) => debug!(
+                    "igd: event {seq} of {sid} to {callback:?}: no answer within {DELIVERY_TIME:?}"
+                ),
+            }
+        }
+        self.stats.add(Counter::GenaFailed);
+    }
+}
+
+/// A NOTIFY (§4.3.1) from `from` to `callback`, over hyper's HTTP/1.1 client on a
+/// connection of its own; the callback's status.
+async fn send(
+    from: Ipv4Addr,
+    callback: &Callback,
+    sid: &str,
+    seq: u32,
+    body: Bytes,
+) -> anyhow::Result<StatusCode> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddrV4::new(from, 0).into())?;
+    let stream = socket
+        .connect(callback.addr.into())
+        .await
+        .context("connecting")?;
+    // Title-Case names (`Sid`, `Seq`), as UPnP stacks that compare names exactly expect
+    // more often than lower case.
+    let (mut sender, connection) = http1::Builder::new()
+        .title_case_headers(true)
+        .handshake(TokioIo::new(stream))
+        .await?;
+    let request = Request::builder()
+        .method(Method::from_bytes(b"NOTIFY")?)
+        .uri(callback.target.as_str())
+        .header(header::HOST, callback.addr.to_string())
+        .header(header::CONTENT_TYPE, "text/xml; charset=\"utf-8\"")
+        .header("nt", "upnp:event")
+        .header("nts", "upnp:propchange")
+        .header("sid", sid)
+        .header("seq", seq)
+        .header(header::CONNECTION, "close")
+        .body(Full::new(body))?;
+    let exchange = async move {
+        // The status only: the response's body is not waited for.
+        let status = sender.send_request(request).await.map(|r| r.status());
+        drop(sender);
+        status
+    };
+    let (status, _) = tokio::join!(exchange, connection);
+    Ok(status?)
+}
+
+fn secs(n: u32) -> Duration {
+    Duration::from_secs(u64::from(n))
+}
+
+/// A random (version 4) UUID, for a SID no other host can guess.
+fn random_uuid() -> String {
+    let mut bytes = [0u8; 16];
+    // SAFETY: getrandom(2) writes at most `bytes.len()` bytes into `bytes`.
+    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if usize::try_from(got).ok() != Some(bytes.len()) {
+        // No entropy source (very early boot): the clock's nanoseconds, hashed by std.
+        use std::hash::{BuildHasher as _, RandomState};
+        let state = RandomState::new();
+        let now = std::time::SystemTime::now();
+        bytes[..8].copy_from_slice(&state.hash_one(now).to_le_bytes());
+        bytes[8..].copy_from_slice(&state.hash_one((now, 1u8)).to_le_bytes());
+    }
+    let a = u64::from_be_bytes(bytes[..8].try_into().unwrap_or_default());
+    let b = u64::from_be_bytes(bytes[8..].try_into().unwrap_or_default());
+    super::uuid_of(a, b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PEER: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 2);
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, value.parse().unwrap());
+        }
+        map
+    }
+
+    fn subscribe(pairs: &[(&'static str, &str)]) -> Result<Subscription, StatusCode> {
+        parse(false, &headers(pairs), PEER)
+    }
+
+    #[test]
+    fn a_subscribe_names_its_callbacks_and_timeout() {
+        assert_eq!(
+            subscribe(&[
+                (
+                    "callback",
+                    "<http://192.168.1.2:49152/evt?a=1> <http://192.168.1.2/>"
+                ),
+                ("nt", "upnp:event"),
+                ("timeout", "Second-300"),
+            ]),
+            Ok(Subscription::New {
+                callbacks: vec![
+                    Callback {
+                        addr: SocketAddrV4::new(PEER, 49152),
+                        target: "/evt?a=1".into(),
+                    },
+                    Callback {
+                        addr: SocketAddrV4::new(PEER, 80),
+                        target: "/".into(),
+                    },
+                ],
+                timeout: 300,
+            })
+        );
+    }
+
+    #[test]
+    fn missing_or_wrong_headers_are_a_failed_precondition() {
+        const PRE: Result<Subscription, StatusCode> = Err(StatusCode::PRECONDITION_FAILED);
+        let cb = ("callback", "<http://192.168.1.2:5000/>");
+        let nt = ("nt", "upnp:event");
+        assert_eq!(subscribe(&[cb]), PRE);
+        assert_eq!(subscribe(&[nt]), PRE);
+        assert_eq!(subscribe(&[cb, ("nt", "ssdp:all")]), PRE);
+        assert_eq!(subscribe(&[("callback", ""), nt]), PRE);
+        assert_eq!(subscribe(&[("sid", ""),]), PRE);
+        assert_eq!(parse(true, &headers(&[]), PEER), PRE);
+        assert_eq!(
+            parse(true, &headers(&[("sid", "uuid:x")]), PEER),
+            Ok(Subscription::Cancel {
+                sid: "uuid:x".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_sid_with_nt_or_callback_is_a_bad_request() {
+        let sid = ("sid", "uuid:x");
+        for other in [("nt", "upnp:event"), ("callback", "<http://192.168.1.2/>")] {
+            assert_eq!(subscribe(&[sid, other]), Err(StatusCode::BAD_REQUEST));
+            assert_eq!(
+                parse(true, &headers(&[sid, other]), PEER),
+                Err(StatusCode::BAD_REQUEST)
+            );
+        }
+        assert_eq!(
+            subscribe(&[sid, ("timeout", "Second-100")]),
+            Ok(Subscription::Renew {
+                sid: "uuid:x".into(),
+                timeout: 100
+            })
+        );
+    }
+
+    #[test]
+    fn callbacks_go_only_to_the_subscriber_itself_over_http() {
+        for refused in [
+            // CallStranger: another LAN host, a host outside, a name.
+            "<http://192.168.1.3:5000/>",
+            "<http://198.51.100.7/>",
+            "<http://example.com/>",
+            // Another scheme, user info, no host, port 0, junk.
+            "<https://192.168.1.2/>",
+            "<http://192.168.1.2@198.51.100.7/>",
+            "</evt>",
+            "<http://192.168.1.2:0/>",
+            "http://192.168.1.2/",
+            "<http://192.168.1.2/",
+            // One of several for someone else.
+            "<http://192.168.1.2/><http://192.168.1.3/>",
+            // Too many.
+            "<http://192.168.1.2/><http://192.168.1.2/><http://192.168.1.2/>\
+             <http://192.168.1.2/><http://192.168.1.2/>",
+        ] {
+            assert_eq!(callbacks(refused, PEER), None, "{refused}");
+        }
+    }
+
+    #[test]
+    fn timeouts_are_bounded() {
+        assert_eq!(timeout(None), DEFAULT_TIMEOUT);
+        assert_eq!(timeout(Some("Second-600")), 600);
+        assert_eq!(timeout(Some("second-600")), 600);
+        assert_eq!(timeout(Some("Second-99999")), MAX_TIMEOUT);
+        assert_eq!(timeout(Some("Second-1")), MIN_TIMEOUT);
+        assert_eq!(timeout(Some("Second-infinite")), MAX_TIMEOUT);
+        assert_eq!(timeout(Some("Second-")), DEFAULT_TIMEOUT);
+        assert_eq!(timeout(Some("Minute-5")), DEFAULT_TIMEOUT);
+        assert_eq!(timeout(Some("Sé")), DEFAULT_TIMEOUT);
+    }
+
+    #[test]
+    fn the_propertyset_carries_every_variable_escaped() {
+        let observed = Observed {
+            public_addr: Some(Ipv4Addr::new(203, 0, 114, 1)),
+            len: 2,
+        };
+        assert_eq!(
+            propertyset(&Service::IpConnection.variables(&observed)),
+            "<?xml version=\"1.0\"?>\r\n\
+             <e:propertyset xmlns:e=\"urn:schemas-upnp-org:event-1-0\">\
+             <e:property><ExternalIPAddress>203.0.114.1</ExternalIPAddress></e:property>\
+             <e:property><PortMappingNumberOfEntries>2</PortMappingNumberOfEntries></e:property>\
+             <e:property><ConnectionStatus>Connected</ConnectionStatus></e:property>\
+             </e:propertyset>\r\n"
+        );
+        assert!(
+            propertyset(&[("X", "a<b&\"c\"".into())]).contains("<X>a&lt;b&amp;&quot;c&quot;</X>")
+        );
+        let unknown = Service::IpConnection.variables(&Observed::default());
+        assert_eq!(unknown[0], ("ExternalIPAddress", String::new()));
+        assert_eq!(
+            Service::CommonIf.variables(&observed),
+            [("PhysicalLinkStatus", "Up".to_string())]
+        );
+    }
+
+    fn entry(host: u8, start: Instant) -> (Entry, CancellationToken) {
+        let stop = CancellationToken::new();
+        let entry = Entry {
+            sid: format!("uuid:{}", random_uuid()),
+            host: Ipv4Addr::new(192, 168, 1, host),
+            service: Service::IpConnection,
+            expires: start + Duration::from_secs(60),
+            stop: stop.clone(),
+        };
+        (entry, stop)
+    }
+
+    #[test]
+    fn the_oldest_subscription_makes_room_per_host_then_in_all() {
+        let start = Instant::now();
+        let mut subs = Subscriptions::default();
+        let (first, first_stop) = entry(2, start);
+        assert!(subs.add(first).is_empty());
+        for _ in 1..PER_HOST {
+            assert!(subs.add(entry(2, start).0).is_empty());
+        }
+        let ended = subs.add(entry(2, start).0);
+        assert_eq!(ended.len(), 1);
+        ended[0].cancel();
+        assert!(first_stop.is_cancelled(), "host 2's oldest made room");
+        assert_eq!(subs.0.len(), PER_HOST);
+        let (other, other_stop) = entry(3, start);
+        subs.add(other);
+        for host in 4..=u8::MAX {
+            if subs.0.len() == TOTAL {
+                break;
+            }
+            subs.add(entry(host, start).0);
+        }
+        let ended = subs.add(entry(200, start).0);
+        assert_eq!((ended.len(), subs.0.len()), (1, TOTAL));
+        // The oldest of all is host 2's second; host 3's is still there.
+        assert!(!other_stop.is_cancelled());
+    }
+
+    #[test]
+    fn renewal_unsubscribe_and_expiry_are_by_sid_host_and_service() {
+        let start = Instant::now();
+        let mut subs = Subscriptions::default();
+        let (e, _) = entry(2, start);
+        let sid = e.sid.clone();
+        subs.add(e);
+        assert!(subs.find(&sid, PEER, Service::IpConnection).is_some());
+        assert!(
+            subs.find(&sid, Ipv4Addr::new(192, 168, 1, 3), Service::IpConnection)
+                .is_none()
+        );
+        assert!(subs.find(&sid, PEER, Service::CommonIf).is_none());
+        assert!(!subs.expire(&sid, start + Duration::from_secs(59)));
+        subs.find(&sid, PEER, Service::IpConnection)
+            .unwrap()
+            .expires = start + Duration::from_secs(120);
+        assert!(!subs.expire(&sid, start + Duration::from_secs(61)));
+        assert!(subs.expire(&sid, start + Duration::from_secs(120)));
+        assert_eq!(subs.0.len(), 0);
+    }
+
+    #[test]
+    fn sids_differ() {
+        let (a, b) = (random_uuid(), random_uuid());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 36);
+    }
+}
