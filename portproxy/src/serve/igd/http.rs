@@ -141,7 +141,7 @@ async fn control(
             return empty(StatusCode::PAYLOAD_TOO_LARGE);
         }
     };
-    let Ok(args) = upnp::arguments(&body, action) else {
+    let Ok(args) = upnp::action_arguments(&body, action) else {
         return fault(igd, INVALID_ARGS);
     };
     match igd.control.call(peer, service, action, &args).await {
