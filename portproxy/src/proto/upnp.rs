@@ -211,7 +211,7 @@ pub fn arguments(body: &[u8], name: &str) -> Result<Vec<(String, String)>, Unpar
 /// The arguments of a SOAP request calling action `name`, as (local name, text) pairs:
 /// the children of the element `name` that is a child of the `Body` of the `Envelope` at
 /// the root (any namespace prefixes). What the IGD serves: an action element elsewhere (in
-/// a `Header`, under another root) is not a call.
+/// a `Header`, under another root) is not a call, and a message with a DOCTYPE is none.
 pub fn action_arguments(body: &[u8], name: &str) -> Result<Vec<(String, String)>, Unparsed> {
     elements(body, name, 1, Some(&["Envelope", "Body"]))?
         .pop()
@@ -305,6 +305,9 @@ fn elements(
                 }
                 depth = depth.checked_sub(1).ok_or(Unparsed::BadSoap)?;
             }
+            // SOAP 1.1 §3: a message MUST NOT contain a document type declaration. A call
+            // with one is refused whole, whatever it declares (entities, external ones).
+            Event::DocType(_) if within.is_some() => return Err(Unparsed::BadSoap),
             Event::Eof if !found.is_empty() => return Ok(found),
             Event::Eof => return Err(Unparsed::BadSoap),
             _ => {}
@@ -534,7 +537,9 @@ mod tests {
                         \"file:///etc/passwd\">]><Envelope><Body><AddPortMapping>\
                         <NewPortMappingDescription>&xxe;</NewPortMappingDescription>\
                         </AddPortMapping></Body></Envelope>";
-        for doc in [bomb, external] {
+        // Declared but not referenced: still refused (SOAP has no DTD).
+        let declared = external.replace("&xxe;", "x");
+        for doc in [bomb, external, &declared] {
             assert_eq!(
                 action_arguments(doc.as_bytes(), "AddPortMapping"),
                 Err(Unparsed::BadSoap)
