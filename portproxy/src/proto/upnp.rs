@@ -211,7 +211,8 @@ pub fn arguments(body: &[u8], name: &str) -> Result<Vec<(String, String)>, Unpar
 /// The arguments of a SOAP request calling action `name`, as (local name, text) pairs:
 /// the children of the element `name` that is a child of the `Body` of the `Envelope` at
 /// the root (any namespace prefixes). What the IGD serves: an action element elsewhere (in
-/// a `Header`, under another root) is not a call, and a message with a DOCTYPE is none.
+/// a `Header`, under another root) is not a call, nor is a message with a DOCTYPE or one
+/// that is not well-formed to its end.
 pub fn action_arguments(body: &[u8], name: &str) -> Result<Vec<(String, String)>, Unparsed> {
     elements(body, name, 1, Some(&["Envelope", "Body"]))?
         .pop()
@@ -254,7 +255,10 @@ fn elements(
                     on_path = depth;
                 }
                 match depth_in_action {
-                    None if local == name && placed(depth - 1, ancestors_on_path) => {
+                    None if local == name
+                        && found.len() < max
+                        && placed(depth - 1, ancestors_on_path) =>
+                    {
                         depth_in_action = Some(depth)
                     }
                     Some(d) if depth == d + 1 => current = Some((local, String::new())),
@@ -264,7 +268,9 @@ fn elements(
             Event::Empty(e) => {
                 let local = e.local_name().as_ref().to_string();
                 match depth_in_action {
-                    None if local == name && placed(depth, on_path) => found.push(Vec::new()),
+                    None if local == name && found.len() < max && placed(depth, on_path) => {
+                        found.push(Vec::new())
+                    }
                     Some(d) if depth == d => args.push((local, String::new())),
                     _ => {}
                 }
@@ -308,11 +314,13 @@ fn elements(
             // SOAP 1.1 §3: a message MUST NOT contain a document type declaration. A call
             // with one is refused whole, whatever it declares (entities, external ones).
             Event::DocType(_) if within.is_some() => return Err(Unparsed::BadSoap),
+            // A call is read to its end: it must be well-formed all through.
+            Event::Eof if within.is_some() && depth != 0 => return Err(Unparsed::BadSoap),
             Event::Eof if !found.is_empty() => return Ok(found),
             Event::Eof => return Err(Unparsed::BadSoap),
             _ => {}
         }
-        if found.len() >= max {
+        if found.len() >= max && within.is_none() {
             return Ok(found);
         }
     }
@@ -509,6 +517,10 @@ mod tests {
             ),
             format!("<Envelope><AddPortMapping>{args}</AddPortMapping></Envelope>"),
             format!("<Envelope><Body></Body><AddPortMapping>{args}</AddPortMapping></Envelope>"),
+            // Broken after the action, or not closed.
+            format!("<Envelope><Body><AddPortMapping>{args}</AddPortMapping></Bodx></Envelope>"),
+            format!("<Envelope><Body><AddPortMapping>{args}</AddPortMapping></Body>"),
+            format!("<Envelope><Body><AddPortMapping>{args}</AddPortMapping></Body></Envelope><"),
             "<Envelope><Body><AddPortMapping/></Body><Body/></Envelope>"
                 .replace("AddPortMapping/", "Other/"),
         ] {
