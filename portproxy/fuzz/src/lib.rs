@@ -7,3 +7,7 @@
 
 #[path = "../../src/proto/mod.rs"]
 pub mod proto;
+
+/// The IGD's device descriptions (string building only, no I/O), read back by `proto`.
+#[path = "../../src/serve/igd/description.rs"]
+pub mod description;

@@ -200,19 +200,45 @@ pub fn response(action: &Action, status: u16, body: &[u8]) -> Result<Option<u16>
     }
 }
 
-/// The child elements of the first element `name` (any namespace prefix) inside the
-/// SOAP body, as (local name, text) pairs.
+/// The child elements of the first element `name` (any namespace prefix) anywhere in a
+/// SOAP message, as (local name, text) pairs: lenient, for what an IGD answers.
 pub fn arguments(body: &[u8], name: &str) -> Result<Vec<(String, String)>, Unparsed> {
-    elements(body, name, 1)?.pop().ok_or(Unparsed::BadSoap)
+    elements(body, name, 1, None)?
+        .pop()
+        .ok_or(Unparsed::BadSoap)
+}
+
+/// The arguments of a SOAP request calling action `name`, as (local name, text) pairs:
+/// the children of the element `name` that is a child of the `Body` of the `Envelope` at
+/// the root (any namespace prefixes). What the IGD serves: an action element elsewhere (in
+/// a `Header`, under another root) is not a call, nor is a message with a DOCTYPE or one
+/// that is not well-formed to its end.
+pub fn action_arguments(body: &[u8], name: &str) -> Result<Vec<(String, String)>, Unparsed> {
+    elements(body, name, 1, Some(&["Envelope", "Body"]))?
+        .pop()
+        .ok_or(Unparsed::BadSoap)
 }
 
 /// The child elements of the first `max` elements `name` (any namespace prefix), each as
-/// (local name, text) pairs. An element `name` inside another is not looked for.
-fn elements(body: &[u8], name: &str, max: usize) -> Result<Vec<Vec<(String, String)>>, Unparsed> {
+/// (local name, text) pairs. An element `name` inside another is not looked for. With
+/// `within`, only an element `name` whose ancestors are exactly those (local names, the
+/// root first) counts.
+fn elements(
+    body: &[u8],
+    name: &str,
+    max: usize,
+    within: Option<&[&str]>,
+) -> Result<Vec<Vec<(String, String)>>, Unparsed> {
     let text = std::str::from_utf8(body).map_err(|_| Unparsed::BadSoap)?;
     let mut reader = quick_xml::Reader::from_str(text);
     let mut depth_in_action: Option<usize> = None;
     let mut depth = 0usize;
+    // How many of the open elements, from the root, are `within`'s.
+    let mut on_path = 0usize;
+    // Whether an element `name` with `ancestors` open elements above it counts.
+    let placed = |ancestors: usize, on_path: usize| {
+        within.is_none_or(|w| ancestors == w.len() && on_path == w.len())
+    };
     let mut current: Option<(String, String)> = None;
     let mut args = Vec::new();
     let mut found = Vec::new();
@@ -221,8 +247,20 @@ fn elements(body: &[u8], name: &str, max: usize) -> Result<Vec<Vec<(String, Stri
             Event::Start(e) => {
                 depth = depth.checked_add(1).ok_or(Unparsed::BadSoap)?;
                 let local = e.local_name().as_ref().to_string();
+                let ancestors_on_path = on_path;
+                if let Some(w) = within
+                    && on_path == depth - 1
+                    && w.get(on_path).is_some_and(|&n| n == local)
+                {
+                    on_path = depth;
+                }
                 match depth_in_action {
-                    None if local == name => depth_in_action = Some(depth),
+                    None if local == name
+                        && found.len() < max
+                        && placed(depth - 1, ancestors_on_path) =>
+                    {
+                        depth_in_action = Some(depth)
+                    }
                     Some(d) if depth == d + 1 => current = Some((local, String::new())),
                     _ => {}
                 }
@@ -230,7 +268,9 @@ fn elements(body: &[u8], name: &str, max: usize) -> Result<Vec<Vec<(String, Stri
             Event::Empty(e) => {
                 let local = e.local_name().as_ref().to_string();
                 match depth_in_action {
-                    None if local == name => found.push(Vec::new()),
+                    None if local == name && found.len() < max && placed(depth, on_path) => {
+                        found.push(Vec::new())
+                    }
                     Some(d) if depth == d => args.push((local, String::new())),
                     _ => {}
                 }
@@ -266,13 +306,21 @@ fn elements(body: &[u8], name: &str, max: usize) -> Result<Vec<Vec<(String, Stri
                     }
                     _ => {}
                 }
+                if on_path == depth {
+                    on_path = on_path.saturating_sub(1);
+                }
                 depth = depth.checked_sub(1).ok_or(Unparsed::BadSoap)?;
             }
+            // SOAP 1.1 §3: a message MUST NOT contain a document type declaration. A call
+            // with one is refused whole, whatever it declares (entities, external ones).
+            Event::DocType(_) if within.is_some() => return Err(Unparsed::BadSoap),
+            // A call is read to its end: it must be well-formed all through.
+            Event::Eof if within.is_some() && depth != 0 => return Err(Unparsed::BadSoap),
             Event::Eof if !found.is_empty() => return Ok(found),
             Event::Eof => return Err(Unparsed::BadSoap),
             _ => {}
         }
-        if found.len() >= max {
+        if found.len() >= max && within.is_none() {
             return Ok(found);
         }
     }
@@ -281,7 +329,7 @@ fn elements(body: &[u8], name: &str, max: usize) -> Result<Vec<Vec<(String, Stri
 /// The children of every element `service` in a device description, as (local name, text)
 /// pairs: `serviceType`, `controlURL`, ... (at most 64 services).
 pub fn services(description: &[u8]) -> Result<Vec<Vec<(String, String)>>, Unparsed> {
-    elements(description, "service", 64)
+    elements(description, "service", 64, None)
 }
 
 /// A SOAP request body calling `action` of `service` with `args` (values XML-escaped).
@@ -438,6 +486,81 @@ mod tests {
                 transport: Transport::Tcp
             }
         );
+    }
+
+    #[test]
+    fn a_call_is_the_action_in_the_envelope_body() {
+        let call = add_body("x");
+        let args = action_arguments(call.as_bytes(), "AddPortMapping").unwrap();
+        assert_eq!(argument(&args, "NewInternalClient"), Some("192.168.1.2"));
+        // Any prefixes, or none.
+        let plain = "<Envelope><Body><AddPortMapping><NewProtocol>TCP</NewProtocol>\
+                     </AddPortMapping></Body></Envelope>";
+        assert!(action_arguments(plain.as_bytes(), "AddPortMapping").is_ok());
+        let empty = "<a:Envelope xmlns:a=\"x\"><a:Body><u:GetStatusInfo xmlns:u=\"y\"/>\
+                     </a:Body></a:Envelope>";
+        assert_eq!(
+            action_arguments(empty.as_bytes(), "GetStatusInfo"),
+            Ok(Vec::new())
+        );
+        let args = "<NewProtocol>TCP</NewProtocol>";
+        for wrong in [
+            // No envelope, another root, the action in a Header or deeper in the Body.
+            format!("<AddPortMapping>{args}</AddPortMapping>"),
+            format!("<Letter><Body><AddPortMapping>{args}</AddPortMapping></Body></Letter>"),
+            format!(
+                "<Envelope><Header><AddPortMapping>{args}</AddPortMapping></Header>\
+                 <Body/></Envelope>"
+            ),
+            format!(
+                "<Envelope><Body><x><AddPortMapping>{args}</AddPortMapping></x></Body></Envelope>"
+            ),
+            format!("<Envelope><AddPortMapping>{args}</AddPortMapping></Envelope>"),
+            format!("<Envelope><Body></Body><AddPortMapping>{args}</AddPortMapping></Envelope>"),
+            // Broken after the action, or not closed.
+            format!("<Envelope><Body><AddPortMapping>{args}</AddPortMapping></Bodx></Envelope>"),
+            format!("<Envelope><Body><AddPortMapping>{args}</AddPortMapping></Body>"),
+            format!("<Envelope><Body><AddPortMapping>{args}</AddPortMapping></Body></Envelope><"),
+            "<Envelope><Body><AddPortMapping/></Body><Body/></Envelope>"
+                .replace("AddPortMapping/", "Other/"),
+        ] {
+            assert_eq!(
+                action_arguments(wrong.as_bytes(), "AddPortMapping"),
+                Err(Unparsed::BadSoap),
+                "{wrong}"
+            );
+            // What an IGD answers is read leniently.
+            if wrong.contains("<AddPortMapping>") {
+                assert!(
+                    arguments(wrong.as_bytes(), "AddPortMapping").is_ok(),
+                    "{wrong}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn entities_are_neither_declared_nor_read() {
+        let bomb = "<?xml version=\"1.0\"?><!DOCTYPE lolz [<!ENTITY lol \"lol\">\
+                    <!ENTITY lol2 \"&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;\">]>\
+                    <Envelope><Body><AddPortMapping><NewPortMappingDescription>&lol2;\
+                    </NewPortMappingDescription></AddPortMapping></Body></Envelope>";
+        let external = "<?xml version=\"1.0\"?><!DOCTYPE e [<!ENTITY xxe SYSTEM \
+                        \"file:///etc/passwd\">]><Envelope><Body><AddPortMapping>\
+                        <NewPortMappingDescription>&xxe;</NewPortMappingDescription>\
+                        </AddPortMapping></Body></Envelope>";
+        // Declared but not referenced: still refused (SOAP has no DTD).
+        let declared = external.replace("&xxe;", "x");
+        for doc in [bomb, external, &declared] {
+            assert_eq!(
+                action_arguments(doc.as_bytes(), "AddPortMapping"),
+                Err(Unparsed::BadSoap)
+            );
+        }
+        // The predefined entities and character references are what XML has.
+        let ok = "<Envelope><Body><A><D>&lt;&#65;&#x42;&amp;</D></A></Body></Envelope>";
+        let args = action_arguments(ok.as_bytes(), "A").unwrap();
+        assert_eq!(argument(&args, "D"), Some("<AB&"));
     }
 
     #[test]

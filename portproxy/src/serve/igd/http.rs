@@ -1,11 +1,12 @@
 //! The IGD's HTTP side (hyper): descriptions (GET), SOAP control (POST) and event
 //! subscriptions (SUBSCRIBE, UNSUBSCRIBE; `events`), on the LAN address, to LAN hosts only;
-//! bounded in connections, head size, header count, body size and time per connection, so
-//! a slow or hostile client cannot hold it.
+//! bounded in connections (in all and per host), head size, header count, body size, time
+//! to send a head and time per connection, so a slow or hostile client cannot hold it.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::{SocketAddr, SocketAddrV4};
-use std::sync::Arc;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -14,7 +15,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, header};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use log::debug;
 use tokio::net::TcpListener;
 
@@ -31,8 +32,15 @@ use crate::stats::Counter;
 
 /// Connections at once; more are closed at once and counted.
 const MAX_CONNECTIONS: usize = 32;
+/// Connections of one LAN host at once, so that one host cannot take them all (a control
+/// point makes one at a time); more are closed at once and counted.
+const MAX_PER_HOST: usize = 8;
 /// How long one connection may last, requests and all (a slow client is cut off).
 const CONNECTION_TIME: Duration = Duration::from_secs(10);
+/// How long a request head may take to arrive, from the connection or from the previous
+/// answer: a LAN client sends it in one go. Without it a client sending a byte a second
+/// held a connection for all of `CONNECTION_TIME`, and 32 of them kept everyone out.
+const HEAD_TIME: Duration = Duration::from_secs(3);
 /// hyper's smallest read buffer, which bounds a request head.
 const MAX_HEAD: usize = 8192;
 const MAX_HEADERS: usize = 32;
@@ -40,6 +48,7 @@ const MAX_HEADERS: usize = 32;
 /// Accepts connections until the listener fails.
 pub async fn serve(igd: Arc<IgdServer>, listener: TcpListener, tasks: Tasks) -> Result<()> {
     let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let per_host = Arc::new(PerHost::default());
     loop {
         let (stream, peer) = listener.accept().await?;
         let SocketAddr::V4(peer) = peer else {
@@ -49,6 +58,11 @@ pub async fn serve(igd: Arc<IgdServer>, listener: TcpListener, tasks: Tasks) -> 
             igd.stats.add(Counter::DropNotOnLan);
             continue;
         }
+        let Some(host_slot) = per_host.take(*peer.ip()) else {
+            igd.stats.add(Counter::DropHttp);
+            debug!("igd: closed a connection from {peer}: {MAX_PER_HOST} open from that host");
+            continue;
+        };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             igd.stats.add(Counter::DropHttp);
             debug!("igd: closed a connection from {peer}: {MAX_CONNECTIONS} open");
@@ -68,6 +82,8 @@ pub async fn serve(igd: Arc<IgdServer>, listener: TcpListener, tasks: Tasks) -> 
                 .title_case_headers(true)
                 .max_buf_size(MAX_HEAD)
                 .max_headers(MAX_HEADERS)
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEAD_TIME)
                 .serve_connection(TokioIo::new(stream), service);
             match tokio::time::timeout(CONNECTION_TIME, connection).await {
                 Ok(Ok(())) => {}
@@ -80,8 +96,46 @@ pub async fn serve(igd: Arc<IgdServer>, listener: TcpListener, tasks: Tasks) -> 
                     debug!("igd: connection from {peer} cut after {CONNECTION_TIME:?}");
                 }
             }
-            drop(permit);
+            drop((permit, host_slot));
         });
+    }
+}
+
+/// How many connections each LAN host has open.
+#[derive(Default)]
+struct PerHost(Mutex<HashMap<Ipv4Addr, usize>>);
+
+/// One of a host's connections; given back on drop.
+struct HostSlot {
+    hosts: Arc<PerHost>,
+    host: Ipv4Addr,
+}
+
+impl PerHost {
+    /// A slot for another connection of `host`, unless it has `MAX_PER_HOST` open.
+    fn take(self: &Arc<Self>, host: Ipv4Addr) -> Option<HostSlot> {
+        let mut open = self.0.lock().unwrap();
+        let n = open.entry(host).or_default();
+        if *n >= MAX_PER_HOST {
+            return None;
+        }
+        *n += 1;
+        Some(HostSlot {
+            hosts: self.clone(),
+            host,
+        })
+    }
+}
+
+impl Drop for HostSlot {
+    fn drop(&mut self) {
+        let mut open = self.hosts.0.lock().unwrap();
+        if let Some(n) = open.get_mut(&self.host) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.host);
+            }
+        }
     }
 }
 
@@ -197,7 +251,7 @@ async fn control(
             return empty(StatusCode::PAYLOAD_TOO_LARGE);
         }
     };
-    let Ok(args) = upnp::arguments(&body, action) else {
+    let Ok(args) = upnp::action_arguments(&body, action) else {
         return fault(igd, INVALID_ARGS);
     };
     match igd.control.call(peer, service, action, &args).await {
@@ -240,4 +294,25 @@ fn empty(status: StatusCode) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = status;
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_gets_its_share_of_connections_and_them_back() {
+        let hosts = Arc::new(PerHost::default());
+        let (one, two) = (Ipv4Addr::new(192, 168, 1, 2), Ipv4Addr::new(192, 168, 1, 3));
+        let mut held: Vec<HostSlot> = (0..MAX_PER_HOST)
+            .map(|_| hosts.take(one).expect("within the share"))
+            .collect();
+        assert!(hosts.take(one).is_none());
+        // Another host is not held back by it.
+        assert!(hosts.take(two).is_some());
+        held.pop();
+        assert!(hosts.take(one).is_some());
+        held.clear();
+        assert!(hosts.0.lock().unwrap().is_empty());
+    }
 }
