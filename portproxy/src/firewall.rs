@@ -37,8 +37,7 @@ use nftables::batch::Batch;
 use nftables::expr::{CT, Elem, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField};
 use nftables::helper;
 use nftables::schema::{
-    Chain, Element, NfListObject, NfObject, Nftables, Rule, Set, SetFlag, SetType, SetTypeValue,
-    Table,
+    Chain, Element, NfListObject, Nftables, Rule, Set, SetFlag, SetType, SetTypeValue, Table,
 };
 use nftables::stmt::{Mangle, Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
@@ -73,7 +72,7 @@ impl Firewall {
             remove_table().await;
             return Ok(None);
         }
-        let ruleset = match helper::get_current_ruleset_async().await {
+        let ruleset = match current_ruleset().await {
             Ok(ruleset) => ruleset,
             Err(e) if mode == FirewallMode::Auto => {
                 warn!("firewall: cannot read the nftables ruleset ({e}); no holes");
@@ -314,32 +313,89 @@ async fn remove_table() {
     }
 }
 
+/// The ruleset as `nft -j list ruleset` prints it, read as plain JSON. The crate's typed
+/// schema would fail on any expression it does not know, and its deserializers were 270 KB
+/// of a 2.7 MiB MIPS build; the two questions below need a few fields of chains and rules.
+async fn current_ruleset() -> Result<serde_json::Value, String> {
+    let text = helper::get_current_ruleset_raw_async(helper::DEFAULT_NFT, helper::DEFAULT_ARGS)
+        .await
+        .map_err(|e| e.to_string())?;
+    serde_json::from_str(&text).map_err(|e| format!("nft printed invalid JSON: {e}"))
+}
+
+/// The `kind` objects (`chain`, `rule`) of a ruleset listing.
+fn objects<'a>(
+    ruleset: &'a serde_json::Value,
+    kind: &'a str,
+) -> impl Iterator<Item = &'a serde_json::Value> {
+    ruleset["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(move |object| object.get(kind))
+}
+
 /// `family table chain` of every IPv4-capable forward base chain whose policy is drop.
-fn forward_chains_that_drop(ruleset: &Nftables) -> Vec<String> {
-    ruleset
-        .objects
-        .iter()
-        .filter_map(|o| match o {
-            NfObject::ListObject(NfListObject::Chain(c))
-                if c.hook == Some(NfHook::Forward)
-                    && c.policy == Some(NfChainPolicy::Drop)
-                    && matches!(c.family, NfFamily::IP | NfFamily::INet) =>
-            {
-                Some(format!("{:?} {} {}", c.family, c.table, c.name).to_lowercase())
-            }
-            _ => None,
+fn forward_chains_that_drop(ruleset: &serde_json::Value) -> Vec<String> {
+    objects(ruleset, "chain")
+        .filter(|c| {
+            c["hook"] == "forward"
+                && c["policy"] == "drop"
+                && (c["family"] == "ip" || c["family"] == "inet")
+        })
+        .map(|c| {
+            let field = |name: &str| c[name].as_str().unwrap_or_default().to_string();
+            format!("{} {} {}", field("family"), field("table"), field("name"))
         })
         .collect()
 }
 
 /// Whether a rule outside portproxy's table tests the hole mark and accepts.
-fn accepts_hole_mark(ruleset: &Nftables) -> bool {
-    ruleset.objects.iter().any(|o| match o {
-        NfObject::ListObject(NfListObject::Rule(r)) if r.table != TABLE => {
-            let text = serde_json::to_string(&r.expr).unwrap_or_default();
-            text.contains(&HOLE_MARK.to_string())
-                && r.expr.iter().any(|s| matches!(s, Statement::Accept(_)))
-        }
-        _ => false,
+fn accepts_hole_mark(ruleset: &serde_json::Value) -> bool {
+    objects(ruleset, "rule").any(|r| {
+        let expr = &r["expr"];
+        r["table"] != TABLE
+            && expr.to_string().contains(&HOLE_MARK.to_string())
+            && expr
+                .as_array()
+                .is_some_and(|statements| statements.iter().any(|s| s.get("accept").is_some()))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `nft -j list ruleset` (nftables 1.0.6) of an fw4-like forward chain that drops and
+    /// accepts the hole mark, an input chain and a forward chain that accepts.
+    const RULESET: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"table": {"family": "inet", "name": "fw4", "handle": 1}}, {"chain": {"family": "inet", "table": "fw4", "name": "forward", "handle": 1, "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}}, {"chain": {"family": "inet", "table": "fw4", "name": "input", "handle": 2, "type": "filter", "hook": "input", "prio": 0, "policy": "drop"}}, {"rule": {"family": "inet", "table": "fw4", "chain": "forward", "handle": 3, "expr": [{"match": {"op": "==", "left": {"&": [{"meta": {"key": "mark"}}, 16777216]}, "right": 16777216}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "fw4", "chain": "forward", "handle": 4, "expr": [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "established"}}, {"accept": null}]}}, {"table": {"family": "ip", "name": "filter", "handle": 2}}, {"chain": {"family": "ip", "table": "filter", "name": "FORWARD", "handle": 1, "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}}]}"#;
+
+    fn ruleset(text: &str) -> serde_json::Value {
+        serde_json::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn finds_forward_chains_that_drop() {
+        assert_eq!(
+            forward_chains_that_drop(&ruleset(RULESET)),
+            ["inet fw4 forward"]
+        );
+        let accepting = RULESET.replace(r#""policy": "drop""#, r#""policy": "accept""#);
+        assert!(forward_chains_that_drop(&ruleset(&accepting)).is_empty());
+        let bridge = RULESET.replace(r#""family": "inet""#, r#""family": "bridge""#);
+        assert!(forward_chains_that_drop(&ruleset(&bridge)).is_empty());
+    }
+
+    #[test]
+    fn finds_the_rule_that_accepts_the_hole_mark() {
+        assert!(accepts_hole_mark(&ruleset(RULESET)));
+        let other_mark = RULESET.replace("16777216", "256");
+        assert!(!accepts_hole_mark(&ruleset(&other_mark)));
+        let drops = RULESET.replace(r#"{"accept": null}"#, r#"{"drop": null}"#);
+        assert!(!accepts_hole_mark(&ruleset(&drops)));
+        // portproxy's own table marks; that is not the router's firewall accepting.
+        let own = RULESET.replace(r#""table": "fw4""#, r#""table": "portproxy""#);
+        assert!(!accepts_hole_mark(&ruleset(&own)));
+        assert!(!accepts_hole_mark(&ruleset(r#"{"nftables": []}"#)));
+    }
 }

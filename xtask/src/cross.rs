@@ -65,8 +65,9 @@ const BUDGET_FAST_PATH: u64 = 4 * 1024 * 1024;
 
 const PROFILE: &str = "openwrt";
 
-/// For every target. Measured on mips (socket-only): 2.44 MiB as rustc's default static-pie,
-/// 2.09 MiB non-PIE, 1.80 MiB adding the std features above and no panic locations.
+/// For every target. Measured on mips (socket-only, in 2026-12 before the daemon grew to
+/// 2.71 MiB): 2.44 MiB as rustc's default static-pie, 2.09 MiB non-PIE, 1.80 MiB adding the
+/// std features above and no panic locations.
 const RUSTFLAGS: [&str; 3] = [
     // rustc's musl targets link its own crt objects, which a build of std from source does
     // not have: let zig supply them, as it supplies musl.
@@ -77,6 +78,14 @@ const RUSTFLAGS: [&str; 3] = [
     // Panic messages without file and line (the strings of every panic site).
     "-Zlocation-detail=none",
 ];
+
+/// netlink-packet-route's derived `Debug` of every message, attribute and enum variant:
+/// with `-Zfmt-debug=shallow` it prints type and variant names only (0.18 MiB less on
+/// mipsel). Only for that crate: core's `Option` and `Result`, and portproxy's own types,
+/// keep printing their values in log lines. portproxy never prints netlink messages;
+/// rtnetlink's rare "unexpected message" errors name the message's type only.
+const SHALLOW_DEBUG: &str =
+    r#"profile.openwrt.package.netlink-packet-route.rustflags=["-Zfmt-debug=shallow"]"#;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Build {
@@ -203,8 +212,38 @@ pub fn build(target: &Target, build: Build) -> anyhow::Result<PathBuf> {
     fs::create_dir_all(out_dir()).context("creating target/cross")?;
     fs::copy(&built, &out)
         .with_context(|| format!("copying {} to {}", built.display(), out.display()))?;
+    remove_pdr(&out)?;
     check_static(&out)?;
     Ok(out)
+}
+
+/// Deletes the `.pdr` section: LLVM writes a MIPS procedure descriptor for every function
+/// (for GNU debuggers; nothing loads it) and the linker's strip keeps it, 0.18 MiB of a
+/// socket-only mipsel binary. The tool is the nightly's `rust-objcopy` (llvm-objcopy, part
+/// of the toolchain; it finds its libLLVM in the sysroot). A no-op for other targets.
+fn remove_pdr(bin: &Path) -> anyhow::Result<()> {
+    let sysroot = cmd::output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+        .context("rustc +nightly --print sysroot")?;
+    let sysroot = PathBuf::from(sysroot.trim());
+    let host = cmd::output(Command::new("rustc").args(["+nightly", "-vV"]))
+        .and_then(|out| {
+            Some(
+                out.lines()
+                    .find_map(|l| l.strip_prefix("host: "))?
+                    .to_string(),
+            )
+        })
+        .context("rustc +nightly -vV: no host line")?;
+    let objcopy = sysroot
+        .join("lib/rustlib")
+        .join(host)
+        .join("bin/rust-objcopy");
+    cmd::run(
+        Command::new(objcopy)
+            .arg("--remove-section=.pdr")
+            .arg(bin)
+            .env("LD_LIBRARY_PATH", sysroot.join("lib")),
+    )
 }
 
 /// Runs the daemon's unit tests for `target` under qemu-user (socket-only build: the fast
@@ -229,6 +268,7 @@ fn zigbuild(target: &Target, subcommand: &str) -> Command {
         .arg("-Zbuild-std=std,panic_unwind")
         // std without its backtrace printer (addr2line, gimli, miniz: about 75 KB on x86-64).
         .arg("-Zbuild-std-features=panic-unwind,optimize_for_size")
+        .args(["-Zprofile-rustflags", "--config", SHALLOW_DEBUG])
         .current_dir(cmd::workspace_root())
         // cargo-zigbuild runs $CARGO, which `cargo xtask` sets to the stable cargo: let the
         // rustup proxy on PATH pick the nightly instead.
