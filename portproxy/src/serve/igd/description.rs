@@ -9,7 +9,9 @@ use std::fmt::Write as _;
 /// Where each document and control point lives on the IGD's HTTP port.
 pub const DESCRIPTION_V1: &str = "/igd1.xml";
 pub const DESCRIPTION_V2: &str = "/igd2.xml";
-pub const IP_CONNECTION_SCPD: &str = "/WANIPCn.xml";
+/// WANIPConnection:1's and :2's: a control point that reads :1's may call only what it lists.
+pub const IP_CONNECTION_SCPD_V1: &str = "/WANIPCn1.xml";
+pub const IP_CONNECTION_SCPD_V2: &str = "/WANIPCn2.xml";
 pub const COMMON_IF_SCPD: &str = "/WANCfg.xml";
 pub const IP_CONNECTION_CONTROL: &str = "/ctl/IPConn";
 pub const COMMON_IF_CONTROL: &str = "/ctl/CmnIfCfg";
@@ -74,7 +76,11 @@ pub fn document(version: u8, uuid: &str) -> String {
         ip_svc = service(
             &ip,
             "IPConn1",
-            IP_CONNECTION_SCPD,
+            if version == 2 {
+                IP_CONNECTION_SCPD_V2
+            } else {
+                IP_CONNECTION_SCPD_V1
+            },
             IP_CONNECTION_CONTROL,
             IP_CONNECTION_EVENTS
         ),

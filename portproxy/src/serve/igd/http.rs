@@ -23,7 +23,7 @@ use super::IgdServer;
 use super::control::{INVALID_ACTION, INVALID_ARGS};
 use super::description::{
     COMMON_IF, COMMON_IF_CONTROL, COMMON_IF_SCPD, DESCRIPTION_V1, DESCRIPTION_V2, IP_CONNECTION,
-    IP_CONNECTION_CONTROL, IP_CONNECTION_SCPD,
+    IP_CONNECTION_CONTROL, IP_CONNECTION_SCPD_V1, IP_CONNECTION_SCPD_V2,
 };
 use super::events::{self, Answer, Service};
 use crate::proto::upnp;
@@ -155,7 +155,8 @@ async fn respond(
     match (req.method(), path.as_str()) {
         (&Method::GET, DESCRIPTION_V1) => xml(StatusCode::OK, igd.description(1)),
         (&Method::GET, DESCRIPTION_V2) => xml(StatusCode::OK, igd.description(2)),
-        (&Method::GET, IP_CONNECTION_SCPD) => xml(StatusCode::OK, super::ip_connection_scpd()),
+        (&Method::GET, IP_CONNECTION_SCPD_V1) => xml(StatusCode::OK, super::ip_connection_scpd(1)),
+        (&Method::GET, IP_CONNECTION_SCPD_V2) => xml(StatusCode::OK, super::ip_connection_scpd(2)),
         (&Method::GET, COMMON_IF_SCPD) => xml(StatusCode::OK, super::common_if_scpd()),
         (&Method::POST, IP_CONNECTION_CONTROL | COMMON_IF_CONTROL) => {
             let family = if path == IP_CONNECTION_CONTROL {

@@ -161,8 +161,20 @@ fn uuid_of(a: u64, b: u64) -> String {
     )
 }
 
-/// WANIPConnection's service description: the actions the IGD answers.
-fn ip_connection_scpd() -> String {
+/// The actions and state variables only WANIPConnection:2 has (the control answers them
+/// only for :2, with 401 Invalid Action for :1).
+const IP_CONNECTION_V2_ONLY: [&str; 5] = [
+    "AddAnyPortMapping",
+    "DeletePortMappingRange",
+    "GetListOfPortMappings",
+    "A_ARG_TYPE_Manage",
+    "A_ARG_TYPE_PortListing",
+];
+
+/// WANIPConnection's service description of `version`: the actions the IGD answers for it.
+/// Control points read it to choose: igd-next (iroh's port mapper), for one, calls
+/// AddAnyPortMapping when the SCPD lists it, and falls back to AddPortMapping only when not.
+fn ip_connection_scpd(version: u8) -> String {
     const PORT: &str = "ExternalPort";
     const PROTO: &str = "PortMappingProtocol";
     let entry: &[description::Argument] = &[
@@ -203,68 +215,78 @@ fn ip_connection_scpd() -> String {
     let mut list = range.to_vec();
     list.push(("NewNumberOfPorts", false, "PortMappingNumberOfEntries"));
     list.push(("NewPortListing", true, "A_ARG_TYPE_PortListing"));
-    description::scpd(
-        &[
-            ("AddPortMapping", add),
-            ("AddAnyPortMapping", &any),
-            ("DeletePortMapping", &add[..3]),
-            ("DeletePortMappingRange", range),
-            ("GetSpecificPortMappingEntry", &specific),
-            ("GetGenericPortMappingEntry", &generic),
-            ("GetListOfPortMappings", &list),
-            (
-                "GetExternalIPAddress",
-                &[("NewExternalIPAddress", true, "ExternalIPAddress")],
-            ),
-            (
-                "GetStatusInfo",
-                &[
-                    ("NewConnectionStatus", true, "ConnectionStatus"),
-                    ("NewLastConnectionError", true, "LastConnectionError"),
-                    ("NewUptime", true, "Uptime"),
-                ],
-            ),
-            (
-                "GetConnectionTypeInfo",
-                &[
-                    ("NewConnectionType", true, "ConnectionType"),
-                    (
-                        "NewPossibleConnectionTypes",
-                        true,
-                        "PossibleConnectionTypes",
-                    ),
-                ],
-            ),
-            (
-                "GetNATRSIPStatus",
-                &[
-                    ("NewRSIPAvailable", true, "RSIPAvailable"),
-                    ("NewNATEnabled", true, "NATEnabled"),
-                ],
-            ),
-        ],
-        &[
-            ("ExternalIPAddress", "string", true),
-            ("PortMappingNumberOfEntries", "ui2", true),
-            ("RemoteHost", "string", false),
-            (PORT, "ui2", false),
-            (PROTO, "string", false),
-            ("InternalPort", "ui2", false),
-            ("InternalClient", "string", false),
-            ("PortMappingEnabled", "boolean", false),
-            ("PortMappingDescription", "string", false),
-            ("PortMappingLeaseDuration", "ui4", false),
-            ("ConnectionStatus", "string", true),
-            ("LastConnectionError", "string", false),
-            ("Uptime", "ui4", false),
-            ("ConnectionType", "string", false),
-            ("PossibleConnectionTypes", "string", false),
-            ("RSIPAvailable", "boolean", false),
-            ("NATEnabled", "boolean", false),
-            ("A_ARG_TYPE_Manage", "boolean", false),
-            ("A_ARG_TYPE_PortListing", "string", false),
-        ],
-    )
+    let actions: &[(&str, &[description::Argument])] = &[
+        ("AddPortMapping", add),
+        ("AddAnyPortMapping", &any),
+        ("DeletePortMapping", &add[..3]),
+        ("DeletePortMappingRange", range),
+        ("GetSpecificPortMappingEntry", &specific),
+        ("GetGenericPortMappingEntry", &generic),
+        ("GetListOfPortMappings", &list),
+        (
+            "GetExternalIPAddress",
+            &[("NewExternalIPAddress", true, "ExternalIPAddress")],
+        ),
+        (
+            "GetStatusInfo",
+            &[
+                ("NewConnectionStatus", true, "ConnectionStatus"),
+                ("NewLastConnectionError", true, "LastConnectionError"),
+                ("NewUptime", true, "Uptime"),
+            ],
+        ),
+        (
+            "GetConnectionTypeInfo",
+            &[
+                ("NewConnectionType", true, "ConnectionType"),
+                (
+                    "NewPossibleConnectionTypes",
+                    true,
+                    "PossibleConnectionTypes",
+                ),
+            ],
+        ),
+        (
+            "GetNATRSIPStatus",
+            &[
+                ("NewRSIPAvailable", true, "RSIPAvailable"),
+                ("NewNATEnabled", true, "NATEnabled"),
+            ],
+        ),
+    ];
+    let variables: &[description::Variable] = &[
+        ("ExternalIPAddress", "string", true),
+        ("PortMappingNumberOfEntries", "ui2", true),
+        ("RemoteHost", "string", false),
+        (PORT, "ui2", false),
+        (PROTO, "string", false),
+        ("InternalPort", "ui2", false),
+        ("InternalClient", "string", false),
+        ("PortMappingEnabled", "boolean", false),
+        ("PortMappingDescription", "string", false),
+        ("PortMappingLeaseDuration", "ui4", false),
+        ("ConnectionStatus", "string", true),
+        ("LastConnectionError", "string", false),
+        ("Uptime", "ui4", false),
+        ("ConnectionType", "string", false),
+        ("PossibleConnectionTypes", "string", false),
+        ("RSIPAvailable", "boolean", false),
+        ("NATEnabled", "boolean", false),
+        ("A_ARG_TYPE_Manage", "boolean", false),
+        ("A_ARG_TYPE_PortListing", "string", false),
+    ];
+    let v2_only = |name: &str| version != 2 && IP_CONNECTION_V2_ONLY.contains(&name);
+    let actions: Vec<_> = actions
+        .iter()
+        .copied()
+        .filter(|(name, _)| !v2_only(name))
+        .collect();
+    let variables: Vec<_> = variables
+        .iter()
+        .copied()
+        .filter(|(name, ..)| !v2_only(name))
+        .collect();
+    description::scpd(&actions, &variables)
 }
 
 /// WANCommonInterfaceConfig's service description.
@@ -337,15 +359,15 @@ mod tests {
     }
 
     #[test]
-    fn the_scpds_list_every_action() {
-        let ip = ip_connection_scpd();
-        for action in [
-            "AddAnyPortMapping",
-            "DeletePortMappingRange",
-            "GetListOfPortMappings",
-            "GetExternalIPAddress",
-        ] {
-            assert!(ip.contains(&format!("<name>{action}</name>")), "{action}");
+    fn the_scpds_list_every_action_of_their_version() {
+        let (v1, v2) = (ip_connection_scpd(1), ip_connection_scpd(2));
+        for action in ["AddPortMapping", "GetExternalIPAddress"] {
+            assert!(v1.contains(&format!("<name>{action}</name>")), "{action}");
+            assert!(v2.contains(&format!("<name>{action}</name>")), "{action}");
+        }
+        for name in IP_CONNECTION_V2_ONLY {
+            assert!(v2.contains(&format!("<name>{name}</name>")), "{name}");
+            assert!(!v1.contains(name), "WANIPConnection:1 lists {name}");
         }
         assert!(common_if_scpd().contains("<name>GetTotalBytesSent</name>"));
     }
