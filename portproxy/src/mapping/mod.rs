@@ -274,6 +274,17 @@ impl Mappings {
         self.state.lock().await.table.get(key).cloned()
     }
 
+    /// The mapping of external port `port` for `proto`, if the table has it.
+    pub async fn by_external(&self, proto: Transport, port: u16) -> Option<Entry> {
+        let state = self.state.lock().await;
+        state.table.by_external(proto, port).cloned()
+    }
+
+    /// The `index`th mapping, in the table's order (UPnP's GetGenericPortMappingEntry).
+    pub async fn nth(&self, index: usize) -> Option<Entry> {
+        self.state.lock().await.table.entries().nth(index).cloned()
+    }
+
     /// Every mapping.
     pub async fn entries(&self) -> Vec<Entry> {
         self.state.lock().await.table.entries().cloned().collect()

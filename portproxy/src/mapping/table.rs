@@ -135,14 +135,17 @@ impl Table {
         keys.iter().filter_map(|k| self.remove(k)).collect()
     }
 
-    /// Removes the mapping of external port `port` for `proto`, if any (UPnP
-    /// deletes name the external side).
-    pub fn remove_external(&mut self, proto: Transport, port: u16) -> Option<Entry> {
-        let key = self
-            .entries
+    /// The mapping of external port `port` for `proto`, if any (UPnP names the external
+    /// side).
+    pub fn by_external(&self, proto: Transport, port: u16) -> Option<&Entry> {
+        self.entries
             .values()
-            .find(|e| e.key.proto == proto && e.external.port() == port)?
-            .key;
+            .find(|e| e.key.proto == proto && e.external.port() == port)
+    }
+
+    /// Removes the mapping of external port `port` for `proto`, if any.
+    pub fn remove_external(&mut self, proto: Transport, port: u16) -> Option<Entry> {
+        let key = self.by_external(proto, port)?.key;
         self.remove(&key)
     }
 

@@ -229,17 +229,15 @@ impl Control {
         };
         // The seed's interworking function looks here first: a port another mapping has
         // is a conflict without asking the CGN.
-        let entries = self.mapper.mappings.entries().await;
-        let taken = entries
-            .iter()
-            .any(|e| e.key.proto == proto && e.external.port() == external && e.key != key);
+        let mappings = &self.mapper.mappings;
+        let taken = (mappings.by_external(proto, external).await).is_some_and(|e| e.key != key);
         let external = match (taken, any) {
             (true, false) => return Err(CONFLICT),
             // AddAnyPortMapping: the CGN chooses.
             (true, true) => 0,
             (false, _) => external,
         };
-        if let Some(e) = entries.iter().find(|e| e.key == key)
+        if let Some(e) = mappings.get(&key).await
             && external != 0
             && e.external.port() != external
         {
@@ -266,18 +264,10 @@ impl Control {
         }
     }
 
-    /// The table's mapping on external `port` of `proto`.
-    async fn by_external(&self, proto: Transport, port: u16) -> Option<Entry> {
-        let entries = self.mapper.mappings.entries().await;
-        entries
-            .into_iter()
-            .find(|e| e.key.proto == proto && e.external.port() == port)
-    }
-
     async fn delete(&self, client: SocketAddrV4, a: &Args<'_>) -> Result<Output, UpnpError> {
         let proto = a.protocol()?;
         let port = a.number("NewExternalPort")?;
-        let entry = self.by_external(proto, port).await.ok_or(NO_SUCH_ENTRY)?;
+        let entry = (self.mapper.mappings.by_external(proto, port).await).ok_or(NO_SUCH_ENTRY)?;
         if entry.key.host != *client.ip() {
             return Err(NOT_AUTHORIZED);
         }
@@ -315,10 +305,8 @@ impl Control {
 
     async fn specific(&self, a: &Args<'_>) -> Result<Output, UpnpError> {
         let proto = a.protocol()?;
-        let entry = self
-            .by_external(proto, a.number("NewExternalPort")?)
-            .await
-            .ok_or(NO_SUCH_ENTRY)?;
+        let port = a.number("NewExternalPort")?;
+        let entry = (self.mapper.mappings.by_external(proto, port).await).ok_or(NO_SUCH_ENTRY)?;
         let mut out = self.describe(&entry, boot_time());
         // GetSpecificPortMappingEntry does not repeat what was asked.
         out.retain(|(name, _)| {
@@ -329,9 +317,8 @@ impl Control {
 
     async fn generic(&self, a: &Args<'_>) -> Result<Output, UpnpError> {
         let index: usize = a.number("NewPortMappingIndex")?;
-        let entries = self.mapper.mappings.entries().await;
-        let entry = entries.get(index).ok_or(INDEX_INVALID)?;
-        Ok(self.describe(entry, boot_time()))
+        let entry = self.mapper.mappings.nth(index).await.ok_or(INDEX_INVALID)?;
+        Ok(self.describe(&entry, boot_time()))
     }
 
     /// GetListOfPortMappings (IGD:2): the requester's mappings in the range (everyone's
