@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use tokio::net::TcpListener;
 
-use self::control::{Control, Leases};
+use self::control::Control;
 use self::events::Events;
 use super::Mapper;
 use crate::clock::boot_time;
@@ -55,7 +55,6 @@ impl IgdServer {
             events: Arc::new(Events::new(mapper.clone(), stats.clone())),
             control: Control {
                 mapper,
-                leases: Leases::default(),
                 started: boot_time(),
                 netlink,
             },
