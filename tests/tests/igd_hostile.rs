@@ -925,6 +925,59 @@ fn slow_clients(softwire: Softwire, path: DataPath) -> Result<()> {
 }
 http_paths!(slow_clients);
 
+/// A SOAP call whose head comes at once and whose body trickles in a byte every half
+/// second: answered 408 and closed once the body has taken 3 s, long before the 10 s a
+/// connection may last, and counted as dropped_http.
+fn trickled_body(softwire: Softwire, path: DataPath) -> Result<()> {
+    with_igd(softwire, path, |lab, daemon| {
+        let before = stats(lab, daemon)?;
+        let body = upnp::soap_request(IP1, "AddPortMapping", &add_args(LAN1_IP, 9671, 8671));
+        let head = post(IP_CONTROL, Some(&format!("{IP1}#AddPortMapping")), b"");
+        let head = String::from_utf8(head)?.replace(
+            "Content-Length: 0",
+            &format!("Content-Length: {}", body.len()),
+        );
+        let (status, took) = lab.lan(1).enter(|| -> Result<(Option<u16>, Duration)> {
+            let start = Instant::now();
+            let mut stream = TcpStream::connect_timeout(&IGD.into(), Duration::from_secs(2))?;
+            stream.write_all(head.as_bytes())?;
+            stream.set_nonblocking(true)?;
+            let mut received = Vec::new();
+            for &byte in body.as_bytes() {
+                let mut buf = [0u8; 1024];
+                match stream.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => received.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => break,
+                }
+                if stream.write(&[byte]).is_err() || start.elapsed() > REPLY_TIMEOUT {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(500));
+            }
+            let text = String::from_utf8_lossy(&received);
+            let status = text
+                .strip_prefix("HTTP/1.1 ")
+                .and_then(|rest| rest.get(..3))
+                .and_then(|code| code.parse().ok());
+            Ok((status, start.elapsed()))
+        })??;
+        eprintln!("trickled body: {status:?} after {took:?}");
+        ensure!(
+            status == Some(408) && took < Duration::from_secs(6),
+            "a trickled body got {status:?} after {took:?}, expected 408 within 6 s"
+        );
+        let after = stats(lab, daemon)?;
+        ensure!(
+            grew(&before, &after, "dropped_http") >= 1,
+            "the trickled body was not counted as dropped_http"
+        );
+        not_mapped(lab, 9671)
+    })
+}
+http_paths!(trickled_body);
+
 #[derive(Debug, Default)]
 struct Slowloris {
     opened: usize,

@@ -41,6 +41,10 @@ const CONNECTION_TIME: Duration = Duration::from_secs(10);
 /// answer: a LAN client sends it in one go. Without it a client sending a byte a second
 /// held a connection for all of `CONNECTION_TIME`, and 32 of them kept everyone out.
 const HEAD_TIME: Duration = Duration::from_secs(3);
+/// How long a request body may take to arrive once its head is in: a control point sends a
+/// SOAP call in one go. Without it a body trickled a byte a second held its connection for
+/// all of `CONNECTION_TIME`.
+const BODY_TIME: Duration = Duration::from_secs(3);
 /// hyper's smallest read buffer, which bounds a request head.
 const MAX_HEAD: usize = 8192;
 const MAX_HEADERS: usize = 32;
@@ -241,15 +245,18 @@ async fn control(
     if !version_ok {
         return fault(igd, INVALID_ACTION);
     }
-    let body = match Limited::new(req.into_body(), upnp::MAX_BODY)
-        .collect()
-        .await
-    {
-        Ok(body) => body.to_bytes(),
-        Err(e) => {
+    let body = Limited::new(req.into_body(), upnp::MAX_BODY).collect();
+    let body = match tokio::time::timeout(BODY_TIME, body).await {
+        Ok(Ok(body)) => body.to_bytes(),
+        Ok(Err(e)) => {
             igd.stats.add(Counter::DropHttp);
             debug!("igd: body from {peer}: {e}");
             return empty(StatusCode::PAYLOAD_TOO_LARGE);
+        }
+        Err(_) => {
+            igd.stats.add(Counter::DropHttp);
+            debug!("igd: body from {peer} not in after {BODY_TIME:?}");
+            return close(StatusCode::REQUEST_TIMEOUT);
         }
     };
     let Ok(args) = upnp::action_arguments(&body, action) else {
@@ -288,6 +295,16 @@ fn xml(status: StatusCode, body: String) -> Response<Full<Bytes>> {
         header::HeaderValue::from_static(super::ssdp::SERVER),
     );
     headers.insert("ext", header::HeaderValue::from_static(""));
+    response
+}
+
+/// `empty`, and the connection closed after it (the rest of the request is not waited for).
+fn close(status: StatusCode) -> Response<Full<Bytes>> {
+    let mut response = empty(status);
+    response.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
     response
 }
 
