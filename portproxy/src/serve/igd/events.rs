@@ -12,7 +12,8 @@
 //! - A SID is renewed or cancelled only by the host that took it (412 otherwise), and is
 //!   random (`getrandom`), so another host can neither guess nor end it.
 //! - At most `PER_HOST` subscriptions per host and `TOTAL` in all: a new one ends the
-//!   oldest (of the host, else of all). TIMEOUT is capped at `MAX_TIMEOUT` (and at least
+//!   oldest of the host, else the oldest of the host holding the most (so a flood from
+//!   many addresses ends the flooder's own, not a host's single subscription). TIMEOUT is capped at `MAX_TIMEOUT` (and at least
 //!   `MIN_TIMEOUT`); none, or one not understood, is `DEFAULT_TIMEOUT`.
 //! - Each subscription has a task of its own that sends its events in order, at most one
 //!   per `MODERATION` (changes in between are sent together), each NOTIFY bounded by
@@ -271,7 +272,16 @@ impl Subscriptions {
             }
         }
         if self.0.len() >= TOTAL {
-            ended.push(self.0.remove(0).stop);
+            // The oldest of the host that holds the most: a host (or a few) flooding from
+            // many addresses ends its own, not those of hosts that subscribed once.
+            let mut held = std::collections::HashMap::<Ipv4Addr, usize>::new();
+            for e in &self.0 {
+                *held.entry(e.host).or_default() += 1;
+            }
+            let most = held.values().copied().max().unwrap_or(0);
+            if let Some(i) = self.0.iter().position(|e| held[&e.host] == most) {
+                ended.push(self.0.remove(i).stop);
+            }
         }
         self.0.push(entry);
         ended
@@ -696,8 +706,18 @@ mod tests {
         }
         let ended = subs.add(entry(200, start).0);
         assert_eq!((ended.len(), subs.0.len()), (1, TOTAL));
-        // The oldest of all is host 2's second; host 3's is still there.
+        // Host 2 holds the most: its oldest went; host 3's is still there.
         assert!(!other_stop.is_cancelled());
+        assert_eq!(
+            subs.0.iter().filter(|e| e.host == PEER).count(),
+            PER_HOST - 1
+        );
+        // While others hold more than one, a host's single subscription stays.
+        for i in 0..4 * TOTAL {
+            subs.add(entry(201 + (i % 4) as u8, start).0);
+        }
+        assert!(!other_stop.is_cancelled());
+        assert_eq!(subs.0.len(), TOTAL);
     }
 
     #[test]
