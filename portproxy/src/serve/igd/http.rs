@@ -25,8 +25,8 @@ use super::description::{
     COMMON_IF, COMMON_IF_CONTROL, COMMON_IF_SCPD, DESCRIPTION_V1, DESCRIPTION_V2, IP_CONNECTION,
     IP_CONNECTION_CONTROL, IP_CONNECTION_SCPD_V1, IP_CONNECTION_SCPD_V2,
 };
-use super::events::{self, Answer, Service};
-use crate::proto::upnp;
+use super::events::{Answer, Service};
+use crate::proto::{gena, upnp};
 use crate::relay::Tasks;
 use crate::stats::Counter;
 
@@ -188,7 +188,7 @@ fn subscription(
     let Some(service) = Service::at(path) else {
         return empty(StatusCode::NOT_FOUND);
     };
-    let answer = events::parse(unsubscribe, req.headers(), *peer.ip())
+    let answer = gena::parse(unsubscribe, req.headers(), *peer.ip())
         .and_then(|request| igd.events.answer(*peer.ip(), service, request, tasks));
     match answer {
         Ok(Answer::Subscribed { sid, timeout }) => {
