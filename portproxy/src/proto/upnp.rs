@@ -401,9 +401,13 @@ pub fn parse_url(url: &str) -> Option<(SocketAddrV4, String)> {
     if port == 0 {
         return None;
     }
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let path = if path.is_empty() { "/" } else { path };
-    Some((SocketAddrV4::new(host, port), path.to_string()))
+    // `http://a.b.c.d?x` has the query without a path: a request target needs the `/`.
+    let path = uri.path_and_query().map_or("", |p| p.as_str());
+    let path = match path.starts_with('/') {
+        true => path.to_string(),
+        false => format!("/{path}"),
+    };
+    Some((SocketAddrV4::new(host, port), path))
 }
 
 /// A SOAP request body calling `action` of `service` with `args` (values XML-escaped).
@@ -684,6 +688,10 @@ mod tests {
         assert_eq!(
             parse_url("http://192.0.0.1"),
             Some(("192.0.0.1:80".parse().unwrap(), "/".into()))
+        );
+        assert_eq!(
+            parse_url("http://192.0.0.1?x=1"),
+            Some(("192.0.0.1:80".parse().unwrap(), "/?x=1".into()))
         );
         for not in [
             "https://192.0.0.1/x",
