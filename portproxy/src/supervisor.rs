@@ -45,7 +45,7 @@ use crate::fastpath;
 use crate::firewall::Firewall;
 use crate::mapping::{self, Limits, Mappings};
 use crate::relay::SocketRelay;
-use crate::serve::{Identity, IgdServer, Mapper, PortControlServer};
+use crate::serve::{Events, Identity, IgdServer, Mapper, PortControlServer};
 use crate::sockets::{self, PortInUse};
 use crate::stats::{Counter, Stats};
 use crate::status::{DataPathKind, State, Status};
@@ -94,6 +94,7 @@ impl Running {
         mappings: &Arc<Mappings>,
         identity: &Arc<Identity>,
         cgn_state: &Arc<std::sync::Mutex<CgnState>>,
+        igd_events: &Arc<Events>,
         restored: bool,
     ) -> Result<Running> {
         let plan = Plan::choose(opts.mode, probed.speaks);
@@ -147,10 +148,14 @@ impl Running {
         let igd_server = serving_upnp.then(|| {
             Arc::new(IgdServer::new(
                 mapper.clone(),
+                igd_events.clone(),
                 handle.clone(),
                 stats.clone(),
             ))
         });
+        if !serving_upnp {
+            igd_events.end_all();
+        }
         // Bind first: a port in use (say, a second portproxy) must fail before the
         // routing rule, which a running instance depends on, is touched.
         let relay = SocketRelay::start(&on_sockets, stats, mappings, server, igd_server)?;
@@ -308,6 +313,8 @@ struct Supervisor {
     identity: Arc<Identity>,
     /// The CGN's epochs as last seen, which survive a rebuild too.
     cgn_state: Arc<std::sync::Mutex<CgnState>>,
+    /// The IGD's event subscriptions, which survive a rebuild too.
+    igd_events: Arc<Events>,
     /// The mappings file is read once the LAN is known (only its hosts come back).
     to_restore: bool,
     /// Mappings restored from the file wait to be asked for at the CGN by the first data path.
@@ -395,6 +402,7 @@ impl Supervisor {
             &self.mappings,
             &self.identity,
             &self.cgn_state,
+            &self.igd_events,
             self.restored,
         )
         .await;
@@ -535,6 +543,7 @@ pub async fn run(opts: Options) -> Result<()> {
             return Err(e);
         }
     };
+    let igd_events = Arc::new(Events::new(&mappings, stats.clone()));
     let mut sup = Supervisor {
         opts,
         handle,
@@ -542,6 +551,7 @@ pub async fn run(opts: Options) -> Result<()> {
         mappings: mappings.clone(),
         identity: Arc::new(Identity::default()),
         cgn_state: Arc::default(),
+        igd_events,
         to_restore: true,
         restored: false,
         running: None,

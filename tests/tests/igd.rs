@@ -15,7 +15,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use common::{check_mapping, mapped_again, run_expect, with_lab};
+use common::{check_mapping, mapped_again, run_expect, wait_for_log, with_lab};
 use tests::{
     CGN_SOFTWIRE_IP, CPE_SOFTWIRE_IP, CgnKind, Daemon, DataPath, Event, LAN_GATEWAY, LAN1_IP,
     LAN2_IP, Lab, Netns, PUBLIC_IP, Softwire, pcp_map_tcp, response_header, show_output,
@@ -647,3 +647,54 @@ fn events_on_a_natpmp_cgn(softwire: Softwire, path: DataPath) -> Result<()> {
     events(softwire, path, CgnKind::NatPmpOnly)
 }
 every_path!(events_on_a_natpmp_cgn);
+
+/// A subscription outlives a rebuild of the data path: the softwire goes down and up,
+/// portproxy rebuilds, and the subscriber is still evented (the next SEQ, its SID) when
+/// upnpc maps, and renews with its SID.
+fn events_survive_a_softwire_flap(softwire: Softwire, path: DataPath) -> Result<()> {
+    const PORT: u16 = 49152;
+    with_igd(softwire, path, CgnKind::PcpOnly, |lab, portproxy| {
+        let sink = lab.lan(1).serve_events(PORT)?;
+        let callback = format!("<http://{LAN1_IP}:{PORT}/events>");
+        let subscribe = [("CALLBACK", callback.as_str()), ("NT", "upnp:event")];
+        let (status, headers) = lab.lan(1).gena("SUBSCRIBE", "/evt/IPConn", &subscribe)?;
+        let sid = response_header(&headers, "sid")
+            .filter(|_| status == 200)
+            .with_context(|| format!("SUBSCRIBE: {status} {headers:?}"))?
+            .to_string();
+        let of_sid = |e: &Event| e.header("sid") == Some(sid.as_str());
+        sink.wait_for(Duration::from_secs(5), |e| of_sid(e) && e.seq() == Some(0))?;
+
+        lab.set_softwire_up(false)?;
+        std::thread::sleep(Duration::from_millis(500));
+        lab.set_softwire_up(true)?;
+        // The ready line says "relaying between"; so does every rebuild.
+        wait_for_log(portproxy, "relaying between", 2)?;
+
+        let host1 = LAN1_IP.to_string();
+        upnpc(
+            lab.lan(1),
+            1,
+            &["-a", &host1, "8441", "9441", "tcp", "3600"],
+            &["is redirected"],
+        )?;
+        let mapped = sink.wait_for(Duration::from_secs(5), |e| {
+            of_sid(e) && e.variable("PortMappingNumberOfEntries") == Some("1")
+        })?;
+        ensure!(
+            mapped.seq() == Some(1),
+            "the event after the rebuild: {mapped:#?}"
+        );
+        let (status, headers) = lab.lan(1).gena(
+            "SUBSCRIBE",
+            "/evt/IPConn",
+            &[("SID", &sid), ("TIMEOUT", "Second-600")],
+        )?;
+        ensure!(
+            status == 200 && response_header(&headers, "sid") == Some(sid.as_str()),
+            "renewal after the rebuild: {status} {headers:?}"
+        );
+        Ok(())
+    })
+}
+every_path!(events_survive_a_softwire_flap);

@@ -20,6 +20,10 @@
 //!   it expires; its SEQ still advances (§4.2.1: the subscriber sees it missed one).
 //! - The initial event leaves `INITIAL_DELAY` after the subscription is taken, so it
 //!   follows the 200 that tells the control point its SID (§4.2.1).
+//! - Subscriptions outlive a rebuild of the data path (a softwire flap): `Events` is the
+//!   daemon's, each IGD server built on a data path `serve`s through it, and the senders
+//!   are tasks of their own, not the data path's. They end when the LAN address changes or
+//!   the IGD is no longer served (`end_all`).
 
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -39,9 +43,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::description::{COMMON_IF_EVENTS, IP_CONNECTION_EVENTS};
-use crate::mapping::Observed;
+use crate::mapping::{Mappings, Observed};
 use crate::proto::gena::{Callback, Subscription};
-use crate::relay::Tasks;
 use crate::serve::Mapper;
 use crate::stats::{Counter, Stats};
 
@@ -184,35 +187,68 @@ impl Subscriptions {
     }
 }
 
-/// The IGD's subscriptions and what sends their events.
+/// The IGD's subscriptions and what sends their events: the daemon's, across data paths.
 pub struct Events {
     subscriptions: Mutex<Subscriptions>,
     observed: watch::Receiver<Observed>,
-    mapper: Arc<Mapper>,
+    /// The IGD's current data path: its mapper (to learn the CGN's address for an initial
+    /// event) and where NOTIFYs leave from (the LAN address).
+    serving: Mutex<Option<Serving>>,
     stats: Arc<Stats>,
-    /// Where NOTIFYs leave from: the IGD's own LAN address.
+}
+
+#[derive(Clone)]
+struct Serving {
+    mapper: Arc<Mapper>,
     lan_addr: Ipv4Addr,
 }
 
 impl Events {
-    pub fn new(mapper: Arc<Mapper>, stats: Arc<Stats>) -> Events {
+    pub fn new(mappings: &Mappings, stats: Arc<Stats>) -> Events {
         Events {
             subscriptions: Mutex::default(),
-            observed: mapper.mappings.watch(),
-            lan_addr: mapper.config().lan.addr,
-            mapper,
+            observed: mappings.watch(),
+            serving: Mutex::default(),
             stats,
         }
     }
 
+    /// The IGD is served on a (new) data path, through `mapper`: subscriptions go on, unless
+    /// the LAN address is another (their callbacks were on the old LAN).
+    pub fn serve(&self, mapper: Arc<Mapper>) {
+        let lan_addr = mapper.config().lan.addr;
+        let before = self
+            .serving
+            .lock()
+            .unwrap()
+            .replace(Serving { mapper, lan_addr });
+        if before.is_some_and(|b| b.lan_addr != lan_addr) {
+            self.end_all();
+        }
+    }
+
+    /// Ends every subscription (the IGD is not served any more, or on another LAN).
+    pub fn end_all(&self) {
+        let ended = std::mem::take(&mut *self.subscriptions.lock().unwrap());
+        if !ended.0.is_empty() {
+            debug!("igd: {} event subscriptions ended", ended.0.len());
+        }
+        for entry in ended.0 {
+            entry.stop.cancel();
+        }
+    }
+
+    fn serving(&self) -> Option<Serving> {
+        self.serving.lock().unwrap().clone()
+    }
+
     /// Carries out a (UN)SUBSCRIBE of `peer` at `service`; a new subscription's events are
-    /// sent from a task of `tasks`.
+    /// sent from a task of its own.
     pub fn answer(
         self: &Arc<Self>,
         peer: Ipv4Addr,
         service: Service,
         request: Subscription,
-        tasks: &Tasks,
     ) -> Result<Answer, StatusCode> {
         let mut subscriptions = self.subscriptions.lock().unwrap();
         let answer = match request {
@@ -234,7 +270,7 @@ impl Events {
                 debug!("igd: {peer} subscribed to {service:?} as {sid} for {timeout}s");
                 let events = self.clone();
                 let task_sid = sid.clone();
-                tasks.spawn(async move {
+                tokio::spawn(async move {
                     tokio::select! {
                         () = stop.cancelled() => {}
                         () = events.publish(&task_sid, service, &callbacks) => {}
@@ -273,8 +309,11 @@ impl Events {
             let mut now = *observed.borrow_and_update();
             if sent.is_none() && service == Service::IpConnection && now.public_addr.is_none() {
                 // Not known yet (no grant, no probe said it): the initial event asks.
-                let asked = tokio::time::timeout(ADDRESS_LOOKUP, self.mapper.public_address());
-                now.public_addr = asked.await.ok().and_then(Result::ok);
+                if let Some(serving) = self.serving() {
+                    let asked = serving.mapper.public_address();
+                    let asked = tokio::time::timeout(ADDRESS_LOOKUP, asked);
+                    now.public_addr = asked.await.ok().and_then(Result::ok);
+                }
             }
             let variables = service.variables(&now);
             if sent.as_ref() != Some(&variables) {
@@ -309,10 +348,13 @@ impl Events {
 
     /// One event message, to the first callback that takes it.
     async fn notify(&self, callbacks: &[Callback], sid: &str, seq: u32, body: Bytes) {
+        let Some(serving) = self.serving() else {
+            return;
+        };
         for callback in callbacks {
             let sent = tokio::time::timeout(
                 DELIVERY_TIME,
-                send(self.lan_addr, callback, sid, seq, body.clone()),
+                send(serving.lan_addr, callback, sid, seq, body.clone()),
             )
             .await;
             match sent {

@@ -73,12 +73,11 @@ pub async fn serve(igd: Arc<IgdServer>, listener: TcpListener, tasks: Tasks) -> 
             continue;
         };
         let igd = igd.clone();
-        let events = tasks.clone();
         tasks.spawn(async move {
             let stats = igd.stats.clone();
             let service = service_fn(move |req| {
-                let (igd, events) = (igd.clone(), events.clone());
-                async move { Ok::<_, Infallible>(respond(&igd, peer, req, &events).await) }
+                let igd = igd.clone();
+                async move { Ok::<_, Infallible>(respond(&igd, peer, req).await) }
             });
             // Title-Case header names (`Sid`, `Timeout`): what control points that compare
             // names exactly expect more often than lower case.
@@ -143,17 +142,16 @@ impl Drop for HostSlot {
     }
 }
 
-/// Answers `req`; `tasks` runs the event senders of new subscriptions.
+/// Answers `req`.
 async fn respond(
     igd: &IgdServer,
     peer: SocketAddrV4,
     req: Request<Incoming>,
-    tasks: &Tasks,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
     match req.method().as_str() {
-        "SUBSCRIBE" => return subscription(igd, peer, &path, false, &req, tasks),
-        "UNSUBSCRIBE" => return subscription(igd, peer, &path, true, &req, tasks),
+        "SUBSCRIBE" => return subscription(igd, peer, &path, false, &req),
+        "UNSUBSCRIBE" => return subscription(igd, peer, &path, true, &req),
         _ => {}
     }
     match (req.method(), path.as_str()) {
@@ -183,13 +181,12 @@ fn subscription(
     path: &str,
     unsubscribe: bool,
     req: &Request<Incoming>,
-    tasks: &Tasks,
 ) -> Response<Full<Bytes>> {
     let Some(service) = Service::at(path) else {
         return empty(StatusCode::NOT_FOUND);
     };
     let answer = gena::parse(unsubscribe, req.headers(), *peer.ip())
-        .and_then(|request| igd.events.answer(*peer.ip(), service, request, tasks));
+        .and_then(|request| igd.events.answer(*peer.ip(), service, request));
     match answer {
         Ok(Answer::Subscribed { sid, timeout }) => {
             let mut response = empty(StatusCode::OK);
