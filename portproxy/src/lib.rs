@@ -14,6 +14,12 @@
 //!
 //! Without the `fastpath` cargo feature (the socket-only build) `fastpath` is
 //! `no_fastpath.rs`: `--xdp` then says in one line that this build has no fast path.
+//! Without the `http-server` feature (the minimal build) there is no UPnP IGD server
+//! (`serve::igd` is `serve/no_igd.rs`): UPnP is only relayed, and `--upnp-udp` says so once.
+
+// The minimal build leaves out the IGD server but not the helpers only it calls (mappings by
+// external port, interface counters...): dead code is caught by the default build.
+#![cfg_attr(not(feature = "http-server"), allow(dead_code))]
 
 mod capture;
 mod cli;
@@ -45,7 +51,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use log::error;
+use log::{error, warn};
 
 /// The `portproxy` command: the daemon, or `portproxy stats`.
 pub fn main() -> ExitCode {
@@ -87,6 +93,12 @@ fn init_logging(verbose: u8) {
 
 async fn run(opts: cli::Options) -> Result<()> {
     opts.check()?;
+    if let (true, Some(reason)) = (
+        opts.upnp_udp && opts.mode != cli::Mode::Relay,
+        serve::NO_IGD_SERVER,
+    ) {
+        warn!("--upnp-udp: {reason}; UPnP is relayed to the CGN, never answered here");
+    }
     check_privileges()?;
     supervisor::run(opts).await
 }
