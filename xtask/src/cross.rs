@@ -6,8 +6,9 @@
 //! armv7 or the tier-3 MIPS targets), cargo-zigbuild links with zig's musl (both from PyPI,
 //! installed by `cargo xtask setup`). Binaries use the `openwrt` profile (opt-level "z",
 //! panic=unwind, overflow checks: what OpenWrt's rust-values.mk does) and are stripped.
-//! Debian's qemu-user runs them. Every target builds with the fast path too (aya-build
-//! embeds a bpfeb object for big-endian mips); the sizes are in the README.
+//! Debian's qemu-user runs them. Each target is built three ways (`Build`): minimal (the
+//! relay alone, for 4 MB of flash), sockets (what OpenWrt builds) and with the fast path
+//! (aya-build embeds a bpfeb object for big-endian mips); the sizes are in the README.
 
 use std::{
     fmt::Write as _,
