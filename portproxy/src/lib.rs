@@ -27,6 +27,7 @@ mod fastpath;
 #[path = "no_fastpath.rs"]
 mod fastpath;
 mod firewall;
+mod lan_http;
 mod mapping;
 mod netif;
 #[cfg(test)]
