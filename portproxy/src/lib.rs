@@ -15,6 +15,7 @@
 //! Without the `fastpath` cargo feature (the socket-only build) `fastpath` is
 //! `no_fastpath.rs`: `--xdp` then says in one line that this build has no fast path.
 
+mod api;
 mod capture;
 mod cli;
 mod clock;
