@@ -97,36 +97,69 @@ function showStatus(s) {
   }
 }
 
+/// The table's rows by mapping (HOST/PROTOCOL/PORT), updated in place at each poll so that
+/// a focused delete button keeps its focus.
+const rows = new Map();
+
+function mappingRow(m, what) {
+  const tr = el("tr");
+  const cells = [];
+  // The column headings again, for the narrow layout where each row is a card.
+  const headings = [...$("mappings").tHead.rows[0].cells].map((th) => th.textContent);
+  [null, null, "num", null, null, null, "wrap", "num"].forEach((cls, i) => {
+    const td = el("td", "", cls);
+    td.dataset.label = headings[i];
+    cells.push(td);
+    tr.append(td);
+  });
+  const cell = el("td");
+  const button = el("button", "Delete", "delete danger");
+  button.type = "button";
+  button.setAttribute("aria-label", "Delete mapping " + what);
+  const row = { tr, cells, button, mapping: m };
+  button.addEventListener("click", () => remove(row.mapping, what, button));
+  cell.append(button);
+  tr.append(cell);
+  return row;
+}
+
 function showMappings(list) {
   const body = $("mappings").tBodies[0];
-  body.replaceChildren();
-  $("no-mappings").hidden = list.length > 0;
+  const seen = new Set();
   for (const m of list) {
-    const tr = el("tr");
-    const name = m.host_name || m.mac || "–";
-    const description = m.description || "";
-    tr.append(
-      el("td", name),
-      el("td", m.host),
-      el("td", m.internal_port, "num"),
-      el("td", m.protocol.toUpperCase()),
-      el("td", m.external_address + ":" + m.external_port),
-      el("td", m.origin + (m.upstream && m.upstream !== "relayed" ? " via " + m.upstream : "")),
-      el("td", description, "wrap"),
-      el("td", duration(m.expires_in_secs), "num"),
-    );
-    const cell = el("td");
-    const button = el("button", "Delete", "delete danger");
-    button.type = "button";
+    const key = m.host + "/" + m.protocol + "/" + m.internal_port;
     const what = m.host + ":" + m.internal_port + " " + m.protocol;
-    button.setAttribute("aria-label", "Delete mapping " + what);
-    button.disabled = !session.logged_in;
-    button.title = session.logged_in ? "Delete " + what + " at the CGN" : "Log in to delete";
-    button.addEventListener("click", () => remove(m, what, button));
-    cell.append(button);
-    tr.append(cell);
-    body.append(tr);
+    seen.add(key);
+    let row = rows.get(key);
+    if (!row) {
+      row = mappingRow(m, what);
+      rows.set(key, row);
+      body.append(row.tr);
+    }
+    row.mapping = m;
+    const values = [
+      m.host_name || m.mac || "–",
+      m.host,
+      m.internal_port,
+      m.protocol.toUpperCase(),
+      m.external_address + ":" + m.external_port,
+      m.origin + (m.upstream && m.upstream !== "relayed" ? " via " + m.upstream : ""),
+      m.description || "",
+      duration(m.expires_in_secs),
+    ];
+    values.forEach((value, i) => {
+      if (row.cells[i].textContent !== String(value)) row.cells[i].textContent = String(value);
+    });
+    row.button.disabled = !session.logged_in;
+    row.button.title = session.logged_in ? "Delete " + what + " at the CGN" : "Log in to delete";
   }
+  for (const [key, row] of rows) {
+    if (!seen.has(key)) {
+      row.tr.remove();
+      rows.delete(key);
+    }
+  }
+  $("no-mappings").hidden = list.length > 0;
 }
 
 async function remove(m, what, button) {
@@ -148,7 +181,7 @@ function showCounters(c) {
   const select = $("chart-counter");
   const ids = Object.keys(c.counters);
   if (select.options.length !== ids.length) {
-    const chosen = select.value || "mappings_added";
+    const chosen = select.value || "nat_pmp_to_cgn";
     select.replaceChildren();
     for (const id of ids) select.append(new Option(id.replace(/_/g, " "), id));
     select.value = ids.includes(chosen) ? chosen : ids[0];
