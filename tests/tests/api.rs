@@ -20,7 +20,8 @@ use anyhow::{Context as _, Result, bail, ensure};
 use common::{natpmpc_map, with_lab};
 use serde_json::Value;
 use tests::{
-    CPE_SOFTWIRE_IP, Daemon, DataPath, LAN1_IP, Lab, Netns, PUBLIC_IP, Softwire, show_output,
+    CPE_SOFTWIRE_IP, CgnKind, Daemon, DataPath, LAN1_IP, Lab, Netns, PUBLIC_IP, Softwire,
+    show_output,
 };
 
 const API_PORT: u16 = 8351;
@@ -144,7 +145,18 @@ fn with_api(
     password: bool,
     test: impl FnOnce(&mut Lab, &mut Daemon) -> Result<()>,
 ) -> Result<()> {
-    with_lab(Lab::builder(softwire).cpe_firewall(), |lab| {
+    with_api_at(softwire, path, CgnKind::Everything, password, test)
+}
+
+/// `with_api` with a CGN that speaks `kind`.
+fn with_api_at(
+    softwire: Softwire,
+    path: DataPath,
+    kind: CgnKind,
+    password: bool,
+    test: impl FnOnce(&mut Lab, &mut Daemon) -> Result<()>,
+) -> Result<()> {
+    with_lab(Lab::builder(softwire).cgn(kind).cpe_firewall(), |lab| {
         let password_file = lab.dir().join("api-password");
         std::fs::write(&password_file, format!("{PASSWORD}\n"))?;
         let leases = lab.dir().join("dhcp.leases");
@@ -425,6 +437,31 @@ fn api_endpoints(softwire: Softwire, path: DataPath) -> Result<()> {
             &format!("http://{PUBLIC_IP}:{API_PORT}/api/status"),
         )?;
         Ok(())
+    })
+}
+
+every_path!(delete_proxied);
+
+/// A mapping portproxy made itself: the CGN speaks PCP only, so natpmpc's request is answered
+/// here and mapped with PCP. The API's delete goes to the CGN in PCP, with the nonce that
+/// made the mapping (a relayed one, in `api_endpoints`, goes as the client's own NAT-PMP).
+fn delete_proxied(softwire: Softwire, path: DataPath) -> Result<()> {
+    with_api_at(softwire, path, CgnKind::PcpOnly, true, |lab, _| {
+        let lan1 = lab.lan(1);
+        natpmpc_map(lan1, 9080, 8080)?;
+        let listed = curl(lan1, "GET", &url("/api/mappings"), &[])?.json()?;
+        let mapping = find(&listed, 8080).with_context(|| format!("not listed:\n{listed:#}"))?;
+        ensure!(mapping["upstream"] == "pcp-map", "{mapping:#}");
+        still_mapped(lab, 9080, 8080)?;
+        let token = bearer(PASSWORD);
+        let delete = url("/api/mappings/192.168.1.2/tcp/8080");
+        let answer = curl(lan1, "DELETE", &delete, &["-H", &token])?;
+        ensure!(
+            answer.status == 200 && answer.json()?["at_cgn"] == "deleted",
+            "delete: {}",
+            answer.body
+        );
+        gone(lab, 9080, 8080)
     })
 }
 
