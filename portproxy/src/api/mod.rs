@@ -244,6 +244,8 @@ impl ApiServer {
         let mut status = self.shared.status.borrow().clone();
         if let Some(status) = &mut status {
             status.counters.clear();
+            // Published once a second; the table's own count is current.
+            status.mappings = self.mapper.mappings.len();
         }
         let softwire = crate::netif::softwire(&self.shared.netlink, cfg.wan.index)
             .await
