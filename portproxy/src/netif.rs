@@ -305,9 +305,12 @@ pub struct Traffic {
     pub rx_packets: u64,
 }
 
-/// The traffic counters of interface `index` (its 64-bit statistics).
-pub async fn traffic(handle: &Handle, index: u32) -> Result<Traffic> {
-    let link = handle
+/// Interface `index` as the kernel describes it.
+async fn link_by_index(
+    handle: &Handle,
+    index: u32,
+) -> Result<netlink_packet_route::link::LinkMessage> {
+    handle
         .link()
         .get()
         .match_index(index)
@@ -315,7 +318,12 @@ pub async fn traffic(handle: &Handle, index: u32) -> Result<Traffic> {
         .try_next()
         .await
         .with_context(|| format!("reading interface {index}"))?
-        .with_context(|| format!("no interface {index}"))?;
+        .with_context(|| format!("no interface {index}"))
+}
+
+/// The traffic counters of interface `index` (its 64-bit statistics).
+pub async fn traffic(handle: &Handle, index: u32) -> Result<Traffic> {
+    let link = link_by_index(handle, index).await?;
     link.attributes
         .iter()
         .find_map(|attr| match attr {
@@ -343,15 +351,7 @@ pub struct Softwire {
 /// The softwire view of interface `index`.
 pub async fn softwire(handle: &Handle, index: u32) -> Result<Softwire> {
     use netlink_packet_route::link::{InfoData, InfoIpTunnel, LinkInfo};
-    let link = handle
-        .link()
-        .get()
-        .match_index(index)
-        .execute()
-        .try_next()
-        .await
-        .with_context(|| format!("reading interface {index}"))?
-        .with_context(|| format!("no interface {index}"))?;
+    let link = link_by_index(handle, index).await?;
     let mut view = Softwire::default();
     let infos = link.attributes.iter().filter_map(|attr| match attr {
         LinkAttribute::LinkInfo(infos) => Some(infos),

@@ -25,7 +25,7 @@ const MAX_SESSIONS: usize = 16;
 /// Login attempts per `LOGIN_WINDOW`: from one host, and from all hosts together.
 pub const LOGINS_PER_HOST: u32 = 5;
 const LOGINS_IN_ALL: u32 = 20;
-pub const LOGIN_WINDOW: Duration = Duration::from_secs(60);
+const LOGIN_WINDOW: Duration = Duration::from_secs(60);
 /// Longest password read from the file (and accepted in a request).
 pub const MAX_PASSWORD: usize = 256;
 
