@@ -4,7 +4,7 @@
 //! A refused request must change nothing: after every refusal the mapping is still at the
 //! CGN, in the table and in the firewall. The WAN side (the CGN, the internet host) must
 //! not reach the API at all. The API scenario runs on every data path and both softwire
-//! kinds; see `web_page` and `read_only` for why those run on fewer.
+//! kinds; see `api_web_page` and `api_read_only` for why those run on fewer.
 
 #[macro_use]
 mod common;
@@ -340,6 +340,12 @@ fn api_endpoints(softwire: Softwire, path: DataPath) -> Result<()> {
         curl(lan1, "DELETE", &delete, &[])?.refused(401, "log in first")?;
         curl(lan1, "DELETE", &delete, &["-H", &bearer("guess")])?.refused(401, "log in")?;
         login(lan1, &jar, "guess")?.refused(401, "wrong password")?;
+        let jar_arg = ["-b", jar.to_str().context("lab dir")?];
+        let session = curl(lan1, "GET", &url("/api/session"), &jar_arg)?.json()?;
+        ensure!(
+            session["logged_in"] == false,
+            "a wrong password logged in: {session}"
+        );
         // Bad bodies.
         let post = |args: &[&str]| curl(lan1, "POST", &url("/api/login"), args);
         post(&["--data", "{\"password\":\"x\"}"])?.refused(415, "application/json")?;
@@ -440,12 +446,12 @@ fn api_endpoints(softwire: Softwire, path: DataPath) -> Result<()> {
     })
 }
 
-every_path!(delete_proxied);
+every_path!(api_delete_proxied);
 
 /// A mapping portproxy made itself: the CGN speaks PCP only, so natpmpc's request is answered
 /// here and mapped with PCP. The API's delete goes to the CGN in PCP, with the nonce that
 /// made the mapping (a relayed one, in `api_endpoints`, goes as the client's own NAT-PMP).
-fn delete_proxied(softwire: Softwire, path: DataPath) -> Result<()> {
+fn api_delete_proxied(softwire: Softwire, path: DataPath) -> Result<()> {
     with_api_at(softwire, path, CgnKind::PcpOnly, true, |lab, _| {
         let lan1 = lab.lan(1);
         natpmpc_map(lan1, 9080, 8080)?;
@@ -465,12 +471,12 @@ fn delete_proxied(softwire: Softwire, path: DataPath) -> Result<()> {
     })
 }
 
-both_softwires!(read_only: read_only_l2, read_only_l3);
+both_softwires!(api_read_only: api_read_only_l2, api_read_only_l3);
 
 /// Without a password every change is refused with how to allow it, and `--api 0` turns the
 /// API off. The data path plays no part in either (the refusal comes before any mapping is
 /// touched), so this runs on sockets only.
-fn read_only(softwire: Softwire) -> Result<()> {
+fn api_read_only(softwire: Softwire) -> Result<()> {
     with_api(softwire, DataPath::Sockets, false, |lab, portproxy| {
         let lan1 = lab.lan(1);
         natpmpc_map(lan1, 9080, 8080)?;
@@ -507,7 +513,7 @@ fn read_only(softwire: Softwire) -> Result<()> {
 }
 
 /// Where the page's screenshots go: `$SCREENSHOTS_DIR` (the README's come from
-/// `SCREENSHOTS_DIR=$PWD/docs cargo xtask test -- web_page`), else the lab's directory.
+/// `SCREENSHOTS_DIR=$PWD/docs/page cargo xtask test -- api_web_page`), else the lab's directory.
 fn screenshot_dir(lab: &Lab) -> PathBuf {
     std::env::var_os("SCREENSHOTS_DIR").map_or_else(|| lab.dir().to_path_buf(), PathBuf::from)
 }
@@ -558,7 +564,7 @@ impl Drop for ChromeDriver {
 /// `api_endpoints` checks on every data path and softwire; Chromium is the heaviest peer of
 /// the suite on a 2-core machine.
 #[test]
-fn web_page() -> Result<()> {
+fn api_web_page() -> Result<()> {
     with_api(Softwire::L2, DataPath::Sockets, true, |lab, _| {
         let lan1 = lab.lan(1);
         natpmpc_map(lan1, 9080, 8080)?;
