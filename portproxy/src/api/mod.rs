@@ -168,7 +168,7 @@ impl ApiServer {
                     "logged_in": self.authorize(&req).is_ok(),
                 }),
             ),
-            (Method::POST, "/api/login") => self.login(peer, origin.is_some(), req).await,
+            (Method::POST, "/api/login") => self.login(peer, req).await,
             (Method::POST, "/api/logout") => self.logout(&req),
             (Method::DELETE, p) if p.starts_with("/api/mappings/") => {
                 if let Err(refused) = self.authorize(&req) {
@@ -298,12 +298,9 @@ impl ApiServer {
             .collect()
     }
 
-    async fn login(
-        &self,
-        peer: SocketAddrV4,
-        has_origin: bool,
-        req: Request<Incoming>,
-    ) -> Response<Full<Bytes>> {
+    /// `POST /api/login`. A session made without the page's `Origin` (by a script) makes no
+    /// changes: `authorize` wants the `Origin` with the cookie.
+    async fn login(&self, peer: SocketAddrV4, req: Request<Incoming>) -> Response<Full<Bytes>> {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Login {
@@ -328,9 +325,6 @@ impl ApiServer {
                 );
                 if let Ok(cookie) = HeaderValue::from_str(&cookie) {
                     response.headers_mut().insert(header::SET_COOKIE, cookie);
-                }
-                if !has_origin {
-                    debug!("api: login from {peer} without Origin: its cookie makes no changes");
                 }
                 response
             }
