@@ -35,6 +35,10 @@ const CONNECTION_TIME: Duration = Duration::from_secs(10);
 /// answer: a LAN client sends it in one go. Without it a client sending a byte a second
 /// held a connection for all of `CONNECTION_TIME`, and 32 of them kept everyone out.
 const HEAD_TIME: Duration = Duration::from_secs(3);
+/// How long a request body may take to arrive once its head is in: a client sends a SOAP
+/// call or a login in one go. Without it a body trickled a byte a second held its
+/// connection for all of `CONNECTION_TIME`.
+const BODY_TIME: Duration = Duration::from_secs(3);
 /// hyper's smallest read buffer, which bounds a request head.
 const MAX_HEAD: usize = 8192;
 const MAX_HEADERS: usize = 32;
@@ -112,15 +116,27 @@ impl Server {
     }
 }
 
-/// A request's body, unless it is longer than `max` bytes (or the connection fails).
+/// A request's body, unless it is longer than `max` bytes (413), does not arrive within
+/// `BODY_TIME` (408) or the connection fails (413); answer a refusal with `closing`, since
+/// the rest of the body is not waited for.
 pub async fn body(body: Incoming, max: usize) -> Result<Bytes, StatusCode> {
-    match Limited::new(body, max).collect().await {
-        Ok(body) => Ok(body.to_bytes()),
-        Err(e) => {
+    match tokio::time::timeout(BODY_TIME, Limited::new(body, max).collect()).await {
+        Ok(Ok(body)) => Ok(body.to_bytes()),
+        Ok(Err(e)) => {
             debug!("request body: {e}");
             Err(StatusCode::PAYLOAD_TOO_LARGE)
         }
+        Err(_) => Err(StatusCode::REQUEST_TIMEOUT),
     }
+}
+
+/// `response`, and the connection closed after it.
+pub fn closing(mut response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    response.headers_mut().insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 /// An answer without a body.

@@ -487,7 +487,13 @@ async fn json_body<T: for<'de> Deserialize<'de>>(
     }
     let body = lan_http::body(req.into_body(), MAX_BODY)
         .await
-        .map_err(|status| error(status, format!("the body is longer than {MAX_BODY} bytes")))?;
+        .map_err(|status| {
+            let why = match status {
+                StatusCode::REQUEST_TIMEOUT => "the body did not arrive in time".to_string(),
+                _ => format!("the body is longer than {MAX_BODY} bytes"),
+            };
+            lan_http::closing(error(status, why))
+        })?;
     serde_json::from_slice(&body).map_err(|e| {
         error(
             StatusCode::BAD_REQUEST,

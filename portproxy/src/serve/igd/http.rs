@@ -18,9 +18,9 @@ use super::description::{
     COMMON_IF, COMMON_IF_CONTROL, COMMON_IF_SCPD, DESCRIPTION_V1, DESCRIPTION_V2, IP_CONNECTION,
     IP_CONNECTION_CONTROL, IP_CONNECTION_SCPD_V1, IP_CONNECTION_SCPD_V2,
 };
-use super::events::{self, Answer, Service};
-use crate::lan_http::{self, empty};
-use crate::proto::upnp;
+use super::events::{Answer, Service};
+use crate::lan_http::{self, closing, empty};
+use crate::proto::{gena, upnp};
 use crate::relay::Tasks;
 use crate::stats::Counter;
 
@@ -34,26 +34,24 @@ pub async fn serve(igd: Arc<IgdServer>, listener: TcpListener, tasks: Tasks) -> 
             move |ip| igd.is_lan_host(ip)
         }),
     };
-    let events = tasks.clone();
     server
         .serve(listener, tasks, move |peer, req| {
-            let (igd, events) = (igd.clone(), events.clone());
-            async move { respond(&igd, peer, req, &events).await }
+            let igd = igd.clone();
+            async move { respond(&igd, peer, req).await }
         })
         .await
 }
 
-/// Answers `req`; `tasks` runs the event senders of new subscriptions.
+/// Answers `req`.
 async fn respond(
     igd: &IgdServer,
     peer: SocketAddrV4,
     req: Request<Incoming>,
-    tasks: &Tasks,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
     match req.method().as_str() {
-        "SUBSCRIBE" => return subscription(igd, peer, &path, false, &req, tasks),
-        "UNSUBSCRIBE" => return subscription(igd, peer, &path, true, &req, tasks),
+        "SUBSCRIBE" => return subscription(igd, peer, &path, false, &req),
+        "UNSUBSCRIBE" => return subscription(igd, peer, &path, true, &req),
         _ => {}
     }
     match (req.method(), path.as_str()) {
@@ -83,13 +81,12 @@ fn subscription(
     path: &str,
     unsubscribe: bool,
     req: &Request<Incoming>,
-    tasks: &Tasks,
 ) -> Response<Full<Bytes>> {
     let Some(service) = Service::at(path) else {
         return empty(StatusCode::NOT_FOUND);
     };
-    let answer = events::parse(unsubscribe, req.headers(), *peer.ip())
-        .and_then(|request| igd.events.answer(*peer.ip(), service, request, tasks));
+    let answer = gena::parse(unsubscribe, req.headers(), *peer.ip())
+        .and_then(|request| igd.events.answer(*peer.ip(), service, request));
     match answer {
         Ok(Answer::Subscribed { sid, timeout }) => {
             let mut response = empty(StatusCode::OK);
@@ -149,8 +146,8 @@ async fn control(
         Ok(body) => body,
         Err(status) => {
             igd.stats.add(Counter::DropHttp);
-            debug!("igd: body from {peer} over {} bytes", upnp::MAX_BODY);
-            return empty(status);
+            debug!("igd: body from {peer} refused: {status}");
+            return closing(empty(status));
         }
     };
     let Ok(args) = upnp::action_arguments(&body, action) else {
