@@ -21,6 +21,7 @@
 // external port, interface counters...): dead code is caught by the default build.
 #![cfg_attr(not(feature = "http-server"), allow(dead_code))]
 
+mod api;
 mod capture;
 mod cli;
 mod clock;
@@ -33,6 +34,7 @@ mod fastpath;
 #[path = "no_fastpath.rs"]
 mod fastpath;
 mod firewall;
+mod lan_http;
 mod mapping;
 mod netif;
 #[cfg(test)]
