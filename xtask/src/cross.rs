@@ -147,13 +147,25 @@ pub fn target(triple: &str) -> &'static Target {
         .expect("a triple from TARGETS")
 }
 
-/// `cargo xtask cross`: every target in each build (the fast path where it builds); then the
-/// size table, also written to target/cross/sizes.txt.
-pub fn run() -> anyhow::Result<()> {
+/// `cargo xtask cross [TARGET...]`: every target (or those named) in each build (the fast
+/// path where it builds); then the size table, also written to target/cross/sizes.txt.
+pub fn run(only: &[String]) -> anyhow::Result<()> {
+    if let Some(unknown) = only
+        .iter()
+        .find(|t| !TARGETS.iter().any(|k| k.triple == *t))
+    {
+        bail!(
+            "unknown target {unknown}: one of {}",
+            TARGETS.map(|t| t.triple).join(", ")
+        );
+    }
     setup::ensure()?;
     let mut rows = Vec::new();
     let mut failed = Vec::new();
-    for target in &TARGETS {
+    let chosen = TARGETS
+        .iter()
+        .filter(|t| only.is_empty() || only.iter().any(|o| o == t.triple));
+    for target in chosen {
         for build in Build::ALL {
             if build == Build::FastPath
                 && let Some(reason) = target.no_fast_path
