@@ -161,6 +161,7 @@ mod tests {
             description: None,
             upstream: "relayed".into(),
             client: SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 2), 40000),
+            local_port: None,
             first_seen_secs_ago: 1,
             last_seen_secs_ago: 1,
         };

@@ -8,7 +8,7 @@
 //! the sockets made in `sockets`. `datapath` decides which of the two runs; `supervisor` keeps it running
 //! and rebuilds it when the interfaces change. What the CGN grants is learned
 //! into `mapping` (the table), which opens holes in the CPE's firewall
-//! (`firewall`) and answers `portproxy mappings` over `control`.
+//! and, in double NAT, forwards ports of its WAN address (`effects`) and answers `portproxy mappings` over `control`.
 //!
 //! The codecs in `proto` are public for the fuzz targets; the binary is `main.rs`.
 //!
@@ -21,12 +21,12 @@ mod clock;
 mod config;
 mod control;
 mod datapath;
+mod effects;
 #[cfg(feature = "fastpath")]
 mod fastpath;
 #[cfg(not(feature = "fastpath"))]
 #[path = "no_fastpath.rs"]
 mod fastpath;
-mod firewall;
 mod mapping;
 mod netif;
 #[cfg(test)]

@@ -37,12 +37,13 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::Instant;
 
 use crate::capture::ReplyCapture;
-use crate::cli::Options;
+use crate::cli::{Mode, Options};
 use crate::config::{Config, Resolved};
 use crate::control;
 use crate::datapath::{DataPath, ToDaemon};
+use crate::effects::firewall::Firewall;
+use crate::effects::local_nat::LocalNat;
 use crate::fastpath;
-use crate::firewall::Firewall;
 use crate::mapping::{self, Limits, Mappings};
 use crate::relay::SocketRelay;
 use crate::serve::{Identity, IgdServer, Mapper, PortControlServer};
@@ -499,7 +500,7 @@ async fn relay_failed(running: &mut Option<Running>) -> anyhow::Error {
     }
 }
 
-pub async fn run(opts: Options) -> Result<()> {
+pub async fn run(mut opts: Options) -> Result<()> {
     let (connection, handle, _) =
         rtnetlink::new_connection().context("opening a netlink socket")?;
     tokio::spawn(connection);
@@ -523,11 +524,30 @@ pub async fn run(opts: Options) -> Result<()> {
             "firewall: the fast path does not report grants yet; holes open only for what the socket relay carries"
         );
     }
+    let local_nat =
+        match LocalNat::install(opts.double_nat, &opts.wan_iface, opts.max_mappings as usize).await
+        {
+            Ok(local_nat) => local_nat,
+            Err(e) => {
+                if let Some(firewall) = firewall {
+                    firewall.remove().await;
+                }
+                return Err(e);
+            }
+        };
+    // In double NAT the CGN cannot reach LAN addresses: every request is answered here and
+    // mapped for the router's WAN address (`LocalNat::install` said why, once).
+    if local_nat.is_some() && opts.mode != Mode::Proxy {
+        if opts.mode == Mode::Relay {
+            warn!("--mode relay cannot work in double NAT; answering NAT-PMP, PCP and UPnP here");
+        }
+        opts.mode = Mode::Proxy;
+    }
     let limits = Limits {
         total: opts.max_mappings as usize,
         per_host: opts.max_mappings_per_host as usize,
     };
-    let mappings = Mappings::new(limits, firewall, stats.clone());
+    let mappings = Mappings::new(limits, firewall, local_nat, stats.clone());
     let control = match control::bind(&state_dir) {
         Ok(listener) => tokio::spawn(control::serve(listener, mappings.clone())),
         Err(e) => {

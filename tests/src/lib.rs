@@ -34,7 +34,7 @@ use std::net::Ipv4Addr;
 
 pub use cgn::CgnKind;
 pub use daemon::Daemon;
-pub use datapath::{DataPath, Hole};
+pub use datapath::{DataPath, Forward, Hole};
 pub use gena::{Event, EventSink, response_header};
 pub use iroh_client::{IrohMapping, IrohProtocol, iroh_map_udp};
 pub use net_check::{TcpServer, send_raw_udp};

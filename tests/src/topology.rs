@@ -88,11 +88,27 @@ table inet fw4 {
 }
 "#;
 
+/// The CPE's source NAT as OpenWrt's fw4 writes it for a masqueraded `wan` zone whose
+/// device is the softwire: the postrouting chain jumps to the zone's chain, which
+/// masquerades IPv4. A NAT444 CPE (or a router behind the provider's) has it.
+const CPE_SRCNAT: &str = r#"
+table inet fw4 {
+    chain srcnat {
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname "softwire" jump srcnat_wan comment "!fw4: Handle wan IPv4/IPv6 srcnat traffic"
+    }
+    chain srcnat_wan {
+        meta nfproto ipv4 masquerade comment "!fw4: Masquerade IPv4 wan traffic"
+    }
+}
+"#;
+
 /// Options of a [`Lab`].
 pub struct LabBuilder {
     softwire: Softwire,
     notify_interval: u32,
     cpe_firewall: bool,
+    nat444: bool,
     cgn_kind: CgnKind,
 }
 
@@ -113,6 +129,14 @@ impl LabBuilder {
     /// connections from the internet reach a LAN host only through a hole portproxy opened.
     pub fn cpe_firewall(mut self) -> LabBuilder {
         self.cpe_firewall = true;
+        self
+    }
+
+    /// Double NAT (NAT444): the CPE masquerades the LAN out of the softwire like fw4
+    /// (`CPE_SRCNAT`), and the CGN has no route to the LAN, so nothing passes between them
+    /// that the CPE did not translate. miniupnpd then sees only the CPE's address.
+    pub fn nat444(mut self) -> LabBuilder {
+        self.nat444 = true;
         self
     }
 
@@ -137,6 +161,7 @@ impl LabBuilder {
             daemons: AtomicU32::new(0),
             notify_interval: self.notify_interval,
             cgn_kind: self.cgn_kind,
+            nat444: self.nat444,
             miniupnpd: None,
             pipe: None,
             cgn_tun: None,
@@ -150,6 +175,11 @@ impl LabBuilder {
         if self.cpe_firewall {
             let path = lab.dir.join("cpe.nft");
             fs::write(&path, CPE_FIREWALL).with_context(|| format!("writing {path:?}"))?;
+            lab.cpe().run("nft", &["-f", &path.to_string_lossy()])?;
+        }
+        if self.nat444 {
+            let path = lab.dir.join("cpe-srcnat.nft");
+            fs::write(&path, CPE_SRCNAT).with_context(|| format!("writing {path:?}"))?;
             lab.cpe().run("nft", &["-f", &path.to_string_lossy()])?;
         }
         cgn::install_ruleset(lab.cgn(), &lab.dir, self.cgn_kind)?;
@@ -176,6 +206,8 @@ pub struct Lab {
     notify_interval: u32,
     /// What the CGN speaks, kept for [`Lab::restart_cgn`].
     cgn_kind: CgnKind,
+    /// Double NAT: the CPE masquerades the LAN, the CGN has no route to it.
+    nat444: bool,
     miniupnpd: Option<Daemon>,
     /// The L3 softwire's forwarder.
     pipe: Option<TunPipe>,
@@ -196,6 +228,7 @@ impl Lab {
             softwire,
             notify_interval: 60,
             cpe_firewall: false,
+            nat444: false,
             cgn_kind: CgnKind::Everything,
         }
     }
@@ -368,6 +401,7 @@ impl Lab {
             show(self.cpe(), "ip", &["-br", "addr"]),
             show(self.cpe(), "ip", &["route"]),
             show(self.cpe(), "nft", &["list", "ruleset"]),
+            show(self.cgn(), "ip", &["route"]),
             show(self.cgn(), "nft", &["list", "table", "inet", "nat"]),
             format!("=== miniupnpd log\n{miniupnpd}"),
         ]
@@ -518,9 +552,11 @@ impl Lab {
         };
         let cgn = self.cgn();
         cgn.ip("link set softwire up")?;
-        cgn.ip(&format!(
-            "route add 192.168.1.0/24 via {CPE_SOFTWIRE_IP} dev softwire"
-        ))?;
+        if !self.nat444 {
+            cgn.ip(&format!(
+                "route add 192.168.1.0/24 via {CPE_SOFTWIRE_IP} dev softwire"
+            ))?;
+        }
         self.configure_cpe_softwire()
     }
 
@@ -533,9 +569,11 @@ impl Lab {
             Softwire::L2 => {
                 cpe.ip(&format!("addr del {CPE_SOFTWIRE_IP}/29 dev softwire"))?;
                 cpe.ip(&format!("addr add {addr}/29 dev softwire"))?;
-                cgn.ip(&format!(
-                    "route replace 192.168.1.0/24 via {addr} dev softwire"
-                ))?;
+                if !self.nat444 {
+                    cgn.ip(&format!(
+                        "route replace 192.168.1.0/24 via {addr} dev softwire"
+                    ))?;
+                }
             }
             Softwire::L3 => {
                 cpe.ip(&format!(

@@ -1,6 +1,6 @@
 //! The mapping table: one entry per mapping the CGN granted to a LAN host,
-//! learned from the grants portproxy relays, and the firewall holes that follow
-//! it (see `firewall`).
+//! learned from the grants portproxy relays, and the router's own state that follows
+//! it (`effects`): the firewall holes and, in double NAT, the local forwards.
 //!
 //! `table` is the pure bookkeeping (quotas, expiry, deletes) over a clock given
 //! by the caller; [`Mappings`] is the daemon's single instance of it, shared by
@@ -25,7 +25,8 @@ pub use table::{Learned, Limits, Refused, Table};
 
 use crate::clock::boot_time as now;
 use crate::config::Side;
-use crate::firewall::Firewall;
+use crate::effects::firewall::Firewall;
+use crate::effects::local_nat::LocalNat;
 use crate::proto::Transport;
 use crate::stats::{Counter, Stats};
 
@@ -102,6 +103,9 @@ pub struct Grant {
     pub backing: Backing,
     /// The client tuple whose request the CGN answered.
     pub client: SocketAddrV4,
+    /// Double NAT: the port of the router's WAN address that the CGN maps to and the router
+    /// forwards to the host (`effects::local_nat`); `None` when the CGN maps to the host.
+    pub local_port: Option<u16>,
 }
 
 /// One mapping. Times are since boot (`CLOCK_BOOTTIME`, which keeps counting
@@ -117,6 +121,8 @@ pub struct Entry {
     pub origin: Origin,
     pub backing: Backing,
     pub client: SocketAddrV4,
+    /// As in `Grant`.
+    pub local_port: Option<u16>,
     pub first_seen: Duration,
     pub last_seen: Duration,
 }
@@ -142,6 +148,9 @@ pub struct View {
     #[serde(default)]
     pub upstream: String,
     pub client: SocketAddrV4,
+    /// Double NAT: the port of the router's WAN address forwarded to the host.
+    #[serde(default)]
+    pub local_port: Option<u16>,
     pub first_seen_secs_ago: u64,
     pub last_seen_secs_ago: u64,
 }
@@ -174,9 +183,19 @@ impl View {
             description,
             upstream: e.backing.name().to_string(),
             client: e.client,
+            local_port: e.local_port,
             first_seen_secs_ago: ago(e.first_seen),
             last_seen_secs_ago: ago(e.last_seen),
         }
+    }
+}
+
+/// Who the CGN maps `key` to: the host and its internal port, or in double NAT (a
+/// `local_port`) the router's WAN address `wan` and that port.
+pub fn seen_upstream(key: &Key, local_port: Option<u16>, wan: Ipv4Addr) -> (Ipv4Addr, u16) {
+    match local_port {
+        Some(port) => (wan, port),
+        None => (key.host, key.internal_port),
     }
 }
 
@@ -193,6 +212,8 @@ pub fn is_lan_host(host: Ipv4Addr, lan: &Side, own: &[Ipv4Addr]) -> bool {
 struct State {
     table: Table,
     firewall: Option<Firewall>,
+    /// Double NAT: the local halves of the mappings.
+    local_nat: Option<LocalNat>,
     /// The CGN's external address, from its NAT-PMP public address answers or
     /// PCP grants (NAT-PMP map responses do not carry it).
     public_addr: Option<Ipv4Addr>,
@@ -219,15 +240,24 @@ pub struct Mappings {
     renewed: AtomicBool,
     /// Changes of `Observed` (see `watch`).
     observed: watch::Sender<Observed>,
+    /// Whether `State::local_nat` is there (read without the lock; fixed at start).
+    double_nat: bool,
     stats: Arc<Stats>,
 }
 
 impl Mappings {
-    pub fn new(limits: Limits, firewall: Option<Firewall>, stats: Arc<Stats>) -> Arc<Mappings> {
+    pub fn new(
+        limits: Limits,
+        firewall: Option<Firewall>,
+        local_nat: Option<LocalNat>,
+        stats: Arc<Stats>,
+    ) -> Arc<Mappings> {
         Arc::new(Mappings {
+            double_nat: local_nat.is_some(),
             state: Mutex::new(State {
                 table: Table::new(limits),
                 firewall,
+                local_nat,
                 public_addr: None,
             }),
             held: AtomicUsize::new(0),
@@ -274,6 +304,21 @@ impl Mappings {
         self.state.lock().await.table.get(key).cloned()
     }
 
+    /// Whether the router translates the LAN itself, so every mapping has a local half.
+    pub fn double_nat(&self) -> bool {
+        self.double_nat
+    }
+
+    /// The mapping forwarded from the router's `proto` port `port` (double NAT), if any.
+    pub async fn by_local_port(&self, proto: Transport, port: u16) -> Option<Entry> {
+        let state = self.state.lock().await;
+        state
+            .table
+            .entries()
+            .find(|e| e.key.proto == proto && e.local_port == Some(port))
+            .cloned()
+    }
+
     /// The mapping of external port `port` for `proto`, if the table has it.
     pub async fn by_external(&self, proto: Transport, port: u16) -> Option<Entry> {
         let state = self.state.lock().await;
@@ -301,8 +346,9 @@ impl Mappings {
             .collect()
     }
 
-    /// Takes in a grant and opens its hole; returns when the hole is open (or
-    /// the grant was refused), so the caller may then pass the grant on.
+    /// Takes in a grant and opens its hole (and its local forward in double NAT); returns
+    /// when they are open (or the grant was refused), so the caller may then pass the
+    /// grant on.
     pub async fn granted(&self, mut grant: Grant) -> Result<(), Refused> {
         let now = now();
         let mut state = self.state.lock().await;
@@ -354,8 +400,14 @@ impl Mappings {
                 debug!("mapping {} renewed {lifetime}", entry.key);
             }
         }
+        let remaining = entry.expires.map(|t| t.saturating_sub(now));
+        if let (Some(local_nat), Some(port)) = (&state.local_nat, entry.local_port) {
+            if let Err(e) = local_nat.forward(port, &entry.key, remaining).await {
+                self.stats.add(Counter::FirewallErrors);
+                warn!("{e:#}");
+            }
+        }
         if let Some(firewall) = &state.firewall {
-            let remaining = entry.expires.map(|t| t.saturating_sub(now));
             if let Err(e) = firewall.open(&entry.key, remaining).await {
                 self.stats.add(Counter::FirewallErrors);
                 warn!("{e:#}");
@@ -383,7 +435,7 @@ impl Mappings {
         self.closed(&state, gone.into_iter().collect()).await;
     }
 
-    /// Counts and logs deleted entries and closes their holes.
+    /// Counts and logs deleted entries and closes their holes and local forwards.
     async fn closed(&self, state: &State, gone: Vec<Entry>) {
         self.held.store(state.table.len(), Ordering::Relaxed);
         self.publish(state);
@@ -399,11 +451,17 @@ impl Mappings {
                     warn!("{e:#}");
                 }
             }
+            if let (Some(local_nat), Some(port)) = (&state.local_nat, entry.local_port) {
+                if let Err(e) = local_nat.unforward(port, &entry.key).await {
+                    self.stats.add(Counter::FirewallErrors);
+                    warn!("{e:#}");
+                }
+            }
         }
     }
 
-    /// Drops the mappings whose lifetime ran out. Their holes have closed by
-    /// their own timeouts already.
+    /// Drops the mappings whose lifetime ran out. Their holes and local forwards have
+    /// closed by their own timeouts already.
     pub async fn expire(&self) {
         let mut state = self.state.lock().await;
         let expired = state.table.expire(now());
@@ -480,10 +538,14 @@ impl Mappings {
         self.state.lock().await.firewall.is_some()
     }
 
-    /// Removes the firewall table, closing every hole (at exit).
+    /// Removes the firewall and local NAT tables, closing every hole and forward (at exit).
     pub async fn close_firewall(&self) {
-        if let Some(firewall) = self.state.lock().await.firewall.take() {
+        let mut state = self.state.lock().await;
+        if let Some(firewall) = state.firewall.take() {
             firewall.remove().await;
+        }
+        if let Some(local_nat) = state.local_nat.take() {
+            local_nat.remove().await;
         }
     }
 }
@@ -521,6 +583,7 @@ mod tests {
                 per_host: 8,
             },
             None,
+            None,
             Arc::default(),
         );
         let mut watch = mappings.watch();
@@ -550,6 +613,7 @@ mod tests {
             origin: Origin::NatPmp,
             backing: Backing::Relayed,
             client: SocketAddrV4::new(host, 40000),
+            local_port: None,
         };
         mappings.granted(grant.clone()).await.unwrap();
         assert_eq!(watch.borrow_and_update().len, 1);

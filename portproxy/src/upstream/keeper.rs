@@ -5,7 +5,8 @@
 //! PCP ANNOUNCE, a NAT-PMP public address request: what it speaks), and right away when
 //! the CGN announces itself on 224.0.0.1:5350. An epoch that says the CGN lost its state
 //! (`EpochWatch`), or a new external address, makes it:
-//! 1. re-create every mapping the table holds, as the host that has it, with the external
+//! 1. re-create every mapping the table holds, as the host that has it (in double NAT: as
+//!    the router, for the mapping's local port), with the external
 //!    port it had suggested and the lifetime it has left: proxied ones with the protocol and
 //!    nonce that made them, relayed ones with the client's own protocol (a PCP client's
 //!    nonce is in the table) for the rest of the lifetime their client was granted;
@@ -26,7 +27,7 @@ use super::probe::{self, Epochs};
 use super::{Ask, Handling, Plan, SocketPool, Speaks, Upstream, Via};
 use crate::clock::boot_time;
 use crate::config::Config;
-use crate::mapping::{Backing, Entry, Grant, Mappings, Origin};
+use crate::mapping::{self, Backing, Entry, Grant, Mappings, Origin};
 use crate::proto::{natpmp, pcp};
 use crate::serve::Identity;
 use crate::sockets;
@@ -212,10 +213,12 @@ impl Keeper {
             let Some(left) = entry.expires.and_then(|t| t.checked_sub(now)) else {
                 continue;
             };
+            let (host, internal_port) =
+                mapping::seen_upstream(&entry.key, entry.local_port, self.cfg.wan.addr);
             let ask = Ask {
-                host: entry.key.host,
+                host,
                 proto: entry.key.proto,
-                internal_port: entry.key.internal_port,
+                internal_port,
                 suggested_port: entry.external.port(),
                 lifetime: u32::try_from(left.as_secs().max(1)).unwrap_or(u32::MAX),
                 prefer_failure: false,
@@ -244,6 +247,7 @@ impl Keeper {
                         origin: entry.origin.clone(),
                         backing: entry.backing,
                         client: entry.client,
+                        local_port: entry.local_port,
                     };
                     // A refusal is counted and logged by the table.
                     let _ = self.mappings.granted(grant).await;

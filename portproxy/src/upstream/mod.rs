@@ -18,7 +18,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use client::{Ask, Granted, SocketPool, Upstream};
-pub use igd::Igd;
+pub use igd::{Igd, other_port};
 pub use keeper::{CgnState, Keeper};
 pub use nonce::Nonces;
 pub use probe::{Probed, probe};
