@@ -106,11 +106,14 @@ impl Running {
         }
         // The CGN may have restarted while the line was down; mappings restored from the
         // file are asked for again in any case.
-        let lost = cgn_state
-            .lock()
-            .unwrap()
-            .lost_state(cfg.cgn, &probed.epochs);
-        let recreate = (lost || restored) && mappings.len() > 0;
+        let (lost, moved) = {
+            let mut cgn_state = cgn_state.lock().unwrap();
+            let lost = cgn_state.lost_state(cfg.cgn, &probed.epochs);
+            (lost, cgn_state.new_wan_address(cfg.wan.addr))
+        };
+        // In double NAT the CGN maps to the WAN address: a new one needs every mapping again.
+        let moved = moved && mappings.double_nat();
+        let recreate = (lost || restored || moved) && mappings.len() > 0;
         let serving = cfg.nat_pmp && plan.serves_any();
         // The LAN's IGD is portproxy when SSDP is on and UPnP is not relayed.
         let serving_upnp = cfg.upnp_udp && plan.upnp == upstream::Handling::Serve;

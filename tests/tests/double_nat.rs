@@ -85,6 +85,17 @@ fn cgn_nat(lab: &Lab) -> Result<String> {
 /// CPE forwards that port to the host, its firewall has the hole, and the internet host
 /// reaches the host's service at the CGN's public address. Returns the local port.
 fn check_both_halves(lab: &Lab, external: u16, host: &Netns, internal: u16) -> Result<u16> {
+    check_both_halves_at(lab, CPE_SOFTWIRE_IP, external, host, internal)
+}
+
+/// `check_both_halves` with the CPE's softwire address `cpe`.
+fn check_both_halves_at(
+    lab: &Lab,
+    cpe: Ipv4Addr,
+    external: u16,
+    host: &Netns,
+    internal: u16,
+) -> Result<u16> {
     let addr = addr_of(host);
     let m = mapping(lab, addr, internal)?
         .with_context(|| format!("portproxy mappings does not list {addr}:{internal}"))?;
@@ -98,10 +109,8 @@ fn check_both_halves(lab: &Lab, external: u16, host: &Netns, internal: u16) -> R
         .with_context(|| format!("no local port in double NAT: {m:#}"))?;
     let nat = cgn_nat(lab)?;
     ensure!(
-        nat.contains(&format!(
-            "dport {external} dnat ip to {CPE_SOFTWIRE_IP}:{local}"
-        )),
-        "the CGN does not map {external} to {CPE_SOFTWIRE_IP}:{local}:\n{nat}"
+        nat.contains(&format!("dport {external} dnat ip to {cpe}:{local}")),
+        "the CGN does not map {external} to {cpe}:{local}:\n{nat}"
     );
     ensure!(
         !nat.contains("dnat ip to 192.168.1."),
@@ -505,6 +514,38 @@ fn cgn_reboot(softwire: Softwire, path: DataPath) -> Result<()> {
     })
 }
 every_path!(cgn_reboot);
+
+/// The CPE's WAN address changes (the ISP hands out another): every mapping is made again
+/// at the CGN for the new address, with the same local port; the old one holds its external
+/// port there until it runs out, so the client may get another, which the table shows (and
+/// the announcements on the LAN make clients ask for).
+fn wan_address_change(softwire: Softwire, path: DataPath) -> Result<()> {
+    const RENUMBERED: Ipv4Addr = Ipv4Addr::new(192, 0, 0, 3);
+    let kernel = ["passed_to_daemon"];
+    with_nat444(softwire, path, CgnKind::PcpOnly, &[], &kernel, |lab, _| {
+        map(Client::NatPmp, lab.lan(1), 9351, 8351)?;
+        let local = check_both_halves(lab, 9351, lab.lan(1), 8351)?;
+        lab.change_cpe_softwire_address(RENUMBERED)?;
+        let took = wait_for(Duration::from_secs(10), || {
+            let nat = cgn_nat(lab)?;
+            ensure!(
+                nat.contains(&format!("dnat ip to {RENUMBERED}:{local}")),
+                "the CGN does not map to {RENUMBERED}:{local}:\n{nat}"
+            );
+            Ok(())
+        })?;
+        eprintln!("mapped for the new address after {took:?}");
+        let m = mapping(lab, LAN1_IP, 8351)?.context("the mapping is gone")?;
+        let external = m["external_port"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .context("no external port")?;
+        let again = check_both_halves_at(lab, RENUMBERED, external, lab.lan(1), 8351)?;
+        ensure!(again == local, "local port {again}, was {local}");
+        Ok(())
+    })
+}
+every_path!(wan_address_change);
 
 /// Detection: `auto` finds no translation on a DS-Lite CPE (no local NAT table, requests
 /// relayed); `--double-nat off` on a NAT444 CPE does as told; `--double-nat on` on a

@@ -53,14 +53,26 @@ pub struct CgnState {
     pcp: EpochWatch,
     nat_pmp: EpochWatch,
     public_addr: Option<Ipv4Addr>,
+    /// The router's WAN address the last data path ran with.
+    wan_addr: Option<Ipv4Addr>,
 }
 
 impl CgnState {
+    /// Takes in the router's WAN address; true when it changed. In double NAT the CGN maps
+    /// to that address, so every mapping must be made again for the new one (the old ones
+    /// run out at the CGN by themselves: the old address is gone).
+    pub fn new_wan_address(&mut self, wan: Ipv4Addr) -> bool {
+        self.wan_addr
+            .replace(wan)
+            .is_some_and(|before| before != wan)
+    }
+
     /// Takes in what the CGN at `cgn` answered; true when its mappings must be re-created.
     pub fn lost_state(&mut self, cgn: Ipv4Addr, epochs: &Epochs) -> bool {
         if self.cgn != Some(cgn) {
             *self = CgnState {
                 cgn: Some(cgn),
+                wan_addr: self.wan_addr,
                 ..CgnState::default()
             };
         }
@@ -188,7 +200,8 @@ impl Keeper {
     /// if some mapping could not be made again.
     async fn after_loss(&self, epochs: Epochs) -> bool {
         warn!(
-            "the CGN {} lost its mappings (restarted) or changed its external address; re-creating them",
+            "the CGN {} lost its mappings (restarted) or changed its external address, or (double \
+             NAT) this router's WAN address changed; re-creating them",
             self.cfg.cgn
         );
         if let Some((_, addr)) = epochs.nat_pmp {
@@ -332,5 +345,16 @@ mod tests {
         );
         // Another CGN: nothing to compare with yet.
         assert!(!s.lost_state(Ipv4Addr::new(192, 0, 0, 9), &seen(Some(1), None)));
+    }
+
+    #[test]
+    fn a_new_wan_address_is_noticed_once() {
+        let mut s = CgnState::default();
+        let (wan, other) = (Ipv4Addr::new(100, 64, 0, 2), Ipv4Addr::new(100, 64, 0, 3));
+        assert!(!s.new_wan_address(wan), "the first is no change");
+        assert!(!s.new_wan_address(wan));
+        assert!(s.new_wan_address(other));
+        assert!(!s.lost_state(CGN, &Epochs::default()));
+        assert!(!s.new_wan_address(other), "kept across another CGN");
     }
 }
