@@ -296,40 +296,24 @@ fn client_maps(softwire: Softwire, path: DataPath, kind: CgnKind, client: Client
     })
 }
 
-fn natpmp_client_on_a_pcp_cgn(softwire: Softwire, path: DataPath) -> Result<()> {
-    client_maps(softwire, path, CgnKind::PcpOnly, Client::NatPmp)
+/// One cell of the client × CGN matrix: `cell!(name: CgnKind, Client)`, on every data
+/// path and softwire kind.
+macro_rules! cell {
+    ($name:ident: $kind:ident, $client:ident) => {
+        fn $name(softwire: Softwire, path: DataPath) -> Result<()> {
+            client_maps(softwire, path, CgnKind::$kind, Client::$client)
+        }
+        every_path!($name);
+    };
 }
-every_path!(natpmp_client_on_a_pcp_cgn);
 
-fn pcp_client_on_a_pcp_cgn(softwire: Softwire, path: DataPath) -> Result<()> {
-    client_maps(softwire, path, CgnKind::PcpOnly, Client::Pcp)
-}
-every_path!(pcp_client_on_a_pcp_cgn);
-
-fn pcp_client_on_a_natpmp_cgn(softwire: Softwire, path: DataPath) -> Result<()> {
-    client_maps(softwire, path, CgnKind::NatPmpOnly, Client::Pcp)
-}
-every_path!(pcp_client_on_a_natpmp_cgn);
-
-fn natpmp_client_on_a_natpmp_cgn(softwire: Softwire, path: DataPath) -> Result<()> {
-    client_maps(softwire, path, CgnKind::NatPmpOnly, Client::NatPmp)
-}
-every_path!(natpmp_client_on_a_natpmp_cgn);
-
-fn upnp_client_on_a_pcp_cgn(softwire: Softwire, path: DataPath) -> Result<()> {
-    client_maps(softwire, path, CgnKind::PcpOnly, Client::Upnp)
-}
-every_path!(upnp_client_on_a_pcp_cgn);
-
-fn natpmp_client_on_a_upnp_cgn(softwire: Softwire, path: DataPath) -> Result<()> {
-    client_maps(softwire, path, CgnKind::UpnpOnly, Client::NatPmp)
-}
-every_path!(natpmp_client_on_a_upnp_cgn);
-
-fn upnp_client_on_a_upnp_cgn(softwire: Softwire, path: DataPath) -> Result<()> {
-    client_maps(softwire, path, CgnKind::UpnpOnly, Client::Upnp)
-}
-every_path!(upnp_client_on_a_upnp_cgn);
+cell!(natpmp_client_on_a_pcp_cgn: PcpOnly, NatPmp);
+cell!(pcp_client_on_a_pcp_cgn: PcpOnly, Pcp);
+cell!(upnp_client_on_a_pcp_cgn: PcpOnly, Upnp);
+cell!(natpmp_client_on_a_natpmp_cgn: NatPmpOnly, NatPmp);
+cell!(pcp_client_on_a_natpmp_cgn: NatPmpOnly, Pcp);
+cell!(natpmp_client_on_a_upnp_cgn: UpnpOnly, NatPmp);
+cell!(upnp_client_on_a_upnp_cgn: UpnpOnly, Upnp);
 
 /// A mapping that runs out: its CGN half (miniupnpd drops it), its forward and its hole
 /// (their timeouts) and its table entry go within a second or two of its lifetime.

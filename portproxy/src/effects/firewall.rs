@@ -31,14 +31,17 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use log::{info, warn};
 use nftables::batch::Batch;
-use nftables::expr::{CT, Elem, Expression, MetaKey, NamedExpression};
+use nftables::expr::{CT, Expression, MetaKey, NamedExpression};
 use nftables::schema::{
-    Chain, Element, NfListObject, Nftables, Rule, Set, SetFlag, SetType, SetTypeValue, Table,
+    Element, NfListObject, Nftables, Rule, Set, SetFlag, SetType, SetTypeValue,
 };
 use nftables::stmt::{Mangle, Match, Operator, Statement};
-use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
+use nftables::types::{NfChainType, NfFamily, NfHook};
 
-use super::{apply, current_ruleset, meta, objects, payload, remove_table, timeout_secs};
+use super::{
+    apply, base_chain, current_ruleset, meta, objects, payload, remove_table, slots, table_object,
+    timed, timeout_secs,
+};
 use crate::cli::FirewallMode;
 use crate::mapping::Key;
 
@@ -141,11 +144,7 @@ impl Firewall {
 
     fn table(&self, max_holes: usize) -> Nftables<'static> {
         let mut batch = Batch::new();
-        batch.add(NfListObject::Table(Table {
-            family: NfFamily::INet,
-            name: TABLE.into(),
-            ..Table::default()
-        }));
+        batch.add(table_object(TABLE));
         batch.add(NfListObject::Set(Box::new(Set {
             family: NfFamily::INet,
             table: TABLE.into(),
@@ -156,21 +155,16 @@ impl Firewall {
                 SetType::InetService,
             ])),
             flags: Some([SetFlag::Timeout].into_iter().collect()),
-            // Room for twice the table: an expired element holds its slot until the
-            // kernel's garbage collection, while the table may already take a new grant.
-            size: Some(u32::try_from(max_holes.saturating_mul(2)).unwrap_or(u32::MAX)),
+            size: slots(max_holes),
             ..Set::default()
         })));
-        batch.add(NfListObject::Chain(Chain {
-            family: NfFamily::INet,
-            table: TABLE.into(),
-            name: CHAIN.into(),
-            _type: Some(NfChainType::Filter),
-            hook: Some(NfHook::Forward),
-            prio: Some(PRIORITY),
-            policy: Some(NfChainPolicy::Accept),
-            ..Chain::default()
-        }));
+        batch.add(base_chain(
+            TABLE,
+            CHAIN,
+            NfChainType::Filter,
+            NfHook::Forward,
+            PRIORITY,
+        ));
         let from_wan = || {
             Statement::Match(Match {
                 left: meta(MetaKey::Iifname),
@@ -244,16 +238,7 @@ fn element(key: &Key, timeout: Option<u32>) -> NfListObject<'static> {
         Expression::String(key.proto.name().into()),
         Expression::Number(u32::from(key.internal_port)),
     ]));
-    let elem = match timeout {
-        Some(timeout) => Expression::Named(NamedExpression::Elem(Elem {
-            val: Box::new(val),
-            timeout: Some(timeout),
-            expires: None,
-            comment: None,
-            counter: None,
-        })),
-        None => val,
-    };
+    let elem = timed(val, timeout);
     NfListObject::Element(Element {
         family: NfFamily::INet,
         table: TABLE.into(),

@@ -46,14 +46,17 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use log::{info, warn};
 use nftables::batch::Batch;
-use nftables::expr::{Elem, Expression, Fib, FibFlag, FibResult, MetaKey, NamedExpression};
+use nftables::expr::{Expression, Fib, FibFlag, FibResult, MetaKey, NamedExpression};
 use nftables::schema::{
-    Chain, Element, Map, NfListObject, Nftables, Rule, SetFlag, SetType, SetTypeValue, Table,
+    Element, Map, NfListObject, Nftables, Rule, SetFlag, SetType, SetTypeValue,
 };
 use nftables::stmt::{Match, NAT, NATFamily, Operator, Statement};
-use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
+use nftables::types::{NfChainType, NfFamily, NfHook};
 
-use super::{apply, current_ruleset, meta, objects, payload, remove_table, timeout_secs};
+use super::{
+    apply, base_chain, current_ruleset, meta, objects, payload, remove_table, slots, table_object,
+    timed, timeout_secs,
+};
 use crate::cli::DoubleNat;
 use crate::mapping::Key;
 use crate::proto::Transport;
@@ -168,11 +171,7 @@ impl LocalNat {
 
     fn table(&self, max_forwards: usize) -> Nftables<'static> {
         let mut batch = Batch::new();
-        batch.add(NfListObject::Table(Table {
-            family: NfFamily::INet,
-            name: TABLE.into(),
-            ..Table::default()
-        }));
+        batch.add(table_object(TABLE));
         for (name, target) in [(HOSTS, SetType::Ipv4Addr), (PORTS, SetType::InetService)] {
             batch.add(NfListObject::Map(Box::new(Map {
                 family: NfFamily::INet,
@@ -184,21 +183,17 @@ impl LocalNat {
                 ])),
                 map: SetTypeValue::Single(target),
                 flags: Some([SetFlag::Timeout].into_iter().collect()),
-                // As for the holes: an expired element holds its slot until garbage collection.
-                size: Some(u32::try_from(max_forwards.saturating_mul(2)).unwrap_or(u32::MAX)),
+                size: slots(max_forwards),
                 ..Map::default()
             })));
         }
-        batch.add(NfListObject::Chain(Chain {
-            family: NfFamily::INet,
-            table: TABLE.into(),
-            name: CHAIN.into(),
-            _type: Some(NfChainType::NAT),
-            hook: Some(NfHook::Prerouting),
-            prio: Some(PRIORITY),
-            policy: Some(NfChainPolicy::Accept),
-            ..Chain::default()
-        }));
+        batch.add(base_chain(
+            TABLE,
+            CHAIN,
+            NfChainType::NAT,
+            NfHook::Prerouting,
+            PRIORITY,
+        ));
         // iifname WAN fib daddr type local
         //     dnat ip to meta l4proto . th dport map @hosts : meta l4proto . th dport map @ports
         let lookup = |map: &str| {
@@ -257,16 +252,7 @@ fn element(
     let elem = match target {
         None => local,
         Some(((host, internal_port), timeout)) => {
-            let local = match timeout {
-                Some(timeout) => Expression::Named(NamedExpression::Elem(Elem {
-                    val: Box::new(local),
-                    timeout: Some(timeout),
-                    expires: None,
-                    comment: None,
-                    counter: None,
-                })),
-                None => local,
-            };
+            let local = timed(local, timeout);
             let lan = match map {
                 HOSTS => Expression::String(host.to_string().into()),
                 _ => Expression::Number(u32::from(internal_port)),

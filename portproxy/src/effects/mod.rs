@@ -17,10 +17,10 @@ use std::time::Duration;
 use anyhow::Result;
 use log::warn;
 use nftables::batch::Batch;
-use nftables::expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField};
+use nftables::expr::{Elem, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField};
 use nftables::helper;
-use nftables::schema::{NfListObject, Nftables, Table};
-use nftables::types::NfFamily;
+use nftables::schema::{Chain, NfListObject, Nftables, Table};
+use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
 async fn apply(nftables: &Nftables<'_>) -> Result<()> {
     helper::apply_ruleset_async(nftables)
@@ -28,19 +28,62 @@ async fn apply(nftables: &Nftables<'_>) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
+/// `table inet NAME`.
+fn table_object(name: &'static str) -> NfListObject<'static> {
+    NfListObject::Table(Table {
+        family: NfFamily::INet,
+        name: name.into(),
+        ..Table::default()
+    })
+}
+
+/// A base chain `NAME` of `table inet TABLE` on `hook` at `prio`, policy accept.
+fn base_chain(
+    table: &'static str,
+    name: &'static str,
+    kind: NfChainType,
+    hook: NfHook,
+    prio: i32,
+) -> NfListObject<'static> {
+    NfListObject::Chain(Chain {
+        family: NfFamily::INet,
+        table: table.into(),
+        name: name.into(),
+        _type: Some(kind),
+        hook: Some(hook),
+        prio: Some(prio),
+        policy: Some(NfChainPolicy::Accept),
+        ..Chain::default()
+    })
+}
+
+/// The size of a set or map for `max` mappings: twice that, since an expired element holds
+/// its slot until the kernel's garbage collection, while the table may already take a new
+/// mapping.
+fn slots(max: usize) -> Option<u32> {
+    Some(u32::try_from(max.saturating_mul(2)).unwrap_or(u32::MAX))
+}
+
+/// A set or map key `val`, with a timeout in seconds when one is given.
+fn timed(val: Expression<'static>, timeout: Option<u32>) -> Expression<'static> {
+    match timeout {
+        Some(timeout) => Expression::Named(NamedExpression::Elem(Elem {
+            val: Box::new(val),
+            timeout: Some(timeout),
+            expires: None,
+            comment: None,
+            counter: None,
+        })),
+        None => val,
+    }
+}
+
 /// Deletes `table inet NAME` if it exists (stale from a killed run, or at exit).
 async fn remove_table(name: &'static str) {
     let mut batch = Batch::new();
     // Adding first makes the delete succeed whether or not the table existed.
-    let table = || {
-        NfListObject::Table(Table {
-            family: NfFamily::INet,
-            name: name.into(),
-            ..Table::default()
-        })
-    };
-    batch.add(table());
-    batch.delete(table());
+    batch.add(table_object(name));
+    batch.delete(table_object(name));
     if let Err(e) = apply(&batch.to_nftables()).await {
         warn!("removing nftables table inet {name}: {e:#}");
     }

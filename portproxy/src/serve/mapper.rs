@@ -35,13 +35,16 @@ pub struct Mapper {
     pub identity: Arc<Identity>,
     sockets: Arc<SocketPool>,
     /// Double NAT: local ports chosen for requests still at the CGN, not yet in the table.
-    choosing: Mutex<HashSet<(Transport, u16)>>,
+    choosing: Choosing,
 }
+
+/// Local ports held by requests in flight, by protocol.
+type Choosing = Mutex<HashSet<(Transport, u16)>>;
 
 /// A local port held for one request until it is in the table (or failed).
 struct Chosen<'a> {
     port: u16,
-    held: Option<(&'a Mutex<HashSet<(Transport, u16)>>, Transport)>,
+    held: Option<(&'a Choosing, Transport)>,
 }
 
 impl Drop for Chosen<'_> {
