@@ -487,8 +487,20 @@ impl Mappings {
                 return 0;
             }
         };
+        // A mapping made with double NAT (a local half) cannot be kept without, nor one made
+        // for the host itself with: the CGN maps to the wrong address. Its client asks again.
+        let (fits, other): (Vec<Grant>, Vec<Grant>) = grants
+            .into_iter()
+            .partition(|g| g.local_port.is_some() == self.double_nat);
+        if !other.is_empty() {
+            warn!(
+                "not restoring {} mappings made {} double NAT",
+                other.len(),
+                if self.double_nat { "without" } else { "with" }
+            );
+        }
         let mut restored = 0;
-        for grant in grants.into_iter().filter(|g| allowed(g.key.host)) {
+        for grant in fits.into_iter().filter(|g| allowed(g.key.host)) {
             if self.granted(grant).await.is_ok() {
                 restored += 1;
             }
@@ -573,6 +585,39 @@ mod tests {
         ] {
             assert!(!is_lan_host(not, &lan, &own), "{not}");
         }
+    }
+
+    #[tokio::test]
+    async fn mappings_come_back_only_with_the_nat_they_were_made_with() {
+        let path =
+            std::env::temp_dir().join(format!("portproxy-restore-nat-{}.json", std::process::id()));
+        let host = Ipv4Addr::new(192, 168, 1, 2);
+        let entry = |internal_port, local_port| Entry {
+            key: Key {
+                host,
+                proto: Transport::Tcp,
+                internal_port,
+            },
+            external: SocketAddrV4::new(Ipv4Addr::new(203, 0, 114, 1), internal_port),
+            lifetime: 600,
+            expires: Some(now() + Duration::from_secs(600)),
+            origin: Origin::NatPmp,
+            backing: Backing::NatPmp,
+            client: SocketAddrV4::new(host, 40000),
+            local_port,
+            first_seen: now(),
+            last_seen: now(),
+        };
+        let saved = [entry(8080, None), entry(8081, Some(9081))];
+        persist::save(&path, saved.iter(), now()).unwrap();
+        let limits = Limits {
+            total: 8,
+            per_host: 8,
+        };
+        let mappings = Mappings::new(limits, None, None, Arc::default());
+        assert_eq!(mappings.restore(&path, |_| true).await, 1);
+        assert_eq!(mappings.entries().await[0].key.internal_port, 8080);
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[tokio::test]
