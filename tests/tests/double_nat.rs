@@ -314,6 +314,7 @@ cell!(natpmp_client_on_a_natpmp_cgn: NatPmpOnly, NatPmp);
 cell!(pcp_client_on_a_natpmp_cgn: NatPmpOnly, Pcp);
 cell!(natpmp_client_on_a_upnp_cgn: UpnpOnly, NatPmp);
 cell!(upnp_client_on_a_upnp_cgn: UpnpOnly, Upnp);
+cell!(natpmp_client_on_an_igd1_cgn: UpnpIgd1Only, NatPmp);
 
 /// A mapping that runs out: its CGN half (miniupnpd drops it), its forward and its hole
 /// (their timeouts) and its table entry go within a second or two of its lifetime.
