@@ -352,6 +352,8 @@ impl Mappings {
     pub async fn granted(&self, mut grant: Grant) -> Result<(), Refused> {
         let now = now();
         let mut state = self.state.lock().await;
+        // Double NAT: the local port the mapping had, if a racing request gave it another.
+        let forwarded = state.table.get(&grant.key).and_then(|e| e.local_port);
         match grant.external.ip() {
             ip if ip.is_unspecified() => {
                 if let Some(public) = state.public_addr {
@@ -401,6 +403,13 @@ impl Mappings {
             }
         }
         let remaining = entry.expires.map(|t| t.saturating_sub(now));
+        if let Some(local_nat) = &state.local_nat
+            && let Some(old) = forwarded.filter(|&old| Some(old) != entry.local_port)
+            && let Err(e) = local_nat.unforward(old, &entry.key).await
+        {
+            self.stats.add(Counter::FirewallErrors);
+            warn!("{e:#}");
+        }
         if let (Some(local_nat), Some(port)) = (&state.local_nat, entry.local_port) {
             if let Err(e) = local_nat.forward(port, &entry.key, remaining).await {
                 self.stats.add(Counter::FirewallErrors);
