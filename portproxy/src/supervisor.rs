@@ -46,7 +46,7 @@ use crate::effects::local_nat::LocalNat;
 use crate::fastpath;
 use crate::mapping::{self, Limits, Mappings};
 use crate::relay::SocketRelay;
-use crate::serve::{Identity, IgdServer, Mapper, PortControlServer};
+use crate::serve::{Events, Identity, IgdServer, Mapper, PortControlServer};
 use crate::sockets::{self, PortInUse};
 use crate::stats::{Counter, Stats};
 use crate::status::{DataPathKind, State, Status};
@@ -95,6 +95,7 @@ impl Running {
         mappings: &Arc<Mappings>,
         identity: &Arc<Identity>,
         cgn_state: &Arc<std::sync::Mutex<CgnState>>,
+        igd_events: &Arc<Events>,
         restored: bool,
     ) -> Result<Running> {
         let plan = Plan::choose(opts.mode, probed.speaks);
@@ -151,10 +152,14 @@ impl Running {
         let igd_server = serving_upnp.then(|| {
             Arc::new(IgdServer::new(
                 mapper.clone(),
+                igd_events.clone(),
                 handle.clone(),
                 stats.clone(),
             ))
         });
+        if !serving_upnp {
+            igd_events.end_all();
+        }
         // Bind first: a port in use (say, a second portproxy) must fail before the
         // routing rule, which a running instance depends on, is touched.
         let relay = SocketRelay::start(&on_sockets, stats, mappings, server, igd_server)?;
@@ -312,6 +317,8 @@ struct Supervisor {
     identity: Arc<Identity>,
     /// The CGN's epochs as last seen, which survive a rebuild too.
     cgn_state: Arc<std::sync::Mutex<CgnState>>,
+    /// The IGD's event subscriptions, which survive a rebuild too.
+    igd_events: Arc<Events>,
     /// The mappings file is read once the LAN is known (only its hosts come back).
     to_restore: bool,
     /// Mappings restored from the file wait to be asked for at the CGN by the first data path.
@@ -399,6 +406,7 @@ impl Supervisor {
             &self.mappings,
             &self.identity,
             &self.cgn_state,
+            &self.igd_events,
             self.restored,
         )
         .await;
@@ -558,6 +566,7 @@ pub async fn run(mut opts: Options) -> Result<()> {
             return Err(e);
         }
     };
+    let igd_events = Arc::new(Events::new(&mappings, stats.clone()));
     let mut sup = Supervisor {
         opts,
         handle,
@@ -565,6 +574,7 @@ pub async fn run(mut opts: Options) -> Result<()> {
         mappings: mappings.clone(),
         identity: Arc::new(Identity::default()),
         cgn_state: Arc::default(),
+        igd_events,
         to_restore: true,
         restored: false,
         running: None,

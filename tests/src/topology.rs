@@ -106,22 +106,28 @@ table inet fw4 {
 /// Options of a [`Lab`].
 pub struct LabBuilder {
     softwire: Softwire,
-    notify_interval: u32,
+    miniupnpd: cgn::Miniupnpd,
     cpe_firewall: bool,
     nat444: bool,
-    cgn_kind: CgnKind,
 }
 
 impl LabBuilder {
     /// What the CGN speaks (default: everything miniupnpd does).
     pub fn cgn(mut self, kind: CgnKind) -> LabBuilder {
-        self.cgn_kind = kind;
+        self.miniupnpd.kind = kind;
         self
     }
 
     /// Seconds between miniupnpd's SSDP NOTIFYs (default 60; it also sends them at start).
     pub fn notify_interval(mut self, seconds: u32) -> LabBuilder {
-        self.notify_interval = seconds;
+        self.miniupnpd.notify_interval = seconds;
+        self
+    }
+
+    /// The longest lifetime the CGN grants a PCP mapping (default: miniupnpd's day), so
+    /// that a test sees renewals within seconds.
+    pub fn pcp_max_lifetime(mut self, seconds: u32) -> LabBuilder {
+        self.miniupnpd.pcp_max_lifetime = Some(seconds);
         self
     }
 
@@ -159,8 +165,7 @@ impl LabBuilder {
             prefix,
             dir,
             daemons: AtomicU32::new(0),
-            notify_interval: self.notify_interval,
-            cgn_kind: self.cgn_kind,
+            miniupnpd_options: self.miniupnpd,
             nat444: self.nat444,
             miniupnpd: None,
             pipe: None,
@@ -182,13 +187,8 @@ impl LabBuilder {
             fs::write(&path, CPE_SRCNAT).with_context(|| format!("writing {path:?}"))?;
             lab.cpe().run("nft", &["-f", &path.to_string_lossy()])?;
         }
-        cgn::install_ruleset(lab.cgn(), &lab.dir, self.cgn_kind)?;
-        lab.miniupnpd = Some(cgn::start_miniupnpd(
-            lab.cgn(),
-            &lab.dir,
-            self.notify_interval,
-            self.cgn_kind,
-        )?);
+        cgn::install_ruleset(lab.cgn(), &lab.dir, self.miniupnpd.kind)?;
+        lab.miniupnpd = Some(cgn::start_miniupnpd(lab.cgn(), &lab.dir, self.miniupnpd)?);
         Ok(lab)
     }
 }
@@ -202,10 +202,8 @@ pub struct Lab {
     dir: PathBuf,
     /// Numbers the log files of spawned daemons.
     daemons: AtomicU32,
-    /// miniupnpd's `notify_interval`, kept for [`Lab::restart_cgn`].
-    notify_interval: u32,
-    /// What the CGN speaks, kept for [`Lab::restart_cgn`].
-    cgn_kind: CgnKind,
+    /// miniupnpd's configuration (what the CGN speaks...), kept for [`Lab::restart_cgn`].
+    miniupnpd_options: cgn::Miniupnpd,
     /// Double NAT: the CPE masquerades the LAN, the CGN has no route to it.
     nat444: bool,
     miniupnpd: Option<Daemon>,
@@ -226,10 +224,13 @@ impl Lab {
     pub fn builder(softwire: Softwire) -> LabBuilder {
         LabBuilder {
             softwire,
-            notify_interval: 60,
+            miniupnpd: cgn::Miniupnpd {
+                notify_interval: 60,
+                kind: CgnKind::Everything,
+                pcp_max_lifetime: None,
+            },
             cpe_firewall: false,
             nat444: false,
-            cgn_kind: CgnKind::Everything,
         }
     }
 
@@ -328,8 +329,7 @@ impl Lab {
         self.miniupnpd = Some(cgn::start_miniupnpd(
             self.cgn(),
             &self.dir,
-            self.notify_interval,
-            self.cgn_kind,
+            self.miniupnpd_options,
         )?);
         Ok(())
     }
@@ -375,8 +375,7 @@ impl Lab {
         self.miniupnpd = Some(cgn::start_miniupnpd(
             self.cgn(),
             &self.dir,
-            self.notify_interval,
-            self.cgn_kind,
+            self.miniupnpd_options,
         )?);
         Ok(())
     }
