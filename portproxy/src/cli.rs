@@ -197,6 +197,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Open PORT on this host at its gateway (PCP, NAT-PMP or UPnP IGD) and keep it open
+    /// until interrupted; works on any Linux host, without root.
+    Map(crate::map::MapOptions),
 }
 
 fn flag(s: &str) -> Result<bool, String> {

@@ -27,6 +27,7 @@ mod fastpath;
 #[path = "no_fastpath.rs"]
 mod fastpath;
 mod firewall;
+mod map;
 mod mapping;
 mod netif;
 #[cfg(test)]
@@ -47,11 +48,12 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use log::error;
 
-/// The `portproxy` command: the daemon, or `portproxy stats`.
+/// The `portproxy` command: the daemon, `portproxy stats`, `mappings` or `map`.
 pub fn main() -> ExitCode {
     let opts = cli::Options::parse();
     init_logging(opts.verbose);
     let result = match opts.command {
+        Some(cli::Command::Map(map)) => return map::run(map),
         Some(cli::Command::Stats { json }) => show_stats::run(&opts.state_dir, json),
         Some(cli::Command::Mappings { json }) => control::show_mappings(&opts.state_dir, json),
         None => tokio::runtime::Builder::new_current_thread()

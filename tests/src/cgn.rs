@@ -119,6 +119,9 @@ pub(crate) fn install_ruleset(cgn: &Netns, dir: &Path, kind: CgnKind) -> Result<
 /// warning) binds SSDP to it, and works for the veth and the TUN (`192.0.0.1 peer
 /// 192.0.0.2`, a /32) alike.
 ///
+/// `min_lifetime=2`: miniupnpd raises PCP lifetimes below 120 s to 120 s by default, and a
+/// test of renewals cannot wait minutes (`portproxy map --lifetime 6`).
+///
 /// No `ext_ip`: miniupnpd takes the external address from `wan0`, so a new one there
 /// (`Lab::change_public_address`) is what it grants and announces after a SIGUSR1.
 ///
@@ -139,6 +142,7 @@ force_igd_desc_v1={igd1}
 secure_mode=no
 pcp_allow_thirdparty=yes
 notify_interval={notify_interval}
+min_lifetime=2
 lease_file={dir}/miniupnpd.leases
 minissdpdsocket={dir}/minissdpd.sock
 upnp_table_name=filter

@@ -1,0 +1,292 @@
+//! `portproxy map`, the port-mapping client for any host, run as nobody against every kind
+//! of CGN: directly (in the CPE, whose gateway is the CGN; no daemon, so it maps the CPE's
+//! own address) and through portproxy (on a LAN host, the daemon on the CPE behind an
+//! fw4-like firewall, on every data path and softwire). Each run maps a port and reaches it
+//! from the internet host, sees it renewed before its short lifetime ends, sees it made
+//! again after the CGN reboots and moved after the CGN's address changes (and reaches it
+//! there), and sees it deleted at the CGN when it is stopped.
+
+#[macro_use]
+mod common;
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, ensure};
+use common::{mapped_again, run_expect, with_lab};
+use serde_json::Value;
+use tests::{
+    CPE_SOFTWIRE_IP, CgnKind, DataPath, LAN1_IP, Lab, Netns, PUBLIC_IP, Softwire, map_events,
+    wait_map_event,
+};
+
+/// The lifetime asked for: renewed every 3 s.
+const LIFETIME: u32 = 6;
+/// The CGN's new external address in the renumbering step.
+const NEW_PUBLIC_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 114, 9);
+/// How long re-creating or moving the mapping may take: an announcement makes it renew at
+/// once, else the next renewal (half the lifetime) does, or portproxy's check of the CGN
+/// (every 5 s) and its announcement to the LAN.
+const REACTS_WITHIN: Duration = Duration::from_secs(15);
+const STOPS_WITHIN: Duration = Duration::from_secs(10);
+
+/// Where `portproxy map` runs and what it should find.
+struct Case<'a> {
+    /// The namespace it runs in (the lab is borrowed mutably between steps).
+    host: fn(&Lab) -> &Netns,
+    host_ip: Ipv4Addr,
+    /// Extra arguments (`--protocol`).
+    args: &'a [&'a str],
+    /// The protocol it maps with ("pcp", "nat-pmp", "upnp").
+    protocol: &'a str,
+    /// Whether a CGN reboot shows as an epoch reset ("recreated"): not with UPnP, which has
+    /// no epoch (the next renewal makes the mapping again all the same).
+    epoch: bool,
+    internal: u16,
+    external: u16,
+}
+
+/// The mapping of `event`'s external address and port.
+fn external_of(event: &Value) -> Result<(Ipv4Addr, u16)> {
+    let addr = event["external_address"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .with_context(|| format!("no external address in {event}"))?;
+    let port = event["external_port"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .with_context(|| format!("no external port in {event}"))?;
+    Ok((addr, port))
+}
+
+/// The CGN maps TCP `external` to the host, and the internet host reaches the host's
+/// service through `public`:`external`.
+fn reachable(lab: &Lab, case: &Case, public: Ipv4Addr) -> Result<()> {
+    let rule = format!(
+        "dport {} dnat ip to {}:{}",
+        case.external, case.host_ip, case.internal
+    );
+    run_expect(
+        lab.cgn(),
+        "nft",
+        &["list", "table", "inet", "nat"],
+        &[&rule],
+    )?;
+    let host = (case.host)(lab);
+    let _server = host.serve_tcp(case.internal)?;
+    let reply = lab
+        .inet()
+        .connect_tcp(SocketAddr::from((public, case.external)))?;
+    ensure!(
+        reply == host.role(),
+        "inet reached {reply:?} at {public}:{} instead of {}",
+        case.external,
+        host.role()
+    );
+    Ok(())
+}
+
+/// Map, reach, renew, survive a CGN reboot and a new address, delete on SIGTERM.
+fn keeps_a_mapping(lab: &mut Lab, case: &Case) -> Result<()> {
+    let (internal, external, lifetime) = (
+        case.internal.to_string(),
+        case.external.to_string(),
+        LIFETIME.to_string(),
+    );
+    let mut args = vec![
+        internal.as_str(),
+        "--external",
+        &external,
+        "--lifetime",
+        &lifetime,
+    ];
+    args.extend_from_slice(case.args);
+    let mut map = lab.spawn_map((case.host)(lab), &args)?;
+    let mapped_at = Instant::now();
+    let result = (|| -> Result<()> {
+        let first = &map_events(&map)[0];
+        ensure!(
+            first["event"] == "mapped" && first["protocol"] == case.protocol,
+            "expected a mapping with {}: {first}",
+            case.protocol
+        );
+        ensure!(
+            external_of(first)? == (PUBLIC_IP, case.external),
+            "mapped elsewhere: {first}"
+        );
+        ensure!(first["internal"] == format!("{}:{}", case.host_ip, case.internal));
+        let granted = first["lifetime"].as_u64().unwrap_or(0);
+        ensure!(
+            (1..=u64::from(LIFETIME)).contains(&granted),
+            "lifetime {granted} for {LIFETIME} asked: {first}"
+        );
+        reachable(lab, case, PUBLIC_IP)?;
+
+        // Renewed before it ends.
+        let within = Duration::from_secs(granted);
+        let (renewed, seen) = wait_map_event(&map, 1, within, "renewed", |e| e["event"] == "renewed")?;
+        ensure!(
+            mapped_at.elapsed() < within + Duration::from_secs(1),
+            "renewed only after {:?}, the lifetime was {granted} s: {renewed}",
+            mapped_at.elapsed()
+        );
+        ensure!(external_of(&renewed)? == (PUBLIC_IP, case.external), "{renewed}");
+
+        // The CGN reboots and forgets the mapping: it is made again.
+        lab.reboot_cgn()?;
+        let seen = if case.epoch {
+            let (again, seen) = wait_map_event(&map, seen, REACTS_WITHIN, "recreated", |e| {
+                e["event"] == "recreated"
+            })?;
+            ensure!(external_of(&again)? == (PUBLIC_IP, case.external), "{again}");
+            seen
+        } else {
+            seen
+        };
+        mapped_again(lab, case.external, case.host_ip, case.internal, REACTS_WITHIN)?;
+        reachable(lab, case, PUBLIC_IP)?;
+
+        // The carrier renumbers: the mapping moves to the new address, and is printed.
+        lab.change_public_address(NEW_PUBLIC_IP)?;
+        let (moved, _) = wait_map_event(&map, seen, REACTS_WITHIN, "changed", |e| {
+            e["event"] == "changed"
+        })?;
+        ensure!(
+            external_of(&moved)? == (NEW_PUBLIC_IP, case.external)
+                && moved["previous"] == format!("{PUBLIC_IP}:{}", case.external),
+            "{moved}"
+        );
+        mapped_again(lab, case.external, case.host_ip, case.internal, REACTS_WITHIN)?;
+        reachable(lab, case, NEW_PUBLIC_IP)?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        eprintln!("=== portproxy map\n{}", map.log());
+        return Err(e);
+    }
+
+    // Stopped: it deletes the mapping at the CGN and exits 0.
+    let status = map.stop(STOPS_WITHIN)?;
+    let events = map_events(&map);
+    let last = events.last().context("no events")?;
+    ensure!(
+        status.success() && last["event"] == "deleted",
+        "expected a delete and exit 0, got {status}:\n{}",
+        map.log()
+    );
+    let nat = run_expect(lab.cgn(), "nft", &["list", "table", "inet", "nat"], &[])?;
+    ensure!(
+        !nat.contains(&format!("dport {} ", case.external)),
+        "the CGN still maps {} after portproxy map exited:\n{nat}",
+        case.external
+    );
+    Ok(())
+}
+
+/// Directly in the CPE: its default route goes to the CGN, which maps the CPE's own address.
+fn direct(softwire: Softwire, kind: CgnKind, protocol: &str) -> Result<()> {
+    with_lab(Lab::builder(softwire).cgn(kind), |lab| {
+        let case = Case {
+            host: Lab::cpe,
+            host_ip: CPE_SOFTWIRE_IP,
+            args: &[],
+            protocol,
+            epoch: protocol != "upnp",
+            internal: 8301,
+            external: 9301,
+        };
+        keeps_a_mapping(lab, &case)
+    })
+}
+
+/// Through portproxy: lan1 asks the CPE (its gateway), where the daemon runs on `path`
+/// with `daemon_args`; the CPE has the fw4-like firewall, so reaching lan1 also proves
+/// portproxy opened it.
+fn through_portproxy(
+    softwire: Softwire,
+    path: DataPath,
+    kind: CgnKind,
+    daemon_args: &[&str],
+    map_args: &[&str],
+    protocol: &str,
+    epoch: bool,
+) -> Result<()> {
+    with_lab(Lab::builder(softwire).cgn(kind).cpe_firewall(), |lab| {
+        let mut args = vec!["--lan-iface", "br-lan", "--wan-iface", "softwire", "-vv"];
+        args.extend_from_slice(daemon_args);
+        let portproxy = lab.spawn_portproxy_on(path, &args)?;
+        let case = Case {
+            host: |lab| lab.lan(1),
+            host_ip: LAN1_IP,
+            args: map_args,
+            protocol,
+            epoch,
+            internal: 8311,
+            external: 9311,
+        };
+        let result = keeps_a_mapping(lab, &case);
+        if result.is_err() {
+            eprintln!("=== portproxy log\n{}", portproxy.log());
+        }
+        result
+    })
+}
+
+macro_rules! direct {
+    ($name:ident, $kind:expr, $protocol:literal) => {
+        mod $name {
+            use tests::{CgnKind, Softwire};
+
+            #[test]
+            fn l2() -> anyhow::Result<()> {
+                super::direct(Softwire::L2, $kind, $protocol)
+            }
+
+            #[test]
+            fn l3() -> anyhow::Result<()> {
+                super::direct(Softwire::L3, $kind, $protocol)
+            }
+        }
+    };
+}
+
+direct!(direct_pcp_only, CgnKind::PcpOnly, "pcp");
+direct!(direct_natpmp_only, CgnKind::NatPmpOnly, "nat-pmp");
+direct!(direct_upnp_only, CgnKind::UpnpOnly, "upnp");
+direct!(direct_everything, CgnKind::Everything, "pcp");
+
+/// A PCP-only CGN; `portproxy map --protocol nat-pmp`: portproxy answers and maps with PCP.
+fn via_portproxy_pcp_only(softwire: Softwire, path: DataPath) -> Result<()> {
+    let map = ["--protocol", "nat-pmp"];
+    through_portproxy(softwire, path, CgnKind::PcpOnly, &[], &map, "nat-pmp", true)
+}
+every_path!(via_portproxy_pcp_only);
+
+/// A NAT-PMP-only CGN; `portproxy map` speaks PCP: portproxy answers and maps with NAT-PMP.
+fn via_portproxy_natpmp_only(softwire: Softwire, path: DataPath) -> Result<()> {
+    through_portproxy(softwire, path, CgnKind::NatPmpOnly, &[], &[], "pcp", true)
+}
+every_path!(via_portproxy_natpmp_only);
+
+/// A UPnP-only CGN; `portproxy map --protocol upnp`: SSDP relayed, SOAP to the CGN's IGD.
+fn via_portproxy_upnp_only(softwire: Softwire, path: DataPath) -> Result<()> {
+    let map = ["--protocol", "upnp"];
+    through_portproxy(softwire, path, CgnKind::UpnpOnly, &[], &map, "upnp", false)
+}
+every_path!(via_portproxy_upnp_only);
+
+/// A CGN that speaks everything; `portproxy map` speaks PCP, which portproxy relays.
+fn via_portproxy_everything(softwire: Softwire, path: DataPath) -> Result<()> {
+    through_portproxy(softwire, path, CgnKind::Everything, &[], &[], "pcp", true)
+}
+every_path!(via_portproxy_everything);
+
+/// `--mode proxy`; `portproxy map --protocol upnp`: portproxy's own IGD answers, and maps
+/// with PCP.
+fn via_portproxy_proxy_mode(softwire: Softwire, path: DataPath) -> Result<()> {
+    let (daemon, map) = (["--mode", "proxy"], ["--protocol", "upnp"]);
+    through_portproxy(softwire, path, CgnKind::Everything, &daemon, &map, "upnp", false)
+}
+every_path!(via_portproxy_proxy_mode);
