@@ -30,7 +30,10 @@ impl Lab {
     pub fn spawn_map(&self, ns: &Netns, args: &[&str]) -> Result<Daemon> {
         let bin = std::env::var_os("PORTPROXY_BIN").context("PORTPROXY_BIN is not set")?;
         let mut cmd = ns.command("setpriv");
-        cmd.args(UNPRIVILEGED).arg(bin).args(["map", "--json"]).args(args);
+        cmd.args(UNPRIVILEGED)
+            .arg(bin)
+            .args(["map", "--json"])
+            .args(args);
         static RUNS: AtomicU32 = AtomicU32::new(0);
         let n = RUNS.fetch_add(1, Ordering::Relaxed);
         let log = self.dir().join(format!("map-{n}-{}.log", ns.role()));
@@ -47,7 +50,10 @@ impl Lab {
         all.extend_from_slice(args);
         let output = ns.output("setpriv", &all, Duration::from_secs(30))?;
         let events = parse(&String::from_utf8_lossy(&output.stdout));
-        let code = output.status.code().context("portproxy map killed by a signal")?;
+        let code = output
+            .status
+            .code()
+            .context("portproxy map killed by a signal")?;
         Ok((code, events))
     }
 }

@@ -126,13 +126,17 @@ fn keeps_a_mapping(lab: &mut Lab, case: &Case) -> Result<()> {
 
         // Renewed before it ends.
         let within = Duration::from_secs(granted);
-        let (renewed, seen) = wait_map_event(&map, 1, within, "renewed", |e| e["event"] == "renewed")?;
+        let (renewed, seen) =
+            wait_map_event(&map, 1, within, "renewed", |e| e["event"] == "renewed")?;
         ensure!(
             mapped_at.elapsed() < within + Duration::from_secs(1),
             "renewed only after {:?}, the lifetime was {granted} s: {renewed}",
             mapped_at.elapsed()
         );
-        ensure!(external_of(&renewed)? == (PUBLIC_IP, case.external), "{renewed}");
+        ensure!(
+            external_of(&renewed)? == (PUBLIC_IP, case.external),
+            "{renewed}"
+        );
 
         // The CGN reboots and forgets the mapping: it is made again.
         lab.reboot_cgn()?;
@@ -140,12 +144,21 @@ fn keeps_a_mapping(lab: &mut Lab, case: &Case) -> Result<()> {
             let (again, seen) = wait_map_event(&map, seen, REACTS_WITHIN, "recreated", |e| {
                 e["event"] == "recreated"
             })?;
-            ensure!(external_of(&again)? == (PUBLIC_IP, case.external), "{again}");
+            ensure!(
+                external_of(&again)? == (PUBLIC_IP, case.external),
+                "{again}"
+            );
             seen
         } else {
             seen
         };
-        mapped_again(lab, case.external, case.host_ip, case.internal, REACTS_WITHIN)?;
+        mapped_again(
+            lab,
+            case.external,
+            case.host_ip,
+            case.internal,
+            REACTS_WITHIN,
+        )?;
         reachable(lab, case, PUBLIC_IP)?;
 
         // The carrier renumbers: the mapping moves to the new address, and is printed.
@@ -158,7 +171,13 @@ fn keeps_a_mapping(lab: &mut Lab, case: &Case) -> Result<()> {
                 && moved["previous"] == format!("{PUBLIC_IP}:{}", case.external),
             "{moved}"
         );
-        mapped_again(lab, case.external, case.host_ip, case.internal, REACTS_WITHIN)?;
+        mapped_again(
+            lab,
+            case.external,
+            case.host_ip,
+            case.internal,
+            REACTS_WITHIN,
+        )?;
         reachable(lab, case, NEW_PUBLIC_IP)?;
         Ok(())
     })();
@@ -270,10 +289,19 @@ fn via_portproxy_natpmp_only(softwire: Softwire, path: DataPath) -> Result<()> {
 }
 every_path!(via_portproxy_natpmp_only);
 
-/// A UPnP-only CGN; `portproxy map --protocol upnp`: SSDP relayed, SOAP to the CGN's IGD.
+/// A UPnP-only CGN; `portproxy map --protocol upnp`: SSDP and the IGD's HTTP relayed
+/// (`--upnp-tcp 1`: only a relayed AddPortMapping opens the CPE's firewall).
 fn via_portproxy_upnp_only(softwire: Softwire, path: DataPath) -> Result<()> {
-    let map = ["--protocol", "upnp"];
-    through_portproxy(softwire, path, CgnKind::UpnpOnly, &[], &map, "upnp", false)
+    let (daemon, map) = (["--upnp-tcp", "1"], ["--protocol", "upnp"]);
+    through_portproxy(
+        softwire,
+        path,
+        CgnKind::UpnpOnly,
+        &daemon,
+        &map,
+        "upnp",
+        false,
+    )
 }
 every_path!(via_portproxy_upnp_only);
 
@@ -287,6 +315,118 @@ every_path!(via_portproxy_everything);
 /// with PCP.
 fn via_portproxy_proxy_mode(softwire: Softwire, path: DataPath) -> Result<()> {
     let (daemon, map) = (["--mode", "proxy"], ["--protocol", "upnp"]);
-    through_portproxy(softwire, path, CgnKind::Everything, &daemon, &map, "upnp", false)
+    through_portproxy(
+        softwire,
+        path,
+        CgnKind::Everything,
+        &daemon,
+        &map,
+        "upnp",
+        false,
+    )
 }
 every_path!(via_portproxy_proxy_mode);
+
+/// `--once` adds and exits (printing the lifetime), `--delete` removes what it added, in
+/// each protocol (the CPE, directly).
+fn once_then_delete(softwire: Softwire) -> Result<()> {
+    with_lab(Lab::builder(softwire), |lab| {
+        for (protocol, internal) in [("pcp", 8321), ("nat-pmp", 8322), ("upnp", 8323)] {
+            let port = internal.to_string();
+            let args = ["--protocol", protocol, &port, "--lifetime", "600"];
+            let (code, events) = lab.run_map(lab.cpe(), &[&args[..], &["--once"]].concat())?;
+            ensure!(
+                code == 0 && events.len() == 1 && events[0]["event"] == "mapped",
+                "--once with {protocol}: exit {code}, {events:?}"
+            );
+            ensure!(
+                events[0]["lifetime"]
+                    .as_u64()
+                    .is_some_and(|l| l > 0 && l <= 600),
+                "{events:?}"
+            );
+            let (_, external) = external_of(&events[0])?;
+            let rule = format!("dport {external} dnat ip to {CPE_SOFTWIRE_IP}:{internal}");
+            run_expect(
+                lab.cgn(),
+                "nft",
+                &["list", "table", "inet", "nat"],
+                &[&rule],
+            )?;
+
+            let (code, events) = lab.run_map(lab.cpe(), &[&args[..], &["--delete"]].concat())?;
+            ensure!(
+                code == 0 && events.len() == 1 && events[0]["event"] == "deleted",
+                "--delete with {protocol}: exit {code}, {events:?}"
+            );
+            let nat = run_expect(lab.cgn(), "nft", &["list", "table", "inet", "nat"], &[])?;
+            ensure!(
+                !nat.contains(&rule),
+                "{protocol}: still mapped after --delete:\n{nat}"
+            );
+        }
+        Ok(())
+    })
+}
+both_softwires!(once_then_delete: once_then_delete_l2, once_then_delete_l3);
+
+/// The errors say what is wrong, with their exit status: no gateway (3), nothing answers
+/// (4: which protocols were tried, for how long), refused (5: each protocol's reason, here
+/// portproxy's per-host quota in proxy mode).
+#[test]
+fn errors_are_clear() -> Result<()> {
+    with_lab(Lab::builder(Softwire::L2), |lab| {
+        let args = [
+            "--lan-iface",
+            "br-lan",
+            "--wan-iface",
+            "softwire",
+            "--mode",
+            "proxy",
+            "--max-mappings-per-host",
+            "1",
+            "-v",
+        ];
+        let portproxy = lab.spawn_portproxy_on(DataPath::Sockets, &args)?;
+        let error = |ns: &Netns, args: &[&str], status: i32| -> Result<String> {
+            let (code, events) = lab.run_map(ns, args)?;
+            let last = events.last().context("no events")?;
+            ensure!(
+                code == status && last["event"] == "error" && last["exit"] == status,
+                "`portproxy map {}`: expected exit {status}, got {code}: {events:?}",
+                args.join(" ")
+            );
+            Ok(last["error"].as_str().unwrap_or_default().to_string())
+        };
+        let result = (|| -> Result<()> {
+            // The internet host has no default route.
+            let message = error(lab.inet(), &["8080"], 3)?;
+            ensure!(message.contains("--gateway"), "{message}");
+            // The CGN serves its subscribers only, not the internet side.
+            let message = error(
+                lab.inet(),
+                &["8080", "--gateway", &PUBLIC_IP.to_string()],
+                4,
+            )?;
+            for tried in ["PCP", "NAT-PMP", "UPnP IGD", " s;"] {
+                ensure!(message.contains(tried), "{tried:?} not in {message:?}");
+            }
+            // One mapping per host: the second is refused in every protocol.
+            let (code, _) = lab.run_map(lab.lan(1), &["8331", "--once", "--lifetime", "600"])?;
+            ensure!(code == 0, "the first mapping: exit {code}");
+            let message = error(lab.lan(1), &["8332"], 5)?;
+            for refused in [
+                "PCP: over the user's quota",
+                "NAT-PMP: no resources",
+                "UPnP IGD:",
+            ] {
+                ensure!(message.contains(refused), "{refused:?} not in {message:?}");
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            eprintln!("=== portproxy log\n{}", portproxy.log());
+        }
+        result
+    })
+}

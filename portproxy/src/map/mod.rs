@@ -21,7 +21,7 @@ mod session;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use log::debug;
 use tokio::net::UdpSocket;
@@ -35,15 +35,12 @@ use crate::clock::boot_time;
 use crate::proto::{natpmp, pcp};
 use crate::sockets::{self, Sender};
 use crate::upstream::{
-    Ask, Failure, Granted, Igd, Nonces, SocketPool, Speaks, Upstream, Via, port_control,
-    search_igd,
+    Ask, Failure, Granted, Igd, Nonces, SocketPool, Speaks, Upstream, Via, port_control, search_igd,
 };
 
 /// The NAT-PMP/PCP and SSDP ports.
 const PORT_CONTROL_PORT: u16 = 5351;
 const SSDP_PORT: u16 = 1900;
-/// Announcements closer together than this make one renewal.
-const ANNOUNCED_RENEWAL_GAP: Duration = Duration::from_secs(1);
 
 /// Why `portproxy map` ended without doing what it was asked; each has its exit status.
 #[derive(Debug)]
@@ -292,14 +289,13 @@ impl Mapper {
             })
             .ok();
         let gateway = self.subject.gateway;
-        let mut last_renewal = Instant::now();
         loop {
             let renew_at = session.next_renewal().unwrap_or_default();
             let wait = renew_at.saturating_sub(boot_time());
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = announcement(listener.as_ref(), gateway) => {
-                    if last_renewal.elapsed() < ANNOUNCED_RENEWAL_GAP {
+                (epoch, address) = announcement(listener.as_ref(), gateway) => {
+                    if !session.announced(boot_time(), epoch, address) {
                         continue;
                     }
                     debug!("{gateway} announced itself: renewing now");
@@ -307,7 +303,6 @@ impl Mapper {
                 _ = interrupt.recv() => break,
                 _ = terminate.recv() => break,
             }
-            last_renewal = Instant::now();
             self.renew(&mut session, out).await;
         }
         self.delete(out).await
@@ -319,12 +314,19 @@ impl Mapper {
         }
         match self.map().await {
             Ok((external, granted)) => {
-                let change = session.granted(boot_time(), external, granted.lifetime, granted.epoch);
+                let change =
+                    session.granted(boot_time(), external, granted.lifetime, granted.epoch);
                 let before = match change {
                     Change::Changed { before } => Some(before),
                     _ => None,
                 };
-                out.granted(&self.subject, change.name(), external, granted.lifetime, before);
+                out.granted(
+                    &self.subject,
+                    change.name(),
+                    external,
+                    granted.lifetime,
+                    before,
+                );
             }
             Err(failure) => {
                 let now = boot_time();
@@ -356,8 +358,9 @@ impl Mapper {
     }
 }
 
-/// Waits for a NAT-PMP or PCP announcement from `gateway` (for ever without a listener).
-async fn announcement(listener: Option<&UdpSocket>, gateway: Ipv4Addr) {
+/// Waits for a NAT-PMP or PCP announcement from `gateway` (for ever without a listener):
+/// its epoch, and NAT-PMP's address.
+async fn announcement(listener: Option<&UdpSocket>, gateway: Ipv4Addr) -> (u32, Option<Ipv4Addr>) {
     let Some(socket) = listener else {
         return std::future::pending().await;
     };
@@ -366,11 +369,15 @@ async fn announcement(listener: Option<&UdpSocket>, gateway: Ipv4Addr) {
         let Ok((len, from)) = socket.recv_from(&mut buf).await else {
             continue;
         };
+        if from.ip() != std::net::IpAddr::V4(gateway) {
+            continue;
+        }
         let msg = &buf[..len];
-        let is_announcement = natpmp::parse_public_address(msg).is_some()
-            || pcp::parse_response(msg).is_some_and(|r| r.opcode == pcp::OPCODE_ANNOUNCE);
-        if from.ip() == std::net::IpAddr::V4(gateway) && is_announcement {
-            return;
+        if let Some((natpmp::result::SUCCESS, epoch, address)) = natpmp::parse_public_address(msg) {
+            return (epoch, Some(address));
+        }
+        if let Some(r) = pcp::parse_response(msg).filter(|r| r.opcode == pcp::OPCODE_ANNOUNCE) {
+            return (r.epoch, None);
         }
     }
 }

@@ -10,10 +10,12 @@ use crate::proto::Transport;
 use crate::upstream::Via;
 
 #[derive(Debug, Clone, Args)]
-#[command(after_help = "Exit status: 0 done (mapped with --once, deleted with --delete, or \
+#[command(
+    after_help = "Exit status: 0 done (mapped with --once, deleted with --delete, or \
     deleted after SIGINT/SIGTERM); 1 another error; 2 bad arguments; 3 no gateway (no default \
     route: give --gateway); 4 nothing answered (no protocol tried answered the gateway, or it \
-    stopped answering a delete); 5 the gateway refused (the reason in words).")]
+    stopped answering a delete); 5 the gateway refused (the reason in words)."
+)]
 pub struct MapOptions {
     /// The port to open on this host, and its protocol (tcp unless /udp).
     #[arg(value_name = "PORT[/tcp|udp]")]
@@ -171,7 +173,11 @@ mod tests {
         assert_eq!(o.gateway, Some(Ipv4Addr::new(192, 168, 1, 1)));
         assert_eq!(o.protocols(), [Via::NatPmp]);
         assert!(o.once && o.json);
-        assert!(parse(&["22", "--delete", "--protocol", "upnp"]).unwrap().delete);
+        assert!(
+            parse(&["22", "--delete", "--protocol", "upnp"])
+                .unwrap()
+                .delete
+        );
     }
 
     #[test]

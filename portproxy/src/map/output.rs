@@ -132,7 +132,10 @@ impl Printer {
     /// The error that ends the command, with its exit status.
     pub fn error(&self, message: &str, status: u8) {
         if self.json {
-            println!("{}", json!({"event": "error", "error": message, "exit": status}));
+            println!(
+                "{}",
+                json!({"event": "error", "error": message, "exit": status})
+            );
         }
         eprintln!("portproxy map: {message}");
     }

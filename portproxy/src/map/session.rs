@@ -3,7 +3,7 @@
 //! §8.5), or changed (another external address or port). Times are the boot-time clock's,
 //! passed in, so the tests run on made-up ones.
 
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 use crate::upstream::EpochWatch;
@@ -52,6 +52,10 @@ pub struct Session {
     epoch: Option<EpochWatch>,
     /// When a failed renewal is tried again.
     retry_at: Option<Duration>,
+    /// The epochs of the gateway's announcements (it sends a burst of ten after a change),
+    /// PCP's and NAT-PMP's apart (a proxy may relay one and answer the other).
+    announced_pcp: EpochWatch,
+    announced_natpmp: EpochWatch,
 }
 
 impl Session {
@@ -88,6 +92,20 @@ impl Session {
             Some(_) if lost => Change::Recreated,
             Some(_) => Change::Renewed,
         }
+    }
+
+    /// The gateway announced itself at `now` with `epoch` and, NAT-PMP (`None`: PCP), its
+    /// address: whether to renew now. The first announcement heard, one whose epoch says
+    /// the gateway lost its state, or a new address do; the rest of a burst does not.
+    pub fn announced(&mut self, now: Duration, epoch: u32, address: Option<Ipv4Addr>) -> bool {
+        let watch = match address {
+            Some(_) => &mut self.announced_natpmp,
+            None => &mut self.announced_pcp,
+        };
+        let first = *watch == EpochWatch::default();
+        let lost = watch.lost_state(epoch, now);
+        let moved = address.is_some_and(|a| self.external().is_some_and(|e| *e.ip() != a));
+        first || lost || moved
     }
 
     /// A renewal failed at `now`: when to try again.
@@ -193,6 +211,22 @@ mod tests {
         assert_eq!(s.failed(at(70)), at(71), "expired: once a second at most");
         assert_eq!(s.granted(at(71), ext(9000), 60, 171), Change::Renewed);
         assert_eq!(s.next_renewal(), Some(at(101)));
+    }
+
+    #[test]
+    fn an_announcement_burst_makes_one_renewal() {
+        let mut s = Session::new(true);
+        s.granted(at(0), ext(9000), 60, 100);
+        assert!(s.announced(at(10), 2, None), "the first one heard");
+        assert!(!s.announced(at(11), 3, None));
+        assert!(s.announced(at(11), 700, Some(PUBLIC)), "NAT-PMP's first");
+        assert!(!s.announced(at(13), 702, Some(PUBLIC)), "the same address");
+        assert!(!s.announced(at(13), 5, None));
+        assert!(s.announced(at(20), 1, None), "the gateway restarted");
+        assert!(
+            s.announced(at(22), 3, Some(Ipv4Addr::new(203, 0, 114, 9))),
+            "another address"
+        );
     }
 
     #[test]

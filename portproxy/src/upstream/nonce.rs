@@ -62,7 +62,13 @@ mod tests {
             Nonces::default().for_key(&key(80))
         );
         assert_ne!(Nonces::random(), Nonces::random());
-        assert_eq!(Nonces::derived(("secret", 80)), Nonces::derived(("secret", 80)));
-        assert_ne!(Nonces::derived(("secret", 80)), Nonces::derived(("other", 80)));
+        assert_eq!(
+            Nonces::derived(("secret", 80)),
+            Nonces::derived(("secret", 80))
+        );
+        assert_ne!(
+            Nonces::derived(("secret", 80)),
+            Nonces::derived(("other", 80))
+        );
     }
 }

@@ -169,10 +169,7 @@ pub async fn search_igd(
         port
     );
     socket
-        .send_to(
-            search.as_bytes(),
-            SocketAddrV4::new(ssdp::GROUP, port),
-        )
+        .send_to(search.as_bytes(), SocketAddrV4::new(ssdp::GROUP, port))
         .await?;
     let deadline = Instant::now() + WINDOW;
     let mut buf = vec![0u8; ssdp::MAX_LEN];
