@@ -163,7 +163,7 @@ fn keeps_a_mapping(lab: &mut Lab, case: &Case) -> Result<()> {
 
         // The carrier renumbers: the mapping moves to the new address, and is printed.
         lab.change_public_address(NEW_PUBLIC_IP)?;
-        let (moved, _) = wait_map_event(&map, seen, REACTS_WITHIN, "changed", |e| {
+        let (moved, seen) = wait_map_event(&map, seen, REACTS_WITHIN, "changed", |e| {
             e["event"] == "changed"
         })?;
         ensure!(
@@ -179,6 +179,13 @@ fn keeps_a_mapping(lab: &mut Lab, case: &Case) -> Result<()> {
             REACTS_WITHIN,
         )?;
         reachable(lab, case, NEW_PUBLIC_IP)?;
+        // And renewed there as before.
+        let (renewed, _) =
+            wait_map_event(&map, seen, within, "renewed", |e| e["event"] == "renewed")?;
+        ensure!(
+            external_of(&renewed)? == (NEW_PUBLIC_IP, case.external),
+            "{renewed}"
+        );
         Ok(())
     })();
     if let Err(e) = result {
