@@ -227,28 +227,30 @@ fn direct(softwire: Softwire, kind: CgnKind, protocol: &str) -> Result<()> {
     })
 }
 
-/// Through portproxy: lan1 asks the CPE (its gateway), where the daemon runs on `path`
-/// with `daemon_args`; the CPE has the fw4-like firewall, so reaching lan1 also proves
-/// portproxy opened it.
-fn through_portproxy(
-    softwire: Softwire,
-    path: DataPath,
+/// One way through portproxy: what the CGN speaks, the daemon's and `portproxy map`'s extra
+/// arguments, what `portproxy map` should map with, and whether a CGN reboot shows as an
+/// epoch reset (not when the LAN side speaks UPnP).
+struct Through {
     kind: CgnKind,
-    daemon_args: &[&str],
-    map_args: &[&str],
-    protocol: &str,
+    daemon: &'static [&'static str],
+    map: &'static [&'static str],
+    protocol: &'static str,
     epoch: bool,
-) -> Result<()> {
-    with_lab(Lab::builder(softwire).cgn(kind).cpe_firewall(), |lab| {
+}
+
+/// Through portproxy: lan1 asks the CPE (its gateway), where the daemon runs on `path`;
+/// the CPE has the fw4-like firewall, so reaching lan1 also proves portproxy opened it.
+fn through_portproxy(softwire: Softwire, path: DataPath, way: &Through) -> Result<()> {
+    with_lab(Lab::builder(softwire).cgn(way.kind).cpe_firewall(), |lab| {
         let mut args = vec!["--lan-iface", "br-lan", "--wan-iface", "softwire", "-vv"];
-        args.extend_from_slice(daemon_args);
+        args.extend_from_slice(way.daemon);
         let portproxy = lab.spawn_portproxy_on(path, &args)?;
         let case = Case {
             host: |lab| lab.lan(1),
             host_ip: LAN1_IP,
-            args: map_args,
-            protocol,
-            epoch,
+            args: way.map,
+            protocol: way.protocol,
+            epoch: way.epoch,
             internal: 8311,
             external: 9311,
         };
@@ -260,79 +262,109 @@ fn through_portproxy(
     })
 }
 
-macro_rules! direct {
-    ($name:ident, $kind:expr, $protocol:literal) => {
-        mod $name {
-            use tests::{CgnKind, Softwire};
+// Inside `map_client`, so that `cargo xtask test -- map_client` runs them.
+mod map_client {
+    use super::*;
 
-            #[test]
-            fn l2() -> anyhow::Result<()> {
-                super::direct(Softwire::L2, $kind, $protocol)
-            }
+    macro_rules! direct {
+        ($name:ident, $kind:expr, $protocol:literal) => {
+            mod $name {
+                use tests::{CgnKind, Softwire};
 
-            #[test]
-            fn l3() -> anyhow::Result<()> {
-                super::direct(Softwire::L3, $kind, $protocol)
+                #[test]
+                fn l2() -> anyhow::Result<()> {
+                    super::direct(Softwire::L2, $kind, $protocol)
+                }
+
+                #[test]
+                fn l3() -> anyhow::Result<()> {
+                    super::direct(Softwire::L3, $kind, $protocol)
+                }
             }
+        };
+    }
+
+    direct!(direct_pcp_only, CgnKind::PcpOnly, "pcp");
+    direct!(direct_natpmp_only, CgnKind::NatPmpOnly, "nat-pmp");
+    direct!(direct_upnp_only, CgnKind::UpnpOnly, "upnp");
+    direct!(direct_everything, CgnKind::Everything, "pcp");
+
+    /// `via_portproxy!(name, way)`: for every data path and softwire kind, `portproxy map`
+    /// on lan1 through portproxy the `Through` way.
+    macro_rules! via_portproxy {
+        ($name:ident, $way:expr) => {
+            fn $name(softwire: Softwire, path: DataPath) -> Result<()> {
+                through_portproxy(softwire, path, &$way)
+            }
+            every_path!($name);
+        };
+    }
+
+    // A PCP-only CGN; `portproxy map --protocol nat-pmp`: portproxy answers, maps with PCP.
+    via_portproxy!(
+        via_portproxy_pcp_only,
+        Through {
+            kind: CgnKind::PcpOnly,
+            daemon: &[],
+            map: &["--protocol", "nat-pmp"],
+            protocol: "nat-pmp",
+            epoch: true,
         }
-    };
-}
+    );
+    // A NAT-PMP-only CGN; `portproxy map` speaks PCP: portproxy answers, maps with NAT-PMP.
+    via_portproxy!(
+        via_portproxy_natpmp_only,
+        Through {
+            kind: CgnKind::NatPmpOnly,
+            daemon: &[],
+            map: &[],
+            protocol: "pcp",
+            epoch: true,
+        }
+    );
+    // A UPnP-only CGN; `portproxy map --protocol upnp`: SSDP and the IGD's HTTP relayed
+    // (`--upnp-tcp 1`: only a relayed AddPortMapping opens the CPE's firewall).
+    via_portproxy!(
+        via_portproxy_upnp_only,
+        Through {
+            kind: CgnKind::UpnpOnly,
+            daemon: &["--upnp-tcp", "1"],
+            map: &["--protocol", "upnp"],
+            protocol: "upnp",
+            epoch: false,
+        }
+    );
+    // A CGN that speaks everything; `portproxy map` speaks PCP, which portproxy relays.
+    via_portproxy!(
+        via_portproxy_everything,
+        Through {
+            kind: CgnKind::Everything,
+            daemon: &[],
+            map: &[],
+            protocol: "pcp",
+            epoch: true,
+        }
+    );
+    // `--mode proxy`; `portproxy map --protocol upnp`: portproxy's own IGD answers, and
+    // maps with PCP.
+    via_portproxy!(
+        via_portproxy_proxy_mode,
+        Through {
+            kind: CgnKind::Everything,
+            daemon: &["--mode", "proxy"],
+            map: &["--protocol", "upnp"],
+            protocol: "upnp",
+            epoch: false,
+        }
+    );
 
-direct!(direct_pcp_only, CgnKind::PcpOnly, "pcp");
-direct!(direct_natpmp_only, CgnKind::NatPmpOnly, "nat-pmp");
-direct!(direct_upnp_only, CgnKind::UpnpOnly, "upnp");
-direct!(direct_everything, CgnKind::Everything, "pcp");
+    both_softwires!(once_then_delete: once_then_delete_l2, once_then_delete_l3);
 
-/// A PCP-only CGN; `portproxy map --protocol nat-pmp`: portproxy answers and maps with PCP.
-fn via_portproxy_pcp_only(softwire: Softwire, path: DataPath) -> Result<()> {
-    let map = ["--protocol", "nat-pmp"];
-    through_portproxy(softwire, path, CgnKind::PcpOnly, &[], &map, "nat-pmp", true)
+    #[test]
+    fn errors_are_clear() -> Result<()> {
+        super::errors_are_clear()
+    }
 }
-every_path!(via_portproxy_pcp_only);
-
-/// A NAT-PMP-only CGN; `portproxy map` speaks PCP: portproxy answers and maps with NAT-PMP.
-fn via_portproxy_natpmp_only(softwire: Softwire, path: DataPath) -> Result<()> {
-    through_portproxy(softwire, path, CgnKind::NatPmpOnly, &[], &[], "pcp", true)
-}
-every_path!(via_portproxy_natpmp_only);
-
-/// A UPnP-only CGN; `portproxy map --protocol upnp`: SSDP and the IGD's HTTP relayed
-/// (`--upnp-tcp 1`: only a relayed AddPortMapping opens the CPE's firewall).
-fn via_portproxy_upnp_only(softwire: Softwire, path: DataPath) -> Result<()> {
-    let (daemon, map) = (["--upnp-tcp", "1"], ["--protocol", "upnp"]);
-    through_portproxy(
-        softwire,
-        path,
-        CgnKind::UpnpOnly,
-        &daemon,
-        &map,
-        "upnp",
-        false,
-    )
-}
-every_path!(via_portproxy_upnp_only);
-
-/// A CGN that speaks everything; `portproxy map` speaks PCP, which portproxy relays.
-fn via_portproxy_everything(softwire: Softwire, path: DataPath) -> Result<()> {
-    through_portproxy(softwire, path, CgnKind::Everything, &[], &[], "pcp", true)
-}
-every_path!(via_portproxy_everything);
-
-/// `--mode proxy`; `portproxy map --protocol upnp`: portproxy's own IGD answers, and maps
-/// with PCP.
-fn via_portproxy_proxy_mode(softwire: Softwire, path: DataPath) -> Result<()> {
-    let (daemon, map) = (["--mode", "proxy"], ["--protocol", "upnp"]);
-    through_portproxy(
-        softwire,
-        path,
-        CgnKind::Everything,
-        &daemon,
-        &map,
-        "upnp",
-        false,
-    )
-}
-every_path!(via_portproxy_proxy_mode);
 
 /// `--once` adds and exits (printing the lifetime), `--delete` removes what it added, in
 /// each protocol (the CPE, directly).
@@ -375,12 +407,10 @@ fn once_then_delete(softwire: Softwire) -> Result<()> {
         Ok(())
     })
 }
-both_softwires!(once_then_delete: once_then_delete_l2, once_then_delete_l3);
 
 /// The errors say what is wrong, with their exit status: no gateway (3), nothing answers
 /// (4: which protocols were tried, for how long), refused (5: each protocol's reason, here
 /// portproxy's per-host quota in proxy mode).
-#[test]
 fn errors_are_clear() -> Result<()> {
     with_lab(Lab::builder(Softwire::L2), |lab| {
         let args = [

@@ -86,8 +86,8 @@ pub fn run(opts: MapOptions) -> ExitCode {
     }
 }
 
-/// The gateway, in the protocol chosen, and the mapping asked for.
-struct Mapper {
+/// The client side of one mapping: the gateway, in the protocol chosen, and what is asked.
+struct Client {
     upstream: Upstream,
     subject: Subject,
     ask: Ask,
@@ -135,30 +135,30 @@ async fn map(opts: &MapOptions, out: &Printer) -> Result<(), Error> {
     if opts.delete {
         // The first protocol spoken, as `--once` chose.
         let (via, igd) = spoken.into_iter().next().expect("discover found one");
-        let mut mapper = Mapper {
+        let mut client = Client {
             upstream: upstream((via, igd)),
             subject: subject(via),
             ask,
         };
-        return mapper.delete(out).await;
+        return client.delete(out).await;
     }
     let mut refusals = Vec::new();
     for (via, igd) in spoken {
-        let mut mapper = Mapper {
+        let mut client = Client {
             upstream: upstream((via, igd)),
             subject: subject(via),
             ask,
         };
-        match mapper.map().await {
+        match client.map().await {
             Ok((external, granted)) => {
-                mapper.ask.suggested_port = external.port();
+                client.ask.suggested_port = external.port();
                 let mut session = Session::new(via != Via::Upnp);
                 session.granted(boot_time(), external, granted.lifetime, granted.epoch);
-                out.granted(&mapper.subject, "mapped", external, granted.lifetime, None);
+                out.granted(&client.subject, "mapped", external, granted.lifetime, None);
                 if opts.once {
                     return Ok(());
                 }
-                return mapper.keep(session, out).await;
+                return client.keep(session, out).await;
             }
             Err(failure) => {
                 debug!("mapping with {}: {failure}", title(via));
@@ -262,7 +262,7 @@ async fn discover(
     Ok(spoken)
 }
 
-impl Mapper {
+impl Client {
     /// Asks for the mapping: where it is (NAT-PMP and UPnP ask the address separately).
     async fn map(&mut self) -> Result<(SocketAddrV4, Granted), Failure> {
         let granted = self.upstream.map(&self.ask).await?;

@@ -86,7 +86,7 @@ impl Printer {
         let what = match (event, before) {
             ("changed", Some(before)) => format!("changed (was {before}):"),
             ("recreated", _) => "re-created (the gateway had lost it):".to_string(),
-            (event, _) => format!("{event}"),
+            (event, _) => event.to_string(),
         };
         println!(
             "{what} {} {external} -> {}, lifetime {lifetime} s",
