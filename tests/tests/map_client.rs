@@ -31,6 +31,8 @@ const NEW_PUBLIC_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 114, 9);
 /// (every 5 s) and its announcement to the LAN.
 const REACTS_WITHIN: Duration = Duration::from_secs(15);
 const STOPS_WITHIN: Duration = Duration::from_secs(10);
+/// The gap in a CGN rule while miniupnpd replaces it for a renewal.
+const RULE_BACK_WITHIN: Duration = Duration::from_secs(2);
 
 /// Where `portproxy map` runs and what it should find.
 struct Case<'a> {
@@ -64,15 +66,13 @@ fn external_of(event: &Value) -> Result<(Ipv4Addr, u16)> {
 /// The CGN maps TCP `external` to the host, and the internet host reaches the host's
 /// service through `public`:`external`.
 fn reachable(lab: &Lab, case: &Case, public: Ipv4Addr) -> Result<()> {
-    let rule = format!(
-        "dport {} dnat ip to {}:{}",
-        case.external, case.host_ip, case.internal
-    );
-    run_expect(
-        lab.cgn(),
-        "nft",
-        &["list", "table", "inet", "nat"],
-        &[&rule],
+    // Waited for: miniupnpd renews a mapping by deleting its rule and adding it again.
+    mapped_again(
+        lab,
+        case.external,
+        case.host_ip,
+        case.internal,
+        RULE_BACK_WITHIN,
     )?;
     let host = (case.host)(lab);
     let _server = host.serve_tcp(case.internal)?;
