@@ -15,6 +15,7 @@
 //! Without the `fastpath` cargo feature (the socket-only build) `fastpath` is
 //! `no_fastpath.rs`: `--xdp` then says in one line that this build has no fast path.
 
+mod api;
 mod capture;
 mod cli;
 mod clock;
@@ -27,6 +28,7 @@ mod fastpath;
 #[path = "no_fastpath.rs"]
 mod fastpath;
 mod firewall;
+mod lan_http;
 mod map;
 mod mapping;
 mod netif;

@@ -18,8 +18,8 @@ use anyhow::{Context as _, Result, ensure};
 use common::{mapped_again, run_expect, with_lab};
 use serde_json::Value;
 use tests::{
-    CPE_SOFTWIRE_IP, CgnKind, DataPath, LAN1_IP, Lab, Netns, PUBLIC_IP, Softwire, map_events,
-    wait_map_event,
+    CPE_SOFTWIRE_IP, CgnKind, DataPath, LAN1_IP, Lab, LabBuilder, Netns, PUBLIC_IP, Softwire,
+    map_events, wait_map_event,
 };
 
 /// The lifetime asked for: renewed every 3 s.
@@ -33,6 +33,12 @@ const REACTS_WITHIN: Duration = Duration::from_secs(15);
 const STOPS_WITHIN: Duration = Duration::from_secs(10);
 /// The gap in a CGN rule while miniupnpd replaces it for a renewal.
 const RULE_BACK_WITHIN: Duration = Duration::from_secs(2);
+
+/// A CGN that grants PCP the `LIFETIME` asked: miniupnpd raises anything below 120 s to
+/// 120 s unless its maximum (and so its minimum, half of it) is lowered.
+fn short_lifetimes(builder: LabBuilder) -> LabBuilder {
+    builder.pcp_max_lifetime(2 * LIFETIME)
+}
 
 /// Where `portproxy map` runs and what it should find.
 struct Case<'a> {
@@ -213,7 +219,7 @@ fn keeps_a_mapping(lab: &mut Lab, case: &Case) -> Result<()> {
 
 /// Directly in the CPE: its default route goes to the CGN, which maps the CPE's own address.
 fn direct(softwire: Softwire, kind: CgnKind, protocol: &str) -> Result<()> {
-    with_lab(Lab::builder(softwire).cgn(kind), |lab| {
+    with_lab(short_lifetimes(Lab::builder(softwire).cgn(kind)), |lab| {
         let case = Case {
             host: Lab::cpe,
             host_ip: CPE_SOFTWIRE_IP,
@@ -241,7 +247,8 @@ struct Through {
 /// Through portproxy: lan1 asks the CPE (its gateway), where the daemon runs on `path`;
 /// the CPE has the fw4-like firewall, so reaching lan1 also proves portproxy opened it.
 fn through_portproxy(softwire: Softwire, path: DataPath, way: &Through) -> Result<()> {
-    with_lab(Lab::builder(softwire).cgn(way.kind).cpe_firewall(), |lab| {
+    let builder = Lab::builder(softwire).cgn(way.kind).cpe_firewall();
+    with_lab(short_lifetimes(builder), |lab| {
         let mut args = vec!["--lan-iface", "br-lan", "--wan-iface", "softwire", "-vv"];
         args.extend_from_slice(way.daemon);
         let portproxy = lab.spawn_portproxy_on(path, &args)?;

@@ -5,7 +5,7 @@ use std::{
     net::{Ipv4Addr, SocketAddr},
     time::{Duration, Instant},
 };
-use tests::{LAN1_IP, LAN2_IP, Lab, LabBuilder, Netns, PUBLIC_IP, show_output};
+use tests::{Daemon, LAN1_IP, LAN2_IP, Lab, LabBuilder, Netns, PUBLIC_IP, show_output};
 
 /// Generates a test per softwire kind: `both_softwires!(scenario: name_l2, name_l3);` with
 /// `fn scenario(Softwire) -> anyhow::Result<()>`.
@@ -212,4 +212,18 @@ pub fn mapped_again(
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+#[allow(dead_code)] // not every test file rebuilds the data path
+/// Waits (at most 10 s) until portproxy's log holds `needle` at least `count` times.
+pub fn wait_for_log(daemon: &Daemon, needle: &str, count: usize) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while daemon.log().matches(needle).count() < count {
+        ensure!(
+            Instant::now() < deadline,
+            "portproxy never logged {needle:?} {count} times"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
 }
