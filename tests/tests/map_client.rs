@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, ensure};
+use anyhow::{Context as _, Result, bail, ensure};
 use common::{mapped_again, run_expect, with_lab};
 use serde_json::Value;
 use tests::{
@@ -69,29 +69,61 @@ fn external_of(event: &Value) -> Result<(Ipv4Addr, u16)> {
     Ok((addr, port))
 }
 
+/// The nftables handle of the CGN's rule for the case's mapping, if it has one.
+fn rule_handle(lab: &Lab, case: &Case) -> Result<Option<String>> {
+    let rule = format!(
+        "dport {} dnat ip to {}:{}",
+        case.external, case.host_ip, case.internal
+    );
+    let chain = ["-a", "list", "chain", "inet", "nat", "prerouting_miniupnpd"];
+    let listing = run_expect(lab.cgn(), "nft", &chain, &[])?;
+    Ok(listing
+        .lines()
+        .find(|l| l.contains(&rule))
+        .and_then(|l| l.rsplit_once("# handle "))
+        .map(|(_, handle)| handle.trim().to_string()))
+}
+
+/// How often a connection is tried again when the CGN replaced its rule meanwhile.
+const REPLACED_TRIES: usize = 3;
+
 /// The CGN maps TCP `external` to the host, and the internet host reaches the host's
 /// service through `public`:`external`.
+///
+/// miniupnpd renews a mapping by deleting its rule and adding it again, so a connection
+/// made in that gap is refused by the CGN: that (and only that, seen as a new handle of
+/// the rule) makes it try again.
 fn reachable(lab: &Lab, case: &Case, public: Ipv4Addr) -> Result<()> {
-    // Waited for: miniupnpd renews a mapping by deleting its rule and adding it again.
-    mapped_again(
-        lab,
-        case.external,
-        case.host_ip,
-        case.internal,
-        RULE_BACK_WITHIN,
-    )?;
     let host = (case.host)(lab);
     let _server = host.serve_tcp(case.internal)?;
-    let reply = lab
-        .inet()
-        .connect_tcp(SocketAddr::from((public, case.external)))?;
-    ensure!(
-        reply == host.role(),
-        "inet reached {reply:?} at {public}:{} instead of {}",
-        case.external,
-        host.role()
-    );
-    Ok(())
+    for _ in 0..REPLACED_TRIES {
+        mapped_again(
+            lab,
+            case.external,
+            case.host_ip,
+            case.internal,
+            RULE_BACK_WITHIN,
+        )?;
+        let before = rule_handle(lab, case)?;
+        let reply = lab
+            .inet()
+            .connect_tcp(SocketAddr::from((public, case.external)));
+        let reply = match reply {
+            Err(e) if rule_handle(lab, case)? != before => {
+                eprintln!("the CGN replaced its rule during a connection ({e:#}); again");
+                continue;
+            }
+            reply => reply?,
+        };
+        ensure!(
+            reply == host.role(),
+            "inet reached {reply:?} at {public}:{} instead of {}",
+            case.external,
+            host.role()
+        );
+        return Ok(());
+    }
+    bail!("the CGN replaced its rule during each of {REPLACED_TRIES} connections")
 }
 
 /// Map, reach, renew, survive a CGN reboot and a new address, delete on SIGTERM.
