@@ -15,6 +15,7 @@
 //! Without the `fastpath` cargo feature (the socket-only build) `fastpath` is
 //! `no_fastpath.rs`: `--xdp` then says in one line that this build has no fast path.
 
+mod api;
 mod capture;
 mod cli;
 mod clock;
@@ -27,6 +28,8 @@ mod fastpath;
 #[cfg(not(feature = "fastpath"))]
 #[path = "no_fastpath.rs"]
 mod fastpath;
+mod lan_http;
+mod map;
 mod mapping;
 mod netif;
 #[cfg(test)]
@@ -47,11 +50,12 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use log::error;
 
-/// The `portproxy` command: the daemon, or `portproxy stats`.
+/// The `portproxy` command: the daemon, `portproxy stats`, `mappings` or `map`.
 pub fn main() -> ExitCode {
     let opts = cli::Options::parse();
     init_logging(opts.verbose);
     let result = match opts.command {
+        Some(cli::Command::Map(map)) => return map::run(map),
         Some(cli::Command::Stats { json }) => show_stats::run(&opts.state_dir, json),
         Some(cli::Command::Mappings { json }) => control::show_mappings(&opts.state_dir, json),
         None => tokio::runtime::Builder::new_current_thread()

@@ -122,6 +122,8 @@ fn the_shipped_config_starts_the_socket_relay_on_the_softwire() {
             "ds-wan",
             "--mappings-file",
             "/etc/portproxy/mappings.json",
+            "--api-hosts",
+            "openwrt.lan",
             "--state-dir",
             "/var/run/portproxy",
             "--nat-pmp",
@@ -130,6 +132,8 @@ fn the_shipped_config_starts_the_socket_relay_on_the_softwire() {
             "1",
             "--upnp-tcp",
             "0",
+            "--api",
+            "1",
         ]
     );
     Options::try_parse_from(&rendered.command).expect("the command line parses");
@@ -193,6 +197,14 @@ fn every_uci_option_reaches_the_command_line() {
         "on",
         "--mappings-file",
         "/etc/pp/mappings.json",
+        "--api-port",
+        "8352",
+        "--api-password-file",
+        "/etc/pp/api-password",
+        "--api-hosts",
+        "router.lan,gw",
+        "--leases-file",
+        "/tmp/pp.leases",
         "--hooks",
         "tc",
         "--pin-dir",
@@ -205,6 +217,8 @@ fn every_uci_option_reaches_the_command_line() {
         "1",
         "--upnp-tcp",
         "1",
+        "--api",
+        "0",
         "--xdp",
         "-vv",
     ];
@@ -218,7 +232,8 @@ fn every_uci_option_reaches_the_command_line() {
     }
     let o = Options::try_parse_from(&rendered.command).expect("the command line parses");
     assert_eq!(o.cgn_addr, Some(std::net::Ipv4Addr::new(192, 0, 0, 9)));
-    assert!(o.nat_pmp && o.upnp_udp && o.upnp_tcp && o.xdp);
+    assert!(o.nat_pmp && o.upnp_udp && o.upnp_tcp && o.xdp && !o.api);
+    assert_eq!(o.api_hosts, ["router.lan", "gw"]);
     assert_eq!((o.max_clients, o.rate_limit, o.verbose), (1024, 0, 2));
     for line in [
         "trigger interface interface.*.up wan6 /etc/init.d/portproxy reload",

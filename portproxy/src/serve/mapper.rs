@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::effects::local_nat::{self, FIRST_LOCAL_PORT};
 use crate::mapping::{self, Backing, Entry, Grant, Key, Mappings, Origin, Refused};
 use crate::proto::Transport;
-use crate::upstream::{Ask, Failure, Granted, Igd, SocketPool, Upstream, Via, other_port};
+use crate::upstream::{self, Ask, Failure, Granted, Igd, SocketPool, Upstream, Via, other_port};
 
 /// Spread ports tried for a local port when neither the asked-for nor the internal one is free.
 const LOCAL_PORT_TRIES: u32 = 16;
@@ -233,6 +233,35 @@ impl Mapper {
         }
         debug!("no free local port for {key}");
         Err(Failure::NoResources)
+    }
+
+    /// Removes `entry` on a person's behalf (the API): deleted at the CGN with the protocol
+    /// and nonce that made it there, whatever the CGN speaks best; out of the table and its
+    /// hole closed whatever the CGN answers, as at its expiry. A mapping relayed to the CGN's
+    /// own IGD is deleted there only when portproxy knows that IGD (it maps with UPnP).
+    pub async fn remove(&self, entry: &Entry) -> Result<(), Failure> {
+        let (via, nonce) = upstream::made_with(entry);
+        let upstream = Upstream {
+            cgn: SocketAddrV4::new(self.cfg.cgn, self.cfg.nat_pmp_port),
+            wan: self.cfg.wan.addr,
+            via,
+            igd: self.igd.clone(),
+            sockets: self.sockets.clone(),
+        };
+        let (host, internal_port) =
+            mapping::seen_upstream(&entry.key, entry.local_port, self.cfg.wan.addr);
+        let ask = Ask {
+            host,
+            proto: entry.key.proto,
+            internal_port,
+            suggested_port: entry.external.port(),
+            lifetime: 0,
+            prefer_failure: false,
+            nonce,
+        };
+        let at_cgn = upstream.map(&ask).await.map(drop);
+        self.mappings.deleted(entry.key).await;
+        at_cgn
     }
 
     /// Deletes every mapping of `host` (of `proto`, or of both).
