@@ -113,6 +113,13 @@ pub struct Options {
     #[arg(long, value_enum, default_value_t = Mode::Auto, value_name = "MODE")]
     pub mode: Mode,
 
+    /// Double NAT (NAT444, or a router behind the provider's): auto (when the nftables
+    /// ruleset masquerades or SNATs traffic leaving the WAN interface), on, off. With it,
+    /// NAT-PMP, PCP and UPnP are answered here, and each mapping is a DNAT on this router
+    /// plus a mapping of its WAN address at the CGN. See the README's double-NAT section.
+    #[arg(long, value_enum, default_value_t = DoubleNat::Auto, value_name = "MODE")]
+    pub double_nat: DoubleNat,
+
     /// Use the eBPF fast path (XDP/TC) where the kernel allows it; falls back to sockets otherwise.
     #[arg(long)]
     pub xdp: bool,
@@ -198,6 +205,14 @@ pub enum Mode {
     Proxy,
 }
 
+/// Whether this router translates the LAN itself, so mappings need a local half.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DoubleNat {
+    Auto,
+    On,
+    Off,
+}
+
 /// Which hooks the fast path uses (TC always carries what XDP does not finish).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Hooks {
@@ -220,6 +235,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Open PORT on this host at its gateway (PCP, NAT-PMP or UPnP IGD) and keep it open
+    /// until interrupted; works on any Linux host, without root.
+    Map(crate::map::MapOptions),
 }
 
 fn flag(s: &str) -> Result<bool, String> {
@@ -267,6 +285,12 @@ mod tests {
         assert_eq!(o.pin_dir, PathBuf::from("/sys/fs/bpf/portproxy"));
         assert_eq!(o.hooks, Hooks::Tc);
         assert_eq!(o.mode, Mode::Auto);
+        assert_eq!(o.double_nat, DoubleNat::Auto);
+        assert_eq!(
+            parse(&["--double-nat", "on"]).unwrap().double_nat,
+            DoubleNat::On
+        );
+        assert!(parse(&["--double-nat", "yes"]).is_err());
         assert!(o.api && o.api_password_file.is_none() && o.api_hosts.is_empty());
         assert_eq!(o.api_port, 8351);
     }

@@ -130,7 +130,11 @@ fn table(views: &[View]) -> String {
             v.expires_in_secs
                 .map_or("never".to_string(), |s| format!("{s}s")),
             v.origin,
-            v.upstream,
+            match v.local_port {
+                // Double NAT: the CGN maps to this router's port, forwarded to the host.
+                Some(port) => format!("{} :{port}", v.upstream),
+                None => v.upstream.clone(),
+            },
             v.client,
             v.description
                 .as_ref()
@@ -161,9 +165,16 @@ mod tests {
             description: None,
             upstream: "relayed".into(),
             client: SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 2), 40000),
+            local_port: None,
             first_seen_secs_ago: 1,
             last_seen_secs_ago: 1,
         };
+        let double_nat = View {
+            local_port: Some(9081),
+            upstream: "pcp-map".into(),
+            ..v.clone()
+        };
+        assert!(table(&[double_nat]).contains("pcp-map :9081"));
         let text = table(&[v]);
         assert_eq!(text.lines().count(), 2);
         assert!(text.contains("192.168.1.2:8080"), "{text}");

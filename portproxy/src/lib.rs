@@ -8,7 +8,7 @@
 //! the sockets made in `sockets`. `datapath` decides which of the two runs; `supervisor` keeps it running
 //! and rebuilds it when the interfaces change. What the CGN grants is learned
 //! into `mapping` (the table), which opens holes in the CPE's firewall
-//! (`firewall`) and answers `portproxy mappings` over `control`.
+//! and, in double NAT, forwards ports of its WAN address (`effects`) and answers `portproxy mappings` over `control`.
 //!
 //! The codecs in `proto` are public for the fuzz targets; the binary is `main.rs`.
 //!
@@ -33,14 +33,15 @@ mod clock;
 mod config;
 mod control;
 mod datapath;
+mod effects;
 #[cfg(feature = "fastpath")]
 mod fastpath;
 #[cfg(not(feature = "fastpath"))]
 #[path = "no_fastpath.rs"]
 mod fastpath;
-mod firewall;
 #[cfg(feature = "http-server")]
 mod lan_http;
+mod map;
 mod mapping;
 mod netif;
 #[cfg(test)]
@@ -61,11 +62,12 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use log::{error, warn};
 
-/// The `portproxy` command: the daemon, or `portproxy stats`.
+/// The `portproxy` command: the daemon, `portproxy stats`, `mappings` or `map`.
 pub fn main() -> ExitCode {
     let opts = cli::Options::parse();
     init_logging(opts.verbose);
     let result = match opts.command {
+        Some(cli::Command::Map(map)) => return map::run(map),
         Some(cli::Command::Stats { json }) => show_stats::run(&opts.state_dir, json),
         Some(cli::Command::Mappings { json }) => control::show_mappings(&opts.state_dir, json),
         None => tokio::runtime::Builder::new_current_thread()

@@ -193,6 +193,8 @@ fn every_uci_option_reaches_the_command_line() {
         "16",
         "--mode",
         "proxy",
+        "--double-nat",
+        "on",
         "--mappings-file",
         "/etc/pp/mappings.json",
         "--api-port",

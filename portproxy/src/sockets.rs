@@ -66,6 +66,38 @@ pub fn transparent_udp(client: SocketAddrV4, server: SocketAddrV4) -> io::Result
     to_tokio(socket)
 }
 
+/// Whose address a socket to the CGN sends from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Sender {
+    /// A LAN host's, the daemon's way (`transparent_udp`, CAP_NET_ADMIN).
+    #[default]
+    LanHost,
+    /// This host's own, `portproxy map`'s way: no privilege needed.
+    Myself,
+}
+
+/// A socket that sends from `from` (any port if 0) to `server`, as `sender` says.
+pub fn udp_to(sender: Sender, from: SocketAddrV4, server: SocketAddrV4) -> io::Result<UdpSocket> {
+    if sender == Sender::LanHost {
+        return transparent_udp(from, server);
+    }
+    let socket = udp()?;
+    socket.bind(&from.into())?;
+    socket.connect(&server.into())?;
+    to_tokio(socket)
+}
+
+/// The address this host sends from to reach `server` (the kernel's route lookup for a
+/// connected UDP socket; nothing is sent).
+pub fn local_address_towards(server: Ipv4Addr) -> io::Result<Ipv4Addr> {
+    let socket = std::net::UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
+    socket.connect(SocketAddrV4::new(server, 9))?;
+    match socket.local_addr()? {
+        std::net::SocketAddr::V4(a) => Ok(*a.ip()),
+        std::net::SocketAddr::V6(_) => Err(io::ErrorKind::AddrNotAvailable.into()),
+    }
+}
+
 /// Joined to the SSDP group on `side`'s interface, bound to the SSDP port of
 /// every address there, sending multicast out of that interface only, with
 /// our own multicast not looped back (we must never re-relay it).
@@ -89,8 +121,21 @@ pub fn ssdp_searcher(wan: &Side) -> io::Result<UdpSocket> {
     to_tokio(socket)
 }
 
+/// `ssdp_searcher` for `portproxy map`: from this host's address `local`, out of the
+/// interface that has it, no privilege needed.
+pub fn own_ssdp_searcher(local: Ipv4Addr) -> io::Result<UdpSocket> {
+    let socket = udp()?;
+    socket.bind(&SocketAddrV4::new(local, 0).into())?;
+    multicast_from(&socket, local)?;
+    to_tokio(socket)
+}
+
 fn multicast_out_of(socket: &Socket, side: &Side) -> io::Result<()> {
-    socket.set_multicast_if_v4(&side.addr)?;
+    multicast_from(socket, side.addr)
+}
+
+fn multicast_from(socket: &Socket, addr: Ipv4Addr) -> io::Result<()> {
+    socket.set_multicast_if_v4(&addr)?;
     socket.set_multicast_loop_v4(false)?;
     // UDA: TTL 2 for SSDP multicast, enough to cross one router.
     socket.set_multicast_ttl_v4(2)
@@ -102,6 +147,16 @@ pub fn announcement_listener(side: &Side) -> io::Result<UdpSocket> {
     let socket = udp()?;
     socket.set_reuse_address(true)?;
     socket.bind_device(Some(side.iface.as_bytes()))?;
+    socket.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, ANNOUNCE_PORT).into())?;
+    to_tokio(socket)
+}
+
+/// `announcement_listener` on every interface, no privilege needed (`portproxy map` checks
+/// who sent them); other clients on this host may listen too.
+pub fn own_announcement_listener() -> io::Result<UdpSocket> {
+    let socket = udp()?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
     socket.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, ANNOUNCE_PORT).into())?;
     to_tokio(socket)
 }

@@ -38,12 +38,13 @@ use tokio::time::Instant;
 
 use crate::api::{self, ApiServer};
 use crate::capture::ReplyCapture;
-use crate::cli::Options;
+use crate::cli::{Mode, Options};
 use crate::config::{Config, Resolved};
 use crate::control;
 use crate::datapath::{DataPath, ToDaemon};
+use crate::effects::firewall::Firewall;
+use crate::effects::local_nat::LocalNat;
 use crate::fastpath;
-use crate::firewall::Firewall;
 use crate::mapping::{self, Limits, Mappings};
 use crate::relay::SocketRelay;
 use crate::serve::{Events, Identity, IgdServer, Mapper, PortControlServer};
@@ -108,11 +109,14 @@ impl Running {
         }
         // The CGN may have restarted while the line was down; mappings restored from the
         // file are asked for again in any case.
-        let lost = cgn_state
-            .lock()
-            .unwrap()
-            .lost_state(cfg.cgn, &probed.epochs);
-        let recreate = (lost || restored) && mappings.len() > 0;
+        let (lost, moved) = {
+            let mut cgn_state = cgn_state.lock().unwrap();
+            let lost = cgn_state.lost_state(cfg.cgn, &probed.epochs);
+            (lost, cgn_state.new_wan_address(cfg.wan.addr))
+        };
+        // In double NAT the CGN maps to the WAN address: a new one needs every mapping again.
+        let moved = moved && mappings.double_nat();
+        let recreate = (lost || restored || moved) && mappings.len() > 0;
         let serving = cfg.nat_pmp && plan.serves_any();
         // The LAN's IGD is portproxy when SSDP is on and UPnP is not relayed.
         let serving_upnp = cfg.upnp_udp && plan.upnp == upstream::Handling::Serve;
@@ -519,7 +523,7 @@ async fn relay_failed(running: &mut Option<Running>) -> anyhow::Error {
     }
 }
 
-pub async fn run(opts: Options) -> Result<()> {
+pub async fn run(mut opts: Options) -> Result<()> {
     let (connection, handle, _) =
         rtnetlink::new_connection().context("opening a netlink socket")?;
     tokio::spawn(connection);
@@ -543,11 +547,30 @@ pub async fn run(opts: Options) -> Result<()> {
             "firewall: the fast path does not report grants yet; holes open only for what the socket relay carries"
         );
     }
+    let local_nat =
+        match LocalNat::install(opts.double_nat, &opts.wan_iface, opts.max_mappings as usize).await
+        {
+            Ok(local_nat) => local_nat,
+            Err(e) => {
+                if let Some(firewall) = firewall {
+                    firewall.remove().await;
+                }
+                return Err(e);
+            }
+        };
+    // In double NAT the CGN cannot reach LAN addresses: every request is answered here and
+    // mapped for the router's WAN address (`LocalNat::install` said why, once).
+    if local_nat.is_some() && opts.mode != Mode::Proxy {
+        if opts.mode == Mode::Relay {
+            warn!("--mode relay cannot work in double NAT; answering NAT-PMP, PCP and UPnP here");
+        }
+        opts.mode = Mode::Proxy;
+    }
     let limits = Limits {
         total: opts.max_mappings as usize,
         per_host: opts.max_mappings_per_host as usize,
     };
-    let mappings = Mappings::new(limits, firewall, stats.clone());
+    let mappings = Mappings::new(limits, firewall, local_nat, stats.clone());
     let control = match control::bind(&state_dir) {
         Ok(listener) => tokio::spawn(control::serve(listener, mappings.clone())),
         Err(e) => {

@@ -80,6 +80,14 @@ impl Daemon {
         Ok(())
     }
 
+    /// Stops it with SIGTERM and waits (at most `within`) for it to exit: its exit status.
+    pub fn stop(&mut self, within: Duration) -> Result<std::process::ExitStatus> {
+        // SAFETY: plain syscall on our own, unreaped child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        wait_timeout(&mut self.child, within)?
+            .with_context(|| format!("{} still running {within:?} after SIGTERM", self.name))
+    }
+
     /// Everything the process has written so far.
     pub fn log(&self) -> String {
         match std::fs::read(&self.log) {

@@ -122,6 +122,22 @@ pub struct Hole {
     pub expires: u64,
 }
 
+/// A port number in nft's JSON, 0 if it is none.
+fn port(v: &Value) -> u16 {
+    v.as_u64().and_then(|p| u16::try_from(p).ok()).unwrap_or(0)
+}
+
+/// One forward of portproxy's double-NAT maps: the CPE's port to a LAN host's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    pub protocol: String,
+    pub local_port: u16,
+    pub host: String,
+    pub internal_port: u16,
+    /// Seconds left before the kernel removes it; 0 for one without a timeout.
+    pub expires: u64,
+}
+
 impl Lab {
     /// `portproxy mappings --json` of the daemon running with the lab's state directory.
     pub fn portproxy_mappings(&self) -> Result<Value> {
@@ -169,9 +185,71 @@ impl Lab {
         Ok(holes)
     }
 
+    /// The forwards in portproxy's double-NAT maps in the CPE (`table inet portproxy_nat`:
+    /// `hosts` and `ports`, each keyed by protocol and local port); an error if the table is
+    /// missing.
+    pub fn forwards(&self) -> Result<Vec<Forward>> {
+        let map = |name: &str| -> Result<Vec<(String, u16, Value, u64)>> {
+            let output = self
+                .cpe()
+                .run("nft", &["-j", "list", "map", "inet", "portproxy_nat", name])?;
+            let json: Value =
+                serde_json::from_slice(&output.stdout).context("parsing nft -j list map")?;
+            let mut elements = Vec::new();
+            for object in json["nftables"].as_array().into_iter().flatten() {
+                // `[{"elem": {"val": {"concat": [proto, port]}, "expires": N}}, target]` with a
+                // timeout, `[{"concat": [proto, port]}, target]` without one.
+                for pair in object["map"]["elem"].as_array().into_iter().flatten() {
+                    let key = &pair[0];
+                    let (concat, inner) = match key.get("elem") {
+                        Some(inner) => (&inner["val"]["concat"], inner),
+                        None => (&key["concat"], key),
+                    };
+                    elements.push((
+                        concat[0].as_str().unwrap_or_default().to_string(),
+                        port(&concat[1]),
+                        pair[1].clone(),
+                        inner["expires"].as_u64().unwrap_or(0),
+                    ));
+                }
+            }
+            Ok(elements)
+        };
+        let ports = map("ports")?;
+        let mut forwards = Vec::new();
+        for (protocol, local_port, host, expires) in map("hosts")? {
+            let internal_port = ports
+                .iter()
+                .find(|(p, l, ..)| *p == protocol && *l == local_port)
+                .map_or(0, |(_, _, target, _)| port(target));
+            forwards.push(Forward {
+                protocol,
+                local_port,
+                host: host.as_str().unwrap_or_default().to_string(),
+                internal_port,
+                expires,
+            });
+        }
+        ensure!(
+            forwards.len() == ports.len(),
+            "the maps hosts and ports differ: {forwards:?} {ports:?}"
+        );
+        Ok(forwards)
+    }
+
+    /// Whether portproxy's double-NAT table exists in the CPE.
+    pub fn has_local_nat_table(&self) -> Result<bool> {
+        let output = self.cpe().run("nft", &["list", "tables"])?;
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .any(|l| l.trim() == "table inet portproxy_nat"))
+    }
+
     /// Whether portproxy's nftables table exists in the CPE.
     pub fn has_portproxy_table(&self) -> Result<bool> {
         let output = self.cpe().run("nft", &["list", "tables"])?;
-        Ok(String::from_utf8_lossy(&output.stdout).contains("table inet portproxy"))
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .any(|l| l.trim() == "table inet portproxy"))
     }
 }

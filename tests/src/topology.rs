@@ -88,11 +88,27 @@ table inet fw4 {
 }
 "#;
 
+/// The CPE's source NAT as OpenWrt's fw4 writes it for a masqueraded `wan` zone whose
+/// device is the softwire: the postrouting chain jumps to the zone's chain, which
+/// masquerades IPv4. A NAT444 CPE (or a router behind the provider's) has it.
+const CPE_SRCNAT: &str = r#"
+table inet fw4 {
+    chain srcnat {
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname "softwire" jump srcnat_wan comment "!fw4: Handle wan IPv4/IPv6 srcnat traffic"
+    }
+    chain srcnat_wan {
+        meta nfproto ipv4 masquerade comment "!fw4: Masquerade IPv4 wan traffic"
+    }
+}
+"#;
+
 /// Options of a [`Lab`].
 pub struct LabBuilder {
     softwire: Softwire,
     miniupnpd: cgn::Miniupnpd,
     cpe_firewall: bool,
+    nat444: bool,
 }
 
 impl LabBuilder {
@@ -122,6 +138,14 @@ impl LabBuilder {
         self
     }
 
+    /// Double NAT (NAT444): the CPE masquerades the LAN out of the softwire like fw4
+    /// (`CPE_SRCNAT`), and the CGN has no route to the LAN, so nothing passes between them
+    /// that the CPE did not translate. miniupnpd then sees only the CPE's address.
+    pub fn nat444(mut self) -> LabBuilder {
+        self.nat444 = true;
+        self
+    }
+
     /// Builds the lab and starts miniupnpd; everything is removed again on error.
     pub fn build(self) -> Result<Lab> {
         static CLEANUP: Once = Once::new();
@@ -142,6 +166,7 @@ impl LabBuilder {
             dir,
             daemons: AtomicU32::new(0),
             miniupnpd_options: self.miniupnpd,
+            nat444: self.nat444,
             miniupnpd: None,
             pipe: None,
             cgn_tun: None,
@@ -155,6 +180,11 @@ impl LabBuilder {
         if self.cpe_firewall {
             let path = lab.dir.join("cpe.nft");
             fs::write(&path, CPE_FIREWALL).with_context(|| format!("writing {path:?}"))?;
+            lab.cpe().run("nft", &["-f", &path.to_string_lossy()])?;
+        }
+        if self.nat444 {
+            let path = lab.dir.join("cpe-srcnat.nft");
+            fs::write(&path, CPE_SRCNAT).with_context(|| format!("writing {path:?}"))?;
             lab.cpe().run("nft", &["-f", &path.to_string_lossy()])?;
         }
         cgn::install_ruleset(lab.cgn(), &lab.dir, self.miniupnpd.kind)?;
@@ -174,6 +204,8 @@ pub struct Lab {
     daemons: AtomicU32,
     /// miniupnpd's configuration (what the CGN speaks...), kept for [`Lab::restart_cgn`].
     miniupnpd_options: cgn::Miniupnpd,
+    /// Double NAT: the CPE masquerades the LAN, the CGN has no route to it.
+    nat444: bool,
     miniupnpd: Option<Daemon>,
     /// The L3 softwire's forwarder.
     pipe: Option<TunPipe>,
@@ -198,6 +230,7 @@ impl Lab {
                 pcp_max_lifetime: None,
             },
             cpe_firewall: false,
+            nat444: false,
         }
     }
 
@@ -367,6 +400,7 @@ impl Lab {
             show(self.cpe(), "ip", &["-br", "addr"]),
             show(self.cpe(), "ip", &["route"]),
             show(self.cpe(), "nft", &["list", "ruleset"]),
+            show(self.cgn(), "ip", &["route"]),
             show(self.cgn(), "nft", &["list", "table", "inet", "nat"]),
             format!("=== miniupnpd log\n{miniupnpd}"),
         ]
@@ -517,9 +551,11 @@ impl Lab {
         };
         let cgn = self.cgn();
         cgn.ip("link set softwire up")?;
-        cgn.ip(&format!(
-            "route add 192.168.1.0/24 via {CPE_SOFTWIRE_IP} dev softwire"
-        ))?;
+        if !self.nat444 {
+            cgn.ip(&format!(
+                "route add 192.168.1.0/24 via {CPE_SOFTWIRE_IP} dev softwire"
+            ))?;
+        }
         self.configure_cpe_softwire()
     }
 
@@ -532,9 +568,11 @@ impl Lab {
             Softwire::L2 => {
                 cpe.ip(&format!("addr del {CPE_SOFTWIRE_IP}/29 dev softwire"))?;
                 cpe.ip(&format!("addr add {addr}/29 dev softwire"))?;
-                cgn.ip(&format!(
-                    "route replace 192.168.1.0/24 via {addr} dev softwire"
-                ))?;
+                if !self.nat444 {
+                    cgn.ip(&format!(
+                        "route replace 192.168.1.0/24 via {addr} dev softwire"
+                    ))?;
+                }
             }
             Softwire::L3 => {
                 cpe.ip(&format!(

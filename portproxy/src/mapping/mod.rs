@@ -1,6 +1,6 @@
 //! The mapping table: one entry per mapping the CGN granted to a LAN host,
-//! learned from the grants portproxy relays, and the firewall holes that follow
-//! it (see `firewall`).
+//! learned from the grants portproxy relays, and the router's own state that follows
+//! it (`effects`): the firewall holes and, in double NAT, the local forwards.
 //!
 //! `table` is the pure bookkeeping (quotas, expiry, deletes) over a clock given
 //! by the caller; [`Mappings`] is the daemon's single instance of it, shared by
@@ -25,7 +25,8 @@ pub use table::{Learned, Limits, Refused, Table};
 
 use crate::clock::boot_time as now;
 use crate::config::Side;
-use crate::firewall::Firewall;
+use crate::effects::firewall::Firewall;
+use crate::effects::local_nat::LocalNat;
 use crate::proto::Transport;
 use crate::stats::{Counter, Stats};
 
@@ -128,6 +129,9 @@ pub struct Grant {
     pub backing: Backing,
     /// The client tuple whose request the CGN answered.
     pub client: SocketAddrV4,
+    /// Double NAT: the port of the router's WAN address that the CGN maps to and the router
+    /// forwards to the host (`effects::local_nat`); `None` when the CGN maps to the host.
+    pub local_port: Option<u16>,
 }
 
 /// One mapping. Times are since boot (`CLOCK_BOOTTIME`, which keeps counting
@@ -143,6 +147,8 @@ pub struct Entry {
     pub origin: Origin,
     pub backing: Backing,
     pub client: SocketAddrV4,
+    /// As in `Grant`.
+    pub local_port: Option<u16>,
     pub first_seen: Duration,
     pub last_seen: Duration,
 }
@@ -168,6 +174,9 @@ pub struct View {
     #[serde(default)]
     pub upstream: String,
     pub client: SocketAddrV4,
+    /// Double NAT: the port of the router's WAN address forwarded to the host.
+    #[serde(default)]
+    pub local_port: Option<u16>,
     pub first_seen_secs_ago: u64,
     pub last_seen_secs_ago: u64,
 }
@@ -202,9 +211,19 @@ impl View {
             description,
             upstream: e.backing.name().to_string(),
             client: e.client,
+            local_port: e.local_port,
             first_seen_secs_ago: ago(e.first_seen),
             last_seen_secs_ago: ago(e.last_seen),
         }
+    }
+}
+
+/// Who the CGN maps `key` to: the host and its internal port, or in double NAT (a
+/// `local_port`) the router's WAN address `wan` and that port.
+pub fn seen_upstream(key: &Key, local_port: Option<u16>, wan: Ipv4Addr) -> (Ipv4Addr, u16) {
+    match local_port {
+        Some(port) => (wan, port),
+        None => (key.host, key.internal_port),
     }
 }
 
@@ -221,6 +240,8 @@ pub fn is_lan_host(host: Ipv4Addr, lan: &Side, own: &[Ipv4Addr]) -> bool {
 struct State {
     table: Table,
     firewall: Option<Firewall>,
+    /// Double NAT: the local halves of the mappings.
+    local_nat: Option<LocalNat>,
     /// The CGN's external address, from its NAT-PMP public address answers or
     /// PCP grants (NAT-PMP map responses do not carry it).
     public_addr: Option<Ipv4Addr>,
@@ -247,15 +268,24 @@ pub struct Mappings {
     renewed: AtomicBool,
     /// Changes of `Observed` (see `watch`).
     observed: watch::Sender<Observed>,
+    /// Whether `State::local_nat` is there (read without the lock; fixed at start).
+    double_nat: bool,
     stats: Arc<Stats>,
 }
 
 impl Mappings {
-    pub fn new(limits: Limits, firewall: Option<Firewall>, stats: Arc<Stats>) -> Arc<Mappings> {
+    pub fn new(
+        limits: Limits,
+        firewall: Option<Firewall>,
+        local_nat: Option<LocalNat>,
+        stats: Arc<Stats>,
+    ) -> Arc<Mappings> {
         Arc::new(Mappings {
+            double_nat: local_nat.is_some(),
             state: Mutex::new(State {
                 table: Table::new(limits),
                 firewall,
+                local_nat,
                 public_addr: None,
             }),
             held: AtomicUsize::new(0),
@@ -302,6 +332,21 @@ impl Mappings {
         self.state.lock().await.table.get(key).cloned()
     }
 
+    /// Whether the router translates the LAN itself, so every mapping has a local half.
+    pub fn double_nat(&self) -> bool {
+        self.double_nat
+    }
+
+    /// The mapping forwarded from the router's `proto` port `port` (double NAT), if any.
+    pub async fn by_local_port(&self, proto: Transport, port: u16) -> Option<Entry> {
+        let state = self.state.lock().await;
+        state
+            .table
+            .entries()
+            .find(|e| e.key.proto == proto && e.local_port == Some(port))
+            .cloned()
+    }
+
     /// The mapping of external port `port` for `proto`, if the table has it.
     pub async fn by_external(&self, proto: Transport, port: u16) -> Option<Entry> {
         let state = self.state.lock().await;
@@ -329,11 +374,14 @@ impl Mappings {
             .collect()
     }
 
-    /// Takes in a grant and opens its hole; returns when the hole is open (or
-    /// the grant was refused), so the caller may then pass the grant on.
+    /// Takes in a grant and opens its hole (and its local forward in double NAT); returns
+    /// when they are open (or the grant was refused), so the caller may then pass the
+    /// grant on.
     pub async fn granted(&self, mut grant: Grant) -> Result<(), Refused> {
         let now = now();
         let mut state = self.state.lock().await;
+        // Double NAT: the local port the mapping had, if a racing request gave it another.
+        let forwarded = state.table.get(&grant.key).and_then(|e| e.local_port);
         match grant.external.ip() {
             ip if ip.is_unspecified() => {
                 if let Some(public) = state.public_addr {
@@ -382,8 +430,21 @@ impl Mappings {
                 debug!("mapping {} renewed {lifetime}", entry.key);
             }
         }
+        let remaining = entry.expires.map(|t| t.saturating_sub(now));
+        if let Some(local_nat) = &state.local_nat
+            && let Some(old) = forwarded.filter(|&old| Some(old) != entry.local_port)
+            && let Err(e) = local_nat.unforward(old, &entry.key).await
+        {
+            self.stats.add(Counter::FirewallErrors);
+            warn!("{e:#}");
+        }
+        if let (Some(local_nat), Some(port)) = (&state.local_nat, entry.local_port) {
+            if let Err(e) = local_nat.forward(port, &entry.key, remaining).await {
+                self.stats.add(Counter::FirewallErrors);
+                warn!("{e:#}");
+            }
+        }
         if let Some(firewall) = &state.firewall {
-            let remaining = entry.expires.map(|t| t.saturating_sub(now));
             if let Err(e) = firewall.open(&entry.key, remaining).await {
                 self.stats.add(Counter::FirewallErrors);
                 warn!("{e:#}");
@@ -411,7 +472,7 @@ impl Mappings {
         self.closed(&state, gone.into_iter().collect()).await;
     }
 
-    /// Counts and logs deleted entries and closes their holes.
+    /// Counts and logs deleted entries and closes their holes and local forwards.
     async fn closed(&self, state: &State, gone: Vec<Entry>) {
         self.held.store(state.table.len(), Ordering::Relaxed);
         self.publish(state);
@@ -427,11 +488,17 @@ impl Mappings {
                     warn!("{e:#}");
                 }
             }
+            if let (Some(local_nat), Some(port)) = (&state.local_nat, entry.local_port) {
+                if let Err(e) = local_nat.unforward(port, &entry.key).await {
+                    self.stats.add(Counter::FirewallErrors);
+                    warn!("{e:#}");
+                }
+            }
         }
     }
 
-    /// Drops the mappings whose lifetime ran out. Their holes have closed by
-    /// their own timeouts already.
+    /// Drops the mappings whose lifetime ran out. Their holes and local forwards have
+    /// closed by their own timeouts already.
     pub async fn expire(&self) {
         let mut state = self.state.lock().await;
         let expired = state.table.expire(now());
@@ -457,8 +524,20 @@ impl Mappings {
                 return 0;
             }
         };
+        // A mapping made with double NAT (a local half) cannot be kept without, nor one made
+        // for the host itself with: the CGN maps to the wrong address. Its client asks again.
+        let (fits, other): (Vec<Grant>, Vec<Grant>) = grants
+            .into_iter()
+            .partition(|g| g.local_port.is_some() == self.double_nat);
+        if !other.is_empty() {
+            warn!(
+                "not restoring {} mappings made {} double NAT",
+                other.len(),
+                if self.double_nat { "without" } else { "with" }
+            );
+        }
         let mut restored = 0;
-        for grant in grants.into_iter().filter(|g| allowed(g.key.host)) {
+        for grant in fits.into_iter().filter(|g| allowed(g.key.host)) {
             if self.granted(grant).await.is_ok() {
                 restored += 1;
             }
@@ -508,10 +587,14 @@ impl Mappings {
         self.state.lock().await.firewall.is_some()
     }
 
-    /// Removes the firewall table, closing every hole (at exit).
+    /// Removes the firewall and local NAT tables, closing every hole and forward (at exit).
     pub async fn close_firewall(&self) {
-        if let Some(firewall) = self.state.lock().await.firewall.take() {
+        let mut state = self.state.lock().await;
+        if let Some(firewall) = state.firewall.take() {
             firewall.remove().await;
+        }
+        if let Some(local_nat) = state.local_nat.take() {
+            local_nat.remove().await;
         }
     }
 }
@@ -542,12 +625,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn mappings_come_back_only_with_the_nat_they_were_made_with() {
+        let path =
+            std::env::temp_dir().join(format!("portproxy-restore-nat-{}.json", std::process::id()));
+        let host = Ipv4Addr::new(192, 168, 1, 2);
+        let entry = |internal_port, local_port| Entry {
+            key: Key {
+                host,
+                proto: Transport::Tcp,
+                internal_port,
+            },
+            external: SocketAddrV4::new(Ipv4Addr::new(203, 0, 114, 1), internal_port),
+            lifetime: 600,
+            expires: Some(now() + Duration::from_secs(600)),
+            origin: Origin::NatPmp,
+            backing: Backing::NatPmp,
+            client: SocketAddrV4::new(host, 40000),
+            local_port,
+            first_seen: now(),
+            last_seen: now(),
+        };
+        let saved = [entry(8080, None), entry(8081, Some(9081))];
+        persist::save(&path, saved.iter(), now()).unwrap();
+        let limits = Limits {
+            total: 8,
+            per_host: 8,
+        };
+        let mappings = Mappings::new(limits, None, None, Arc::default());
+        assert_eq!(mappings.restore(&path, |_| true).await, 1);
+        assert_eq!(mappings.entries().await[0].key.internal_port, 8080);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[tokio::test]
     async fn watchers_see_the_address_and_the_count_change_and_nothing_else() {
         let mappings = Mappings::new(
             Limits {
                 total: 8,
                 per_host: 8,
             },
+            None,
             None,
             Arc::default(),
         );
@@ -578,6 +695,7 @@ mod tests {
             origin: Origin::NatPmp,
             backing: Backing::Relayed,
             client: SocketAddrV4::new(host, 40000),
+            local_port: None,
         };
         mappings.granted(grant.clone()).await.unwrap();
         assert_eq!(watch.borrow_and_update().len, 1);

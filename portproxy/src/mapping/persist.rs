@@ -80,6 +80,9 @@ struct Saved {
     /// The nonce portproxy's own PCP MAP used (hex).
     upstream_nonce: Option<String>,
     client: SocketAddrV4,
+    /// Double NAT: the router's port forwarded to the host (absent in older files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    local_port: Option<u16>,
 }
 
 fn unix_now() -> u64 {
@@ -140,6 +143,7 @@ impl Saved {
             upstream: e.backing.name().to_string(),
             upstream_nonce,
             client: e.client,
+            local_port: e.local_port,
         }
     }
 
@@ -199,6 +203,7 @@ impl Saved {
             origin,
             backing,
             client: self.client,
+            local_port: self.local_port,
         })
     }
 
@@ -292,6 +297,7 @@ mod tests {
             origin,
             backing,
             client: SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 2), 40000),
+            local_port: None,
             first_seen: Duration::ZERO,
             last_seen: Duration::ZERO,
         }

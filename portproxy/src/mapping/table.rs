@@ -85,6 +85,7 @@ impl Table {
             entry.origin = grant.origin;
             entry.backing = grant.backing;
             entry.client = grant.client;
+            entry.local_port = grant.local_port;
             entry.last_seen = now;
             return Ok(Learned::Renewed(entry.clone()));
         }
@@ -103,6 +104,7 @@ impl Table {
             origin: grant.origin,
             backing: grant.backing,
             client: grant.client,
+            local_port: grant.local_port,
             first_seen: now,
             last_seen: now,
         };
@@ -202,6 +204,7 @@ mod tests {
             origin: Origin::NatPmp,
             backing: Backing::Relayed,
             client: SocketAddrV4::new(host, 40000),
+            local_port: None,
         }
     }
 

@@ -250,6 +250,7 @@ impl HttpRelay {
                     },
                     backing: Backing::Relayed,
                     client,
+                    local_port: None,
                 };
                 // Refused grants are counted and logged by the table; the answer passes.
                 let _ = self.mappings.granted(grant).await;

@@ -523,6 +523,7 @@ pub async fn learn(
             origin,
             backing: Backing::Relayed,
             client,
+            local_port: None,
         })
         .await;
 }

@@ -1,17 +1,29 @@
 //! What every server on the LAN does with a request once its protocol is understood: map
 //! or delete at the CGN as the requesting host (`upstream`), in the protocol the CGN speaks,
 //! and keep the table (and so the firewall) in step with what the CGN holds.
+//!
+//! In double NAT the CGN never sees LAN addresses: a mapping is asked for as the router
+//! itself (its WAN address and a local port, PCP without THIRD_PARTY), and the table
+//! forwards that local port to the host (`effects::local_nat`). The local port is the
+//! mapping's while it lasts; a new one is the external port asked for when that is free
+//! (neither a socket of the router nor another mapping's), else the internal port, else
+//! one spread over the range.
 
+use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use log::debug;
 
 use super::Identity;
 use crate::config::Config;
+use crate::effects::local_nat::{self, FIRST_LOCAL_PORT};
 use crate::mapping::{self, Backing, Entry, Grant, Key, Mappings, Origin, Refused};
 use crate::proto::Transport;
-use crate::upstream::{self, Ask, Failure, Granted, Igd, SocketPool, Upstream, Via};
+use crate::upstream::{self, Ask, Failure, Granted, Igd, SocketPool, Upstream, Via, other_port};
+
+/// Spread ports tried for a local port when neither the asked-for nor the internal one is free.
+const LOCAL_PORT_TRIES: u32 = 16;
 
 pub struct Mapper {
     cfg: Arc<Config>,
@@ -22,6 +34,25 @@ pub struct Mapper {
     pub mappings: Arc<Mappings>,
     pub identity: Arc<Identity>,
     sockets: Arc<SocketPool>,
+    /// Double NAT: local ports chosen for requests still at the CGN, not yet in the table.
+    choosing: Choosing,
+}
+
+/// Local ports held by requests in flight, by protocol.
+type Choosing = Mutex<HashSet<(Transport, u16)>>;
+
+/// A local port held for one request until it is in the table (or failed).
+struct Chosen<'a> {
+    port: u16,
+    held: Option<(&'a Choosing, Transport)>,
+}
+
+impl Drop for Chosen<'_> {
+    fn drop(&mut self) {
+        if let Some((choosing, proto)) = self.held {
+            choosing.lock().unwrap().remove(&(proto, self.port));
+        }
+    }
 }
 
 impl Mapper {
@@ -39,6 +70,7 @@ impl Mapper {
             mappings,
             identity,
             sockets: Arc::default(),
+            choosing: Mutex::default(),
         }
     }
 
@@ -81,13 +113,23 @@ impl Mapper {
             return Err(Failure::NotAuthorized);
         }
         let upstream = self.upstream()?;
+        let entry = self.mappings.get(&key).await;
+        let local = match self.mappings.double_nat() {
+            true => {
+                let wanted = [suggested_port, key.internal_port];
+                Some(self.local_port(&key, entry.as_ref(), wanted).await?)
+            }
+            false => None,
+        };
+        let (host, internal_port) =
+            mapping::seen_upstream(&key, local.as_ref().map(|c| c.port), self.cfg.wan.addr);
         // A renewal goes with the nonce that made the mapping (it may come from a file
         // written by an earlier run, whose derived nonces differ).
-        let backing = self.mappings.get(&key).await.map(|e| e.backing);
+        let backing = entry.map(|e| e.backing);
         let ask = Ask {
-            host: key.host,
+            host,
             proto: key.proto,
-            internal_port: key.internal_port,
+            internal_port,
             suggested_port,
             lifetime,
             prefer_failure,
@@ -109,6 +151,7 @@ impl Mapper {
             origin,
             backing,
             client,
+            local_port: local.as_ref().map(|c| c.port),
         };
         if let Err(refused) = self.mappings.granted(grant).await {
             // Nothing may exist at the CGN that the table (and so the firewall) does not hold.
@@ -138,10 +181,15 @@ impl Mapper {
         }
         let upstream = self.upstream()?;
         let origin = entry.as_ref().map_or(Origin::NatPmp, |e| e.origin.clone());
+        let (host, internal_port) = mapping::seen_upstream(
+            &key,
+            entry.as_ref().and_then(|e| e.local_port),
+            self.cfg.wan.addr,
+        );
         let ask = Ask {
-            host: key.host,
+            host,
             proto: key.proto,
-            internal_port: key.internal_port,
+            internal_port,
             // UPnP deletes by external port.
             suggested_port: entry.as_ref().map_or(0, |e| e.external.port()),
             lifetime: 0,
@@ -152,6 +200,39 @@ impl Mapper {
         let at_cgn = upstream.map(&ask).await.map(|_| ());
         self.mappings.deleted(key).await;
         at_cgn
+    }
+
+    /// Double NAT: the router's port for `key`: the one its mapping (`entry`) has, else the
+    /// first free of `wanted` and a few spread ports, held until the request is done.
+    async fn local_port(
+        &self,
+        key: &Key,
+        entry: Option<&Entry>,
+        wanted: [u16; 2],
+    ) -> Result<Chosen<'_>, Failure> {
+        if let Some(port) = entry.and_then(|e| e.local_port) {
+            return Ok(Chosen { port, held: None });
+        }
+        let spread = (1..=LOCAL_PORT_TRIES).map(|n| other_port(key.host, key.internal_port, n));
+        for port in wanted.into_iter().chain(spread) {
+            if port < FIRST_LOCAL_PORT || !self.choosing.lock().unwrap().insert((key.proto, port)) {
+                continue;
+            }
+            // Held first, then checked: a request that held it before is in the table by
+            // the time it lets go.
+            let chosen = Chosen {
+                port,
+                held: Some((&self.choosing, key.proto)),
+            };
+            if local_nat::port_in_use(key.proto, port, self.cfg.wan.addr)
+                || self.mappings.by_local_port(key.proto, port).await.is_some()
+            {
+                continue;
+            }
+            return Ok(chosen);
+        }
+        debug!("no free local port for {key}");
+        Err(Failure::NoResources)
     }
 
     /// Removes `entry` on a person's behalf (the API): deleted at the CGN with the protocol
@@ -167,10 +248,12 @@ impl Mapper {
             igd: self.igd.clone(),
             sockets: self.sockets.clone(),
         };
+        let (host, internal_port) =
+            mapping::seen_upstream(&entry.key, entry.local_port, self.cfg.wan.addr);
         let ask = Ask {
-            host: entry.key.host,
+            host,
             proto: entry.key.proto,
-            internal_port: entry.key.internal_port,
+            internal_port,
             suggested_port: entry.external.port(),
             lifetime: 0,
             prefer_failure: false,

@@ -18,7 +18,7 @@ use tokio::net::UdpSocket;
 
 use super::{Failure, Igd, Nonces, Via};
 use crate::proto::{Transport, natpmp, pcp};
-use crate::sockets;
+use crate::sockets::{self, Sender};
 
 const TRIES: [Duration; 3] = [
     Duration::from_millis(250),
@@ -76,9 +76,27 @@ const IDLE_MAX: usize = 256;
 #[derive(Debug, Default)]
 pub struct SocketPool {
     idle: Mutex<HashMap<(Ipv4Addr, SocketAddrV4), Vec<UdpSocket>>>,
+    /// Whose address the sockets send from.
+    sender: Sender,
 }
 
 impl SocketPool {
+    /// A pool of sockets that send as `sender`.
+    pub fn new(sender: Sender) -> SocketPool {
+        SocketPool {
+            sender,
+            ..SocketPool::default()
+        }
+    }
+
+    /// A socket that sends as `from` (any port) to `cgn`.
+    fn connect(&self, from: Ipv4Addr, cgn: SocketAddrV4) -> Result<UdpSocket, Failure> {
+        sockets::udp_to(self.sender, SocketAddrV4::new(from, 0), cgn).map_err(|e| {
+            debug!("cannot send to the CGN as {from}: {e}");
+            Failure::NetworkFailure
+        })
+    }
+
     /// An idle socket sending as `from` to `cgn`, emptied of late answers, or a new one.
     fn take(&self, from: Ipv4Addr, cgn: SocketAddrV4) -> Result<UdpSocket, Failure> {
         let socket = {
@@ -96,7 +114,7 @@ impl SocketPool {
                 while socket.try_recv(&mut buf).is_ok() {}
                 Ok(socket)
             }
-            None => connect(from, cgn),
+            None => self.connect(from, cgn),
         }
     }
 
@@ -154,7 +172,7 @@ impl Upstream {
         if self.via == Via::Upnp {
             return self.igd()?.external_address(wan).await;
         }
-        let socket = connect(wan, self.cgn)?;
+        let socket = self.sockets.connect(wan, self.cgn)?;
         match self.via {
             Via::NatPmp => {
                 let answer = exchange(&socket, &[natpmp::VERSION, 0], |msg| {
@@ -307,14 +325,6 @@ async fn pcp_exchange(socket: &UdpSocket, ask: &Ask) -> Result<Granted, Failure>
 /// before it, which may have been a delete of the same mapping.
 fn same_intent(ask: &Ask, success: bool, lifetime_zero: bool) -> bool {
     !success || lifetime_zero == (ask.lifetime == 0)
-}
-
-/// A socket that sends as `from` (any port) to `cgn`.
-fn connect(from: Ipv4Addr, cgn: SocketAddrV4) -> Result<UdpSocket, Failure> {
-    sockets::transparent_udp(SocketAddrV4::new(from, 0), cgn).map_err(|e| {
-        debug!("cannot send to the CGN as {from}: {e}");
-        Failure::NetworkFailure
-    })
 }
 
 /// Sends `request` until `answer` accepts a datagram, or `TRIES` run out.

@@ -163,8 +163,8 @@ const CONFLICT_TRIES: u32 = 4;
 
 /// The `n`th port tried after a conflict: spread over 1024-65535 (neighbours of a taken port
 /// are often taken too), the same for the same host and port, so a retried request asks for
-/// the same ports again.
-fn other_port(host: Ipv4Addr, internal: u16, n: u32) -> u16 {
+/// the same ports again. Also the router's local ports in double NAT (`serve::Mapper`).
+pub fn other_port(host: Ipv4Addr, internal: u16, n: u32) -> u16 {
     let seed = u32::from(host) ^ (u32::from(internal) << 8) ^ n.wrapping_mul(0x9e37_79b9);
     let mixed = seed
         .wrapping_mul(0x85eb_ca6b)

@@ -5,7 +5,8 @@
 //! PCP ANNOUNCE, a NAT-PMP public address request: what it speaks), and right away when
 //! the CGN announces itself on 224.0.0.1:5350. An epoch that says the CGN lost its state
 //! (`EpochWatch`), or a new external address, makes it:
-//! 1. re-create every mapping the table holds, as the host that has it, with the external
+//! 1. re-create every mapping the table holds, as the host that has it (in double NAT: as
+//!    the router, for the mapping's local port), with the external
 //!    port it had suggested and the lifetime it has left: proxied ones with the protocol and
 //!    nonce that made them, relayed ones with the client's own protocol (a PCP client's
 //!    nonce is in the table) for the rest of the lifetime their client was granted;
@@ -26,7 +27,7 @@ use super::probe::{self, Epochs};
 use super::{Ask, Handling, Plan, SocketPool, Speaks, Upstream, Via};
 use crate::clock::boot_time;
 use crate::config::Config;
-use crate::mapping::{Backing, Entry, Grant, Mappings, Origin};
+use crate::mapping::{self, Backing, Entry, Grant, Mappings, Origin};
 use crate::proto::{natpmp, pcp};
 use crate::serve::Identity;
 use crate::sockets;
@@ -52,14 +53,26 @@ pub struct CgnState {
     pcp: EpochWatch,
     nat_pmp: EpochWatch,
     public_addr: Option<Ipv4Addr>,
+    /// The router's WAN address the last data path ran with.
+    wan_addr: Option<Ipv4Addr>,
 }
 
 impl CgnState {
+    /// Takes in the router's WAN address; true when it changed. In double NAT the CGN maps
+    /// to that address, so every mapping must be made again for the new one (the old ones
+    /// run out at the CGN by themselves: the old address is gone).
+    pub fn new_wan_address(&mut self, wan: Ipv4Addr) -> bool {
+        self.wan_addr
+            .replace(wan)
+            .is_some_and(|before| before != wan)
+    }
+
     /// Takes in what the CGN at `cgn` answered; true when its mappings must be re-created.
     pub fn lost_state(&mut self, cgn: Ipv4Addr, epochs: &Epochs) -> bool {
         if self.cgn != Some(cgn) {
             *self = CgnState {
                 cgn: Some(cgn),
+                wan_addr: self.wan_addr,
                 ..CgnState::default()
             };
         }
@@ -187,7 +200,8 @@ impl Keeper {
     /// if some mapping could not be made again.
     async fn after_loss(&self, epochs: Epochs) -> bool {
         warn!(
-            "the CGN {} lost its mappings (restarted) or changed its external address; re-creating them",
+            "the CGN {} lost its mappings (restarted) or changed its external address, or (double \
+             NAT) this router's WAN address changed; re-creating them",
             self.cfg.cgn
         );
         if let Some((_, addr)) = epochs.nat_pmp {
@@ -212,10 +226,12 @@ impl Keeper {
             let Some(left) = entry.expires.and_then(|t| t.checked_sub(now)) else {
                 continue;
             };
+            let (host, internal_port) =
+                mapping::seen_upstream(&entry.key, entry.local_port, self.cfg.wan.addr);
             let ask = Ask {
-                host: entry.key.host,
+                host,
                 proto: entry.key.proto,
-                internal_port: entry.key.internal_port,
+                internal_port,
                 suggested_port: entry.external.port(),
                 lifetime: u32::try_from(left.as_secs().max(1)).unwrap_or(u32::MAX),
                 prefer_failure: false,
@@ -244,6 +260,7 @@ impl Keeper {
                         origin: entry.origin.clone(),
                         backing: entry.backing,
                         client: entry.client,
+                        local_port: entry.local_port,
                     };
                     // A refusal is counted and logged by the table.
                     let _ = self.mappings.granted(grant).await;
@@ -335,5 +352,16 @@ mod tests {
         );
         // Another CGN: nothing to compare with yet.
         assert!(!s.lost_state(Ipv4Addr::new(192, 0, 0, 9), &seen(Some(1), None)));
+    }
+
+    #[test]
+    fn a_new_wan_address_is_noticed_once() {
+        let mut s = CgnState::default();
+        let (wan, other) = (Ipv4Addr::new(100, 64, 0, 2), Ipv4Addr::new(100, 64, 0, 3));
+        assert!(!s.new_wan_address(wan), "the first is no change");
+        assert!(!s.new_wan_address(wan));
+        assert!(s.new_wan_address(other));
+        assert!(!s.lost_state(CGN, &Epochs::default()));
+        assert!(!s.new_wan_address(other), "kept across another CGN");
     }
 }

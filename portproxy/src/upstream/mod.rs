@@ -18,10 +18,11 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use client::{Ask, Granted, SocketPool, Upstream};
-pub use igd::Igd;
+pub use epoch::EpochWatch;
+pub use igd::{Igd, other_port};
 pub use keeper::{CgnState, Keeper, made_with};
 pub use nonce::Nonces;
-pub use probe::{Probed, probe};
+pub use probe::{Probed, port_control, probe, search_igd};
 
 use crate::cli::Mode;
 use crate::proto::{natpmp, pcp};

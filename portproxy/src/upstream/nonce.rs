@@ -3,7 +3,7 @@
 //! reach it with the same one: each mapping's nonce is a keyed hash of what identifies it,
 //! with a key chosen at random when the daemon starts.
 
-use std::hash::{BuildHasher, Hasher, RandomState};
+use std::hash::{BuildHasher, DefaultHasher, Hash, Hasher, RandomState};
 
 use crate::mapping::Key;
 
@@ -14,6 +14,16 @@ impl Nonces {
     /// The nonce for the mapping `key`: the same for the daemon's lifetime.
     pub fn for_key(&self, key: &Key) -> [u8; 12] {
         nonce(|i| self.0.hash_one((key, i)))
+    }
+
+    /// The nonce for whatever `seed` names, the same in every process on every run (it
+    /// holds a secret if it should be unguessable).
+    pub fn derived(seed: impl Hash) -> [u8; 12] {
+        nonce(|i| {
+            let mut hasher = DefaultHasher::new();
+            (&seed, i).hash(&mut hasher);
+            hasher.finish()
+        })
     }
 
     /// A nonce for a one-off exchange.
@@ -52,5 +62,13 @@ mod tests {
             Nonces::default().for_key(&key(80))
         );
         assert_ne!(Nonces::random(), Nonces::random());
+        assert_eq!(
+            Nonces::derived(("secret", 80)),
+            Nonces::derived(("secret", 80))
+        );
+        assert_ne!(
+            Nonces::derived(("secret", 80)),
+            Nonces::derived(("other", 80))
+        );
     }
 }

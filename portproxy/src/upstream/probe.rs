@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::Speaks;
 use crate::config::Config;
 use crate::proto::{natpmp, pcp, ssdp};
-use crate::sockets;
+use crate::sockets::{self, Sender};
 
 /// How long an answer may take; NAT-PMP and PCP are asked again at 250 and 500 ms.
 const WINDOW: Duration = Duration::from_millis(1000);
@@ -68,7 +68,7 @@ pub async fn probe(cfg: &Config) -> Probed {
 /// Asks the CGN for its epoch in each of the protocols `ask` names (PCP, NAT-PMP).
 pub async fn epochs(cfg: &Config, ask: Speaks) -> Epochs {
     let cgn = SocketAddrV4::new(cfg.cgn, cfg.nat_pmp_port);
-    port_control(cfg.wan.addr, cgn, ask)
+    port_control(Sender::LanHost, cfg.wan.addr, cgn, ask)
         .await
         .unwrap_or_else(|e| {
             debug!("probing the CGN's NAT-PMP and PCP: {e}");
@@ -76,12 +76,19 @@ pub async fn epochs(cfg: &Config, ask: Speaks) -> Epochs {
         })
 }
 
-async fn port_control(wan: Ipv4Addr, cgn: SocketAddrV4, ask: Speaks) -> std::io::Result<Epochs> {
+/// Asks the NAT-PMP/PCP server at `cgn` for its epoch in each of the protocols `ask` names,
+/// sending from `wan` as `sender`.
+pub async fn port_control(
+    sender: Sender,
+    wan: Ipv4Addr,
+    cgn: SocketAddrV4,
+    ask: Speaks,
+) -> std::io::Result<Epochs> {
     let deadline = Instant::now() + WINDOW;
     // Right after an interface change the route to the CGN may not be there yet: try again
     // for the rest of the window rather than conclude it speaks nothing.
     let socket = loop {
-        match sockets::transparent_udp(SocketAddrV4::new(wan, 0), cgn) {
+        match sockets::udp_to(sender, SocketAddrV4::new(wan, 0), cgn) {
             Ok(socket) => break socket,
             Err(e) if Instant::now() + RETRY_SOCKET < deadline => {
                 debug!("probing the CGN from {wan}: {e}; again in {RETRY_SOCKET:?}");
@@ -145,23 +152,30 @@ async fn send(socket: &UdpSocket, msg: &[u8]) {
 /// its answer names.
 async fn igd(cfg: &Config) -> std::io::Result<Option<Option<String>>> {
     let socket = sockets::ssdp_searcher(&cfg.wan)?;
+    search_igd(&socket, cfg.cgn, cfg.ssdp_port).await
+}
+
+/// Whether `gateway` answers an SSDP search for an Internet Gateway Device (multicast from
+/// `socket` to the group on `port`) within `WINDOW`, and the LOCATION its answer names.
+pub async fn search_igd(
+    socket: &UdpSocket,
+    gateway: Ipv4Addr,
+    port: u16,
+) -> std::io::Result<Option<Option<String>>> {
     let search = format!(
         "M-SEARCH * HTTP/1.1\r\nHOST: {}:{}\r\nMAN: \"ssdp:discover\"\r\nMX: 1\r\n\
          ST: urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\n\r\n",
         ssdp::GROUP,
-        cfg.ssdp_port
+        port
     );
     socket
-        .send_to(
-            search.as_bytes(),
-            SocketAddrV4::new(ssdp::GROUP, cfg.ssdp_port),
-        )
+        .send_to(search.as_bytes(), SocketAddrV4::new(ssdp::GROUP, port))
         .await?;
     let deadline = Instant::now() + WINDOW;
     let mut buf = vec![0u8; ssdp::MAX_LEN];
     while let Ok(received) = tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await {
         let (len, from) = received?;
-        if from.ip() != IpAddr::V4(cfg.cgn) {
+        if from.ip() != IpAddr::V4(gateway) {
             continue;
         }
         if let Ok(answer) = ssdp::Message::parse(&buf[..len])

@@ -129,7 +129,8 @@ pub fn check_mapping_at(
 
 /// `natpmpc -g GATEWAY -a EXTERNAL INTERNAL tcp LIFETIME` in `ns`, whose output must hold
 /// `expected`; returns the output.
-fn natpmpc_tcp(
+#[allow(dead_code)] // not every test file maps with natpmpc
+pub fn natpmpc_tcp(
     ns: &Netns,
     external: u16,
     internal: u16,

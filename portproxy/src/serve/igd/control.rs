@@ -481,6 +481,7 @@ mod tests {
             },
             backing: Backing::Pcp { nonce: [1; 12] },
             client: SocketAddrV4::new(host, 40000),
+            local_port: None,
             first_seen: Duration::ZERO,
             last_seen: Duration::ZERO,
         }

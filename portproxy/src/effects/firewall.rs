@@ -23,10 +23,7 @@
 //!   or in the Debian forward chain. portproxy checks for such a rule at start
 //!   and says so when it is missing.
 //!
-//! The table is driven through the `nftables` crate (MIT/Apache, the JSON API of
-//! `nft -j`, also used by podman's netavark): one `nft` run per grant, delete or
-//! start, never per packet. `rustables` (netlink, no `nft` needed) is GPL-3.0,
-//! which this MIT/Apache project cannot take.
+//! The table is driven through the `nftables` crate, as `effects` says.
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -34,14 +31,17 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use log::{info, warn};
 use nftables::batch::Batch;
-use nftables::expr::{CT, Elem, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField};
-use nftables::helper;
+use nftables::expr::{CT, Expression, MetaKey, NamedExpression};
 use nftables::schema::{
-    Chain, Element, NfListObject, Nftables, Rule, Set, SetFlag, SetType, SetTypeValue, Table,
+    Element, NfListObject, Nftables, Rule, Set, SetFlag, SetType, SetTypeValue,
 };
 use nftables::stmt::{Mangle, Match, Operator, Statement};
-use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
+use nftables::types::{NfChainType, NfFamily, NfHook};
 
+use super::{
+    apply, base_chain, current_ruleset, meta, objects, payload, remove_table, slots, table_object,
+    timed, timeout_secs,
+};
 use crate::cli::FirewallMode;
 use crate::mapping::Key;
 
@@ -69,7 +69,7 @@ impl Firewall {
         max_holes: usize,
     ) -> Result<Option<Firewall>> {
         if mode == FirewallMode::Off {
-            remove_table().await;
+            remove_table(TABLE).await;
             return Ok(None);
         }
         let ruleset = match current_ruleset().await {
@@ -88,13 +88,13 @@ impl Firewall {
             info!(
                 "firewall: no forward chain drops by default; no holes needed (--firewall nft opens them anyway)"
             );
-            remove_table().await;
+            remove_table(TABLE).await;
             return Ok(None);
         }
         let firewall = Firewall {
             wan_iface: wan_iface.to_string(),
         };
-        remove_table().await;
+        remove_table(TABLE).await;
         apply(&firewall.table(max_holes))
             .await
             .context("creating nftables table inet portproxy")?;
@@ -117,14 +117,7 @@ impl Firewall {
     /// timeout in one transaction: an `add` alone leaves an existing element's
     /// timeout as it was.
     pub async fn open(&self, key: &Key, remaining: Option<Duration>) -> Result<()> {
-        // nft takes timeouts in whole seconds; round up so the hole never closes before the mapping.
-        let timeout = remaining.map(|r| {
-            let secs = r
-                .as_secs()
-                .saturating_add(u64::from(r.subsec_nanos() > 0))
-                .max(1);
-            u32::try_from(secs).unwrap_or(u32::MAX)
-        });
+        let timeout = timeout_secs(remaining);
         let mut batch = Batch::new();
         batch.add(element(key, None));
         batch.delete(element(key, None));
@@ -146,16 +139,12 @@ impl Firewall {
 
     /// Removes the table, and every hole with it (at exit).
     pub async fn remove(self) {
-        remove_table().await;
+        remove_table(TABLE).await;
     }
 
     fn table(&self, max_holes: usize) -> Nftables<'static> {
         let mut batch = Batch::new();
-        batch.add(NfListObject::Table(Table {
-            family: NfFamily::INet,
-            name: TABLE.into(),
-            ..Table::default()
-        }));
+        batch.add(table_object(TABLE));
         batch.add(NfListObject::Set(Box::new(Set {
             family: NfFamily::INet,
             table: TABLE.into(),
@@ -166,21 +155,16 @@ impl Firewall {
                 SetType::InetService,
             ])),
             flags: Some([SetFlag::Timeout].into_iter().collect()),
-            // Room for twice the table: an expired element holds its slot until the
-            // kernel's garbage collection, while the table may already take a new grant.
-            size: Some(u32::try_from(max_holes.saturating_mul(2)).unwrap_or(u32::MAX)),
+            size: slots(max_holes),
             ..Set::default()
         })));
-        batch.add(NfListObject::Chain(Chain {
-            family: NfFamily::INet,
-            table: TABLE.into(),
-            name: CHAIN.into(),
-            _type: Some(NfChainType::Filter),
-            hook: Some(NfHook::Forward),
-            prio: Some(PRIORITY),
-            policy: Some(NfChainPolicy::Accept),
-            ..Chain::default()
-        }));
+        batch.add(base_chain(
+            TABLE,
+            CHAIN,
+            NfChainType::Filter,
+            NfHook::Forward,
+            PRIORITY,
+        ));
         let from_wan = || {
             Statement::Match(Match {
                 left: meta(MetaKey::Iifname),
@@ -230,19 +214,6 @@ impl Firewall {
     }
 }
 
-fn meta(key: MetaKey) -> Expression<'static> {
-    Expression::Named(NamedExpression::Meta(Meta { key }))
-}
-
-fn payload(protocol: &'static str, field: &'static str) -> Expression<'static> {
-    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
-        PayloadField {
-            protocol: protocol.into(),
-            field: field.into(),
-        },
-    )))
-}
-
 fn set_mark(value: Expression<'static>) -> Statement<'static> {
     Statement::Mangle(Mangle {
         key: meta(MetaKey::Mark),
@@ -267,16 +238,7 @@ fn element(key: &Key, timeout: Option<u32>) -> NfListObject<'static> {
         Expression::String(key.proto.name().into()),
         Expression::Number(u32::from(key.internal_port)),
     ]));
-    let elem = match timeout {
-        Some(timeout) => Expression::Named(NamedExpression::Elem(Elem {
-            val: Box::new(val),
-            timeout: Some(timeout),
-            expires: None,
-            comment: None,
-            counter: None,
-        })),
-        None => val,
-    };
+    let elem = timed(val, timeout);
     NfListObject::Element(Element {
         family: NfFamily::INet,
         table: TABLE.into(),
@@ -287,52 +249,6 @@ fn element(key: &Key, timeout: Option<u32>) -> NfListObject<'static> {
 
 fn describe(key: &Key) -> String {
     format!("{}:{} {}", key.host, key.internal_port, key.proto.name())
-}
-
-async fn apply(nftables: &Nftables<'_>) -> Result<()> {
-    helper::apply_ruleset_async(nftables)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))
-}
-
-/// Deletes the table if it exists (stale from a killed run, or at exit).
-async fn remove_table() {
-    let mut batch = Batch::new();
-    // Adding first makes the delete succeed whether or not the table existed.
-    let table = || {
-        NfListObject::Table(Table {
-            family: NfFamily::INet,
-            name: TABLE.into(),
-            ..Table::default()
-        })
-    };
-    batch.add(table());
-    batch.delete(table());
-    if let Err(e) = apply(&batch.to_nftables()).await {
-        warn!("firewall: removing table inet {TABLE}: {e:#}");
-    }
-}
-
-/// The ruleset as `nft -j list ruleset` prints it, read as plain JSON. The crate's typed
-/// schema would fail on any expression it does not know, and its deserializers were 270 KB
-/// of a 2.7 MiB MIPS build; the two questions below need a few fields of chains and rules.
-async fn current_ruleset() -> Result<serde_json::Value, String> {
-    let text = helper::get_current_ruleset_raw_async(helper::DEFAULT_NFT, helper::DEFAULT_ARGS)
-        .await
-        .map_err(|e| e.to_string())?;
-    serde_json::from_str(&text).map_err(|e| format!("nft printed invalid JSON: {e}"))
-}
-
-/// The `kind` objects (`chain`, `rule`) of a ruleset listing.
-fn objects<'a>(
-    ruleset: &'a serde_json::Value,
-    kind: &'a str,
-) -> impl Iterator<Item = &'a serde_json::Value> {
-    ruleset["nftables"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(move |object| object.get(kind))
 }
 
 /// `family table chain` of every IPv4-capable forward base chain whose policy is drop.
