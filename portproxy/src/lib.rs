@@ -8,7 +8,8 @@
 //! the sockets made in `sockets`. `datapath` decides which of the two runs; `supervisor` keeps it running
 //! and rebuilds it when the interfaces change. What the CGN grants is learned
 //! into `mapping` (the table), which opens holes in the CPE's firewall
-//! (`firewall`) and answers `portproxy mappings` over `control`.
+//! (`firewall`) and answers `portproxy mappings` over `control`. Manual forwards
+//! (`forwards`) are kept at the CGN as mappings of the table.
 //!
 //! The codecs in `proto` are public for the fuzz targets; the binary is `main.rs`.
 //!
@@ -27,6 +28,7 @@ mod fastpath;
 #[path = "no_fastpath.rs"]
 mod fastpath;
 mod firewall;
+mod forwards;
 mod mapping;
 mod netif;
 #[cfg(test)]
@@ -51,9 +53,10 @@ use log::error;
 pub fn main() -> ExitCode {
     let opts = cli::Options::parse();
     init_logging(opts.verbose);
-    let result = match opts.command {
+    let result = match opts.command.clone() {
         Some(cli::Command::Stats { json }) => show_stats::run(&opts.state_dir, json),
         Some(cli::Command::Mappings { json }) => control::show_mappings(&opts.state_dir, json),
+        Some(cli::Command::Forward(command)) => control::forward(&opts.state_dir, &command),
         None => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use super::{Backing, Entry, Grant, Key, Origin};
+use super::{Backing, Entry, Grant, Key, Origin, hex};
 use crate::proto::Transport;
 
 pub const SAVE_CHANGED: Duration = Duration::from_secs(10);
@@ -59,7 +59,7 @@ struct Saved {
     lifetime: u32,
     /// Unix time; `None` until deleted.
     expires_unix: Option<u64>,
-    /// `nat-pmp`, `pcp-map`, `upnp-add`, `upnp-add-any`.
+    /// `nat-pmp`, `pcp-map`, `upnp-add`, `upnp-add-any`, `manual`.
     origin: String,
     /// PCP MAP's nonce (hex).
     nonce: Option<String>,
@@ -77,10 +77,6 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn hex(bytes: &[u8; 12]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn unhex(s: &str) -> Option<[u8; 12]> {
     let mut out = [0u8; 12];
     if s.len() != 24 || !s.is_ascii() {
@@ -94,15 +90,6 @@ fn unhex(s: &str) -> Option<[u8; 12]> {
 
 impl Saved {
     fn of(e: &Entry, now: Duration, unix: u64) -> Saved {
-        let (origin, nonce, description) = match &e.origin {
-            Origin::NatPmp => ("nat-pmp", None, None),
-            Origin::PcpMap { nonce } => ("pcp-map", Some(hex(nonce)), None),
-            Origin::Upnp { any, description } => (
-                if *any { "upnp-add-any" } else { "upnp-add" },
-                None,
-                Some(description.clone()),
-            ),
-        };
         let upstream_nonce = match &e.backing {
             Backing::Pcp { nonce } => Some(hex(nonce)),
             _ => None,
@@ -116,9 +103,9 @@ impl Saved {
             expires_unix: e
                 .expires
                 .map(|t| unix.saturating_add(t.saturating_sub(now).as_secs())),
-            origin: origin.to_string(),
-            nonce,
-            description,
+            origin: e.origin.name().to_string(),
+            nonce: e.origin.nonce_hex(),
+            description: e.origin.description().map(str::to_string),
             upstream: e.backing.name().to_string(),
             upstream_nonce,
             client: e.client,
@@ -141,6 +128,9 @@ impl Saved {
             },
             "upnp-add" | "upnp-add-any" => Origin::Upnp {
                 any: self.origin == "upnp-add-any",
+                description: self.description.clone().unwrap_or_default(),
+            },
+            "manual" => Origin::Manual {
                 description: self.description.clone().unwrap_or_default(),
             },
             _ => return None,
@@ -193,13 +183,19 @@ pub fn save<'a>(
             unix: unix_now(),
         },
     };
+    write_json(path, &file)
+}
+
+/// Writes `value` to `path` as JSON, whole: through a temporary file and a rename, so a
+/// crash leaves the old file or the new one (the forwards file is written the same way).
+pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let tmp = path.with_extension("tmp");
     let write = || -> Result<()> {
         let mut out = std::io::BufWriter::new(fs::File::create(&tmp)?);
-        serde_json::to_writer_pretty(&mut out, &file)?;
+        serde_json::to_writer_pretty(&mut out, value)?;
         out.flush()?;
         Ok(())
     };

@@ -299,7 +299,9 @@ fn upstream_of(entry: &Entry) -> Option<(Via, [u8; 12])> {
         (Backing::NatPmp, _) => Some((Via::NatPmp, [0; 12])),
         (Backing::Relayed, Origin::PcpMap { nonce }) => Some((Via::Pcp, *nonce)),
         (Backing::Relayed, Origin::NatPmp) => Some((Via::NatPmp, [0; 12])),
-        (Backing::Relayed, Origin::Upnp { .. }) | (Backing::Upnp, _) => None,
+        (Backing::Relayed, Origin::Upnp { .. } | Origin::Manual { .. }) | (Backing::Upnp, _) => {
+            None
+        }
     }
 }
 

@@ -368,7 +368,9 @@ impl Control {
     /// A mapping as GetGenericPortMappingEntry lists it.
     fn describe(&self, entry: &Entry, now: Duration) -> Output {
         let description = match &entry.origin {
-            Origin::Upnp { description, .. } => description.clone(),
+            Origin::Upnp { description, .. } | Origin::Manual { description } => {
+                description.clone()
+            }
             Origin::NatPmp => "NAT-PMP".into(),
             Origin::PcpMap { .. } => "PCP".into(),
         };
