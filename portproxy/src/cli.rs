@@ -141,7 +141,8 @@ pub struct Options {
     #[arg(long, default_value = DEFAULT_PIN_DIR, value_name = "DIR", global = true)]
     pub pin_dir: PathBuf,
 
-    /// Where the daemon keeps its status file (`portproxy stats`) and control socket (`portproxy mappings`).
+    /// Where the daemon keeps its status file (`portproxy stats`) and control socket
+    /// (`portproxy mappings`, `portproxy forward`).
     #[arg(
         long,
         default_value = "/run/portproxy",

@@ -221,7 +221,7 @@ fn show_status(status: &Status) -> String {
             external,
             expires_in_secs,
         } => match expires_in_secs {
-            Some(secs) => format!("active at {external} (renewed before {secs}s)"),
+            Some(secs) => format!("active at {external} (grant: {secs}s left, renewed at half)"),
             None => format!("active at {external}"),
         },
         Status::Pending { reason } => format!("pending: {reason}"),
