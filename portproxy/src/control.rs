@@ -146,23 +146,11 @@ pub fn forward(state_dir: &Path, command: &ForwardCommand) -> Result<()> {
                 external_port: external.0,
                 description: description.clone(),
             };
-            let mut view: forwards::View = answer_or_error(&request(
+            let view = answer_or_error(&request(
                 state_dir,
                 &format!("forward-add {}", serde_json::to_string(&spec)?),
             )?)?;
-            // Asking the CGN takes a moment (up to 1.75 s when it does not answer): say how
-            // it went rather than "pending".
-            let deadline = std::time::Instant::now() + Duration::from_secs(4);
-            while matches!(view.status, Status::Pending { .. })
-                && std::time::Instant::now() < deadline
-            {
-                std::thread::sleep(Duration::from_millis(200));
-                let all: Vec<forwards::View> = answer_or_error(&request(state_dir, "forwards")?)?;
-                match all.into_iter().find(|v| v.forward == spec) {
-                    Some(now) => view = now,
-                    None => break,
-                }
-            }
+            let view = settled(state_dir, view)?;
             println!("forward {target} added: {}", show_status(&view.status));
         }
         ForwardCommand::Change {
@@ -185,7 +173,10 @@ pub fn forward(state_dir: &Path, command: &ForwardCommand) -> Result<()> {
                 spec.description = description.clone();
             }
             let request_line = format!("forward-change {target} {}", serde_json::to_string(&spec)?);
-            let view: forwards::View = answer_or_error(&request(state_dir, &request_line)?)?;
+            let view = settled(
+                state_dir,
+                answer_or_error(&request(state_dir, &request_line)?)?,
+            )?;
             println!("forward {target} changed: {}", show_status(&view.status));
         }
         ForwardCommand::List { json } => {
@@ -203,6 +194,21 @@ pub fn forward(state_dir: &Path, command: &ForwardCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `view` once the CGN was asked for it: that takes a moment (up to 1.75 s when the CGN does
+/// not answer), and "active" or "failed" says more than "pending".
+fn settled(state_dir: &Path, mut view: forwards::View) -> Result<forwards::View> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(4);
+    while matches!(view.status, Status::Pending { .. }) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        let all: Vec<forwards::View> = answer_or_error(&request(state_dir, "forwards")?)?;
+        match all.into_iter().find(|v| v.forward == view.forward) {
+            Some(now) => view = now,
+            None => break,
+        }
+    }
+    Ok(view)
 }
 
 /// The daemon's answer as `T`, or its `{"error": ...}` as an error.

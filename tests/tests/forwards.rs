@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use common::{
-    check_mapping, check_mapping_at, mapped_again, natpmpc_delete, natpmpc_map, with_lab,
+    Down, check_mapping, check_mapping_at, mapped_again, natpmpc_delete, natpmpc_map, with_lab,
 };
 use serde_json::Value;
 use tests::{CgnKind, DataPath, LAN1_IP, LAN2_IP, Lab, PUBLIC_IP, Softwire, show_output};
@@ -266,16 +266,6 @@ fn forward_on_a_upnp_cgn(softwire: Softwire, path: DataPath) -> Result<()> {
 }
 every_path!(forward_on_a_upnp_cgn);
 
-/// How the router goes down in `forwards_survive`.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Down {
-    /// portproxy restarted (SIGTERM, then started again).
-    Restart,
-    /// The router reboots: portproxy killed (SIGKILL), the CPE's firewall table gone, and
-    /// the CGN reboots meanwhile, losing every mapping.
-    Reboot,
-}
-
 /// Forwards survive `down`: the new portproxy, with the same files, lists them, has the
 /// one on any port at the CGN on the same external port again (not the one the CGN would
 /// pick now), and the internet host reaches it.
@@ -298,7 +288,7 @@ fn forwards_survive(softwire: Softwire, down: Down) -> Result<()> {
             ];
             let target = "192.168.1.2:8331/udp";
             let tcp = "192.168.1.3:8332/tcp";
-            let mut first = lab.spawn_portproxy_on(DataPath::Sockets, &args)?;
+            let first = lab.spawn_portproxy_on(DataPath::Sockets, &args)?;
             forward_ok(lab, &["add", target, "--description", "game"])?;
             // The CGN would give the forward on any port its internal port 8332: another
             // host holds that one while the forward is made, and lets it go before the
@@ -312,17 +302,7 @@ fn forwards_survive(softwire: Softwire, down: Down) -> Result<()> {
             );
             natpmpc_delete(lab.lan(1), 8332, 8000)?;
             active(lab, target)?;
-            match down {
-                Down::Restart => drop(first),
-                Down::Reboot => {
-                    // Long enough for the mappings file's next write (10 s after a change).
-                    std::thread::sleep(Duration::from_secs(11));
-                    first.kill()?;
-                    lab.cpe()
-                        .run("nft", &["delete", "table", "inet", "portproxy"])?;
-                    lab.reboot_cgn()?;
-                }
-            }
+            down.take(lab, first)?;
             let second = lab.spawn_portproxy_on(DataPath::Sockets, &args)?;
             let result = (|| -> Result<()> {
                 let game = listed(lab, target)?.context("the UDP forward is gone")?;

@@ -557,6 +557,8 @@ fn manual<'a>(entries: &'a [Entry], key: &Key) -> Option<&'a Entry> {
 }
 
 fn status(slot: &Slot, held: Option<&Entry>, inner: &Inner, now: Duration) -> Status {
+    // A forward just changed is not what the table holds yet.
+    let held = held.filter(|_| !(slot.refresh && inner.lan.is_some()));
     match (held, &slot.failed, &inner.lan) {
         (Some(e), _, _) => Status::Active {
             external: e.external,
@@ -664,16 +666,16 @@ mod tests {
         }
     }
 
+    fn mappings() -> Arc<Mappings> {
+        let limits = Limits {
+            total: 8,
+            per_host: 8,
+        };
+        Mappings::new(limits, None, Arc::default())
+    }
+
     fn forwards(path: PathBuf) -> Arc<Forwards> {
-        let mappings = Mappings::new(
-            Limits {
-                total: 8,
-                per_host: 8,
-            },
-            None,
-            Arc::default(),
-        );
-        Forwards::load(path, mappings).unwrap()
+        Forwards::load(path, mappings()).unwrap()
     }
 
     fn temp(name: &str) -> PathBuf {
@@ -750,14 +752,7 @@ mod tests {
         std::fs::create_dir_all(dir.join("forwards.json")).unwrap();
         let f = Arc::new(Forwards {
             path: dir.join("forwards.json"),
-            mappings: Mappings::new(
-                Limits {
-                    total: 8,
-                    per_host: 8,
-                },
-                None,
-                Arc::default(),
-            ),
+            mappings: mappings(),
             inner: Mutex::new(Inner {
                 slots: Vec::new(),
                 lan: None,
