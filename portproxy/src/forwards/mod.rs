@@ -449,17 +449,10 @@ impl Forwards {
                     None => continue,
                 }
             };
-            if let Some(entry) = &held {
-                if !matches!(entry.origin, Origin::Manual { .. }) {
-                    let why = format!(
-                        "the host maps {} itself ({}); the forward is made when that mapping ends",
-                        forward.key,
-                        entry.origin.name()
-                    );
-                    self.failed(&forward, why);
-                    due(now + LOOK);
-                    continue;
-                }
+            let manual = held
+                .as_ref()
+                .filter(|e| matches!(e.origin, Origin::Manual { .. }));
+            if let Some(entry) = manual {
                 if !refresh {
                     match renewal(entry) {
                         None => continue,
@@ -473,16 +466,27 @@ impl Forwards {
             } else if let Some(at) = retry_at.filter(|at| *at > now) {
                 due(at);
                 continue;
+            } else if let Some(entry) = &held {
+                let why = format!(
+                    "the host maps {} itself ({}); the forward is made when that mapping ends",
+                    forward.key,
+                    entry.origin.name()
+                );
+                if let Some(at) = self.failed(&forward, why) {
+                    due(at);
+                }
+                continue;
             }
             if let Err(e) = lan.check(forward.key.host) {
-                self.failed(&forward, e.to_string());
-                due(now + LOOK);
+                if let Some(at) = self.failed(&forward, e.to_string()) {
+                    due(at);
+                }
                 continue;
             }
             // The port it has (after a restart, the table's), so it keeps its address.
             let suggested = forward
                 .external_port
-                .or(held.map(|e| e.external.port()))
+                .or(held.as_ref().map(|e| e.external.port()))
                 .unwrap_or(0);
             let ask = (suggested, LIFETIME, forward.external_port.is_some());
             let origin = Origin::Manual {
@@ -493,7 +497,7 @@ impl Forwards {
                 Ok(granted) => {
                     let mut inner = self.inner.lock().unwrap();
                     if let Some(slot) = inner.slots.iter_mut().find(|s| s.forward == forward) {
-                        if slot.failed.take().is_some() || slot.refresh {
+                        if slot.failed.take().is_some() || slot.refresh || held.is_none() {
                             info!("forward {}: active at {}", forward.key, granted.external);
                         }
                         slot.backoff = RETRY_FIRST;
