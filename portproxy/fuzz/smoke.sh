@@ -7,7 +7,7 @@ set -eu
 cd "$(dirname "$0")"
 runs=${1:-20000}
 cargo +nightly fuzz build
-for target in port_control port_control_server ssdp location upnp upnp_soap; do
+for target in port_control port_control_server ssdp location upnp upnp_soap gena igd_description; do
     echo "== $target: $runs runs"
     cargo +nightly fuzz run "$target" -- -runs="$runs" -max_total_time=60
 done

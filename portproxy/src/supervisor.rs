@@ -46,7 +46,7 @@ use crate::firewall::Firewall;
 use crate::forwards::Forwards;
 use crate::mapping::{self, Limits, Mappings};
 use crate::relay::SocketRelay;
-use crate::serve::{Identity, IgdServer, Mapper, PortControlServer};
+use crate::serve::{Events, Identity, IgdServer, Mapper, PortControlServer};
 use crate::sockets::{self, PortInUse};
 use crate::stats::{Counter, Stats};
 use crate::status::{DataPathKind, State, Status};
@@ -98,6 +98,7 @@ impl Running {
         forwards: &Arc<Forwards>,
         identity: &Arc<Identity>,
         cgn_state: &Arc<std::sync::Mutex<CgnState>>,
+        igd_events: &Arc<Events>,
         restored: bool,
     ) -> Result<Running> {
         let plan = Plan::choose(opts.mode, probed.speaks);
@@ -158,10 +159,14 @@ impl Running {
         let igd_server = serving_upnp.then(|| {
             Arc::new(IgdServer::new(
                 mapper.clone(),
+                igd_events.clone(),
                 handle.clone(),
                 stats.clone(),
             ))
         });
+        if !serving_upnp {
+            igd_events.end_all();
+        }
         // Bind first: a port in use (say, a second portproxy) must fail before the
         // routing rule, which a running instance depends on, is touched.
         let relay = SocketRelay::start(&on_sockets, stats, mappings, server, igd_server)?;
@@ -332,6 +337,8 @@ struct Supervisor {
     identity: Arc<Identity>,
     /// The CGN's epochs as last seen, which survive a rebuild too.
     cgn_state: Arc<std::sync::Mutex<CgnState>>,
+    /// The IGD's event subscriptions, which survive a rebuild too.
+    igd_events: Arc<Events>,
     /// The mappings file is read once the LAN is known (only its hosts come back).
     to_restore: bool,
     /// Mappings restored from the file wait to be asked for at the CGN by the first data path.
@@ -420,6 +427,7 @@ impl Supervisor {
             &self.forwards,
             &self.identity,
             &self.cgn_state,
+            &self.igd_events,
             self.restored,
         )
         .await;
@@ -569,6 +577,7 @@ pub async fn run(opts: Options) -> Result<()> {
             return Err(e);
         }
     };
+    let igd_events = Arc::new(Events::new(&mappings, stats.clone()));
     let mut sup = Supervisor {
         opts,
         handle,
@@ -577,6 +586,7 @@ pub async fn run(opts: Options) -> Result<()> {
         forwards,
         identity: Arc::new(Identity::default()),
         cgn_state: Arc::default(),
+        igd_events,
         to_restore: true,
         restored: false,
         running: None,

@@ -65,6 +65,17 @@ impl CgnKind {
 
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How the lab's miniupnpd is configured (kept by the lab to restart it alike).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Miniupnpd {
+    /// Seconds between SSDP NOTIFYs.
+    pub notify_interval: u32,
+    pub kind: CgnKind,
+    /// The longest PCP lifetime it grants (`max_lifetime`; `None`: miniupnpd's day).
+    /// NAT-PMP lifetimes are the client's.
+    pub pcp_max_lifetime: Option<u32>,
+}
+
 /// Masquerades the subscriber out of `wan0`, plus the empty chains miniupnpd fills.
 /// miniupnpd needs its NAT table to be `inet` (with `ip` every add fails: "send_batch failed").
 const RULESET: &str = r#"
@@ -124,8 +135,19 @@ pub(crate) fn install_ruleset(cgn: &Netns, dir: &Path, kind: CgnKind) -> Result<
 ///
 /// Files miniupnpd writes by default (/var/run/miniupnpd.pid, which also makes a second
 /// instance exit with "already running", and its lease file) go to the lab's directory.
-fn config(dir: &Path, notify_interval: u32, kind: CgnKind) -> String {
+///
+/// With `pcp_max_lifetime`, `min_lifetime` goes down with it (miniupnpd wants it below the
+/// maximum; its default is 120 s).
+fn config(dir: &Path, options: Miniupnpd) -> String {
+    let Miniupnpd {
+        notify_interval,
+        kind,
+        pcp_max_lifetime,
+    } = options;
     let dir = dir.display();
+    let lifetimes = pcp_max_lifetime.map_or_else(String::new, |max| {
+        format!("min_lifetime={}\nmax_lifetime={max}\n", max / 2)
+    });
     let yes = |on: bool| if on { "yes" } else { "no" };
     let (natpmp, upnp) = (yes(kind.port_control()), yes(kind.upnp()));
     let igd1 = yes(kind == CgnKind::UpnpIgd1Only);
@@ -138,7 +160,7 @@ enable_upnp={upnp}
 force_igd_desc_v1={igd1}
 secure_mode=no
 pcp_allow_thirdparty=yes
-notify_interval={notify_interval}
+{lifetimes}notify_interval={notify_interval}
 lease_file={dir}/miniupnpd.leases
 minissdpdsocket={dir}/minissdpd.sock
 upnp_table_name=filter
@@ -155,15 +177,10 @@ deny 0-65535 0.0.0.0/0 0-65535
 
 /// Starts miniupnpd in the foreground in `cgn` and waits until the NAT-PMP/PCP, SSDP and
 /// HTTP sockets `kind` needs exist.
-pub(crate) fn start_miniupnpd(
-    cgn: &Netns,
-    dir: &Path,
-    notify_interval: u32,
-    kind: CgnKind,
-) -> Result<Daemon> {
+pub(crate) fn start_miniupnpd(cgn: &Netns, dir: &Path, options: Miniupnpd) -> Result<Daemon> {
+    let kind = options.kind;
     let conf = dir.join("miniupnpd.conf");
-    std::fs::write(&conf, config(dir, notify_interval, kind))
-        .with_context(|| format!("writing {conf:?}"))?;
+    std::fs::write(&conf, config(dir, options)).with_context(|| format!("writing {conf:?}"))?;
     let mut cmd = cgn.command("miniupnpd");
     cmd.arg("-d")
         .arg("-f")

@@ -91,21 +91,27 @@ table inet fw4 {
 /// Options of a [`Lab`].
 pub struct LabBuilder {
     softwire: Softwire,
-    notify_interval: u32,
+    miniupnpd: cgn::Miniupnpd,
     cpe_firewall: bool,
-    cgn_kind: CgnKind,
 }
 
 impl LabBuilder {
     /// What the CGN speaks (default: everything miniupnpd does).
     pub fn cgn(mut self, kind: CgnKind) -> LabBuilder {
-        self.cgn_kind = kind;
+        self.miniupnpd.kind = kind;
         self
     }
 
     /// Seconds between miniupnpd's SSDP NOTIFYs (default 60; it also sends them at start).
     pub fn notify_interval(mut self, seconds: u32) -> LabBuilder {
-        self.notify_interval = seconds;
+        self.miniupnpd.notify_interval = seconds;
+        self
+    }
+
+    /// The longest lifetime the CGN grants a PCP mapping (default: miniupnpd's day), so
+    /// that a test sees renewals within seconds.
+    pub fn pcp_max_lifetime(mut self, seconds: u32) -> LabBuilder {
+        self.miniupnpd.pcp_max_lifetime = Some(seconds);
         self
     }
 
@@ -135,8 +141,7 @@ impl LabBuilder {
             prefix,
             dir,
             daemons: AtomicU32::new(0),
-            notify_interval: self.notify_interval,
-            cgn_kind: self.cgn_kind,
+            miniupnpd_options: self.miniupnpd,
             miniupnpd: None,
             pipe: None,
             cgn_tun: None,
@@ -152,13 +157,8 @@ impl LabBuilder {
             fs::write(&path, CPE_FIREWALL).with_context(|| format!("writing {path:?}"))?;
             lab.cpe().run("nft", &["-f", &path.to_string_lossy()])?;
         }
-        cgn::install_ruleset(lab.cgn(), &lab.dir, self.cgn_kind)?;
-        lab.miniupnpd = Some(cgn::start_miniupnpd(
-            lab.cgn(),
-            &lab.dir,
-            self.notify_interval,
-            self.cgn_kind,
-        )?);
+        cgn::install_ruleset(lab.cgn(), &lab.dir, self.miniupnpd.kind)?;
+        lab.miniupnpd = Some(cgn::start_miniupnpd(lab.cgn(), &lab.dir, self.miniupnpd)?);
         Ok(lab)
     }
 }
@@ -172,10 +172,8 @@ pub struct Lab {
     dir: PathBuf,
     /// Numbers the log files of spawned daemons.
     daemons: AtomicU32,
-    /// miniupnpd's `notify_interval`, kept for [`Lab::restart_cgn`].
-    notify_interval: u32,
-    /// What the CGN speaks, kept for [`Lab::restart_cgn`].
-    cgn_kind: CgnKind,
+    /// miniupnpd's configuration (what the CGN speaks...), kept for [`Lab::restart_cgn`].
+    miniupnpd_options: cgn::Miniupnpd,
     miniupnpd: Option<Daemon>,
     /// The L3 softwire's forwarder.
     pipe: Option<TunPipe>,
@@ -194,9 +192,12 @@ impl Lab {
     pub fn builder(softwire: Softwire) -> LabBuilder {
         LabBuilder {
             softwire,
-            notify_interval: 60,
+            miniupnpd: cgn::Miniupnpd {
+                notify_interval: 60,
+                kind: CgnKind::Everything,
+                pcp_max_lifetime: None,
+            },
             cpe_firewall: false,
-            cgn_kind: CgnKind::Everything,
         }
     }
 
@@ -300,8 +301,7 @@ impl Lab {
         self.miniupnpd = Some(cgn::start_miniupnpd(
             self.cgn(),
             &self.dir,
-            self.notify_interval,
-            self.cgn_kind,
+            self.miniupnpd_options,
         )?);
         Ok(())
     }
@@ -347,8 +347,7 @@ impl Lab {
         self.miniupnpd = Some(cgn::start_miniupnpd(
             self.cgn(),
             &self.dir,
-            self.notify_interval,
-            self.cgn_kind,
+            self.miniupnpd_options,
         )?);
         Ok(())
     }

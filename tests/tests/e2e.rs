@@ -18,7 +18,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use common::{check_mapping, natpmpc_map, run_expect, with_lab};
+use common::{check_mapping, natpmpc_map, run_expect, wait_for_log, with_lab};
 use tests::{
     CGN_SOFTWIRE_IP, Daemon, DataPath, IGD_HTTP_PORT, LAN_GATEWAY, LAN1_IP, Lab, LabBuilder,
     PCP_PORT, PUBLIC_IP, SSDP_GROUP, Softwire, pcp_map_tcp,
@@ -451,19 +451,6 @@ fn programs_using_map(id: u64) -> Result<Vec<String>> {
 }
 
 every_path!(restart_after_sigkill);
-
-/// Waits until portproxy's log holds `needle` at least `count` times.
-fn wait_for_log(daemon: &Daemon, needle: &str, count: usize) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while daemon.log().matches(needle).count() < count {
-        ensure!(
-            Instant::now() < deadline,
-            "portproxy never logged {needle:?} {count} times"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
-}
 
 /// After a change of the interfaces, the daemon (not restarted) rebuilds its data path (its
 /// log says so before the clients try again) and NAT-PMP, SSDP and the mapping's

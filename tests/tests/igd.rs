@@ -11,11 +11,11 @@ mod common;
 use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpStream},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use common::{check_mapping, mapped_again, run_expect, with_lab};
+use common::{check_mapping, mapped_again, run_expect, wait_for_log, with_lab};
 use tests::{
     CGN_SOFTWIRE_IP, CPE_SOFTWIRE_IP, CgnKind, Daemon, DataPath, Event, LAN_GATEWAY, LAN1_IP,
     LAN2_IP, Lab, Netns, PUBLIC_IP, Softwire, pcp_map_tcp, response_header, show_output,
@@ -387,6 +387,120 @@ fn igd_mapping_survives_a_cgn_reboot(softwire: Softwire, path: DataPath) -> Resu
     )
 }
 every_path!(igd_mapping_survives_a_cgn_reboot);
+
+/// The longest PCP lifetime the CGN grants in `leases_are_kept_alive_and_survive_a_restart`:
+/// far shorter than the leases asked for, so they live only by being renewed.
+const CGN_LIFETIME: Duration = Duration::from_secs(16);
+
+/// The lease each `upnpc -l` line ends with, by external port.
+fn listed_leases(list: &str) -> Vec<(u16, u32)> {
+    list.lines()
+        .filter_map(|line| {
+            let port = line.split("->").next()?.rsplit(' ').next()?.parse().ok()?;
+            let lease = line.rsplit(' ').next()?.trim().parse().ok()?;
+            Some((port, lease))
+        })
+        .collect()
+}
+
+/// Leases longer than the CGN grants (it grants PCP mappings 16 s at most): IGD:1's
+/// permanent lease (0) and IGD:2's day. Past the CGN's lifetime both are still mapped at the
+/// CGN and reachable through the CPE's firewall: the IGD renewed them. portproxy restarts
+/// (SIGTERM, the same mappings file): `upnpc -l` lists both again with their leases (0, and
+/// what is left of the day), and past another CGN lifetime they are still mapped and
+/// reachable: the renewals went on after the restart. (A CGN that restarts and loses them
+/// is `igd_mapping_survives_a_cgn_reboot`.)
+fn leases_are_kept_alive_and_survive_a_restart(softwire: Softwire, path: DataPath) -> Result<()> {
+    let builder = Lab::builder(softwire)
+        .cgn(CgnKind::PcpOnly)
+        .cpe_firewall()
+        .pcp_max_lifetime(CGN_LIFETIME.as_secs() as u32);
+    with_lab(builder, |lab| {
+        let file = lab.dir().join("igd-mappings.json");
+        let file = file.to_str().context("UTF-8 lab dir")?;
+        let args = [
+            "--lan-iface",
+            "br-lan",
+            "--wan-iface",
+            "softwire",
+            "--mappings-file",
+            file,
+            "-vv",
+        ];
+        let host1 = LAN1_IP.to_string();
+        let (permanent, day) = ((8431, 9431), (8432, 9432));
+        // Both mapped, then both still there after the CGN's lifetime.
+        let held = |lab: &Lab, since: Instant| -> Result<()> {
+            let past = since + CGN_LIFETIME + Duration::from_secs(3);
+            std::thread::sleep(past.saturating_duration_since(Instant::now()));
+            for (internal, external) in [permanent, day] {
+                check_mapping(lab, external, lab.lan(1), internal)?;
+            }
+            Ok(())
+        };
+        let first = lab.spawn_portproxy_on(path, &args)?;
+        let result = (|| -> Result<()> {
+            let lease = |(internal, external): (u16, u16), version, lease: &str| {
+                let (i, e) = (internal.to_string(), external.to_string());
+                upnpc(
+                    lab.lan(1),
+                    version,
+                    &["-a", &host1, &i, &e, "tcp", lease],
+                    &["is redirected"],
+                )
+            };
+            lease(permanent, 1, "0")?;
+            lease(day, 2, "86400")?;
+            let mapped = Instant::now();
+            // What the CGN granted is its short lifetime, not the lease.
+            let json = lab.portproxy_mappings()?;
+            let expires: Vec<u64> = json
+                .as_array()
+                .context("mappings --json is not an array")?
+                .iter()
+                .filter_map(|m| m["expires_in_secs"].as_u64())
+                .collect();
+            ensure!(
+                expires.len() == 2 && expires.iter().all(|&s| s <= CGN_LIFETIME.as_secs()),
+                "expected two mappings granted for at most {CGN_LIFETIME:?}: {json:#}"
+            );
+            held(lab, mapped)
+        })();
+        if result.is_err() {
+            eprintln!("=== portproxy log\n{}", first.log());
+        }
+        result?;
+        drop(first);
+        let second = lab.spawn_portproxy_on(path, &args)?;
+        let restarted = Instant::now();
+        let result = (|| -> Result<()> {
+            let list = upnpc(
+                lab.lan(1),
+                2,
+                &["-l"],
+                &[
+                    &format!("9431->{host1}:8431"),
+                    &format!("9432->{host1}:8432"),
+                ],
+            )?;
+            let leases = listed_leases(&list);
+            let lease_of = |port| leases.iter().find(|(p, _)| *p == port).map(|l| l.1);
+            ensure!(
+                lease_of(9431) == Some(0)
+                    && lease_of(9432).is_some_and(|l| (86_000..86_400).contains(&l)),
+                "leases after the restart {leases:?}, expected 9431 permanent (0) and 9432 \
+                 a day less the test's time:\n{list}"
+            );
+            held(lab, restarted)
+        })();
+        if result.is_err() {
+            eprintln!("=== portproxy log after the restart\n{}", second.log());
+        }
+        result
+    })
+}
+every_path!(leases_are_kept_alive_and_survive_a_restart);
+
 /// GENA eventing (UDA 1.1 §4): a subscriber on lan1 gets the initial event (the CGN's
 /// address, no mappings), one when upnpc maps and one when the carrier renumbers the CGN;
 /// renewal keeps its SID; a SUBSCRIBE whose callback is lan2 (CallStranger) is refused
@@ -533,3 +647,54 @@ fn events_on_a_natpmp_cgn(softwire: Softwire, path: DataPath) -> Result<()> {
     events(softwire, path, CgnKind::NatPmpOnly)
 }
 every_path!(events_on_a_natpmp_cgn);
+
+/// A subscription outlives a rebuild of the data path: the softwire goes down and up,
+/// portproxy rebuilds, and the subscriber is still evented (the next SEQ, its SID) when
+/// upnpc maps, and renews with its SID.
+fn events_survive_a_softwire_flap(softwire: Softwire, path: DataPath) -> Result<()> {
+    const PORT: u16 = 49152;
+    with_igd(softwire, path, CgnKind::PcpOnly, |lab, portproxy| {
+        let sink = lab.lan(1).serve_events(PORT)?;
+        let callback = format!("<http://{LAN1_IP}:{PORT}/events>");
+        let subscribe = [("CALLBACK", callback.as_str()), ("NT", "upnp:event")];
+        let (status, headers) = lab.lan(1).gena("SUBSCRIBE", "/evt/IPConn", &subscribe)?;
+        let sid = response_header(&headers, "sid")
+            .filter(|_| status == 200)
+            .with_context(|| format!("SUBSCRIBE: {status} {headers:?}"))?
+            .to_string();
+        let of_sid = |e: &Event| e.header("sid") == Some(sid.as_str());
+        sink.wait_for(Duration::from_secs(5), |e| of_sid(e) && e.seq() == Some(0))?;
+
+        lab.set_softwire_up(false)?;
+        std::thread::sleep(Duration::from_millis(500));
+        lab.set_softwire_up(true)?;
+        // The ready line says "relaying between"; so does every rebuild.
+        wait_for_log(portproxy, "relaying between", 2)?;
+
+        let host1 = LAN1_IP.to_string();
+        upnpc(
+            lab.lan(1),
+            1,
+            &["-a", &host1, "8441", "9441", "tcp", "3600"],
+            &["is redirected"],
+        )?;
+        let mapped = sink.wait_for(Duration::from_secs(5), |e| {
+            of_sid(e) && e.variable("PortMappingNumberOfEntries") == Some("1")
+        })?;
+        ensure!(
+            mapped.seq() == Some(1),
+            "the event after the rebuild: {mapped:#?}"
+        );
+        let (status, headers) = lab.lan(1).gena(
+            "SUBSCRIBE",
+            "/evt/IPConn",
+            &[("SID", &sid), ("TIMEOUT", "Second-600")],
+        )?;
+        ensure!(
+            status == 200 && response_header(&headers, "sid") == Some(sid.as_str()),
+            "renewal after the rebuild: {status} {headers:?}"
+        );
+        Ok(())
+    })
+}
+every_path!(events_survive_a_softwire_flap);

@@ -185,6 +185,33 @@ fn exchange_with(ns: &Netns, to: SocketAddrV4, request: &[u8]) -> Result<Reply> 
         let start = Instant::now();
         let stream = TcpStream::connect_timeout(&to.into(), Duration::from_secs(2))
             .with_context(|| format!("connecting to {to}"))?;
+        exchange_on(stream, start, request)
+    })?
+}
+
+/// `exchange` from `ns`'s address `from` (one of several it has).
+fn exchange_from(ns: &Netns, from: Ipv4Addr, request: &[u8]) -> Result<Reply> {
+    ns.enter(|| -> Result<Reply> {
+        let start = Instant::now();
+        // std cannot bind before it connects; tokio's socket can, and gives the stream back.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let stream = runtime.block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(SocketAddrV4::new(from, 0).into())?;
+            let connect = socket.connect(IGD.into());
+            let stream = tokio::time::timeout(Duration::from_secs(2), connect).await??;
+            anyhow::Ok(stream.into_std()?)
+        })?;
+        stream.set_nonblocking(false)?;
+        exchange_on(stream, start, request)
+    })?
+}
+
+/// Sends `request` on `stream` (connected at `start`) and reads until the server closes.
+fn exchange_on(stream: TcpStream, start: Instant, request: &[u8]) -> Result<Reply> {
+    {
         stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
         let mut writer = stream.try_clone()?;
         let mut received = Vec::new();
@@ -208,7 +235,7 @@ fn exchange_with(ns: &Netns, to: SocketAddrV4, request: &[u8]) -> Result<Reply> 
             text,
             took: start.elapsed(),
         })
-    })?
+    }
 }
 
 fn get(path: &str) -> Vec<u8> {
@@ -925,6 +952,59 @@ fn slow_clients(softwire: Softwire, path: DataPath) -> Result<()> {
 }
 http_paths!(slow_clients);
 
+/// A SOAP call whose head comes at once and whose body trickles in a byte every half
+/// second: answered 408 and closed once the body has taken 3 s, long before the 10 s a
+/// connection may last, and counted as dropped_http.
+fn trickled_body(softwire: Softwire, path: DataPath) -> Result<()> {
+    with_igd(softwire, path, |lab, daemon| {
+        let before = stats(lab, daemon)?;
+        let body = upnp::soap_request(IP1, "AddPortMapping", &add_args(LAN1_IP, 9671, 8671));
+        let head = post(IP_CONTROL, Some(&format!("{IP1}#AddPortMapping")), b"");
+        let head = String::from_utf8(head)?.replace(
+            "Content-Length: 0",
+            &format!("Content-Length: {}", body.len()),
+        );
+        let (status, took) = lab.lan(1).enter(|| -> Result<(Option<u16>, Duration)> {
+            let start = Instant::now();
+            let mut stream = TcpStream::connect_timeout(&IGD.into(), Duration::from_secs(2))?;
+            stream.write_all(head.as_bytes())?;
+            stream.set_nonblocking(true)?;
+            let mut received = Vec::new();
+            for &byte in body.as_bytes() {
+                let mut buf = [0u8; 1024];
+                match stream.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => received.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => break,
+                }
+                if stream.write(&[byte]).is_err() || start.elapsed() > REPLY_TIMEOUT {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(500));
+            }
+            let text = String::from_utf8_lossy(&received);
+            let status = text
+                .strip_prefix("HTTP/1.1 ")
+                .and_then(|rest| rest.get(..3))
+                .and_then(|code| code.parse().ok());
+            Ok((status, start.elapsed()))
+        })??;
+        eprintln!("trickled body: {status:?} after {took:?}");
+        ensure!(
+            status == Some(408) && took < Duration::from_secs(6),
+            "a trickled body got {status:?} after {took:?}, expected 408 within 6 s"
+        );
+        let after = stats(lab, daemon)?;
+        ensure!(
+            grew(&before, &after, "dropped_http") >= 1,
+            "the trickled body was not counted as dropped_http"
+        );
+        not_mapped(lab, 9671)
+    })
+}
+http_paths!(trickled_body);
+
 #[derive(Debug, Default)]
 struct Slowloris {
     opened: usize,
@@ -1176,3 +1256,339 @@ fn another_host(softwire: Softwire, path: DataPath) -> Result<()> {
     })
 }
 every_path!(another_host);
+
+// ---------------------------------------------------------------------------------------------
+// 7. Event subscriptions (GENA)
+
+const EVENTS: &str = "/evt/IPConn";
+/// Where lan1's and lan2's event sinks listen.
+const SINK_PORT: u16 = 49152;
+/// Where the flooders' callbacks point: nothing listens there.
+const NO_SINK_PORT: u16 = 49153;
+/// portproxy's bounds (serve/igd/events.rs): subscriptions per host and in all.
+const PER_HOST: usize = 16;
+const TOTAL: usize = 64;
+
+/// A (UN)SUBSCRIBE as bytes, its headers as given (names and values unchecked).
+fn gena_request(method: &str, path: &str, headers: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: {IGD}\r\nConnection: close\r\n").into_bytes();
+    for (name, value) in headers {
+        request.extend_from_slice(name.as_bytes());
+        request.extend_from_slice(b": ");
+        request.extend_from_slice(value);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"\r\n");
+    request
+}
+
+/// A good SUBSCRIBE for events at `host`:`port`.
+fn subscribe_request(host: Ipv4Addr, port: u16) -> Vec<u8> {
+    let callback = format!("<http://{host}:{port}/events>");
+    gena_request(
+        "SUBSCRIBE",
+        EVENTS,
+        &[
+            ("CALLBACK", callback.as_bytes()),
+            ("NT", b"upnp:event"),
+            ("TIMEOUT", b"Second-300"),
+        ],
+    )
+}
+
+/// A header of a reply (name in any case).
+fn reply_header<'a>(reply: &'a Reply, name: &str) -> Option<&'a str> {
+    let head = reply.text.split("\r\n\r\n").next()?;
+    head.lines().skip(1).find_map(|line| {
+        let (n, v) = line.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// A SUBSCRIBE from `ns`'s address `from` that must be taken: its SID.
+fn subscribed(ns: &Netns, from: Ipv4Addr, request: &[u8]) -> Result<String> {
+    let reply = exchange_from(ns, from, request)?;
+    let sid = reply_header(&reply, "sid").filter(|sid| sid.starts_with("uuid:"));
+    match (reply.status, sid) {
+        (Some(200), Some(sid)) => Ok(sid.to_string()),
+        _ => anyhow::bail!("SUBSCRIBE from {from}: {reply:?}"),
+    }
+}
+
+/// A renewal of `sid` from `ns`'s address `from`: its status and SID.
+fn renew(ns: &Netns, from: Ipv4Addr, sid: &str) -> Result<(Option<u16>, Option<String>)> {
+    let request = gena_request(
+        "SUBSCRIBE",
+        EVENTS,
+        &[("SID", sid.as_bytes()), ("TIMEOUT", b"Second-300")],
+    );
+    let reply = exchange_from(ns, from, &request)?;
+    Ok((reply.status, reply_header(&reply, "sid").map(String::from)))
+}
+
+/// Malformed SUBSCRIBE and UNSUBSCRIBE requests: no, empty, bracketless, foreign (another
+/// LAN host, the internet, a name, user info, HTTPS), too many (5 and 200) and non-text
+/// callbacks; NT wrong or missing; a header twice; a SID with NT or CALLBACK; the SID of
+/// nobody and of another host; oversized headers. Each a 412 or 400 (or, oversized, a
+/// refusal) at once, counted as gena_refused, no subscription taken. Absurd TIMEOUTs are
+/// taken within the bounds (60..1800 s). Then floods: one address takes 20 subscriptions
+/// (the per-host bound is 16: its own oldest make room), four more take 16 each (the
+/// bound in all is 64: the flooders' make room). Through all of it lan1's and lan2's
+/// subscriptions stay: renewed with their SIDs, and evented when lan1 then maps a port.
+fn gena_hostile(softwire: Softwire, path: DataPath) -> Result<()> {
+    with_igd(softwire, path, |lab, daemon| {
+        let (lan1, lan2) = (lab.lan(1), lab.lan(2));
+        let sink1 = lan1.serve_events(SINK_PORT)?;
+        let sink2 = lan2.serve_events(SINK_PORT)?;
+        let sid1 = subscribed(lan1, LAN1_IP, &subscribe_request(LAN1_IP, SINK_PORT))?;
+        let sid2 = subscribed(lan2, LAN2_IP, &subscribe_request(LAN2_IP, SINK_PORT))?;
+        for (sink, sid) in [(&sink1, &sid1), (&sink2, &sid2)] {
+            sink.wait_for(Duration::from_secs(5), |e| e.header("sid") == Some(sid))?;
+        }
+
+        let own = |port: u16| format!("<http://{LAN1_IP}:{port}/events>");
+        let cb = own(SINK_PORT);
+        let nt: (&str, &[u8]) = ("NT", b"upnp:event");
+        let five = own(SINK_PORT).repeat(5);
+        let many = own(SINK_PORT).repeat(200);
+        let nobody = "uuid:00000000-0000-4000-8000-000000000000";
+        let subscribe = |headers: &[(&str, &[u8])]| gena_request("SUBSCRIBE", EVENTS, headers);
+        let unsubscribe = |headers: &[(&str, &[u8])]| gena_request("UNSUBSCRIBE", EVENTS, headers);
+        let with_callback = |callback: &str| subscribe(&[("CALLBACK", callback.as_bytes()), nt]);
+        let mut cases: Vec<(String, Vec<u8>, Expect)> = vec![
+            ("no CALLBACK".into(), subscribe(&[nt]), Expect::Status(412)),
+            (
+                "empty CALLBACK".into(),
+                with_callback(""),
+                Expect::Status(412),
+            ),
+            (
+                "CALLBACK without brackets".into(),
+                with_callback(&format!("http://{LAN1_IP}:{SINK_PORT}/events")),
+                Expect::Status(412),
+            ),
+            (
+                "CALLBACK unclosed".into(),
+                with_callback(&format!("<http://{LAN1_IP}:{SINK_PORT}/events")),
+                Expect::Status(412),
+            ),
+            (
+                "CALLBACK over HTTPS".into(),
+                with_callback(&format!("<https://{LAN1_IP}:{SINK_PORT}/events>")),
+                Expect::Status(412),
+            ),
+            (
+                "CALLBACK to lan2 (CallStranger)".into(),
+                with_callback(&format!("<http://{LAN2_IP}:{SINK_PORT}/events>")),
+                Expect::Status(412),
+            ),
+            (
+                "CALLBACK to the internet host".into(),
+                with_callback("<http://203.0.114.2:8080/events>"),
+                Expect::Status(412),
+            ),
+            (
+                "CALLBACK by name".into(),
+                with_callback("<http://lan1.lan:49152/events>"),
+                Expect::Status(412),
+            ),
+            (
+                "CALLBACK with user info".into(),
+                with_callback(&format!("<http://{LAN1_IP}@203.0.114.2/events>")),
+                Expect::Status(412),
+            ),
+            (
+                "lan1's, then lan2's CALLBACK".into(),
+                with_callback(&format!("{cb}<http://{LAN2_IP}:{SINK_PORT}/>")),
+                Expect::Status(412),
+            ),
+            (
+                "5 CALLBACKs".into(),
+                with_callback(&five),
+                Expect::Status(412),
+            ),
+            (
+                "200 CALLBACKs".into(),
+                with_callback(&many),
+                Expect::Status(412),
+            ),
+            (
+                "CALLBACK not text".into(),
+                subscribe(&[("CALLBACK", b"<http://\xff\xfe/>"), nt]),
+                Expect::Status(412),
+            ),
+            (
+                "NT wrong".into(),
+                subscribe(&[("CALLBACK", cb.as_bytes()), ("NT", b"upnp:propchange")]),
+                Expect::Status(412),
+            ),
+            (
+                "no NT".into(),
+                subscribe(&[("CALLBACK", cb.as_bytes())]),
+                Expect::Status(412),
+            ),
+            (
+                "NT twice".into(),
+                subscribe(&[("CALLBACK", cb.as_bytes()), nt, nt]),
+                Expect::Status(400),
+            ),
+            (
+                "CALLBACK twice".into(),
+                subscribe(&[("CALLBACK", cb.as_bytes()), ("CALLBACK", cb.as_bytes()), nt]),
+                Expect::Status(400),
+            ),
+            (
+                "SID and CALLBACK".into(),
+                subscribe(&[("SID", sid1.as_bytes()), ("CALLBACK", cb.as_bytes())]),
+                Expect::Status(400),
+            ),
+            (
+                "SID and NT".into(),
+                subscribe(&[("SID", sid1.as_bytes()), nt]),
+                Expect::Status(400),
+            ),
+            (
+                "UNSUBSCRIBE with SID and NT".into(),
+                unsubscribe(&[("SID", sid1.as_bytes()), nt]),
+                Expect::Status(400),
+            ),
+            (
+                "renewal of nobody's SID".into(),
+                subscribe(&[("SID", nobody.as_bytes())]),
+                Expect::Status(412),
+            ),
+            (
+                "UNSUBSCRIBE of nobody's SID".into(),
+                unsubscribe(&[("SID", nobody.as_bytes())]),
+                Expect::Status(412),
+            ),
+            (
+                "empty SID".into(),
+                subscribe(&[("SID", b"")]),
+                Expect::Status(412),
+            ),
+            (
+                "UNSUBSCRIBE without SID".into(),
+                unsubscribe(&[]),
+                Expect::Status(412),
+            ),
+            (
+                "renewal of lan2's SID".into(),
+                subscribe(&[("SID", sid2.as_bytes())]),
+                Expect::Status(412),
+            ),
+            (
+                "UNSUBSCRIBE of lan2's SID".into(),
+                unsubscribe(&[("SID", sid2.as_bytes())]),
+                Expect::Status(412),
+            ),
+        ];
+        let refusals = cases.len() as u64;
+        let big = "<http://192.168.1.2/>".repeat(800);
+        let many_headers: Vec<(String, String)> = (0..40)
+            .map(|i| (format!("X-Header-{i}"), i.to_string()))
+            .collect();
+        let mut headers: Vec<(&str, &[u8])> = many_headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_bytes()))
+            .collect();
+        headers.extend([("CALLBACK", cb.as_bytes()), nt]);
+        cases.extend([
+            (
+                "SUBSCRIBE elsewhere".into(),
+                gena_request(
+                    "SUBSCRIBE",
+                    "/evt/Nothing",
+                    &[("CALLBACK", cb.as_bytes()), nt],
+                ),
+                Expect::Status(404),
+            ),
+            (
+                "a 16 KiB CALLBACK".into(),
+                with_callback(&big),
+                Expect::Refused,
+            ),
+            ("40 headers".into(), subscribe(&headers), Expect::Refused),
+        ]);
+        let before = stats(lab, daemon)?;
+        expect_all(lab, &cases, "")?;
+        let after = stats(lab, daemon)?;
+        let refused = grew(&before, &after, "gena_refused");
+        let taken = grew(&before, &after, "gena_subscribed");
+        ensure!(
+            refused == refusals && taken == 0,
+            "expected {refusals} refusals and no subscription counted, got +{refused} and +{taken}"
+        );
+
+        // Absurd TIMEOUTs: taken, within the bounds, and given back.
+        for timeout in [
+            "Second-99999999999999999999".to_string(),
+            "Second-0".into(),
+            "Second--5".into(),
+            "Second-infinite".into(),
+            "Minute-5".into(),
+            format!("Second-{}", "9".repeat(4000)),
+        ] {
+            let request = subscribe(&[
+                ("CALLBACK", cb.as_bytes()),
+                nt,
+                ("TIMEOUT", timeout.as_bytes()),
+            ]);
+            let reply = exchange(lan1, &request)?;
+            let granted = reply_header(&reply, "timeout")
+                .and_then(|t| t.strip_prefix("Second-")?.parse::<u32>().ok());
+            ensure!(
+                reply.status == Some(200) && granted.is_some_and(|t| (60..=1800).contains(&t)),
+                "TIMEOUT {:.40}: {:?} {granted:?}",
+                timeout,
+                reply.status
+            );
+            let sid = reply_header(&reply, "sid").context("no SID")?.to_string();
+            let gone = exchange(lan1, &unsubscribe(&[("SID", sid.as_bytes())]))?;
+            ensure!(gone.status == Some(200), "UNSUBSCRIBE {sid}: {gone:?}");
+        }
+
+        // Floods from five more addresses of lan1's: the first takes PER_HOST + 4, the
+        // others PER_HOST each, which is over TOTAL with lan1's and lan2's.
+        let flooders: Vec<Ipv4Addr> = (20..25).map(|n| Ipv4Addr::new(192, 168, 1, n)).collect();
+        for addr in &flooders {
+            lan1.ip(&format!("addr add {addr}/24 dev eth0"))?;
+        }
+        let before = stats(lab, daemon)?;
+        let mut flood = 0;
+        for (i, addr) in flooders.iter().enumerate() {
+            let count = if i == 0 { PER_HOST + 4 } else { PER_HOST };
+            for _ in 0..count {
+                subscribed(lan1, *addr, &subscribe_request(*addr, NO_SINK_PORT))?;
+                flood += 1;
+            }
+        }
+        let after = stats(lab, daemon)?;
+        let evicted = grew(&before, &after, "gena_evicted");
+        let held = flood + 2 - evicted as usize;
+        eprintln!("{flood} subscriptions from flooders, {evicted} ended to make room");
+        ensure!(
+            held == TOTAL && grew(&before, &after, "gena_subscribed") == flood as u64,
+            "after {flood} subscriptions: {evicted} ended, so {held} held (bound {TOTAL})"
+        );
+        // The flooders' own made room: lan1's and lan2's stay.
+        for (ns, addr, sid) in [(lan1, LAN1_IP, &sid1), (lan2, LAN2_IP, &sid2)] {
+            let (status, renewed) = renew(ns, addr, sid)?;
+            ensure!(
+                status == Some(200) && renewed.as_deref() == Some(sid.as_str()),
+                "{addr}'s subscription after the floods: {status:?} {renewed:?}"
+            );
+        }
+        let reply = exchange(lan1, &add_request(LAN1_IP, 9681, 8681))?;
+        ensure!(reply.status == Some(200), "AddPortMapping: {reply:?}");
+        for (sink, sid) in [(&sink1, &sid1), (&sink2, &sid2)] {
+            sink.wait_for(Duration::from_secs(5), |e| {
+                e.header("sid") == Some(sid.as_str())
+                    && e.variable("PortMappingNumberOfEntries") == Some("1")
+            })?;
+        }
+        Ok(())
+    })
+}
+http_paths!(gena_hostile);

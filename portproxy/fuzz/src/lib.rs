@@ -1,6 +1,7 @@
 //! The codecs under test, compiled from portproxy's own source files.
 //!
-//! `portproxy/src/proto` is pure (std only, no I/O), so it is included by path rather than
+//! `portproxy/src/proto` is pure (no I/O; httparse, quick-xml and http's types, which this
+//! crate lists too), so it is included by path rather than
 //! through a dependency on the `portproxy` crate: that would build the whole daemon (tokio,
 //! aya, netlink) and its build script, which compiles the eBPF programs with the nightly and
 //! bpf-linker, under the sanitizer flags of every fuzz build. Same code, seconds to build.

@@ -88,10 +88,13 @@ pub enum Origin {
     PcpMap {
         nonce: [u8; 12],
     },
-    /// UPnP AddPortMapping, or AddAnyPortMapping when `any`, with its description.
+    /// UPnP AddPortMapping, or AddAnyPortMapping when `any`, with its description, and the
+    /// lease portproxy's IGD keeps at the CGN (`None`: the CGN's grant is all there is, as
+    /// for a relayed one).
     Upnp {
         any: bool,
         description: String,
+        lease: Option<Lease>,
     },
     /// A manual forward (`forwards`), with its description.
     Manual {
@@ -131,6 +134,29 @@ impl Origin {
 /// A nonce in hex, as people and the mappings file see it.
 pub fn hex(bytes: &[u8; 12]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// How long a control point asked a mapping made through portproxy's IGD to last: the IGD
+/// renews it at the CGN, which grants less at a time, until the lease ends. Kept with the
+/// mapping (and in the mappings file), so it outlives a rebuild and a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// The lease asked for, in seconds (0: until deleted, IGD:1's permanent lease).
+    pub secs: u32,
+    /// When it ends, since boot; `None`: until deleted.
+    pub ends: Option<Duration>,
+}
+
+impl Lease {
+    /// A lease of `secs` (0: until deleted) from `now`; `None` if its end does not fit
+    /// the clock.
+    pub fn of(secs: u32, now: Duration) -> Option<Lease> {
+        let ends = match secs {
+            0 => None,
+            secs => Some(now.checked_add(Duration::from_secs(u64::from(secs)))?),
+        };
+        Some(Lease { secs, ends })
+    }
 }
 
 /// What the CGN holds for a mapping.
@@ -477,7 +503,7 @@ impl Mappings {
     /// how many. The keeper then asks the CGN for them again.
     pub async fn restore(&self, path: &Path, allowed: impl Fn(Ipv4Addr) -> bool) -> usize {
         let limit = self.state.lock().await.table.limits().total;
-        let grants = match persist::load(path, limit) {
+        let grants = match persist::load(path, limit, now()) {
             Ok(grants) => grants,
             Err(e) => {
                 warn!("not restoring the mappings: {e:#}");

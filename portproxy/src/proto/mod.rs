@@ -1,6 +1,7 @@
 //! Wire formats portproxy reads: pure functions over byte slices, no I/O, so
 //! they can be unit-tested and fuzzed on their own.
 
+pub mod gena;
 pub mod location;
 pub mod natpmp;
 pub mod pcp;

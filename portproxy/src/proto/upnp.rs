@@ -1,10 +1,10 @@
 //! UPnP IGD port-mapping control over HTTP (SOAP), as far as the mapping table
 //! needs it: the HTTP framing of requests and responses (`httparse`) and the
 //! actions AddPortMapping, AddAnyPortMapping and DeletePortMapping with their
-//! arguments and results (`quick-xml`). Pure functions over bytes, fuzzed in
-//! `portproxy/fuzz`.
+//! arguments and results (`quick-xml`); a device description's connection service, as a
+//! control point reads it. Pure functions over bytes, fuzzed in `portproxy/fuzz`.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use quick_xml::events::Event;
 
@@ -332,6 +332,84 @@ pub fn services(description: &[u8]) -> Result<Vec<Vec<(String, String)>>, Unpars
     elements(description, "service", 64, None)
 }
 
+/// The connection services a control point of an IGD may use, best first.
+pub const CONNECTION_SERVICES: [&str; 3] = [
+    "urn:schemas-upnp-org:service:WANIPConnection:2",
+    "urn:schemas-upnp-org:service:WANIPConnection:1",
+    "urn:schemas-upnp-org:service:WANPPPConnection:1",
+];
+
+/// Where an IGD's connection service is controlled, as its device description says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionService {
+    /// One of `CONNECTION_SERVICES`, exactly: it goes into the SOAPAction header.
+    pub service: &'static str,
+    pub server: SocketAddrV4,
+    /// The control URL's path (and query), as a request line takes it (`http::uri`'s
+    /// characters: no spaces, no line ends).
+    pub control_path: String,
+}
+
+/// The best connection service that the device description `body`, served by `server`,
+/// lists: its control URL relative to `server`, or absolute on the same address (a
+/// description from the WAN side cannot send the control point to another host). `None`
+/// when it lists none that qualifies.
+pub fn connection_service(
+    body: &[u8],
+    server: SocketAddrV4,
+) -> Result<Option<ConnectionService>, Unparsed> {
+    let found = services(body)?
+        .iter()
+        .filter_map(|s| {
+            let kind = argument(s, "serviceType")?;
+            let rank = CONNECTION_SERVICES.iter().position(|k| *k == kind)?;
+            let control = argument(s, "controlURL")?;
+            let (server, control_path) = match parse_url(control) {
+                Some((at, path)) if at.ip() == server.ip() => (at, path),
+                Some(_) => return None,
+                None => {
+                    let path = format!("/{}", control.trim_start_matches('/'));
+                    let path: http::uri::PathAndQuery = path.parse().ok()?;
+                    (server, path.as_str().to_string())
+                }
+            };
+            let service = CONNECTION_SERVICES[rank];
+            Some((
+                rank,
+                ConnectionService {
+                    service,
+                    server,
+                    control_path,
+                },
+            ))
+        })
+        .min_by_key(|(rank, _)| *rank);
+    Ok(found.map(|(_, service)| service))
+}
+
+/// `http://a.b.c.d[:port][/path]` as (address, path and query); `None` for anything else:
+/// a name, another scheme, user info (`http://a.b.c.d@other/` names another host than it
+/// seems to), port 0, characters a URI may not have.
+pub fn parse_url(url: &str) -> Option<(SocketAddrV4, String)> {
+    let uri: http::Uri = url.trim().parse().ok()?;
+    let authority = uri.authority()?;
+    if uri.scheme_str() != Some("http") || authority.as_str().contains('@') {
+        return None;
+    }
+    let host: Ipv4Addr = authority.host().parse().ok()?;
+    let port = authority.port_u16().unwrap_or(80);
+    if port == 0 {
+        return None;
+    }
+    // `http://a.b.c.d?x` has the query without a path: a request target needs the `/`.
+    let path = uri.path_and_query().map_or("", |p| p.as_str());
+    let path = match path.starts_with('/') {
+        true => path.to_string(),
+        false => format!("/{path}"),
+    };
+    Some((SocketAddrV4::new(host, port), path))
+}
+
 /// A SOAP request body calling `action` of `service` with `args` (values XML-escaped).
 pub fn soap_request(service: &str, action: &str, args: &[(&str, String)]) -> String {
     let mut body = format!(
@@ -599,5 +677,99 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(chunked.body_len(), Err(Unparsed::NoLength));
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            parse_url("http://192.0.0.1:5000/rootDesc.xml"),
+            Some(("192.0.0.1:5000".parse().unwrap(), "/rootDesc.xml".into()))
+        );
+        assert_eq!(
+            parse_url("http://192.0.0.1"),
+            Some(("192.0.0.1:80".parse().unwrap(), "/".into()))
+        );
+        assert_eq!(
+            parse_url("http://192.0.0.1?x=1"),
+            Some(("192.0.0.1:80".parse().unwrap(), "/?x=1".into()))
+        );
+        for not in [
+            "https://192.0.0.1/x",
+            "http://igd.example/x",
+            "http://192.0.0.1@203.0.113.5/x",
+            "http://192.0.0.1:0/x",
+            "http://192.0.0.1/a b",
+            "http://192.0.0.1/x\r\nHost: evil",
+            "/x",
+        ] {
+            assert_eq!(parse_url(not), None, "{not:?}");
+        }
+    }
+
+    /// A device description from `192.0.0.1:5000` listing `services` (type, control URL).
+    fn description(services: &[(&str, &str)]) -> String {
+        let list: String = services
+            .iter()
+            .map(|(kind, control)| {
+                format!(
+                    "<service><serviceType>{kind}</serviceType><controlURL>{control}</controlURL></service>"
+                )
+            })
+            .collect();
+        format!(
+            "<?xml version=\"1.0\"?><root xmlns=\"urn:schemas-upnp-org:device-1-0\"><device>\
+             <deviceList><device><serviceList>{list}</serviceList></device></deviceList></device></root>"
+        )
+    }
+
+    const SERVER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 0, 0, 1), 5000);
+
+    fn service(services: &[(&str, &str)]) -> Option<ConnectionService> {
+        connection_service(description(services).as_bytes(), SERVER).unwrap()
+    }
+
+    #[test]
+    fn a_description_names_its_best_connection_service() {
+        let l3f = (
+            "urn:schemas-upnp-org:service:Layer3Forwarding:1",
+            "/ctl/L3F",
+        );
+        let ip1 = (CONNECTION_SERVICES[1], "ctl/IP1");
+        let ip2 = (CONNECTION_SERVICES[0], "/ctl/IPConn");
+        assert_eq!(
+            service(&[l3f, ip1, ip2]),
+            Some(ConnectionService {
+                service: CONNECTION_SERVICES[0],
+                server: SERVER,
+                control_path: "/ctl/IPConn".into(),
+            })
+        );
+        let found = service(&[l3f, ip1]).unwrap();
+        assert_eq!(
+            (found.service, found.control_path.as_str()),
+            (CONNECTION_SERVICES[1], "/ctl/IP1")
+        );
+        let absolute = service(&[(CONNECTION_SERVICES[1], "http://192.0.0.1:5001/ctl")]).unwrap();
+        assert_eq!(absolute.server.port(), 5001);
+        assert_eq!(service(&[l3f]), None);
+    }
+
+    #[test]
+    fn a_hostile_description_sends_the_control_point_nowhere_else() {
+        let ip2 = CONNECTION_SERVICES[0];
+        for (kind, control) in [
+            // Another host.
+            (ip2, "http://203.0.113.5/ctl"),
+            // Line ends or spaces in what becomes the request line or SOAPAction.
+            (ip2, "/ctl&#13;&#10;Host: evil"),
+            (ip2, "/ctl x"),
+            (
+                "evil&#13;&#10;X: urn:schemas-upnp-org:service:WANIPConnection:2",
+                "/ctl",
+            ),
+            ("x-urn:schemas-upnp-org:service:WANIPConnection:2", "/ctl"),
+        ] {
+            assert_eq!(service(&[(kind, control)]), None, "{kind} {control}");
+        }
     }
 }

@@ -245,6 +245,8 @@ impl HttpRelay {
                     origin: Origin::Upnp {
                         any: *any,
                         description: description.chars().take(MAX_DESCRIPTION).collect(),
+                        // The CGN's IGD keeps the lease: its grant is all there is.
+                        lease: None,
                     },
                     backing: Backing::Relayed,
                     client,

@@ -9,7 +9,7 @@ mod port_control;
 use std::sync::Mutex;
 use std::time::Duration;
 
-pub use igd::IgdServer;
+pub use igd::{Events, IgdServer};
 pub use mapper::Mapper;
 pub use port_control::PortControlServer;
 

@@ -28,24 +28,10 @@ pub struct Igd {
     pub service: String,
 }
 
-/// `http://a.b.c.d:port/path` as (address, path); `None` for anything else (a name, HTTPS).
-pub fn parse_url(url: &str) -> Option<(SocketAddrV4, String)> {
-    let rest = url.trim().strip_prefix("http://")?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let addr = match authority.split_once(':') {
-        Some((ip, port)) => SocketAddrV4::new(ip.parse().ok()?, port.parse().ok()?),
-        None => SocketAddrV4::new(authority.parse().ok()?, 80),
-    };
-    Some((addr, path.to_string()))
-}
-
 impl Igd {
     /// Reads the description at `location` and finds the connection service.
     pub async fn discover(location: &str, wan: Ipv4Addr) -> Result<Igd> {
-        let (server, path) = parse_url(location)
+        let (server, path) = upnp::parse_url(location)
             .with_context(|| format!("the IGD's LOCATION {location:?} is no http://ADDR URL"))?;
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {server}\r\nConnection: close\r\nUser-Agent: portproxy\r\n\r\n"
@@ -54,33 +40,13 @@ impl Igd {
         if status != 200 {
             bail!("{location}: HTTP {status}");
         }
-        let services = upnp::services(&body).map_err(|e| anyhow::anyhow!("{location}: {e:?}"))?;
-        let connection = services
-            .iter()
-            .filter_map(|s| {
-                let kind = upnp::argument(s, "serviceType")?;
-                let control = upnp::argument(s, "controlURL")?;
-                let rank = [
-                    "WANIPConnection:2",
-                    "WANIPConnection:1",
-                    "WANPPPConnection:1",
-                ]
-                .iter()
-                .position(|k| kind.ends_with(k))?;
-                Some((rank, kind.to_string(), control.to_string()))
-            })
-            .min_by_key(|(rank, ..)| *rank)
+        let found = upnp::connection_service(&body, server)
+            .map_err(|e| anyhow::anyhow!("{location}: {e:?}"))?
             .with_context(|| format!("{location} names no WANIPConnection service"))?;
-        let (_, service, control) = connection;
-        let (server, control_path) = match parse_url(&control) {
-            Some(absolute) => absolute,
-            None if control.starts_with('/') => (server, control),
-            None => (server, format!("/{control}")),
-        };
         Ok(Igd {
-            server,
-            control_path,
-            service,
+            server: found.server,
+            control_path: found.control_path,
+            service: found.service.to_string(),
         })
     }
 
@@ -244,36 +210,6 @@ async fn exchange(server: SocketAddrV4, wan: Ipv4Addr, request: &[u8]) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls() {
-        assert_eq!(
-            parse_url("http://192.0.0.1:5000/rootDesc.xml"),
-            Some(("192.0.0.1:5000".parse().unwrap(), "/rootDesc.xml".into()))
-        );
-        assert_eq!(
-            parse_url("http://192.0.0.1"),
-            Some(("192.0.0.1:80".parse().unwrap(), "/".into()))
-        );
-        assert_eq!(parse_url("https://192.0.0.1/x"), None);
-        assert_eq!(parse_url("http://igd.example/x"), None);
-    }
-
-    #[test]
-    fn a_description_names_its_services() {
-        let xml = br#"<?xml version="1.0"?><root xmlns="urn:schemas-upnp-org:device-1-0"><device>
-            <serviceList><service><serviceType>urn:schemas-upnp-org:service:Layer3Forwarding:1</serviceType>
-            <controlURL>/ctl/L3F</controlURL></service></serviceList><deviceList><device><deviceList><device>
-            <serviceList><service><serviceType>urn:schemas-upnp-org:service:WANIPConnection:2</serviceType>
-            <controlURL>/ctl/IPConn</controlURL></service></serviceList></device></deviceList></device></deviceList>
-            </device></root>"#;
-        let services = upnp::services(xml).unwrap();
-        assert_eq!(services.len(), 2);
-        assert_eq!(
-            upnp::argument(&services[1], "controlURL"),
-            Some("/ctl/IPConn")
-        );
-    }
 
     #[test]
     fn ports_after_a_conflict_are_spread_and_repeatable() {

@@ -244,3 +244,17 @@ impl Down {
         Ok(())
     }
 }
+
+#[allow(dead_code)] // not every test file rebuilds the data path
+/// Waits (at most 10 s) until portproxy's log holds `needle` at least `count` times.
+pub fn wait_for_log(daemon: &Daemon, needle: &str, count: usize) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while daemon.log().matches(needle).count() < count {
+        ensure!(
+            Instant::now() < deadline,
+            "portproxy never logged {needle:?} {count} times"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}

@@ -10,19 +10,20 @@
 //!   CGN or another mapping here has it); AddAnyPortMapping lets the CGN choose.
 //! - Leases: IGD:1's 0 is permanent; IGD:2 caps leases at a week and takes 0 as a week.
 //!   The CGN is asked for at most `UPSTREAM_LIFETIME` at a time and the mapping renewed
-//!   there at half its lifetime while the lease lasts (`Leases`).
+//!   there at half its lifetime while the lease lasts (`renew`). The lease is kept with the
+//!   mapping in the table (`mapping::Lease`), so it survives a rebuild and, through the
+//!   mappings file, a restart.
 //! - Descriptions are kept up to `MAX_DESCRIPTION` bytes.
 
-use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use log::debug;
 
 use super::description::IP_CONNECTION;
 use crate::clock::boot_time;
-use crate::mapping::{Entry, Key, Origin};
+use crate::mapping::{Entry, Key, Lease, Origin};
 use crate::netif;
 use crate::proto::Transport;
 use crate::serve::Mapper;
@@ -67,41 +68,22 @@ impl From<Failure> for UpnpError {
 /// An action's output arguments, in the order the service description lists them.
 pub type Output = Vec<(&'static str, String)>;
 
-/// Lease ends of the mappings made through the IGD (boot-time clock; `None`: until
-/// deleted). The table's entry expires with what the CGN granted; the lease may last longer.
-#[derive(Default)]
-pub struct Leases(Mutex<HashMap<Key, Option<Duration>>>);
-
-impl Leases {
-    fn set(&self, key: Key, end: Option<Duration>) {
-        self.0.lock().unwrap().insert(key, end);
-    }
-
-    fn remove(&self, key: &Key) {
-        self.0.lock().unwrap().remove(key);
-    }
-
-    /// `Some(None)`: permanent; `None`: not made here (or its lease is over).
-    fn end(&self, key: &Key) -> Option<Option<Duration>> {
-        self.0.lock().unwrap().get(key).copied()
-    }
-
-    /// Seconds of lease left as GetSpecificPortMappingEntry says it (0: permanent).
-    fn left_secs(&self, entry: &Entry, now: Duration) -> u32 {
-        let end = match self.end(&entry.key) {
-            Some(end) => end,
-            // Not made through the IGD (NAT-PMP, PCP, restored): what the CGN granted.
-            None => entry.expires,
-        };
-        end.map_or(0, |end| {
-            u32::try_from(end.saturating_sub(now).as_secs().max(1)).unwrap_or(u32::MAX)
-        })
-    }
+/// Seconds left of `entry`'s lease as GetSpecificPortMappingEntry says it (0: permanent).
+fn lease_left(entry: &Entry, now: Duration) -> u32 {
+    let end = match &entry.origin {
+        Origin::Upnp {
+            lease: Some(lease), ..
+        } => lease.ends,
+        // Not made through the IGD (NAT-PMP, PCP, relayed): what the CGN granted.
+        _ => entry.expires,
+    };
+    end.map_or(0, |end| {
+        u32::try_from(end.saturating_sub(now).as_secs().max(1)).unwrap_or(u32::MAX)
+    })
 }
 
 pub struct Control {
     pub mapper: Arc<Mapper>,
-    pub leases: Leases,
     /// When the IGD started (GetStatusInfo's uptime).
     pub started: Duration,
     /// For the WAN's traffic counters.
@@ -247,14 +229,16 @@ impl Control {
         let description = a.get("NewPortMappingDescription").unwrap_or_default();
         let description = truncate(description, MAX_DESCRIPTION).to_string();
         let upstream = lease.map_or(UPSTREAM_LIFETIME, |l| l.clamp(1, UPSTREAM_LIFETIME));
-        let origin = Origin::Upnp { any, description };
+        let lease = Lease::of(lease.unwrap_or(0), boot_time()).ok_or(INVALID_ARGS)?;
+        let origin = Origin::Upnp {
+            any,
+            description,
+            lease: Some(lease),
+        };
         let granted = self
             .mapper
             .map(key, (external, upstream, !any), origin, client)
             .await?;
-        let now = boot_time();
-        self.leases
-            .set(key, lease.map(|l| now + Duration::from_secs(l.into())));
         match any {
             true => Ok(vec![(
                 "NewReservedPort",
@@ -271,7 +255,6 @@ impl Control {
         if entry.key.host != *client.ip() {
             return Err(NOT_AUTHORIZED);
         }
-        self.leases.remove(&entry.key);
         self.mapper.delete(entry.key, None).await?;
         Ok(Vec::new())
     }
@@ -295,7 +278,6 @@ impl Control {
         }
         let mut result = Ok(Vec::new());
         for entry in mine {
-            self.leases.remove(&entry.key);
             if let Err(f) = self.mapper.delete(entry.key, None).await {
                 result = Err(UpnpError::from(f));
             }
@@ -307,7 +289,7 @@ impl Control {
         let proto = a.protocol()?;
         let port = a.number("NewExternalPort")?;
         let entry = (self.mapper.mappings.by_external(proto, port).await).ok_or(NO_SUCH_ENTRY)?;
-        let mut out = self.describe(&entry, boot_time());
+        let mut out = describe(&entry, boot_time());
         // GetSpecificPortMappingEntry does not repeat what was asked.
         out.retain(|(name, _)| {
             !matches!(*name, "NewRemoteHost" | "NewExternalPort" | "NewProtocol")
@@ -318,7 +300,7 @@ impl Control {
     async fn generic(&self, a: &Args<'_>) -> Result<Output, UpnpError> {
         let index: usize = a.number("NewPortMappingIndex")?;
         let entry = self.mapper.mappings.nth(index).await.ok_or(INDEX_INVALID)?;
-        Ok(self.describe(&entry, boot_time()))
+        Ok(describe(&entry, boot_time()))
     }
 
     /// GetListOfPortMappings (IGD:2): the requester's mappings in the range (everyone's
@@ -348,7 +330,7 @@ impl Control {
         );
         for entry in listed {
             xml += "<p:PortMappingEntry>";
-            for (name, value) in self.describe(entry, now) {
+            for (name, value) in describe(entry, now) {
                 let name = match name {
                     "NewPortMappingDescription" => "NewDescription",
                     "NewLeaseDuration" => "NewLeaseTime",
@@ -365,55 +347,18 @@ impl Control {
         Ok(vec![("NewPortListing", xml)])
     }
 
-    /// A mapping as GetGenericPortMappingEntry lists it.
-    fn describe(&self, entry: &Entry, now: Duration) -> Output {
-        let description = match &entry.origin {
-            Origin::Upnp { description, .. } | Origin::Manual { description } => {
-                description.clone()
-            }
-            Origin::NatPmp => "NAT-PMP".into(),
-            Origin::PcpMap { .. } => "PCP".into(),
-        };
-        vec![
-            ("NewRemoteHost", String::new()),
-            ("NewExternalPort", entry.external.port().to_string()),
-            ("NewProtocol", entry.key.proto.name().to_uppercase()),
-            ("NewInternalPort", entry.key.internal_port.to_string()),
-            ("NewInternalClient", entry.key.host.to_string()),
-            ("NewEnabled", "1".into()),
-            ("NewPortMappingDescription", description),
-            (
-                "NewLeaseDuration",
-                self.leases.left_secs(entry, now).to_string(),
-            ),
-        ]
-    }
-
     /// Renews at the CGN what was made here and whose lease lasts beyond what the CGN
-    /// granted, once half of that has passed; forgets leases that are over.
+    /// granted, once half of that has passed (whenever it was made: a mapping restored from
+    /// the file after a restart carries its lease).
     pub async fn renew(&self) {
         let now = boot_time();
         for entry in self.mapper.mappings.entries().await {
+            let Some(lifetime) = renewal(&entry, now) else {
+                continue;
+            };
             let Origin::Upnp { any, .. } = &entry.origin else {
                 continue;
             };
-            let (Some(lease_end), Some(expires)) = (self.leases.end(&entry.key), entry.expires)
-            else {
-                continue;
-            };
-            if lease_end.is_some_and(|end| end <= expires) {
-                continue;
-            }
-            let half = Duration::from_secs(u64::from(entry.lifetime) / 2);
-            if expires.saturating_sub(now) > half {
-                continue;
-            }
-            let left = lease_end.map_or(u64::from(UPSTREAM_LIFETIME), |end| {
-                end.saturating_sub(now).as_secs()
-            });
-            let lifetime = u32::try_from(left)
-                .unwrap_or(u32::MAX)
-                .clamp(1, UPSTREAM_LIFETIME);
             let ask = (entry.external.port(), lifetime, !any);
             if let Err(f) = self
                 .mapper
@@ -423,9 +368,54 @@ impl Control {
                 debug!("renewing {} at the CGN: {f}", entry.key);
             }
         }
-        let mut leases = self.leases.0.lock().unwrap();
-        leases.retain(|_, end| end.is_none_or(|end| end > now));
     }
+}
+
+/// The lifetime to ask the CGN for, if `entry` is due for a renewal at `now`: made by the
+/// IGD, its lease lasting beyond what the CGN granted, and half of that grant gone. At most
+/// `UPSTREAM_LIFETIME`, at most what is left of the lease.
+fn renewal(entry: &Entry, now: Duration) -> Option<u32> {
+    let Origin::Upnp {
+        lease: Some(lease), ..
+    } = &entry.origin
+    else {
+        return None;
+    };
+    let expires = entry.expires?;
+    if lease.ends.is_some_and(|end| end <= expires) {
+        return None;
+    }
+    let half = Duration::from_secs(u64::from(entry.lifetime) / 2);
+    if expires.saturating_sub(now) > half {
+        return None;
+    }
+    let left = lease.ends.map_or(u64::from(UPSTREAM_LIFETIME), |end| {
+        end.saturating_sub(now).as_secs()
+    });
+    Some(
+        u32::try_from(left)
+            .unwrap_or(u32::MAX)
+            .clamp(1, UPSTREAM_LIFETIME),
+    )
+}
+
+/// A mapping as GetGenericPortMappingEntry lists it.
+fn describe(entry: &Entry, now: Duration) -> Output {
+    let description = match &entry.origin {
+        Origin::Upnp { description, .. } | Origin::Manual { description } => description.clone(),
+        Origin::NatPmp => "NAT-PMP".into(),
+        Origin::PcpMap { .. } => "PCP".into(),
+    };
+    vec![
+        ("NewRemoteHost", String::new()),
+        ("NewExternalPort", entry.external.port().to_string()),
+        ("NewProtocol", entry.key.proto.name().to_uppercase()),
+        ("NewInternalPort", entry.key.internal_port.to_string()),
+        ("NewInternalClient", entry.key.host.to_string()),
+        ("NewEnabled", "1".into()),
+        ("NewPortMappingDescription", description),
+        ("NewLeaseDuration", lease_left(entry, now).to_string()),
+    ]
 }
 
 /// An action's input arguments.
@@ -460,4 +450,79 @@ fn truncate(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::Backing;
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    /// A mapping made by the IGD at 0 s with `lease`, which the CGN granted for `granted`
+    /// seconds (the table's view of it).
+    fn made(lease: Lease, granted: u32) -> Entry {
+        let host = Ipv4Addr::new(192, 168, 1, 2);
+        Entry {
+            key: Key {
+                host,
+                proto: Transport::Tcp,
+                internal_port: 8080,
+            },
+            external: SocketAddrV4::new(Ipv4Addr::new(203, 0, 114, 1), 9080),
+            lifetime: granted,
+            expires: Some(secs(granted.into())),
+            origin: Origin::Upnp {
+                any: false,
+                description: String::new(),
+                lease: Some(lease),
+            },
+            backing: Backing::Pcp { nonce: [1; 12] },
+            client: SocketAddrV4::new(host, 40000),
+            first_seen: Duration::ZERO,
+            last_seen: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn a_lease_longer_than_the_grant_is_renewed_at_half_for_what_is_left() {
+        // A day's lease; the CGN grants 120 s at a time.
+        let day = made(Lease::of(86_400, Duration::ZERO).unwrap(), 120);
+        assert_eq!(renewal(&day, secs(59)), None, "not before half");
+        assert_eq!(renewal(&day, secs(60)), Some(UPSTREAM_LIFETIME));
+        // Its last hour: only what is left.
+        let mut last = day.clone();
+        last.expires = Some(secs(86_000));
+        assert_eq!(renewal(&last, secs(85_990)), Some(410));
+        // Permanent (IGD:1's 0): renewed for as long as the CGN gives at once.
+        let permanent = made(Lease::of(0, Duration::ZERO).unwrap(), 120);
+        assert_eq!(renewal(&permanent, secs(100)), Some(UPSTREAM_LIFETIME));
+        assert_eq!(lease_left(&permanent, secs(100)), 0, "0: permanent");
+        assert_eq!(lease_left(&day, secs(100)), 86_300);
+    }
+
+    #[test]
+    fn a_lease_the_grant_covers_or_none_is_left_alone() {
+        // 60 s asked for, 120 s granted: the grant covers it.
+        let short = made(Lease::of(60, Duration::ZERO).unwrap(), 120);
+        assert_eq!(renewal(&short, secs(100)), None);
+        // No lease of the IGD's own (relayed, restored from an old file): the CGN's grant.
+        let mut relayed = made(Lease::of(0, Duration::ZERO).unwrap(), 120);
+        relayed.origin = Origin::Upnp {
+            any: false,
+            description: String::new(),
+            lease: None,
+        };
+        assert_eq!(renewal(&relayed, secs(100)), None);
+        assert_eq!(lease_left(&relayed, secs(100)), 20);
+        let mut pcp = relayed.clone();
+        pcp.origin = Origin::PcpMap { nonce: [2; 12] };
+        assert_eq!(renewal(&pcp, secs(100)), None);
+        // Granted until deleted: nothing to renew.
+        let mut forever = made(Lease::of(0, Duration::ZERO).unwrap(), 0);
+        forever.expires = None;
+        assert_eq!(renewal(&forever, secs(100)), None);
+    }
 }

@@ -6,14 +6,13 @@
 //! table's watch (`Mappings::watch`), not from polling.
 //!
 //! Decisions (CallStranger, CVE-2020-12695, and bounds):
-//! - A CALLBACK is taken only as `http://<the subscriber's own address>[:port]/path`, at
-//!   most `MAX_CALLBACKS` of them: a subscription cannot make portproxy send to another
-//!   host, nor to a name, nor over another scheme (412, counted as `gena_refused`).
+//! - A (UN)SUBSCRIBE's headers are read and checked by `proto::gena` (callbacks only to the
+//!   subscriber itself, bounded TIMEOUT; 412 or 400 otherwise, counted as `gena_refused`).
 //! - A SID is renewed or cancelled only by the host that took it (412 otherwise), and is
 //!   random (`getrandom`), so another host can neither guess nor end it.
 //! - At most `PER_HOST` subscriptions per host and `TOTAL` in all: a new one ends the
-//!   oldest (of the host, else of all). TIMEOUT is capped at `MAX_TIMEOUT` (and at least
-//!   `MIN_TIMEOUT`); none, or one not understood, is `DEFAULT_TIMEOUT`.
+//!   oldest of the host, else the oldest of the host holding the most (so a flood from
+//!   many addresses ends the flooder's own, not a host's single subscription).
 //! - Each subscription has a task of its own that sends its events in order, at most one
 //!   per `MODERATION` (changes in between are sent together), each NOTIFY bounded by
 //!   `DELIVERY_TIME`: a callback that never answers holds only its own task, never the
@@ -21,6 +20,10 @@
 //!   it expires; its SEQ still advances (§4.2.1: the subscriber sees it missed one).
 //! - The initial event leaves `INITIAL_DELAY` after the subscription is taken, so it
 //!   follows the 200 that tells the control point its SID (§4.2.1).
+//! - Subscriptions outlive a rebuild of the data path (a softwire flap): `Events` is the
+//!   daemon's, each IGD server built on a data path `serve`s through it, and the senders
+//!   are tasks of their own, not the data path's. They end when the LAN address changes or
+//!   the IGD is no longer served (`end_all`).
 
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -31,7 +34,7 @@ use anyhow::Context as _;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::client::conn::http1;
-use hyper::{HeaderMap, Method, Request, StatusCode, Uri, header};
+use hyper::{Method, Request, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use log::debug;
 use tokio::net::TcpSocket;
@@ -40,19 +43,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::description::{COMMON_IF_EVENTS, IP_CONNECTION_EVENTS};
-use crate::mapping::Observed;
-use crate::relay::Tasks;
+use crate::mapping::{Mappings, Observed};
+use crate::proto::gena::{Callback, Subscription};
 use crate::serve::Mapper;
 use crate::stats::{Counter, Stats};
 
-pub const MAX_TIMEOUT: u32 = 1800;
-pub const DEFAULT_TIMEOUT: u32 = 1800;
-pub const MIN_TIMEOUT: u32 = 60;
 /// Subscriptions of one host, and of all hosts.
 pub const PER_HOST: usize = 16;
 pub const TOTAL: usize = 64;
-/// CALLBACK URLs one subscription may give (tried in order, §4.1.1).
-pub const MAX_CALLBACKS: usize = 4;
 /// How long one NOTIFY may take, connection included.
 pub const DELIVERY_TIME: Duration = Duration::from_secs(2);
 /// The shortest time between two events of one subscription.
@@ -117,129 +115,6 @@ pub fn propertyset(variables: &[Variable]) -> String {
     xml
 }
 
-/// Where a subscriber wants its events: the subscriber's own address and a port, and the
-/// request target there.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Callback {
-    pub addr: SocketAddrV4,
-    pub target: String,
-}
-
-/// A SUBSCRIBE or UNSUBSCRIBE, its headers checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Subscription {
-    New {
-        callbacks: Vec<Callback>,
-        timeout: u32,
-    },
-    Renew {
-        sid: String,
-        timeout: u32,
-    },
-    Cancel {
-        sid: String,
-    },
-}
-
-/// Reads a SUBSCRIBE (`unsubscribe` false) or UNSUBSCRIBE from `peer`: 400 when it mixes a
-/// SID with NT or CALLBACK, 412 when a header is missing or wrong, or a callback is not
-/// `peer`'s (§4.1.1, §4.1.3).
-pub fn parse(
-    unsubscribe: bool,
-    headers: &HeaderMap,
-    peer: Ipv4Addr,
-) -> Result<Subscription, StatusCode> {
-    let get = |name: &str| -> Result<Option<&str>, StatusCode> {
-        let mut values = headers.get_all(name).iter();
-        match (values.next(), values.next()) {
-            (None, _) => Ok(None),
-            (Some(v), None) => v
-                .to_str()
-                .map(|v| Some(v.trim()))
-                .map_err(|_| StatusCode::PRECONDITION_FAILED),
-            // The same header twice: which one is meant?
-            (Some(_), Some(_)) => Err(StatusCode::BAD_REQUEST),
-        }
-    };
-    let (sid, nt, callback) = (get("sid")?, get("nt")?, get("callback")?);
-    let timeout = timeout(get("timeout")?);
-    match sid {
-        Some(_) if nt.is_some() || callback.is_some() => Err(StatusCode::BAD_REQUEST),
-        Some("") => Err(StatusCode::PRECONDITION_FAILED),
-        Some(sid) if unsubscribe => Ok(Subscription::Cancel { sid: sid.into() }),
-        Some(sid) => Ok(Subscription::Renew {
-            sid: sid.into(),
-            timeout,
-        }),
-        None if unsubscribe => Err(StatusCode::PRECONDITION_FAILED),
-        None => {
-            if nt != Some("upnp:event") {
-                return Err(StatusCode::PRECONDITION_FAILED);
-            }
-            let callbacks =
-                callbacks(callback.unwrap_or(""), peer).ok_or(StatusCode::PRECONDITION_FAILED)?;
-            Ok(Subscription::New { callbacks, timeout })
-        }
-    }
-}
-
-/// `<http://192.168.1.2:49152/evt><http://...>`: every URL must be plain http to `peer`
-/// itself, by address (CallStranger); `None` otherwise, or when there are none or too many.
-pub fn callbacks(header: &str, peer: Ipv4Addr) -> Option<Vec<Callback>> {
-    let mut rest = header.trim();
-    let mut callbacks = Vec::new();
-    while !rest.is_empty() {
-        let (url, after) = rest.strip_prefix('<')?.split_once('>')?;
-        if callbacks.len() == MAX_CALLBACKS {
-            return None;
-        }
-        callbacks.push(callback(url, peer)?);
-        rest = after.trim_start();
-    }
-    (!callbacks.is_empty()).then_some(callbacks)
-}
-
-fn callback(url: &str, peer: Ipv4Addr) -> Option<Callback> {
-    let uri: Uri = url.parse().ok()?;
-    let authority = uri.authority()?;
-    // No user info: `http://192.168.1.2@other/` names another host than it seems to.
-    if uri.scheme_str() != Some("http") || authority.as_str().contains('@') {
-        return None;
-    }
-    let host: Ipv4Addr = authority.host().parse().ok()?;
-    if host != peer {
-        return None;
-    }
-    let port = authority.port_u16().unwrap_or(80);
-    if port == 0 {
-        return None;
-    }
-    let target = uri.path_and_query().map_or("/", |p| p.as_str());
-    Some(Callback {
-        addr: SocketAddrV4::new(host, port),
-        target: if target.is_empty() { "/" } else { target }.to_string(),
-    })
-}
-
-/// TIMEOUT: `Second-N` or `Second-infinite` (§4.1.1), within our bounds.
-pub fn timeout(header: Option<&str>) -> u32 {
-    let Some(value) = header else {
-        return DEFAULT_TIMEOUT;
-    };
-    let Some(secs) = value
-        .get(..7)
-        .filter(|p| p.eq_ignore_ascii_case("second-"))
-        .map(|_| &value[7..])
-    else {
-        return DEFAULT_TIMEOUT;
-    };
-    if secs.eq_ignore_ascii_case("infinite") {
-        return MAX_TIMEOUT;
-    }
-    secs.parse::<u32>()
-        .map_or(DEFAULT_TIMEOUT, |s| s.clamp(MIN_TIMEOUT, MAX_TIMEOUT))
-}
-
 /// What a SUBSCRIBE or UNSUBSCRIBE got.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
@@ -271,7 +146,16 @@ impl Subscriptions {
             }
         }
         if self.0.len() >= TOTAL {
-            ended.push(self.0.remove(0).stop);
+            // The oldest of the host that holds the most: a host (or a few) flooding from
+            // many addresses ends its own, not those of hosts that subscribed once.
+            let mut held = std::collections::HashMap::<Ipv4Addr, usize>::new();
+            for e in &self.0 {
+                *held.entry(e.host).or_default() += 1;
+            }
+            let most = held.values().copied().max().unwrap_or(0);
+            if let Some(i) = self.0.iter().position(|e| held[&e.host] == most) {
+                ended.push(self.0.remove(i).stop);
+            }
         }
         self.0.push(entry);
         ended
@@ -303,35 +187,68 @@ impl Subscriptions {
     }
 }
 
-/// The IGD's subscriptions and what sends their events.
+/// The IGD's subscriptions and what sends their events: the daemon's, across data paths.
 pub struct Events {
     subscriptions: Mutex<Subscriptions>,
     observed: watch::Receiver<Observed>,
-    mapper: Arc<Mapper>,
+    /// The IGD's current data path: its mapper (to learn the CGN's address for an initial
+    /// event) and where NOTIFYs leave from (the LAN address).
+    serving: Mutex<Option<Serving>>,
     stats: Arc<Stats>,
-    /// Where NOTIFYs leave from: the IGD's own LAN address.
+}
+
+#[derive(Clone)]
+struct Serving {
+    mapper: Arc<Mapper>,
     lan_addr: Ipv4Addr,
 }
 
 impl Events {
-    pub fn new(mapper: Arc<Mapper>, stats: Arc<Stats>) -> Events {
+    pub fn new(mappings: &Mappings, stats: Arc<Stats>) -> Events {
         Events {
             subscriptions: Mutex::default(),
-            observed: mapper.mappings.watch(),
-            lan_addr: mapper.config().lan.addr,
-            mapper,
+            observed: mappings.watch(),
+            serving: Mutex::default(),
             stats,
         }
     }
 
+    /// The IGD is served on a (new) data path, through `mapper`: subscriptions go on, unless
+    /// the LAN address is another (their callbacks were on the old LAN).
+    pub fn serve(&self, mapper: Arc<Mapper>) {
+        let lan_addr = mapper.config().lan.addr;
+        let before = self
+            .serving
+            .lock()
+            .unwrap()
+            .replace(Serving { mapper, lan_addr });
+        if before.is_some_and(|b| b.lan_addr != lan_addr) {
+            self.end_all();
+        }
+    }
+
+    /// Ends every subscription (the IGD is not served any more, or on another LAN).
+    pub fn end_all(&self) {
+        let ended = std::mem::take(&mut *self.subscriptions.lock().unwrap());
+        if !ended.0.is_empty() {
+            debug!("igd: {} event subscriptions ended", ended.0.len());
+        }
+        for entry in ended.0 {
+            entry.stop.cancel();
+        }
+    }
+
+    fn serving(&self) -> Option<Serving> {
+        self.serving.lock().unwrap().clone()
+    }
+
     /// Carries out a (UN)SUBSCRIBE of `peer` at `service`; a new subscription's events are
-    /// sent from a task of `tasks`.
+    /// sent from a task of its own.
     pub fn answer(
         self: &Arc<Self>,
         peer: Ipv4Addr,
         service: Service,
         request: Subscription,
-        tasks: &Tasks,
     ) -> Result<Answer, StatusCode> {
         let mut subscriptions = self.subscriptions.lock().unwrap();
         let answer = match request {
@@ -353,7 +270,7 @@ impl Events {
                 debug!("igd: {peer} subscribed to {service:?} as {sid} for {timeout}s");
                 let events = self.clone();
                 let task_sid = sid.clone();
-                tasks.spawn(async move {
+                tokio::spawn(async move {
                     tokio::select! {
                         () = stop.cancelled() => {}
                         () = events.publish(&task_sid, service, &callbacks) => {}
@@ -392,8 +309,11 @@ impl Events {
             let mut now = *observed.borrow_and_update();
             if sent.is_none() && service == Service::IpConnection && now.public_addr.is_none() {
                 // Not known yet (no grant, no probe said it): the initial event asks.
-                let asked = tokio::time::timeout(ADDRESS_LOOKUP, self.mapper.public_address());
-                now.public_addr = asked.await.ok().and_then(Result::ok);
+                if let Some(serving) = self.serving() {
+                    let asked = serving.mapper.public_address();
+                    let asked = tokio::time::timeout(ADDRESS_LOOKUP, asked);
+                    now.public_addr = asked.await.ok().and_then(Result::ok);
+                }
             }
             let variables = service.variables(&now);
             if sent.as_ref() != Some(&variables) {
@@ -428,10 +348,13 @@ impl Events {
 
     /// One event message, to the first callback that takes it.
     async fn notify(&self, callbacks: &[Callback], sid: &str, seq: u32, body: Bytes) {
+        let Some(serving) = self.serving() else {
+            return;
+        };
         for callback in callbacks {
             let sent = tokio::time::timeout(
                 DELIVERY_TIME,
-                send(self.lan_addr, callback, sid, seq, body.clone()),
+                send(serving.lan_addr, callback, sid, seq, body.clone()),
             )
             .await;
             match sent {
@@ -520,120 +443,6 @@ mod tests {
 
     const PEER: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 2);
 
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(*name, value.parse().unwrap());
-        }
-        map
-    }
-
-    fn subscribe(pairs: &[(&'static str, &str)]) -> Result<Subscription, StatusCode> {
-        parse(false, &headers(pairs), PEER)
-    }
-
-    #[test]
-    fn a_subscribe_names_its_callbacks_and_timeout() {
-        assert_eq!(
-            subscribe(&[
-                (
-                    "callback",
-                    "<http://192.168.1.2:49152/evt?a=1> <http://192.168.1.2/>"
-                ),
-                ("nt", "upnp:event"),
-                ("timeout", "Second-300"),
-            ]),
-            Ok(Subscription::New {
-                callbacks: vec![
-                    Callback {
-                        addr: SocketAddrV4::new(PEER, 49152),
-                        target: "/evt?a=1".into(),
-                    },
-                    Callback {
-                        addr: SocketAddrV4::new(PEER, 80),
-                        target: "/".into(),
-                    },
-                ],
-                timeout: 300,
-            })
-        );
-    }
-
-    #[test]
-    fn missing_or_wrong_headers_are_a_failed_precondition() {
-        const PRE: Result<Subscription, StatusCode> = Err(StatusCode::PRECONDITION_FAILED);
-        let cb = ("callback", "<http://192.168.1.2:5000/>");
-        let nt = ("nt", "upnp:event");
-        assert_eq!(subscribe(&[cb]), PRE);
-        assert_eq!(subscribe(&[nt]), PRE);
-        assert_eq!(subscribe(&[cb, ("nt", "ssdp:all")]), PRE);
-        assert_eq!(subscribe(&[("callback", ""), nt]), PRE);
-        assert_eq!(subscribe(&[("sid", ""),]), PRE);
-        assert_eq!(parse(true, &headers(&[]), PEER), PRE);
-        assert_eq!(
-            parse(true, &headers(&[("sid", "uuid:x")]), PEER),
-            Ok(Subscription::Cancel {
-                sid: "uuid:x".into()
-            })
-        );
-    }
-
-    #[test]
-    fn a_sid_with_nt_or_callback_is_a_bad_request() {
-        let sid = ("sid", "uuid:x");
-        for other in [("nt", "upnp:event"), ("callback", "<http://192.168.1.2/>")] {
-            assert_eq!(subscribe(&[sid, other]), Err(StatusCode::BAD_REQUEST));
-            assert_eq!(
-                parse(true, &headers(&[sid, other]), PEER),
-                Err(StatusCode::BAD_REQUEST)
-            );
-        }
-        assert_eq!(
-            subscribe(&[sid, ("timeout", "Second-100")]),
-            Ok(Subscription::Renew {
-                sid: "uuid:x".into(),
-                timeout: 100
-            })
-        );
-    }
-
-    #[test]
-    fn callbacks_go_only_to_the_subscriber_itself_over_http() {
-        for refused in [
-            // CallStranger: another LAN host, a host outside, a name.
-            "<http://192.168.1.3:5000/>",
-            "<http://198.51.100.7/>",
-            "<http://example.com/>",
-            // Another scheme, user info, no host, port 0, junk.
-            "<https://192.168.1.2/>",
-            "<http://192.168.1.2@198.51.100.7/>",
-            "</evt>",
-            "<http://192.168.1.2:0/>",
-            "http://192.168.1.2/",
-            "<http://192.168.1.2/",
-            // One of several for someone else.
-            "<http://192.168.1.2/><http://192.168.1.3/>",
-            // Too many.
-            "<http://192.168.1.2/><http://192.168.1.2/><http://192.168.1.2/>\
-             <http://192.168.1.2/><http://192.168.1.2/>",
-        ] {
-            assert_eq!(callbacks(refused, PEER), None, "{refused}");
-        }
-    }
-
-    #[test]
-    fn timeouts_are_bounded() {
-        assert_eq!(timeout(None), DEFAULT_TIMEOUT);
-        assert_eq!(timeout(Some("Second-600")), 600);
-        assert_eq!(timeout(Some("second-600")), 600);
-        assert_eq!(timeout(Some("Second-99999")), MAX_TIMEOUT);
-        assert_eq!(timeout(Some("Second-1")), MIN_TIMEOUT);
-        assert_eq!(timeout(Some("Second-infinite")), MAX_TIMEOUT);
-        assert_eq!(timeout(Some("Second-")), DEFAULT_TIMEOUT);
-        assert_eq!(timeout(Some("Minute-5")), DEFAULT_TIMEOUT);
-        assert_eq!(timeout(Some("Sé")), DEFAULT_TIMEOUT);
-    }
-
     #[test]
     fn the_propertyset_carries_every_variable_escaped() {
         let observed = Observed {
@@ -696,8 +505,18 @@ mod tests {
         }
         let ended = subs.add(entry(200, start).0);
         assert_eq!((ended.len(), subs.0.len()), (1, TOTAL));
-        // The oldest of all is host 2's second; host 3's is still there.
+        // Host 2 holds the most: its oldest went; host 3's is still there.
         assert!(!other_stop.is_cancelled());
+        assert_eq!(
+            subs.0.iter().filter(|e| e.host == PEER).count(),
+            PER_HOST - 1
+        );
+        // While others hold more than one, a host's single subscription stays.
+        for i in 0..4 * TOTAL {
+            subs.add(entry(201 + (i % 4) as u8, start).0);
+        }
+        assert!(!other_stop.is_cancelled());
+        assert_eq!(subs.0.len(), TOTAL);
     }
 
     #[test]

@@ -25,8 +25,8 @@ use super::description::{
     COMMON_IF, COMMON_IF_CONTROL, COMMON_IF_SCPD, DESCRIPTION_V1, DESCRIPTION_V2, IP_CONNECTION,
     IP_CONNECTION_CONTROL, IP_CONNECTION_SCPD_V1, IP_CONNECTION_SCPD_V2,
 };
-use super::events::{self, Answer, Service};
-use crate::proto::upnp;
+use super::events::{Answer, Service};
+use crate::proto::{gena, upnp};
 use crate::relay::Tasks;
 use crate::stats::Counter;
 
@@ -41,6 +41,10 @@ const CONNECTION_TIME: Duration = Duration::from_secs(10);
 /// answer: a LAN client sends it in one go. Without it a client sending a byte a second
 /// held a connection for all of `CONNECTION_TIME`, and 32 of them kept everyone out.
 const HEAD_TIME: Duration = Duration::from_secs(3);
+/// How long a request body may take to arrive once its head is in: a control point sends a
+/// SOAP call in one go. Without it a body trickled a byte a second held its connection for
+/// all of `CONNECTION_TIME`.
+const BODY_TIME: Duration = Duration::from_secs(3);
 /// hyper's smallest read buffer, which bounds a request head.
 const MAX_HEAD: usize = 8192;
 const MAX_HEADERS: usize = 32;
@@ -69,12 +73,11 @@ pub async fn serve(igd: Arc<IgdServer>, listener: TcpListener, tasks: Tasks) -> 
             continue;
         };
         let igd = igd.clone();
-        let events = tasks.clone();
         tasks.spawn(async move {
             let stats = igd.stats.clone();
             let service = service_fn(move |req| {
-                let (igd, events) = (igd.clone(), events.clone());
-                async move { Ok::<_, Infallible>(respond(&igd, peer, req, &events).await) }
+                let igd = igd.clone();
+                async move { Ok::<_, Infallible>(respond(&igd, peer, req).await) }
             });
             // Title-Case header names (`Sid`, `Timeout`): what control points that compare
             // names exactly expect more often than lower case.
@@ -139,17 +142,16 @@ impl Drop for HostSlot {
     }
 }
 
-/// Answers `req`; `tasks` runs the event senders of new subscriptions.
+/// Answers `req`.
 async fn respond(
     igd: &IgdServer,
     peer: SocketAddrV4,
     req: Request<Incoming>,
-    tasks: &Tasks,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
     match req.method().as_str() {
-        "SUBSCRIBE" => return subscription(igd, peer, &path, false, &req, tasks),
-        "UNSUBSCRIBE" => return subscription(igd, peer, &path, true, &req, tasks),
+        "SUBSCRIBE" => return subscription(igd, peer, &path, false, &req),
+        "UNSUBSCRIBE" => return subscription(igd, peer, &path, true, &req),
         _ => {}
     }
     match (req.method(), path.as_str()) {
@@ -179,13 +181,12 @@ fn subscription(
     path: &str,
     unsubscribe: bool,
     req: &Request<Incoming>,
-    tasks: &Tasks,
 ) -> Response<Full<Bytes>> {
     let Some(service) = Service::at(path) else {
         return empty(StatusCode::NOT_FOUND);
     };
-    let answer = events::parse(unsubscribe, req.headers(), *peer.ip())
-        .and_then(|request| igd.events.answer(*peer.ip(), service, request, tasks));
+    let answer = gena::parse(unsubscribe, req.headers(), *peer.ip())
+        .and_then(|request| igd.events.answer(*peer.ip(), service, request));
     match answer {
         Ok(Answer::Subscribed { sid, timeout }) => {
             let mut response = empty(StatusCode::OK);
@@ -241,15 +242,18 @@ async fn control(
     if !version_ok {
         return fault(igd, INVALID_ACTION);
     }
-    let body = match Limited::new(req.into_body(), upnp::MAX_BODY)
-        .collect()
-        .await
-    {
-        Ok(body) => body.to_bytes(),
-        Err(e) => {
+    let body = Limited::new(req.into_body(), upnp::MAX_BODY).collect();
+    let body = match tokio::time::timeout(BODY_TIME, body).await {
+        Ok(Ok(body)) => body.to_bytes(),
+        Ok(Err(e)) => {
             igd.stats.add(Counter::DropHttp);
             debug!("igd: body from {peer}: {e}");
             return empty(StatusCode::PAYLOAD_TOO_LARGE);
+        }
+        Err(_) => {
+            igd.stats.add(Counter::DropHttp);
+            debug!("igd: body from {peer} not in after {BODY_TIME:?}");
+            return close(StatusCode::REQUEST_TIMEOUT);
         }
     };
     let Ok(args) = upnp::action_arguments(&body, action) else {
@@ -288,6 +292,16 @@ fn xml(status: StatusCode, body: String) -> Response<Full<Bytes>> {
         header::HeaderValue::from_static(super::ssdp::SERVER),
     );
     headers.insert("ext", header::HeaderValue::from_static(""));
+    response
+}
+
+/// `empty`, and the connection closed after it (the rest of the request is not waited for).
+fn close(status: StatusCode) -> Response<Full<Bytes>> {
+    let mut response = empty(status);
+    response.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
     response
 }
 

@@ -19,8 +19,8 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use tokio::net::TcpListener;
 
-use self::control::{Control, Leases};
-use self::events::Events;
+use self::control::Control;
+pub use self::events::Events;
 use super::Mapper;
 use crate::clock::boot_time;
 use crate::config::Config;
@@ -44,18 +44,25 @@ pub struct IgdServer {
 }
 
 impl IgdServer {
-    pub fn new(mapper: Arc<Mapper>, netlink: rtnetlink::Handle, stats: Arc<Stats>) -> IgdServer {
+    /// The IGD on the data path of `mapper`; `events` (the daemon's) carries its
+    /// subscriptions over from the data path before.
+    pub fn new(
+        mapper: Arc<Mapper>,
+        events: Arc<Events>,
+        netlink: rtnetlink::Handle,
+        stats: Arc<Stats>,
+    ) -> IgdServer {
         let cfg = mapper.config();
         let uuids = [uuid(cfg, 1), uuid(cfg, 2)];
         let targets = ssdp::targets([&uuids[0], &uuids[1]], cfg.lan.addr, cfg.http_ports[0]);
         let boot_id = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_secs() as u32 & 0x7fff_ffff);
+        events.serve(mapper.clone());
         IgdServer {
-            events: Arc::new(Events::new(mapper.clone(), stats.clone())),
+            events,
             control: Control {
                 mapper,
-                leases: Leases::default(),
                 started: boot_time(),
                 netlink,
             },
