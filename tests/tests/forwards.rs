@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use common::{
-    Down, check_mapping, check_mapping_at, mapped_again, natpmpc_delete, natpmpc_map, with_lab,
+    Down, check_mapping, check_mapping_at, mapped_again, natpmpc_delete, natpmpc_map, wait_for_log,
+    with_lab,
 };
 use serde_json::Value;
 use tests::{CgnKind, DataPath, LAN1_IP, LAN2_IP, Lab, PUBLIC_IP, Softwire, show_output};
@@ -271,7 +272,8 @@ every_path!(forward_on_a_upnp_cgn);
 
 /// Forwards survive `down`: the new portproxy, with the same files, lists them, has the
 /// one on any port at the CGN on the same external port again (not the one the CGN would
-/// pick now), and the internet host reaches it.
+/// pick now), and the internet host reaches it. After the reboot the mappings file is gone
+/// too, as when the router was off for longer than the grants last.
 fn forwards_survive(softwire: Softwire, down: Down) -> Result<()> {
     with_lab(
         Lab::builder(softwire).cgn(CgnKind::PcpOnly).cpe_firewall(),
@@ -306,8 +308,20 @@ fn forwards_survive(softwire: Softwire, down: Down) -> Result<()> {
             natpmpc_delete(lab.lan(1), 8332, 8000)?;
             active(lab, target)?;
             down.take(lab, first)?;
+            if down == Down::Reboot {
+                // Down longer than the grants last: the mappings file has nothing left to
+                // restore, so only the forwards file can say which port the forward had.
+                std::fs::remove_file(&mappings).context("removing the mappings file")?;
+            }
             let second = lab.spawn_portproxy_on(DataPath::Sockets, &args)?;
             let result = (|| -> Result<()> {
+                // Both are asked for at the CGN again first (miniupnpd replaces its rules
+                // then): by the keeper after a restart (the table restored), by the
+                // forwards' own keeper after the reboot (nothing restored).
+                match down {
+                    Down::Restart => wait_for_log(&second, "renewed for", 2)?,
+                    Down::Reboot => wait_for_log(&second, ": active at", 2)?,
+                }
                 let game = listed(lab, target)?.context("the UDP forward is gone")?;
                 ensure!(game["description"] == "game", "{game:#}");
                 let after = active(lab, tcp)?;
@@ -320,6 +334,10 @@ fn forwards_survive(softwire: Softwire, down: Down) -> Result<()> {
             })();
             if result.is_err() {
                 eprintln!("=== second portproxy log\n{}", second.log());
+                let holes = lab
+                    .cpe()
+                    .run("nft", &["list", "table", "inet", "portproxy"]);
+                eprintln!("=== its holes while it runs\n{holes:?}");
             }
             result
         },

@@ -5,7 +5,7 @@
 //! ```json
 //! { "version": 1, "forwards": [
 //!   { "host": "192.168.1.2", "internal_port": 8080, "protocol": "tcp",
-//!     "external_port": 8080, "description": "web server" } ] }
+//!     "external_port": null, "description": "web server", "granted_port": 8080 } ] }
 //! ```
 
 use std::path::Path;
@@ -21,13 +21,23 @@ const VERSION: u32 = 1;
 #[derive(Serialize, Deserialize)]
 struct File {
     version: u32,
-    forwards: Vec<Spec>,
+    forwards: Vec<Saved>,
 }
 
-/// The forwards in `path`; none if there is no file yet. Anything else it cannot take
+/// A forward and the external port the CGN last gave it.
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    #[serde(flatten)]
+    spec: Spec,
+    #[serde(default)]
+    granted_port: Option<u16>,
+}
+
+/// The forwards in `path`, each with the external port last granted; none if there is no
+/// file yet. Anything else it cannot take
 /// whole (not JSON, another version, a forward that makes no sense, two of the same) is an
 /// error that names the file and the forward.
-pub fn load(path: &Path) -> Result<Vec<Forward>> {
+pub fn load(path: &Path) -> Result<Vec<(Forward, Option<u16>)>> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -49,24 +59,32 @@ pub fn load(path: &Path) -> Result<Vec<Forward>> {
             file.forwards.len()
         );
     }
-    let mut forwards: Vec<Forward> = Vec::with_capacity(file.forwards.len());
-    for spec in &file.forwards {
+    let mut forwards: Vec<(Forward, Option<u16>)> = Vec::with_capacity(file.forwards.len());
+    for Saved { spec, granted_port } in &file.forwards {
         let forward = spec
             .forward()
             .with_context(|| format!("{}: {spec:?}", path.display()))?;
-        if forwards.iter().any(|f| f.key == forward.key) {
+        if forwards.iter().any(|(f, _)| f.key == forward.key) {
             bail!("{}: {} is there twice", path.display(), forward.key);
         }
-        forwards.push(forward);
+        forwards.push((forward, granted_port.filter(|p| *p != 0)));
     }
     Ok(forwards)
 }
 
-/// Writes `forwards` to `path`.
-pub fn save<'a>(path: &Path, forwards: impl Iterator<Item = &'a Forward>) -> Result<()> {
+/// Writes `forwards` (with the port last granted) to `path`.
+pub fn save<'a>(
+    path: &Path,
+    forwards: impl Iterator<Item = (&'a Forward, Option<u16>)>,
+) -> Result<()> {
     let file = File {
         version: VERSION,
-        forwards: forwards.map(Spec::from).collect(),
+        forwards: forwards
+            .map(|(forward, granted_port)| Saved {
+                spec: Spec::from(forward),
+                granted_port,
+            })
+            .collect(),
     };
     mapping::write_json(path, &file)
 }
@@ -87,14 +105,17 @@ mod tests {
         let dir = dir("roundtrip");
         let path = dir.join("sub/forwards.json");
         assert!(load(&path).unwrap().is_empty(), "no file: no forwards");
-        let forwards: Vec<Forward> = [
-            r#"{"host":"192.168.1.2","internal_port":8080,"protocol":"tcp","external_port":9080,"description":"web"}"#,
-            r#"{"host":"192.168.1.3","internal_port":53,"protocol":"udp"}"#,
+        let forwards: Vec<(Forward, Option<u16>)> = [
+            (r#"{"host":"192.168.1.2","internal_port":8080,"protocol":"tcp","external_port":9080,"description":"web"}"#, Some(9080)),
+            (r#"{"host":"192.168.1.3","internal_port":53,"protocol":"udp"}"#, None),
         ]
         .iter()
-        .map(|json| serde_json::from_str::<Spec>(json).unwrap().forward().unwrap())
+        .map(|(json, port)| {
+            let spec = serde_json::from_str::<Spec>(json).unwrap();
+            (spec.forward().unwrap(), *port)
+        })
         .collect();
-        save(&path, forwards.iter()).unwrap();
+        save(&path, forwards.iter().map(|(f, p)| (f, *p))).unwrap();
         assert_eq!(load(&path).unwrap(), forwards);
         assert!(!path.with_extension("tmp").exists());
         std::fs::remove_dir_all(&dir).unwrap();

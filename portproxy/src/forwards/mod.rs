@@ -214,6 +214,9 @@ impl From<&Forward> for Spec {
 #[derive(Debug)]
 struct Slot {
     forward: Forward,
+    /// The external port the CGN last gave it (saved): asked for again after a restart, so
+    /// a forward on any port keeps its port even when its grant ran out meanwhile.
+    port: Option<u16>,
     /// The last failure and when to try again.
     failed: Option<(String, Instant)>,
     backoff: Duration,
@@ -222,9 +225,10 @@ struct Slot {
 }
 
 impl Slot {
-    fn new(forward: Forward) -> Slot {
+    fn new(forward: Forward, port: Option<u16>) -> Slot {
         Slot {
             forward,
+            port,
             failed: None,
             backoff: RETRY_FIRST,
             refresh: false,
@@ -275,7 +279,10 @@ impl Forwards {
     /// The forwards saved in `path` (none if there is no file yet). A file that cannot be
     /// read is an error: starting without the forwards would lose them at the next change.
     pub fn load(path: PathBuf, mappings: Arc<Mappings>) -> Result<Arc<Forwards>> {
-        let slots = file::load(&path)?.into_iter().map(Slot::new).collect();
+        let slots = file::load(&path)?
+            .into_iter()
+            .map(|(forward, port)| Slot::new(forward, port))
+            .collect();
         Ok(Arc::new(Forwards {
             path,
             mappings,
@@ -313,7 +320,7 @@ impl Forwards {
             if inner.slots.len() >= MAX_FORWARDS {
                 return Err(ForwardError::TooMany);
             }
-            inner.slots.push(Slot::new(forward.clone()));
+            inner.slots.push(Slot::new(forward.clone(), None));
             if let Err(e) = self.save(&inner) {
                 inner.slots.pop();
                 return Err(e);
@@ -333,7 +340,10 @@ impl Forwards {
             let mut inner = self.inner.lock().unwrap();
             let at = position(&inner, key)?;
             check(&inner, &forward, Some(at), held.as_ref())?;
-            let before = std::mem::replace(&mut inner.slots[at], Slot::new(forward.clone()));
+            let port = inner.slots[at]
+                .port
+                .filter(|_| inner.slots[at].forward.key == forward.key);
+            let before = std::mem::replace(&mut inner.slots[at], Slot::new(forward.clone(), port));
             inner.slots[at].refresh = true;
             if let Err(e) = self.save(&inner) {
                 inner.slots[at] = before;
@@ -381,7 +391,7 @@ impl Forwards {
     }
 
     fn save(&self, inner: &Inner) -> Result<(), ForwardError> {
-        let forwards = inner.slots.iter().map(|s| &s.forward);
+        let forwards = inner.slots.iter().map(|s| (&s.forward, s.port));
         file::save(&self.path, forwards).map_err(|e| {
             warn!("{e:#}");
             ForwardError::Save(format!("{e:#}"))
@@ -441,10 +451,10 @@ impl Forwards {
         for forward in wanted {
             let held = self.mappings.get(&forward.key).await;
             let now = Instant::now();
-            let (refresh, retry_at) = {
+            let (refresh, retry_at, port) = {
                 let inner = self.inner.lock().unwrap();
                 match inner.slots.iter().find(|s| s.forward == forward) {
-                    Some(slot) => (slot.refresh, slot.failed.as_ref().map(|f| f.1)),
+                    Some(slot) => (slot.refresh, slot.failed.as_ref().map(|f| f.1), slot.port),
                     // Deleted or changed meanwhile: the next pass sees it.
                     None => continue,
                 }
@@ -483,10 +493,11 @@ impl Forwards {
                 }
                 continue;
             }
-            // The port it has (after a restart, the table's), so it keeps its address.
+            // The port it has (the table's, else the one saved), so it keeps its address.
             let suggested = forward
                 .external_port
                 .or(held.as_ref().map(|e| e.external.port()))
+                .or(port)
                 .unwrap_or(0);
             let ask = (suggested, LIFETIME, forward.external_port.is_some());
             let origin = Origin::Manual {
@@ -502,6 +513,12 @@ impl Forwards {
                         }
                         slot.backoff = RETRY_FIRST;
                         slot.refresh = false;
+                        let port = Some(granted.external.port());
+                        if slot.port != port {
+                            slot.port = port;
+                            // Logged by `save`; the port is only remembered in memory then.
+                            let _ = self.save(&inner);
+                        }
                     }
                     due(Instant::now() + Duration::from_secs(u64::from(granted.lifetime / 2)));
                 }
