@@ -137,6 +137,29 @@ pub struct Options {
     #[arg(long, default_value = DEFAULT_FORWARDS_FILE, value_name = "FILE")]
     pub forwards_file: PathBuf,
 
+    /// The JSON API and the web page on the LAN address (never on the WAN side): 1 on, 0 off.
+    #[arg(long, default_value = "1", value_name = "0|1", value_parser = flag, action = clap::ArgAction::Set)]
+    pub api: bool,
+
+    /// TCP port of the API and the web page on the LAN address.
+    #[arg(long, default_value_t = 8351, value_name = "PORT", value_parser = port)]
+    pub api_port: u16,
+
+    /// File whose first line is the password that allows changes through the API and the
+    /// page (log in, delete a mapping); without it both are read-only.
+    #[arg(long, value_name = "FILE")]
+    pub api_password_file: Option<PathBuf>,
+
+    /// Names the API answers to besides the LAN address (comma-separated, say openwrt.lan);
+    /// a request naming another host is refused, so a web site cannot rebind its name to
+    /// the router and read or change it.
+    #[arg(long, value_name = "NAMES", value_delimiter = ',')]
+    pub api_hosts: Vec<String>,
+
+    /// DHCP leases (dnsmasq's format) that give LAN hosts their names on the page.
+    #[arg(long, default_value = "/tmp/dhcp.leases", value_name = "FILE")]
+    pub leases_file: PathBuf,
+
     /// Where the fast path pins its maps (on a BPF filesystem, mounted if needed).
     #[arg(long, default_value = DEFAULT_PIN_DIR, value_name = "DIR", global = true)]
     pub pin_dir: PathBuf,
@@ -310,6 +333,14 @@ mod tests {
         assert_eq!(o.pin_dir, PathBuf::from("/sys/fs/bpf/portproxy"));
         assert_eq!(o.hooks, Hooks::Tc);
         assert_eq!(o.mode, Mode::Auto);
+        assert!(o.api && o.api_password_file.is_none() && o.api_hosts.is_empty());
+        assert_eq!(o.api_port, 8351);
+    }
+
+    #[test]
+    fn api_host_names_are_a_list() {
+        let o = parse(&["--api-hosts", "openwrt.lan,router"]).unwrap();
+        assert_eq!(o.api_hosts, ["openwrt.lan", "router"]);
     }
 
     #[test]

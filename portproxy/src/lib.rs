@@ -16,6 +16,7 @@
 //! Without the `fastpath` cargo feature (the socket-only build) `fastpath` is
 //! `no_fastpath.rs`: `--xdp` then says in one line that this build has no fast path.
 
+mod api;
 mod capture;
 mod cli;
 mod clock;
@@ -29,6 +30,7 @@ mod fastpath;
 mod fastpath;
 mod firewall;
 mod forwards;
+mod lan_http;
 mod mapping;
 mod netif;
 #[cfg(test)]

@@ -305,9 +305,12 @@ pub struct Traffic {
     pub rx_packets: u64,
 }
 
-/// The traffic counters of interface `index` (its 64-bit statistics).
-pub async fn traffic(handle: &Handle, index: u32) -> Result<Traffic> {
-    let link = handle
+/// Interface `index` as the kernel describes it.
+async fn link_by_index(
+    handle: &Handle,
+    index: u32,
+) -> Result<netlink_packet_route::link::LinkMessage> {
+    handle
         .link()
         .get()
         .match_index(index)
@@ -315,7 +318,12 @@ pub async fn traffic(handle: &Handle, index: u32) -> Result<Traffic> {
         .try_next()
         .await
         .with_context(|| format!("reading interface {index}"))?
-        .with_context(|| format!("no interface {index}"))?;
+        .with_context(|| format!("no interface {index}"))
+}
+
+/// The traffic counters of interface `index` (its 64-bit statistics).
+pub async fn traffic(handle: &Handle, index: u32) -> Result<Traffic> {
+    let link = link_by_index(handle, index).await?;
     link.attributes
         .iter()
         .find_map(|attr| match attr {
@@ -328,4 +336,89 @@ pub async fn traffic(handle: &Handle, index: u32) -> Result<Traffic> {
             _ => None,
         })
         .with_context(|| format!("interface {index} has no statistics"))
+}
+
+/// What the API shows of the softwire: the link's kind (`ip6tnl`, `veth`...), a tunnel's
+/// endpoints, and the interface's IPv6 addresses.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Softwire {
+    pub kind: Option<String>,
+    pub local: Option<IpAddr>,
+    pub remote: Option<IpAddr>,
+    pub ipv6: Vec<String>,
+}
+
+/// The softwire view of interface `index`.
+pub async fn softwire(handle: &Handle, index: u32) -> Result<Softwire> {
+    use netlink_packet_route::link::{InfoData, InfoIpTunnel, LinkInfo};
+    let link = link_by_index(handle, index).await?;
+    let mut view = Softwire::default();
+    let infos = link.attributes.iter().filter_map(|attr| match attr {
+        LinkAttribute::LinkInfo(infos) => Some(infos),
+        _ => None,
+    });
+    for info in infos.flatten() {
+        match info {
+            LinkInfo::Kind(kind) => view.kind = Some(kind.to_string()),
+            LinkInfo::Data(InfoData::IpTunnel(attrs)) => {
+                for attr in attrs {
+                    match attr {
+                        InfoIpTunnel::Local(a) => view.local = Some(*a),
+                        InfoIpTunnel::Remote(a) => view.remote = Some(*a),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut addrs = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute();
+    while let Some(msg) = addrs
+        .try_next()
+        .await
+        .with_context(|| format!("reading addresses of interface {index}"))?
+    {
+        for attr in &msg.attributes {
+            if let AddressAttribute::Address(IpAddr::V6(a)) = attr {
+                view.ipv6.push(format!("{a}/{}", msg.header.prefix_len));
+            }
+        }
+    }
+    Ok(view)
+}
+
+/// The IPv4 neighbours of interface `index` with their link-layer address
+/// (`aa:bb:cc:dd:ee:ff`).
+pub async fn neighbours(handle: &Handle, index: u32) -> Result<Vec<(Ipv4Addr, String)>> {
+    use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
+    let mut found = Vec::new();
+    let mut stream = handle
+        .neighbours()
+        .get()
+        .set_address_family(netlink_packet_route::AddressFamily::Inet)
+        .execute();
+    while let Some(msg) = stream.try_next().await.context("reading the neighbours")? {
+        if msg.header.ifindex != index {
+            continue;
+        }
+        let (mut ip, mut mac) = (None, None);
+        for attr in &msg.attributes {
+            match attr {
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => ip = Some(*a),
+                NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
+                    let hex: Vec<String> = l.iter().map(|b| format!("{b:02x}")).collect();
+                    mac = Some(hex.join(":"));
+                }
+                _ => {}
+            }
+        }
+        if let (Some(ip), Some(mac)) = (ip, mac) {
+            found.push((ip, mac));
+        }
+    }
+    Ok(found)
 }

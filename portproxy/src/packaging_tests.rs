@@ -124,6 +124,8 @@ fn the_shipped_config_starts_the_socket_relay_on_the_softwire() {
             "/etc/portproxy/mappings.json",
             "--forwards-file",
             "/etc/portproxy/forwards.json",
+            "--api-hosts",
+            "openwrt.lan",
             "--state-dir",
             "/var/run/portproxy",
             "--nat-pmp",
@@ -132,6 +134,8 @@ fn the_shipped_config_starts_the_socket_relay_on_the_softwire() {
             "1",
             "--upnp-tcp",
             "0",
+            "--api",
+            "1",
         ]
     );
     Options::try_parse_from(&rendered.command).expect("the command line parses");
@@ -195,6 +199,14 @@ fn every_uci_option_reaches_the_command_line() {
         "/etc/pp/mappings.json",
         "--forwards-file",
         "/etc/pp/forwards.json",
+        "--api-port",
+        "8352",
+        "--api-password-file",
+        "/etc/pp/api-password",
+        "--api-hosts",
+        "router.lan,gw",
+        "--leases-file",
+        "/tmp/pp.leases",
         "--hooks",
         "tc",
         "--pin-dir",
@@ -207,6 +219,8 @@ fn every_uci_option_reaches_the_command_line() {
         "1",
         "--upnp-tcp",
         "1",
+        "--api",
+        "0",
         "--xdp",
         "-vv",
     ];
@@ -220,7 +234,8 @@ fn every_uci_option_reaches_the_command_line() {
     }
     let o = Options::try_parse_from(&rendered.command).expect("the command line parses");
     assert_eq!(o.cgn_addr, Some(std::net::Ipv4Addr::new(192, 0, 0, 9)));
-    assert!(o.nat_pmp && o.upnp_udp && o.upnp_tcp && o.xdp);
+    assert!(o.nat_pmp && o.upnp_udp && o.upnp_tcp && o.xdp && !o.api);
+    assert_eq!(o.api_hosts, ["router.lan", "gw"]);
     assert_eq!((o.max_clients, o.rate_limit, o.verbose), (1024, 0, 2));
     for line in [
         "trigger interface interface.*.up wan6 /etc/init.d/portproxy reload",

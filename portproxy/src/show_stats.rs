@@ -17,26 +17,22 @@ struct Report {
     /// Without its `counters`: they are in `counters` here, with the programs'.
     #[serde(flatten)]
     status: Status,
-    /// Requests in flight in the kernel's CLIENTS map (fast path only).
-    live_entries: Option<usize>,
-    /// Every fate counted, by id.
-    counters: BTreeMap<&'static str, Count>,
+    #[serde(flatten)]
+    counters: Counters,
 }
 
-/// One fate's count by who counted it; absent where that side does not count it (`kernel`
-/// off the fast path).
+/// Every fate counted, by id, and the requests in flight in the kernel: what `portproxy
+/// stats --json` and the API's `/api/counters` show.
 #[derive(Serialize)]
-struct Count {
-    /// The programs' `STATS`, summed over CPUs.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    kernel: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    daemon: Option<u64>,
+pub struct Counters {
+    /// Requests in flight in the kernel's CLIENTS map (fast path only).
+    pub live_entries: Option<usize>,
+    pub counters: BTreeMap<&'static str, Count>,
 }
 
-pub fn run(state_dir: &Path, json: bool) -> Result<()> {
-    let mut status = Status::read(state_dir)?;
-    let daemon = std::mem::take(&mut status.counters);
+/// The daemon's counters (`daemon`, by id) with the programs' read from the maps pinned
+/// where `status` says, when it runs the fast path.
+pub fn counters(status: &Status, daemon: &BTreeMap<String, u64>) -> Result<Counters> {
     let (live_entries, kernel): (_, BTreeMap<&str, u64>) =
         match (&status.data_path, &status.pin_dir) {
             // A socket-only build cannot read the maps of a fast-path daemon that wrote this status.
@@ -61,10 +57,29 @@ pub fn run(state_dir: &Path, json: bool) -> Result<()> {
         })
         .filter(|(_, count)| count.kernel.is_some() || count.daemon.is_some())
         .collect();
-    let report = Report {
-        status,
+    Ok(Counters {
         live_entries,
         counters,
+    })
+}
+
+/// One fate's count by who counted it; absent where that side does not count it (`kernel`
+/// off the fast path).
+#[derive(Serialize)]
+pub struct Count {
+    /// The programs' `STATS`, summed over CPUs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kernel: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    daemon: Option<u64>,
+}
+
+pub fn run(state_dir: &Path, json: bool) -> Result<()> {
+    let mut status = Status::read(state_dir)?;
+    let daemon = std::mem::take(&mut status.counters);
+    let report = Report {
+        counters: counters(&status, &daemon)?,
+        status,
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -123,15 +138,15 @@ fn text(report: &Report) -> String {
         "mappings: {} (`portproxy mappings` lists them)\n",
         s.mappings
     );
-    if let Some(n) = report.live_entries {
+    if let Some(n) = report.counters.live_entries {
         out += &format!("live client entries: {n}\n");
     }
-    if !report.counters.is_empty() {
+    if !report.counters.counters.is_empty() {
         out += &format!("counters:\n{:>12} {:>12}\n", "kernel", "daemon");
     }
     let show = |n: Option<u64>| n.map_or("-".to_string(), |n| n.to_string());
     for fate in Counter::ALL {
-        if let Some(count) = report.counters.get(fate.id()) {
+        if let Some(count) = report.counters.counters.get(fate.id()) {
             out += &format!(
                 "{:>12} {:>12}  {}\n",
                 show(count.kernel),

@@ -48,6 +48,9 @@ pub struct Status {
     pub state: State,
     /// When the daemon entered `state`, in seconds since the Unix epoch.
     pub since: u64,
+    /// When the daemon started, in seconds since the Unix epoch.
+    #[serde(default)]
+    pub started: u64,
     pub data_path: DataPathKind,
     /// Why `--xdp` ended up on sockets, if it did.
     pub fallback_reason: Option<String>,
@@ -114,6 +117,7 @@ mod tests {
             pid: 7,
             state: State::WaitingFor("softwire to come up".into()),
             since: 1_700_000_000,
+            started: 1_699_999_000,
             data_path: DataPathKind::Sockets,
             fallback_reason: Some("no BPF".into()),
             hooks: vec![],

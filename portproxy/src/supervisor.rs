@@ -36,6 +36,7 @@ use rtnetlink::{Handle, MulticastGroup};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::Instant;
 
+use crate::api::{self, ApiServer};
 use crate::capture::ReplyCapture;
 use crate::cli::Options;
 use crate::config::{Config, Resolved};
@@ -100,6 +101,7 @@ impl Running {
         cgn_state: &Arc<std::sync::Mutex<CgnState>>,
         igd_events: &Arc<Events>,
         restored: bool,
+        api: Option<&Arc<api::Shared>>,
     ) -> Result<Running> {
         let plan = Plan::choose(opts.mode, probed.speaks);
         if cfg.nat_pmp {
@@ -167,9 +169,10 @@ impl Running {
         if !serving_upnp {
             igd_events.end_all();
         }
+        let api = api.map(|shared| Arc::new(ApiServer::new(shared.clone(), mapper.clone())));
         // Bind first: a port in use (say, a second portproxy) must fail before the
         // routing rule, which a running instance depends on, is touched.
-        let relay = SocketRelay::start(&on_sockets, stats, mappings, server, igd_server)?;
+        let relay = SocketRelay::start(&on_sockets, stats, mappings, server, igd_server, api)?;
         // Where NAT-PMP/PCP answers, held grants and announcements leave from (LAN address,
         // port 5351): the relay's socket, or one of its own when the programs carry 5351.
         let lan_port_control = match (cfg.nat_pmp, relay.port_control_socket()) {
@@ -344,8 +347,13 @@ struct Supervisor {
     /// Mappings restored from the file wait to be asked for at the CGN by the first data path.
     restored: bool,
     running: Option<Running>,
+    /// The API's settings and sessions, which survive a rebuild (`None`: `--api 0`).
+    api: Option<Arc<api::Shared>>,
     state: State,
     since: SystemTime,
+    started: SystemTime,
+    /// The status as last written, for the API.
+    published: tokio::sync::watch::Sender<Option<Status>>,
     retry_delay: Duration,
     next_check: Instant,
 }
@@ -429,6 +437,7 @@ impl Supervisor {
             &self.cgn_state,
             &self.igd_events,
             self.restored,
+            self.api.as_ref(),
         )
         .await;
         match started {
@@ -494,14 +503,15 @@ impl Supervisor {
             }
             None => (DataPathKind::Stopped, None, Vec::new(), None),
         };
-        let since = self
-            .since
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let unix = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        };
         Status {
             pid: std::process::id(),
             state: self.state.clone(),
-            since,
+            since: unix(self.since),
+            started: unix(self.started),
             data_path: kind,
             fallback_reason: reason,
             hooks,
@@ -518,9 +528,11 @@ impl Supervisor {
     }
 
     fn write_status(&self, state_dir: &Path) {
-        if let Err(e) = self.status().write(state_dir) {
+        let status = self.status();
+        if let Err(e) = status.write(state_dir) {
             warn!("status file for `portproxy stats`: {e:#}");
         }
+        self.published.send_replace(Some(status));
     }
 }
 
@@ -578,10 +590,30 @@ pub async fn run(opts: Options) -> Result<()> {
         }
     };
     let igd_events = Arc::new(Events::new(&mappings, stats.clone()));
+    let published = tokio::sync::watch::Sender::new(None);
+    let api = match opts.api {
+        true => {
+            let shared =
+                api::Shared::new(&opts, published.subscribe(), stats.clone(), handle.clone());
+            match shared {
+                Ok(shared) => Some(Arc::new(shared)),
+                Err(e) => {
+                    control.abort();
+                    control::remove(&state_dir);
+                    mappings.close_firewall().await;
+                    return Err(e);
+                }
+            }
+        }
+        false => None,
+    };
     let mut sup = Supervisor {
         opts,
         handle,
         stats,
+        api,
+        published,
+        started: SystemTime::now(),
         mappings: mappings.clone(),
         forwards,
         identity: Arc::new(Identity::default()),

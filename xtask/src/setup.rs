@@ -27,6 +27,9 @@ const PACKAGES: &[&str] = &[
     // Packaging tests: systemd-analyze verifies the systemd unit, shellcheck the init script.
     "systemd",
     "shellcheck",
+    // The web page's test: headless Chromium driven over WebDriver (tests/tests/api.rs).
+    "chromium",
+    "chromium-driver",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The fuzz smoke run of `cargo xtask test` (portproxy/fuzz) needs it.

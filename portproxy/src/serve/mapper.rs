@@ -11,7 +11,7 @@ use super::Identity;
 use crate::config::Config;
 use crate::mapping::{self, Backing, Entry, Grant, Key, Mappings, Origin, Refused};
 use crate::proto::Transport;
-use crate::upstream::{Ask, Failure, Granted, Igd, SocketPool, Upstream, Via};
+use crate::upstream::{self, Ask, Failure, Granted, Igd, SocketPool, Upstream, Via};
 
 pub struct Mapper {
     cfg: Arc<Config>,
@@ -156,6 +156,33 @@ impl Mapper {
         // The client wants it gone: the hole closes whatever the CGN says.
         let at_cgn = upstream.map(&ask).await.map(|_| ());
         self.mappings.deleted(key).await;
+        at_cgn
+    }
+
+    /// Removes `entry` on a person's behalf (the API): deleted at the CGN with the protocol
+    /// and nonce that made it there, whatever the CGN speaks best; out of the table and its
+    /// hole closed whatever the CGN answers, as at its expiry. A mapping relayed to the CGN's
+    /// own IGD is deleted there only when portproxy knows that IGD (it maps with UPnP).
+    pub async fn remove(&self, entry: &Entry) -> Result<(), Failure> {
+        let (via, nonce) = upstream::made_with(entry);
+        let upstream = Upstream {
+            cgn: SocketAddrV4::new(self.cfg.cgn, self.cfg.nat_pmp_port),
+            wan: self.cfg.wan.addr,
+            via,
+            igd: self.igd.clone(),
+            sockets: self.sockets.clone(),
+        };
+        let ask = Ask {
+            host: entry.key.host,
+            proto: entry.key.proto,
+            internal_port: entry.key.internal_port,
+            suggested_port: entry.external.port(),
+            lifetime: 0,
+            prefer_failure: false,
+            nonce,
+        };
+        let at_cgn = upstream.map(&ask).await.map(drop);
+        self.mappings.deleted(entry.key).await;
         at_cgn
     }
 

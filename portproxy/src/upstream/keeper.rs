@@ -294,14 +294,20 @@ impl Keeper {
 /// How a mapping is asked for again: the protocol and nonce that made it at the CGN. A UPnP
 /// mapping is not: UPnP has no epoch that would tell it was lost.
 fn upstream_of(entry: &Entry) -> Option<(Via, [u8; 12])> {
+    Some(made_with(entry)).filter(|(via, _)| *via != Via::Upnp)
+}
+
+/// The protocol and nonce that made `entry` at the CGN: the request portproxy made for it,
+/// or the client's own when it was relayed.
+pub fn made_with(entry: &Entry) -> (Via, [u8; 12]) {
     match (entry.backing, &entry.origin) {
-        (Backing::Pcp { nonce }, _) => Some((Via::Pcp, nonce)),
-        (Backing::NatPmp, _) => Some((Via::NatPmp, [0; 12])),
-        (Backing::Relayed, Origin::PcpMap { nonce }) => Some((Via::Pcp, *nonce)),
-        (Backing::Relayed, Origin::NatPmp) => Some((Via::NatPmp, [0; 12])),
-        (Backing::Relayed, Origin::Upnp { .. } | Origin::Manual { .. }) | (Backing::Upnp, _) => {
-            None
-        }
+        (Backing::Pcp { nonce }, _) => (Via::Pcp, nonce),
+        (Backing::NatPmp, _) => (Via::NatPmp, [0; 12]),
+        (Backing::Upnp, _) => (Via::Upnp, [0; 12]),
+        (Backing::Relayed, Origin::PcpMap { nonce }) => (Via::Pcp, *nonce),
+        (Backing::Relayed, Origin::NatPmp) => (Via::NatPmp, [0; 12]),
+        // A manual forward is always made by portproxy, never relayed.
+        (Backing::Relayed, Origin::Upnp { .. } | Origin::Manual { .. }) => (Via::Upnp, [0; 12]),
     }
 }
 

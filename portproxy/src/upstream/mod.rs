@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub use client::{Ask, Granted, SocketPool, Upstream};
 pub use igd::Igd;
-pub use keeper::{CgnState, Keeper};
+pub use keeper::{CgnState, Keeper, made_with};
 pub use nonce::Nonces;
 pub use probe::{Probed, probe};
 

@@ -1,0 +1,613 @@
+//! The JSON API and the web page, over HTTP on the LAN address (`--api-port`, never on
+//! the WAN side), with the connection bounds of every LAN HTTP server (`lan_http`).
+//!
+//! Reading is open to every LAN host: `GET /api/status`, `/api/counters`,
+//! `/api/mappings`, `/api/session` and the page (`page`). Changing needs the password of
+//! `--api-password-file` (`auth`): `DELETE /api/mappings/HOST/PROTOCOL/PORT` removes a
+//! mapping at the CGN and closes its hole. Every request must name this router in `Host`
+//! (the LAN address, or a name of `--api-hosts`), so a page of another site cannot reach
+//! the API through a name rebound to the LAN address; every change must come from the
+//! page's own origin (`Origin`), or with the password in `Authorization` from a script.
+//! Errors are JSON: `{"error": "what is wrong and what to do"}`.
+
+mod auth;
+mod hosts;
+mod page;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use log::{debug, info};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use self::auth::{Auth, LoginRefused};
+use crate::cli::Options;
+use crate::config::Side;
+use crate::lan_http;
+use crate::mapping::{Key, View};
+use crate::proto::Transport;
+use crate::relay::Tasks;
+use crate::serve::Mapper;
+use crate::sockets;
+use crate::stats::Stats;
+use crate::status::Status;
+
+/// The longest request body taken (a login).
+const MAX_BODY: usize = 1024;
+
+/// What the API keeps across rebuilds of the data path: its settings, the sessions, and
+/// the daemon's status as the supervisor last published it.
+pub struct Shared {
+    auth: Auth,
+    port: u16,
+    /// Names `Host` may give besides the LAN address.
+    host_names: Vec<String>,
+    leases_file: PathBuf,
+    mode: String,
+    status: watch::Receiver<Option<Status>>,
+    stats: Arc<Stats>,
+    netlink: rtnetlink::Handle,
+}
+
+impl Shared {
+    /// From the options; `Err` when the password file cannot be read.
+    pub fn new(
+        opts: &Options,
+        status: watch::Receiver<Option<Status>>,
+        stats: Arc<Stats>,
+        netlink: rtnetlink::Handle,
+    ) -> Result<Shared> {
+        use clap::ValueEnum as _;
+        let auth = Auth::from_file(opts.api_password_file.as_deref())?;
+        if !auth.has_password() {
+            info!("api: read-only (no --api-password-file)");
+        }
+        Ok(Shared {
+            auth,
+            port: opts.api_port,
+            host_names: opts
+                .api_hosts
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            leases_file: opts.leases_file.clone(),
+            mode: opts
+                .mode
+                .to_possible_value()
+                .map_or(String::new(), |v| v.get_name().to_string()),
+            status,
+            stats,
+            netlink,
+        })
+    }
+}
+
+/// The API of one data path: it maps and deletes through that data path's `Mapper`.
+pub struct ApiServer {
+    shared: Arc<Shared>,
+    mapper: Arc<Mapper>,
+}
+
+impl ApiServer {
+    pub fn new(shared: Arc<Shared>, mapper: Arc<Mapper>) -> ApiServer {
+        ApiServer { shared, mapper }
+    }
+
+    fn lan(&self) -> &Side {
+        &self.mapper.config().lan
+    }
+
+    /// Binds the API's port on the LAN address (before "ready", so a port in use fails the
+    /// start).
+    pub fn bind(&self) -> Result<TcpListener> {
+        let lan = self.lan();
+        let addr = SocketAddrV4::new(lan.addr, self.shared.port);
+        sockets::tcp_listener(lan, self.shared.port)
+            .map_err(|e| sockets::explain_bind(e, "the API", addr, "--api"))
+            .with_context(|| format!("the API on {}", lan.iface))
+    }
+
+    /// Serves HTTP on `listener` until cancelled.
+    pub async fn run(self: Arc<Self>, listener: TcpListener, tasks: Tasks) -> Result<()> {
+        let server = lan_http::Server {
+            name: "api",
+            stats: self.shared.stats.clone(),
+            is_lan_host: Box::new({
+                let cfg = self.mapper.config().clone();
+                move |ip| crate::mapping::is_lan_host(ip, &cfg.lan, &[cfg.lan.addr, cfg.wan.addr])
+            }),
+        };
+        server
+            .serve(listener, tasks, move |peer, req| {
+                let api = self.clone();
+                async move { secured(api.respond(peer, req).await) }
+            })
+            .await
+    }
+
+    async fn respond(&self, peer: SocketAddrV4, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let host = match self.named_host(req.headers()) {
+            Ok(host) => host,
+            Err(why) => return error(StatusCode::FORBIDDEN, why),
+        };
+        let changes = !matches!(*req.method(), Method::GET | Method::HEAD);
+        let origin = header_str(req.headers(), header::ORIGIN);
+        if changes
+            && let Some(origin) = origin
+            && origin != format!("http://{host}")
+        {
+            debug!(
+                "api: {} from {peer} with Origin {origin} refused",
+                req.method()
+            );
+            return error(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "changes are only taken from this router's own page (http://{host}), \
+                     not from {origin}"
+                ),
+            );
+        }
+        let path = req.uri().path().to_string();
+        match (req.method().clone(), path.as_str()) {
+            (Method::GET, "/api/status") => json(StatusCode::OK, &self.status().await),
+            (Method::GET, "/api/counters") => self.counters(),
+            (Method::GET, "/api/mappings") => json(StatusCode::OK, &self.mappings().await),
+            (Method::GET, "/api/session") => json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "password_set": self.shared.auth.has_password(),
+                    "logged_in": self.authorize(&req).is_ok(),
+                }),
+            ),
+            (Method::POST, "/api/login") => self.login(peer, req).await,
+            (Method::POST, "/api/logout") => self.logout(&req),
+            (Method::DELETE, p) if p.starts_with("/api/mappings/") => {
+                if let Err(refused) = self.authorize(&req) {
+                    return refused.answer();
+                }
+                self.delete(peer, &p["/api/mappings/".len()..]).await
+            }
+            // Manual forwards (`/api/forwards`: list, add, change, delete) are routed here
+            // once the daemon has them (issue 13, part 1).
+            (_, "/api/status" | "/api/counters" | "/api/mappings" | "/api/session") => {
+                method_not_allowed("GET")
+            }
+            (_, "/api/login" | "/api/logout") => method_not_allowed("POST"),
+            (_, p) if p.starts_with("/api/mappings/") => method_not_allowed("DELETE"),
+            (_, p) if p.starts_with("/api/") => {
+                error(StatusCode::NOT_FOUND, format!("no such endpoint: {p}"))
+            }
+            (Method::GET | Method::HEAD, p) => match page::asset(p) {
+                Some((content_type, body)) => asset(content_type, body),
+                None => error(StatusCode::NOT_FOUND, format!("no such page: {p}")),
+            },
+            _ => method_not_allowed("GET"),
+        }
+    }
+
+    /// The `Host` the request names, if it is this router (the LAN address or a name of
+    /// `--api-hosts`, with the API's port); else the refusal.
+    fn named_host(&self, headers: &HeaderMap) -> Result<String, String> {
+        let host = header_str(headers, header::HOST)
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let port = self.shared.port;
+        let (name, given_port) = match host.rsplit_once(':') {
+            Some((name, p)) => (name, p.parse::<u16>().ok()),
+            None => (host.as_str(), Some(80)),
+        };
+        let ours = name.parse::<Ipv4Addr>().ok() == Some(self.lan().addr)
+            || self.shared.host_names.iter().any(|n| n == name);
+        if ours && given_port == Some(port) {
+            return Ok(host);
+        }
+        Err(format!(
+            "Host {host:?} is not this router's API ({}:{port}); to reach it by a name, add \
+             the name to --api-hosts",
+            self.lan().addr
+        ))
+    }
+
+    /// Whether the request may change things: the password in `Authorization: Bearer`, or
+    /// a session cookie sent from the page's origin (a cookie alone could come from a form
+    /// of another site).
+    fn authorize(&self, req: &Request<Incoming>) -> Result<(), Refused> {
+        let auth = &self.shared.auth;
+        if !auth.has_password() {
+            return Err(Refused::ReadOnly);
+        }
+        let headers = req.headers();
+        let bearer =
+            header_str(headers, header::AUTHORIZATION).and_then(|v| v.strip_prefix("Bearer "));
+        if bearer.is_some_and(|given| auth.is_password(given.as_bytes())) {
+            return Ok(());
+        }
+        let from_page = header_str(headers, header::ORIGIN).is_some()
+            || matches!(*req.method(), Method::GET | Method::HEAD);
+        if from_page && session(headers).is_some_and(|token| auth.is_session(token)) {
+            return Ok(());
+        }
+        Err(Refused::NotLoggedIn)
+    }
+
+    async fn status(&self) -> StatusView {
+        let cfg = self.mapper.config();
+        let mut status = self.shared.status.borrow().clone();
+        if let Some(status) = &mut status {
+            status.counters.clear();
+            // Published once a second; the table's own count is current.
+            status.mappings = self.mapper.mappings.len();
+        }
+        let softwire = crate::netif::softwire(&self.shared.netlink, cfg.wan.index)
+            .await
+            .unwrap_or_else(|e| {
+                debug!("api: {e:#}");
+                crate::netif::Softwire::default()
+            });
+        StatusView {
+            version: env!("CARGO_PKG_VERSION"),
+            mode: self.shared.mode.clone(),
+            status,
+            lan: SideView::of(&cfg.lan),
+            wan: SideView::of(&cfg.wan),
+            softwire,
+            cgn_address: cfg.cgn,
+            external_address: self.mapper.mappings.known_public_address().await,
+        }
+    }
+
+    fn counters(&self) -> Response<Full<Bytes>> {
+        let status = self.shared.status.borrow().clone();
+        let Some(status) = status else {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the daemon is starting".into(),
+            );
+        };
+        match crate::show_stats::counters(&status, &self.shared.stats.snapshot()) {
+            Ok(counters) => json(StatusCode::OK, &counters),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+        }
+    }
+
+    async fn mappings(&self) -> Vec<MappingView> {
+        let views = self.mapper.mappings.list().await;
+        let hosts: Vec<Ipv4Addr> = views.iter().map(|v| v.host).collect();
+        let neighbours = crate::netif::neighbours(&self.shared.netlink, self.lan().index)
+            .await
+            .unwrap_or_else(|e| {
+                debug!("api: {e:#}");
+                Vec::new()
+            });
+        let mut known = hosts::known(&hosts, &self.shared.leases_file, &neighbours);
+        views
+            .into_iter()
+            .map(|view| MappingView {
+                known: known.remove(&view.host).unwrap_or_default(),
+                view,
+            })
+            .collect()
+    }
+
+    /// `POST /api/login`. A session made without the page's `Origin` (by a script) makes no
+    /// changes: `authorize` wants the `Origin` with the cookie.
+    async fn login(&self, peer: SocketAddrV4, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Login {
+            password: String,
+        }
+        let login: Login = match json_body(req).await {
+            Ok(login) => login,
+            Err(refused) => return refused,
+        };
+        match self
+            .shared
+            .auth
+            .login(*peer.ip(), login.password.as_bytes())
+        {
+            Ok(token) => {
+                info!("api: {} logged in", peer.ip());
+                let mut response = json(StatusCode::OK, &serde_json::json!({"logged_in": true}));
+                let cookie = format!(
+                    "{}={token}; Path=/api; HttpOnly; SameSite=Strict; Max-Age={}",
+                    auth::COOKIE,
+                    auth::SESSION_LIFETIME.as_secs()
+                );
+                if let Ok(cookie) = HeaderValue::from_str(&cookie) {
+                    response.headers_mut().insert(header::SET_COOKIE, cookie);
+                }
+                response
+            }
+            Err(LoginRefused::NoPassword) => Refused::ReadOnly.answer(),
+            Err(LoginRefused::Wrong) => {
+                info!("api: wrong password from {}", peer.ip());
+                error(StatusCode::UNAUTHORIZED, "wrong password".into())
+            }
+            Err(LoginRefused::TooMany(wait)) => {
+                let mut response = error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "too many login attempts ({} a minute per host); try again in {} s",
+                        auth::LOGINS_PER_HOST,
+                        wait.as_secs()
+                    ),
+                );
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs()));
+                response
+            }
+        }
+    }
+
+    fn logout(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        if let Some(token) = session(req.headers()) {
+            self.shared.auth.logout(token);
+        }
+        let mut response = json(StatusCode::OK, &serde_json::json!({"logged_in": false}));
+        let expired = format!(
+            "{}=; Path=/api; HttpOnly; SameSite=Strict; Max-Age=0",
+            auth::COOKIE
+        );
+        if let Ok(cookie) = HeaderValue::from_str(&expired) {
+            response.headers_mut().insert(header::SET_COOKIE, cookie);
+        }
+        response
+    }
+
+    /// `DELETE /api/mappings/HOST/PROTOCOL/PORT`.
+    async fn delete(&self, peer: SocketAddrV4, which: &str) -> Response<Full<Bytes>> {
+        let Some(key) = parse_key(which) else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{which:?} names no mapping: expected HOST/PROTOCOL/PORT, as in \
+                     /api/mappings/192.168.1.2/tcp/8080"
+                ),
+            );
+        };
+        let Some(entry) = self.mapper.mappings.get(&key).await else {
+            return error(StatusCode::NOT_FOUND, format!("no mapping {key}"));
+        };
+        let at_cgn = self.mapper.remove(&entry).await;
+        info!("api: {} deleted mapping {key}", peer.ip());
+        let at_cgn = match at_cgn {
+            Ok(()) => "deleted".to_string(),
+            Err(failure) => format!("not confirmed: {failure}"),
+        };
+        json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "deleted": format!("{}:{} {}", key.host, key.internal_port, key.proto.name()),
+                "at_cgn": at_cgn,
+            }),
+        )
+    }
+}
+
+/// `GET /api/status`.
+#[derive(Serialize)]
+struct StatusView {
+    version: &'static str,
+    /// NAT-PMP and PCP: auto, relay or proxy (`--mode`).
+    mode: String,
+    /// As the supervisor last published it, without counters (`/api/counters` has them).
+    #[serde(flatten)]
+    status: Option<Status>,
+    lan: SideView,
+    wan: SideView,
+    /// The WAN interface's kind, tunnel endpoints and IPv6 addresses.
+    softwire: crate::netif::Softwire,
+    cgn_address: Ipv4Addr,
+    /// The CGN's external address, once known.
+    external_address: Option<Ipv4Addr>,
+}
+
+#[derive(Serialize)]
+struct SideView {
+    iface: String,
+    address: String,
+}
+
+impl SideView {
+    fn of(side: &Side) -> SideView {
+        SideView {
+            iface: side.iface.clone(),
+            address: format!("{}/{}", side.addr, side.prefix_len),
+        }
+    }
+}
+
+/// One mapping of `GET /api/mappings`: as `portproxy mappings --json` shows it, with
+/// what is known of its host (`host_name`, `mac`).
+#[derive(Serialize)]
+struct MappingView {
+    #[serde(flatten)]
+    view: View,
+    #[serde(flatten)]
+    known: hosts::Known,
+}
+
+/// `HOST/PROTOCOL/PORT`.
+fn parse_key(which: &str) -> Option<Key> {
+    let mut parts = which.split('/');
+    let (host, proto, port) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let proto = match proto {
+        "tcp" => Transport::Tcp,
+        "udp" => Transport::Udp,
+        _ => return None,
+    };
+    Some(Key {
+        host: host.parse().ok()?,
+        proto,
+        internal_port: port.parse().ok().filter(|&p| p > 0)?,
+    })
+}
+
+/// The session token of the request's cookie.
+fn session(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| auth::cookie(v, auth::COOKIE))
+}
+
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// A JSON body of type `T`, at most `MAX_BODY` bytes, sent as `application/json`.
+async fn json_body<T: for<'de> Deserialize<'de>>(
+    req: Request<Incoming>,
+) -> Result<T, Response<Full<Bytes>>> {
+    let is_json = header_str(req.headers(), header::CONTENT_TYPE).is_some_and(|t| {
+        t.split(';')
+            .next()
+            .is_some_and(|t| t.trim() == "application/json")
+    });
+    if !is_json {
+        return Err(error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the body as Content-Type: application/json".into(),
+        ));
+    }
+    let body = lan_http::body(req.into_body(), MAX_BODY)
+        .await
+        .map_err(|status| {
+            let why = match status {
+                StatusCode::REQUEST_TIMEOUT => "the body did not arrive in time".to_string(),
+                _ => format!("the body is longer than {MAX_BODY} bytes"),
+            };
+            lan_http::closing(error(status, why))
+        })?;
+    serde_json::from_slice(&body).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not the JSON expected: {e}"),
+        )
+    })
+}
+
+fn json(status: StatusCode, value: &impl Serialize) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn error(status: StatusCode, message: String) -> Response<Full<Bytes>> {
+    json(status, &serde_json::json!({ "error": message }))
+}
+
+/// Why a change is refused.
+enum Refused {
+    /// No password is configured.
+    ReadOnly,
+    /// Neither the password nor a session from the page came with it.
+    NotLoggedIn,
+}
+
+impl Refused {
+    fn answer(self) -> Response<Full<Bytes>> {
+        match self {
+            Refused::ReadOnly => error(
+                StatusCode::FORBIDDEN,
+                "the API is read-only: no password is configured; to allow changes, put one \
+                 in a file and give it with --api-password-file (UCI: option api_password_file)"
+                    .into(),
+            ),
+            Refused::NotLoggedIn => error(
+                StatusCode::UNAUTHORIZED,
+                "log in first (POST /api/login with {\"password\": ...}) or send \
+                 Authorization: Bearer PASSWORD"
+                    .into(),
+            ),
+        }
+    }
+}
+
+fn method_not_allowed(allowed: &'static str) -> Response<Full<Bytes>> {
+    let mut response = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("this endpoint takes {allowed} only"),
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allowed));
+    response
+}
+
+fn asset(content_type: &'static str, body: &'static [u8]) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body)));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// What every answer carries: the page loads only its own script and style, talks only to
+/// this origin, and is never framed or sniffed as another type.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+                   connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+fn secured(mut response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::CONTENT_SECURITY_POLICY, CSP),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mappings_are_named_host_protocol_port() {
+        assert_eq!(
+            parse_key("192.168.1.2/tcp/8080"),
+            Some(Key {
+                host: Ipv4Addr::new(192, 168, 1, 2),
+                proto: Transport::Tcp,
+                internal_port: 8080
+            })
+        );
+        for bad in [
+            "",
+            "192.168.1.2",
+            "192.168.1.2/tcp",
+            "192.168.1.2/sctp/80",
+            "192.168.1.2/tcp/0",
+            "192.168.1.2/tcp/65536",
+            "192.168.1.2/tcp/80/x",
+            "host/tcp/80",
+        ] {
+            assert_eq!(parse_key(bad), None, "{bad}");
+        }
+    }
+}
