@@ -7,12 +7,17 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::mapping::Key;
+
 /// Set to 1 to keep `--xdp` off the kernel path, as on a kernel without BPF
 /// (tests use it to cover the fallback).
 pub const FORCE_SOCKETS_ENV: &str = "PORTPROXY_FORCE_SOCKETS";
 
 /// Where the mapping table is saved unless told otherwise: kept across reboots.
 pub const DEFAULT_MAPPINGS_FILE: &str = "/var/lib/portproxy/mappings.json";
+
+/// Where the manual forwards are kept unless told otherwise: next to the mapping table.
+pub const DEFAULT_FORWARDS_FILE: &str = "/var/lib/portproxy/forwards.json";
 
 /// Where the fast path pins its maps unless told otherwise (`bpftool map dump pinned .../CLIENTS`).
 /// The option exists in the socket-only build too, so one command line fits both builds.
@@ -135,6 +140,10 @@ pub struct Options {
     #[arg(long, default_value = DEFAULT_MAPPINGS_FILE, value_name = "FILE")]
     pub mappings_file: PathBuf,
 
+    /// Where the manual forwards (`portproxy forward`) are kept: written at every change.
+    #[arg(long, default_value = DEFAULT_FORWARDS_FILE, value_name = "FILE")]
+    pub forwards_file: PathBuf,
+
     /// The JSON API and the web page on the LAN address (never on the WAN side): 1 on, 0 off.
     #[arg(long, default_value = "1", value_name = "0|1", value_parser = flag, action = clap::ArgAction::Set)]
     pub api: bool,
@@ -162,7 +171,8 @@ pub struct Options {
     #[arg(long, default_value = DEFAULT_PIN_DIR, value_name = "DIR", global = true)]
     pub pin_dir: PathBuf,
 
-    /// Where the daemon keeps its status file (`portproxy stats`) and control socket (`portproxy mappings`).
+    /// Where the daemon keeps its status file (`portproxy stats`) and control socket
+    /// (`portproxy mappings`, `portproxy forward`).
     #[arg(
         long,
         default_value = "/run/portproxy",
@@ -238,6 +248,49 @@ pub enum Command {
     /// Open PORT on this host at its gateway (PCP, NAT-PMP or UPnP IGD) and keep it open
     /// until interrupted; works on any Linux host, without root.
     Map(crate::map::MapOptions),
+    /// Manage the running daemon's manual forwards (kept at the CGN until deleted).
+    #[command(subcommand)]
+    Forward(ForwardCommand),
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ForwardCommand {
+    /// Forward a LAN host's port from the internet: HOST:PORT/PROTO, e.g. 192.168.1.2:8080/tcp.
+    Add {
+        #[arg(value_name = "HOST:PORT/PROTO")]
+        target: Key,
+        /// The external port wanted: that port or none (the forward fails if the CGN cannot
+        /// give it), or any.
+        #[arg(long, default_value = "any", value_name = "PORT|any", value_parser = external_port)]
+        external: External,
+        /// What it is for, shown in the lists (at most 256 bytes).
+        #[arg(long, default_value = "", value_name = "TEXT")]
+        description: String,
+    },
+    /// Show the forwards with their status: active (the external address and port),
+    /// pending, or failed and why.
+    List {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a forward's external port or description: HOST:PORT/PROTO.
+    Change {
+        #[arg(value_name = "HOST:PORT/PROTO")]
+        target: Key,
+        /// The external port wanted from now on, or any.
+        #[arg(long, value_name = "PORT|any", value_parser = external_port)]
+        external: Option<External>,
+        /// Its new description.
+        #[arg(long, value_name = "TEXT")]
+        description: Option<String>,
+    },
+    /// Delete a forward (at the CGN and its firewall hole too): HOST:PORT/PROTO.
+    #[command(visible_alias = "delete")]
+    Del {
+        #[arg(value_name = "HOST:PORT/PROTO")]
+        target: Key,
+    },
 }
 
 fn flag(s: &str) -> Result<bool, String> {
@@ -252,6 +305,19 @@ fn port(s: &str) -> Result<u16, String> {
     match s.parse::<u16>() {
         Ok(p) if p > 0 => Ok(p),
         _ => Err(format!("expected a port number 1-65535, got '{s}'")),
+    }
+}
+
+/// A forward's external port: that one, or (`None`) any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct External(pub Option<u16>);
+
+fn external_port(s: &str) -> Result<External, String> {
+    match s {
+        "any" => Ok(External(None)),
+        _ => port(s)
+            .map(|p| External(Some(p)))
+            .map_err(|e| format!("{e}, or any")),
     }
 }
 
@@ -306,6 +372,65 @@ mod tests {
         let o = parse(&["stats", "--json", "--state-dir", "/tmp/x"]).unwrap();
         assert!(matches!(o.command, Some(Command::Stats { json: true })));
         assert_eq!(o.state_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn forward_subcommands() {
+        let o = parse(&[
+            "forward",
+            "add",
+            "192.168.1.2:8080/tcp",
+            "--external",
+            "9080",
+            "--description",
+            "web",
+        ])
+        .unwrap();
+        let Some(Command::Forward(ForwardCommand::Add {
+            target,
+            external,
+            description,
+        })) = o.command
+        else {
+            panic!("{:?}", o.command);
+        };
+        assert_eq!(target.to_string(), "192.168.1.2:8080/tcp");
+        assert_eq!(
+            (external, description.as_str()),
+            (External(Some(9080)), "web")
+        );
+        let o = parse(&["forward", "add", "192.168.1.3:53/UDP"]).unwrap();
+        assert!(matches!(
+            o.command,
+            Some(Command::Forward(ForwardCommand::Add {
+                external: External(None),
+                ..
+            }))
+        ));
+        let o = parse(&["forward", "del", "192.168.1.3:53/udp"]).unwrap();
+        assert!(matches!(
+            o.command,
+            Some(Command::Forward(ForwardCommand::Del { .. }))
+        ));
+        let o = parse(&["forward", "list", "--json"]).unwrap();
+        assert!(matches!(
+            o.command,
+            Some(Command::Forward(ForwardCommand::List { json: true }))
+        ));
+        for (args, expected) in [
+            (&["forward", "add", "192.168.1.2:0/tcp"][..], "1-65535"),
+            (&["forward", "add", "192.168.1.2:80/sctp"], "tcp or udp"),
+            (&["forward", "add", "192.168.1.2/tcp"], "HOST:PORT/PROTO"),
+            (&["forward", "add", "lan1:80/tcp"], "not an IPv4 address"),
+            (
+                &["forward", "add", "192.168.1.2:80/tcp", "--external", "0"],
+                "or any",
+            ),
+            (&["forward", "del"], "HOST:PORT/PROTO"),
+        ] {
+            let err = parse(args).unwrap_err().to_string();
+            assert!(err.contains(expected), "{args:?}: {err}");
+        }
     }
 
     #[test]

@@ -1,9 +1,15 @@
 //! The daemon's control socket (`<state-dir>/control.sock`, a Unix stream
-//! socket only root can open) and `portproxy mappings`, its first client.
+//! socket only root can open) and its clients, `portproxy mappings` and `portproxy forward`.
 //!
 //! The protocol is one request line, answered with one JSON document, then the
-//! connection closes: `mappings` returns the mapping table as a JSON array of
-//! [`View`]s. A JSON API or a web page can sit on this later.
+//! connection closes:
+//! - `mappings`: the mapping table, a JSON array of [`View`]s;
+//! - `forwards`: the manual forwards, a JSON array of `forwards::View`s;
+//! - `forward-add {SPEC}`: adds the forward `forwards::Spec` (JSON), answers its view;
+//! - `forward-change HOST:PORT/PROTO {SPEC}`: changes that forward to SPEC, answers its view;
+//! - `forward-del HOST:PORT/PROTO`: deletes a forward, answers `{"deleted": "..."}`.
+//!
+//! What is refused is answered `{"error": "why"}`.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -16,10 +22,13 @@ use log::debug;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::mapping::{Mappings, View};
+use crate::cli::ForwardCommand;
+use crate::forwards::{self, Forwards, Spec, Status};
+use crate::mapping::{Key, Mappings, View};
 
-/// A request line longer than this is refused (and the connection closed).
-const MAX_REQUEST: u64 = 256;
+/// A request line longer than this is refused (and the connection closed): room for a
+/// forward with the longest description, escaped.
+const MAX_REQUEST: u64 = 2048;
 /// A client that sends nothing for this long is dropped.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -40,19 +49,24 @@ pub fn bind(state_dir: &Path) -> Result<UnixListener> {
 }
 
 /// Answers requests until the task is stopped; each connection on its own task.
-pub async fn serve(listener: UnixListener, mappings: Arc<Mappings>) -> Result<()> {
+pub async fn serve(
+    listener: UnixListener,
+    mappings: Arc<Mappings>,
+    forwards: Arc<Forwards>,
+) -> Result<()> {
     loop {
         let (stream, _) = listener.accept().await.context("control socket")?;
         let mappings = mappings.clone();
+        let forwards = forwards.clone();
         tokio::spawn(async move {
-            if let Err(e) = answer(stream, &mappings).await {
+            if let Err(e) = answer(stream, &mappings, &forwards).await {
                 debug!("control socket: {e:#}");
             }
         });
     }
 }
 
-async fn answer(stream: UnixStream, mappings: &Mappings) -> Result<()> {
+async fn answer(stream: UnixStream, mappings: &Mappings, forwards: &Forwards) -> Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     tokio::time::timeout(
@@ -61,11 +75,38 @@ async fn answer(stream: UnixStream, mappings: &Mappings) -> Result<()> {
     )
     .await
     .context("no request")??;
-    let reply = match line.trim() {
+    let error = |why: String| serde_json::json!({ "error": why }).to_string();
+    let request = line.trim();
+    let (verb, argument) = request.split_once(' ').unwrap_or((request, ""));
+    let reply = match verb {
         "mappings" => serde_json::to_string(&mappings.list().await)?,
-        other => serde_json::to_string(
-            &serde_json::json!({ "error": format!("unknown request {other:?}") }),
-        )?,
+        "forwards" => serde_json::to_string(&forwards.list().await)?,
+        "forward-add" => match serde_json::from_str::<Spec>(argument) {
+            Ok(spec) => match forwards.add(&spec).await {
+                Ok(view) => serde_json::to_string(&view)?,
+                Err(e) => error(e.to_string()),
+            },
+            Err(e) => error(format!("not a forward: {e}")),
+        },
+        "forward-change" => {
+            let (key, spec) = argument.split_once(' ').unwrap_or((argument, ""));
+            match (key.parse::<Key>(), serde_json::from_str::<Spec>(spec)) {
+                (Ok(key), Ok(spec)) => match forwards.change(&key, &spec).await {
+                    Ok(view) => serde_json::to_string(&view)?,
+                    Err(e) => error(e.to_string()),
+                },
+                (Err(e), _) => error(e),
+                (_, Err(e)) => error(format!("not a forward: {e}")),
+            }
+        }
+        "forward-del" => match argument.parse::<Key>() {
+            Ok(key) => match forwards.delete(&key).await {
+                Ok(()) => serde_json::json!({ "deleted": key.to_string() }).to_string(),
+                Err(e) => error(e.to_string()),
+            },
+            Err(e) => error(e),
+        },
+        other => error(format!("unknown request {other:?}")),
     };
     write.write_all(reply.as_bytes()).await?;
     write.write_all(b"\n").await?;
@@ -88,6 +129,135 @@ pub fn show_mappings(state_dir: &Path, json: bool) -> Result<()> {
         serde_json::from_str(&text).with_context(|| format!("the daemon answered {text:?}"))?;
     print!("{}", table(&views));
     Ok(())
+}
+
+/// `portproxy forward add|list|del`.
+pub fn forward(state_dir: &Path, command: &ForwardCommand) -> Result<()> {
+    match command {
+        ForwardCommand::Add {
+            target,
+            external,
+            description,
+        } => {
+            let spec = Spec {
+                host: target.host,
+                internal_port: target.internal_port,
+                protocol: target.proto.name().to_string(),
+                external_port: external.0,
+                description: description.clone(),
+            };
+            let view = answer_or_error(&request(
+                state_dir,
+                &format!("forward-add {}", serde_json::to_string(&spec)?),
+            )?)?;
+            let view = settled(state_dir, view)?;
+            println!("forward {target} added: {}", show_status(&view.status));
+        }
+        ForwardCommand::Change {
+            target,
+            external,
+            description,
+        } => {
+            let all: Vec<forwards::View> = answer_or_error(&request(state_dir, "forwards")?)?;
+            let Some(mut spec) = all
+                .into_iter()
+                .map(|v| v.forward)
+                .find(|f| f.forward().is_ok_and(|f| f.key == *target))
+            else {
+                bail!("there is no forward of {target} (see `portproxy forward list`)");
+            };
+            if let Some(external) = external {
+                spec.external_port = external.0;
+            }
+            if let Some(description) = description {
+                spec.description = description.clone();
+            }
+            let request_line = format!("forward-change {target} {}", serde_json::to_string(&spec)?);
+            let view = settled(
+                state_dir,
+                answer_or_error(&request(state_dir, &request_line)?)?,
+            )?;
+            println!("forward {target} changed: {}", show_status(&view.status));
+        }
+        ForwardCommand::List { json } => {
+            let text = request(state_dir, "forwards")?;
+            let views: Vec<forwards::View> = answer_or_error(&text)?;
+            match json {
+                true => print!("{text}"),
+                false => print!("{}", forward_table(&views)),
+            }
+        }
+        ForwardCommand::Del { target } => {
+            let _: serde_json::Value =
+                answer_or_error(&request(state_dir, &format!("forward-del {target}"))?)?;
+            println!("forward {target} deleted");
+        }
+    }
+    Ok(())
+}
+
+/// `view` once the CGN was asked for it: that takes a moment (up to 1.75 s when the CGN does
+/// not answer), and "active" or "failed" says more than "pending".
+fn settled(state_dir: &Path, mut view: forwards::View) -> Result<forwards::View> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(4);
+    while matches!(view.status, Status::Pending { .. }) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        let all: Vec<forwards::View> = answer_or_error(&request(state_dir, "forwards")?)?;
+        match all.into_iter().find(|v| v.forward == view.forward) {
+            Some(now) => view = now,
+            None => break,
+        }
+    }
+    Ok(view)
+}
+
+/// The daemon's answer as `T`, or its `{"error": ...}` as an error.
+fn answer_or_error<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).with_context(|| format!("the daemon answered {text:?}"))?;
+    if let Some(why) = value.get("error").and_then(|e| e.as_str()) {
+        bail!("{why}");
+    }
+    serde_json::from_value(value).with_context(|| format!("the daemon answered {text:?}"))
+}
+
+fn show_status(status: &Status) -> String {
+    match status {
+        Status::Active {
+            external,
+            expires_in_secs,
+        } => match expires_in_secs {
+            Some(secs) => format!("active at {external} (grant: {secs}s left, renewed at half)"),
+            None => format!("active at {external}"),
+        },
+        Status::Pending { reason } => format!("pending: {reason}"),
+        Status::Failed {
+            reason,
+            retry_in_secs,
+        } => format!("failed: {reason} (trying again in {retry_in_secs}s)"),
+    }
+}
+
+/// The text form of the forwards: one line each.
+fn forward_table(views: &[forwards::View]) -> String {
+    if views.is_empty() {
+        return "no forwards\n".to_string();
+    }
+    let mut out = format!(
+        "{:<24} {:<8} {:<24} {}\n",
+        "forward", "wanted", "description", "status"
+    );
+    for v in views {
+        let f = &v.forward;
+        out += &format!(
+            "{:<24} {:<8} {:<24} {}\n",
+            format!("{}:{}/{}", f.host, f.internal_port, f.protocol),
+            f.external_port.map_or("any".to_string(), |p| p.to_string()),
+            format!("{:?}", f.description),
+            show_status(&v.status),
+        );
+    }
+    out
 }
 
 fn request(state_dir: &Path, what: &str) -> Result<String> {
@@ -180,5 +350,50 @@ mod tests {
         assert!(text.contains("192.168.1.2:8080"), "{text}");
         assert!(text.contains("203.0.114.1:9080"), "{text}");
         assert!(text.contains("599s"), "{text}");
+    }
+
+    #[test]
+    fn forward_table_says_the_status() {
+        assert_eq!(forward_table(&[]), "no forwards\n");
+        let forward = Spec {
+            host: Ipv4Addr::new(192, 168, 1, 2),
+            internal_port: 8080,
+            protocol: "tcp".into(),
+            external_port: None,
+            description: "web".into(),
+        };
+        let views = [
+            forwards::View {
+                forward: forward.clone(),
+                status: Status::Active {
+                    external: SocketAddrV4::new(Ipv4Addr::new(203, 0, 114, 1), 9080),
+                    expires_in_secs: Some(3599),
+                },
+            },
+            forwards::View {
+                forward: Spec {
+                    external_port: Some(22),
+                    ..forward
+                },
+                status: Status::Failed {
+                    reason: "the CGN does not answer".into(),
+                    retry_in_secs: 4,
+                },
+            },
+        ];
+        let text = forward_table(&views);
+        assert_eq!(text.lines().count(), 3, "{text}");
+        assert!(text.contains("192.168.1.2:8080/tcp"), "{text}");
+        assert!(text.contains("any"), "{text}");
+        assert!(text.contains("active at 203.0.114.1:9080"), "{text}");
+        assert!(
+            text.contains("failed: the CGN does not answer (trying again in 4s)"),
+            "{text}"
+        );
+        // The JSON API's form of a status: tagged by state.
+        let json = serde_json::to_value(&views[0]).unwrap();
+        assert_eq!(json["status"]["state"], "active");
+        assert_eq!(json["status"]["external"], "203.0.114.1:9080");
+        assert_eq!(json["external_port"], serde_json::Value::Null);
     }
 }

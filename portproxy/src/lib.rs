@@ -9,6 +9,7 @@
 //! and rebuilds it when the interfaces change. What the CGN grants is learned
 //! into `mapping` (the table), which opens holes in the CPE's firewall
 //! and, in double NAT, forwards ports of its WAN address (`effects`) and answers `portproxy mappings` over `control`.
+//! Manual forwards (`forwards`) are kept at the CGN as mappings of the table.
 //!
 //! The codecs in `proto` are public for the fuzz targets; the binary is `main.rs`.
 //!
@@ -39,6 +40,7 @@ mod fastpath;
 #[cfg(not(feature = "fastpath"))]
 #[path = "no_fastpath.rs"]
 mod fastpath;
+mod forwards;
 #[cfg(feature = "http-server")]
 mod lan_http;
 mod map;
@@ -66,10 +68,11 @@ use log::{error, warn};
 pub fn main() -> ExitCode {
     let opts = cli::Options::parse();
     init_logging(opts.verbose);
-    let result = match opts.command {
+    let result = match opts.command.clone() {
         Some(cli::Command::Map(map)) => return map::run(map),
         Some(cli::Command::Stats { json }) => show_stats::run(&opts.state_dir, json),
         Some(cli::Command::Mappings { json }) => control::show_mappings(&opts.state_dir, json),
+        Some(cli::Command::Forward(command)) => control::forward(&opts.state_dir, &command),
         None => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -45,6 +45,7 @@ use crate::datapath::{DataPath, ToDaemon};
 use crate::effects::firewall::Firewall;
 use crate::effects::local_nat::LocalNat;
 use crate::fastpath;
+use crate::forwards::Forwards;
 use crate::mapping::{self, Limits, Mappings};
 use crate::relay::SocketRelay;
 use crate::serve::{Events, Identity, IgdServer, Mapper, PortControlServer};
@@ -83,6 +84,8 @@ struct Running {
     grants: Option<tokio::task::JoinHandle<()>>,
     /// Keeps the mappings at the CGN across its restarts (`upstream::Keeper`).
     keeper: Option<tokio::task::JoinHandle<()>>,
+    /// Keeps the manual forwards at the CGN (`Forwards::keep`).
+    forwarding: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
@@ -94,6 +97,7 @@ impl Running {
         handle: &Handle,
         stats: &Arc<Stats>,
         mappings: &Arc<Mappings>,
+        forwards: &Arc<Forwards>,
         identity: &Arc<Identity>,
         cgn_state: &Arc<std::sync::Mutex<CgnState>>,
         igd_events: &Arc<Events>,
@@ -131,12 +135,19 @@ impl Running {
         let mut data_path =
             DataPath::choose(opts.xdp, &cfg, &opts.pin_dir, opts.verbose >= 2, to_daemon);
         let on_sockets = Arc::new(data_path.socket_share(&cfg));
-        let igd = match (serving || serving_upnp, plan.via, &probed.igd_location) {
+        // Manual forwards are mapped by portproxy in any mode, so with NAT-PMP/PCP on (which
+        // the keeper and the reply capture come with) the CGN's IGD is needed even when
+        // every client protocol is relayed.
+        let mapping_here = serving || serving_upnp || cfg.nat_pmp;
+        let igd = match (mapping_here, plan.via, &probed.igd_location) {
             (true, Some(upstream::Via::Upnp), Some(location)) => {
                 match upstream::Igd::discover(location, cfg.wan.addr).await {
                     Ok(igd) => Some(Arc::new(igd)),
                     Err(e) => {
-                        warn!("the CGN's IGD: {e:#}; NAT-PMP/PCP clients get network failures");
+                        warn!(
+                            "the CGN's IGD: {e:#}; what portproxy maps there itself (answered \
+                             clients, manual forwards) gets network failures"
+                        );
                         None
                     }
                 }
@@ -221,8 +232,19 @@ impl Running {
             };
             tokio::spawn(keeper.run(recreate))
         });
+        // The forwards are asked for as their hosts, like what the keeper makes again: the
+        // CGN's answers come through the same reply capture.
+        let forwarding = match keeper.is_some() {
+            true => Some(tokio::spawn(forwards.clone().keep(mapper.clone()))),
+            false => {
+                forwards
+                    .idle("NAT-PMP/PCP is off (--nat-pmp 0): forwards are kept only with it on");
+                None
+            }
+        };
         Ok(Running {
             keeper,
+            forwarding,
             cfg,
             probed,
             probed_at: Instant::now(),
@@ -239,7 +261,7 @@ impl Running {
     /// Releases everything: when this returns, the next data path can bind the same ports.
     async fn stop(self) {
         self.relay.stop().await;
-        for task in [self.kernel_log, self.grants, self.keeper]
+        for task in [self.kernel_log, self.grants, self.keeper, self.forwarding]
             .into_iter()
             .flatten()
         {
@@ -316,6 +338,8 @@ struct Supervisor {
     stats: Arc<Stats>,
     /// Outlives every data path: mappings (and their holes) survive a rebuild.
     mappings: Arc<Mappings>,
+    /// The manual forwards, which outlive every data path too.
+    forwards: Arc<Forwards>,
     /// The servers' epoch and nonce key, which survive a rebuild too.
     identity: Arc<Identity>,
     /// The CGN's epochs as last seen, which survive a rebuild too.
@@ -412,6 +436,7 @@ impl Supervisor {
             &self.handle,
             &self.stats,
             &self.mappings,
+            &self.forwards,
             &self.identity,
             &self.cgn_state,
             &self.igd_events,
@@ -571,8 +596,17 @@ pub async fn run(mut opts: Options) -> Result<()> {
         per_host: opts.max_mappings_per_host as usize,
     };
     let mappings = Mappings::new(limits, firewall, local_nat, stats.clone());
+    // A forwards file that cannot be read ends the daemon: a person must fix it, and
+    // running without the forwards would overwrite it at the next change.
+    let forwards = match Forwards::load(opts.forwards_file.clone(), mappings.clone()) {
+        Ok(forwards) => forwards,
+        Err(e) => {
+            mappings.close_firewall().await;
+            return Err(e.context("the manual forwards (--forwards-file): fix or remove the file"));
+        }
+    };
     let control = match control::bind(&state_dir) {
-        Ok(listener) => tokio::spawn(control::serve(listener, mappings.clone())),
+        Ok(listener) => tokio::spawn(control::serve(listener, mappings.clone(), forwards.clone())),
         Err(e) => {
             mappings.close_firewall().await;
             return Err(e);
@@ -604,6 +638,7 @@ pub async fn run(mut opts: Options) -> Result<()> {
         published,
         started: SystemTime::now(),
         mappings: mappings.clone(),
+        forwards,
         identity: Arc::new(Identity::default()),
         cgn_state: Arc::default(),
         igd_events,

@@ -313,6 +313,11 @@ impl Lab {
             cmd.arg("--mappings-file")
                 .arg(self.dir.join(format!("mappings-{n}.json")));
         }
+        // The same for the manual forwards.
+        if !args.contains(&"--forwards-file") {
+            cmd.arg("--forwards-file")
+                .arg(self.dir.join(format!("forwards-{n}.json")));
+        }
         let log = self.dir.join(format!("portproxy-{n}.log"));
         let mut daemon = Daemon::spawn("portproxy", cmd, log)?;
         daemon.wait_ready(PORTPROXY_READY_TIMEOUT, |d| {

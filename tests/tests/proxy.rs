@@ -15,8 +15,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use common::{
-    check_mapping, check_mapping_at, mapped_again, natpmpc_delete, natpmpc_map, natpmpc_map_any,
-    run_expect, with_lab,
+    Down, check_mapping, check_mapping_at, mapped_again, natpmpc_delete, natpmpc_map,
+    natpmpc_map_any, run_expect, with_lab,
 };
 use serde_json::Value;
 use tests::{
@@ -504,17 +504,6 @@ fn external_of(lab: &Lab, host: Ipv4Addr, internal: u16) -> Result<Ipv4Addr> {
         .with_context(|| format!("no external address in {m:#}"))
 }
 
-/// How the router goes down in `table_survives`.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Down {
-    /// portproxy restarted (SIGTERM, then started again).
-    Restart,
-    /// The router reboots: portproxy dies without a word (SIGKILL), its firewall table goes
-    /// with the rest of the CPE's ruleset, and meanwhile the CGN reboots too, losing every
-    /// mapping.
-    Reboot,
-}
-
 /// The table survives: after `down`, a new portproxy with the same `--mappings-file` lists
 /// the same mappings, opens their holes again and asks the CGN for them again (what a
 /// rebooted CGN lost is back within 10 s), so the internet host reaches both LAN hosts.
@@ -533,21 +522,11 @@ fn table_survives(softwire: Softwire, down: Down) -> Result<()> {
                 file,
                 "-vv",
             ];
-            let mut first = lab.spawn_portproxy_on(DataPath::Sockets, &args)?;
+            let first = lab.spawn_portproxy_on(DataPath::Sockets, &args)?;
             natpmpc_map(lab.lan(1), 9251, 8251)?;
             pcp_map_tcp(lab.lan(2), LAN_GATEWAY, LAN2_IP, 8252, 9252, 600)?;
             let before = lab.portproxy_mappings()?;
-            match down {
-                Down::Restart => drop(first),
-                Down::Reboot => {
-                    // Long enough for the file's next write (at most 10 s after a change).
-                    std::thread::sleep(Duration::from_secs(11));
-                    first.kill()?;
-                    lab.cpe()
-                        .run("nft", &["delete", "table", "inet", "portproxy"])?;
-                    lab.reboot_cgn()?;
-                }
-            }
+            down.take(lab, first)?;
             let second = lab.spawn_portproxy_on(DataPath::Sockets, &args)?;
             let result = (|| -> Result<()> {
                 let after = lab.portproxy_mappings()?;

@@ -21,6 +21,7 @@ use log::{debug, info, warn};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, watch};
 
+pub use persist::write_json;
 pub use table::{Learned, Limits, Refused, Table};
 
 use crate::clock::boot_time as now;
@@ -38,16 +39,45 @@ pub struct Key {
     pub internal_port: u16,
 }
 
-/// `192.168.1.2:8080 tcp`, as the logs name a mapping.
+/// `192.168.1.2:8080/tcp`, as the logs and `portproxy forward` name a mapping.
 impl std::fmt::Display for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}:{} {}",
+            "{}:{}/{}",
             self.host,
             self.internal_port,
             self.proto.name()
         )
+    }
+}
+
+/// `HOST:PORT/PROTO`, the form `Display` writes; the port is not 0.
+impl std::str::FromStr for Key {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Key, String> {
+        let bad = || format!("expected HOST:PORT/PROTO such as 192.168.1.2:8080/tcp, got {s:?}");
+        let (addr, proto) = s.rsplit_once('/').ok_or_else(bad)?;
+        let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+        let host = host
+            .parse()
+            .map_err(|_| format!("{host:?} is not an IPv4 address (in {s:?})"))?;
+        let internal_port = match port.parse::<u16>() {
+            Ok(p) if p > 0 => p,
+            _ => {
+                return Err(format!(
+                    "expected a port number 1-65535, got {port:?} (in {s:?})"
+                ));
+            }
+        };
+        let proto = Transport::from_name(proto)
+            .ok_or_else(|| format!("expected the protocol tcp or udp, got {proto:?} (in {s:?})"))?;
+        Ok(Key {
+            host,
+            proto,
+            internal_port,
+        })
     }
 }
 
@@ -67,6 +97,44 @@ pub enum Origin {
         description: String,
         lease: Option<Lease>,
     },
+    /// A manual forward (`forwards`), with its description.
+    Manual {
+        description: String,
+    },
+}
+
+impl Origin {
+    /// How `portproxy mappings` and the mappings file name it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Origin::NatPmp => "nat-pmp",
+            Origin::PcpMap { .. } => "pcp-map",
+            Origin::Upnp { any: false, .. } => "upnp-add",
+            Origin::Upnp { any: true, .. } => "upnp-add-any",
+            Origin::Manual { .. } => "manual",
+        }
+    }
+
+    /// PCP's nonce, in hex.
+    pub fn nonce_hex(&self) -> Option<String> {
+        match self {
+            Origin::PcpMap { nonce } => Some(hex(nonce)),
+            _ => None,
+        }
+    }
+
+    /// UPnP's NewPortMappingDescription, or a manual forward's.
+    pub fn description(&self) -> Option<&str> {
+        match self {
+            Origin::Upnp { description, .. } | Origin::Manual { description } => Some(description),
+            Origin::NatPmp | Origin::PcpMap { .. } => None,
+        }
+    }
+}
+
+/// A nonce in hex, as people and the mappings file see it.
+pub fn hex(bytes: &[u8; 12]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// How long a control point asked a mapping made through portproxy's IGD to last: the IGD
@@ -163,11 +231,11 @@ pub struct View {
     pub external_port: u16,
     /// `None`: until deleted.
     pub expires_in_secs: Option<u64>,
-    /// `nat-pmp`, `pcp-map`, `upnp-add` or `upnp-add-any`.
+    /// `nat-pmp`, `pcp-map`, `upnp-add`, `upnp-add-any` or `manual`.
     pub origin: String,
     /// PCP's nonce, in hex.
     pub nonce: Option<String>,
-    /// UPnP's NewPortMappingDescription.
+    /// UPnP's NewPortMappingDescription, or a manual forward's description.
     pub description: Option<String>,
     /// What the CGN holds: `relayed` (the client's own request), or the request portproxy
     /// made for it: `pcp-map`, `nat-pmp`.
@@ -184,21 +252,6 @@ pub struct View {
 impl View {
     fn of(e: &Entry, now: Duration) -> View {
         let ago = |t: Duration| now.saturating_sub(t).as_secs();
-        let (origin, nonce, description) = match &e.origin {
-            Origin::NatPmp => ("nat-pmp", None, None),
-            Origin::PcpMap { nonce } => (
-                "pcp-map",
-                Some(nonce.iter().map(|b| format!("{b:02x}")).collect()),
-                None,
-            ),
-            Origin::Upnp {
-                any, description, ..
-            } => (
-                if *any { "upnp-add-any" } else { "upnp-add" },
-                None,
-                Some(description.clone()),
-            ),
-        };
         View {
             host: e.key.host,
             internal_port: e.key.internal_port,
@@ -206,9 +259,9 @@ impl View {
             external_address: *e.external.ip(),
             external_port: e.external.port(),
             expires_in_secs: e.expires.map(|t| t.saturating_sub(now).as_secs()),
-            origin: origin.to_string(),
-            nonce,
-            description,
+            origin: e.origin.name().to_string(),
+            nonce: e.origin.nonce_hex(),
+            description: e.origin.description().map(str::to_string),
             upstream: e.backing.name().to_string(),
             client: e.client,
             local_port: e.local_port,

@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use super::{Backing, Entry, Grant, Key, Lease, Origin};
+use super::{Backing, Entry, Grant, Key, Lease, Origin, hex};
 use crate::proto::Transport;
 
 pub const SAVE_CHANGED: Duration = Duration::from_secs(10);
@@ -64,7 +64,7 @@ struct Saved {
     lifetime: u32,
     /// Unix time; `None` until deleted.
     expires_unix: Option<u64>,
-    /// `nat-pmp`, `pcp-map`, `upnp-add`, `upnp-add-any`.
+    /// `nat-pmp`, `pcp-map`, `upnp-add`, `upnp-add-any`, `manual`.
     origin: String,
     /// PCP MAP's nonce (hex).
     nonce: Option<String>,
@@ -91,10 +91,6 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn hex(bytes: &[u8; 12]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn unhex(s: &str) -> Option<[u8; 12]> {
     let mut out = [0u8; 12];
     if s.len() != 24 || !s.is_ascii() {
@@ -108,17 +104,6 @@ fn unhex(s: &str) -> Option<[u8; 12]> {
 
 impl Saved {
     fn of(e: &Entry, now: Duration, unix: u64) -> Saved {
-        let (origin, nonce, description) = match &e.origin {
-            Origin::NatPmp => ("nat-pmp", None, None),
-            Origin::PcpMap { nonce } => ("pcp-map", Some(hex(nonce)), None),
-            Origin::Upnp {
-                any, description, ..
-            } => (
-                if *any { "upnp-add-any" } else { "upnp-add" },
-                None,
-                Some(description.clone()),
-            ),
-        };
         let unix_of = |t: Duration| unix.saturating_add(t.saturating_sub(now).as_secs());
         let lease = match &e.origin {
             Origin::Upnp { lease, .. } => *lease,
@@ -135,9 +120,9 @@ impl Saved {
             external: e.external,
             lifetime: e.lifetime,
             expires_unix: e.expires.map(unix_of),
-            origin: origin.to_string(),
-            nonce,
-            description,
+            origin: e.origin.name().to_string(),
+            nonce: e.origin.nonce_hex(),
+            description: e.origin.description().map(str::to_string),
             lease_secs: lease.map(|l| l.secs),
             lease_ends_unix: lease.and_then(|l| l.ends).map(unix_of),
             upstream: e.backing.name().to_string(),
@@ -166,6 +151,9 @@ impl Saved {
                 any: self.origin == "upnp-add-any",
                 description: self.description.clone().unwrap_or_default(),
                 lease: self.lease(unix, now)?,
+            },
+            "manual" => Origin::Manual {
+                description: self.description.clone().unwrap_or_default(),
             },
             _ => return None,
         };
@@ -240,13 +228,19 @@ pub fn save<'a>(
             unix: unix_now(),
         },
     };
+    write_json(path, &file)
+}
+
+/// Writes `value` to `path` as JSON, whole: through a temporary file and a rename, so a
+/// crash leaves the old file or the new one (the forwards file is written the same way).
+pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let tmp = path.with_extension("tmp");
     let write = || -> Result<()> {
         let mut out = std::io::BufWriter::new(fs::File::create(&tmp)?);
-        serde_json::to_writer_pretty(&mut out, &file)?;
+        serde_json::to_writer_pretty(&mut out, value)?;
         out.flush()?;
         Ok(())
     };

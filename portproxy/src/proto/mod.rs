@@ -24,4 +24,13 @@ impl Transport {
             Transport::Udp => "udp",
         }
     }
+
+    /// The protocol `name` names (`tcp`, `udp`, in any case).
+    pub fn from_name(name: &str) -> Option<Transport> {
+        match name.to_ascii_lowercase().as_str() {
+            "tcp" => Some(Transport::Tcp),
+            "udp" => Some(Transport::Udp),
+            _ => None,
+        }
+    }
 }

@@ -78,6 +78,11 @@ impl Mapper {
         &self.cfg
     }
 
+    /// What mappings are made with at the CGN; `None` when it answered no probe.
+    pub fn via(&self) -> Option<Via> {
+        self.via
+    }
+
     fn upstream(&self) -> Result<Upstream, Failure> {
         let via = self.via.ok_or(Failure::NetworkFailure)?;
         Ok(Upstream {

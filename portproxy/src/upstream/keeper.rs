@@ -323,7 +323,8 @@ pub fn made_with(entry: &Entry) -> (Via, [u8; 12]) {
         (Backing::Upnp, _) => (Via::Upnp, [0; 12]),
         (Backing::Relayed, Origin::PcpMap { nonce }) => (Via::Pcp, *nonce),
         (Backing::Relayed, Origin::NatPmp) => (Via::NatPmp, [0; 12]),
-        (Backing::Relayed, Origin::Upnp { .. }) => (Via::Upnp, [0; 12]),
+        // A manual forward is always made by portproxy, never relayed.
+        (Backing::Relayed, Origin::Upnp { .. } | Origin::Manual { .. }) => (Via::Upnp, [0; 12]),
     }
 }
 

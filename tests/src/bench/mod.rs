@@ -658,6 +658,8 @@ impl<'a> Rig<'a> {
             ])
             .arg("--mappings-file")
             .arg(self.net.dir.join(format!("mappings-{}.json", self.daemons)))
+            .arg("--forwards-file")
+            .arg(self.net.dir.join(format!("forwards-{}.json", self.daemons)))
             .args(extra);
         let log = self.net.dir.join(format!("portproxy-{}.log", self.daemons));
         let mut daemon = Daemon::spawn("portproxy", cmd, log)?;

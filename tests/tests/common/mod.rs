@@ -215,6 +215,37 @@ pub fn mapped_again(
     }
 }
 
+#[allow(dead_code)] // only the persistence scenarios take the router down
+/// How the router goes down in the scenarios where the table and the forwards survive.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Down {
+    /// portproxy restarted (SIGTERM, then started again).
+    Restart,
+    /// The router reboots: portproxy dies without a word (SIGKILL), its firewall table goes
+    /// with the rest of the CPE's ruleset, and meanwhile the CGN reboots too, losing every
+    /// mapping.
+    Reboot,
+}
+
+#[allow(dead_code)] // only the persistence scenarios take the router down
+impl Down {
+    /// Takes `portproxy` down this way.
+    pub fn take(self, lab: &mut Lab, mut portproxy: Daemon) -> Result<()> {
+        match self {
+            Down::Restart => drop(portproxy),
+            Down::Reboot => {
+                // Long enough for the mappings file's next write (at most 10 s after a change).
+                std::thread::sleep(Duration::from_secs(11));
+                portproxy.kill()?;
+                lab.cpe()
+                    .run("nft", &["delete", "table", "inet", "portproxy"])?;
+                lab.reboot_cgn()?;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[allow(dead_code)] // not every test file rebuilds the data path
 /// Waits (at most 10 s) until portproxy's log holds `needle` at least `count` times.
 pub fn wait_for_log(daemon: &Daemon, needle: &str, count: usize) -> Result<()> {

@@ -402,7 +402,7 @@ fn renewal(entry: &Entry, now: Duration) -> Option<u32> {
 /// A mapping as GetGenericPortMappingEntry lists it.
 fn describe(entry: &Entry, now: Duration) -> Output {
     let description = match &entry.origin {
-        Origin::Upnp { description, .. } => description.clone(),
+        Origin::Upnp { description, .. } | Origin::Manual { description } => description.clone(),
         Origin::NatPmp => "NAT-PMP".into(),
         Origin::PcpMap { .. } => "PCP".into(),
     };
