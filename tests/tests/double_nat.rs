@@ -321,7 +321,9 @@ mod double_nat {
     cell!(upnp_client_on_a_pcp_cgn: PcpOnly, Upnp);
     cell!(natpmp_client_on_a_natpmp_cgn: NatPmpOnly, NatPmp);
     cell!(pcp_client_on_a_natpmp_cgn: NatPmpOnly, Pcp);
+    cell!(upnp_client_on_a_natpmp_cgn: NatPmpOnly, Upnp);
     cell!(natpmp_client_on_a_upnp_cgn: UpnpOnly, NatPmp);
+    cell!(pcp_client_on_a_upnp_cgn: UpnpOnly, Pcp);
     cell!(upnp_client_on_a_upnp_cgn: UpnpOnly, Upnp);
     cell!(natpmp_client_on_an_igd1_cgn: UpnpIgd1Only, NatPmp);
 
