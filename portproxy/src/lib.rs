@@ -15,7 +15,18 @@
 //!
 //! Without the `fastpath` cargo feature (the socket-only build) `fastpath` is
 //! `no_fastpath.rs`: `--xdp` then says in one line that this build has no fast path.
+//! Without the `http-server` feature (the minimal build) there is no HTTP server of its own
+//! (`lan_http`): no UPnP IGD (`serve::igd` is `serve/no_igd.rs`: UPnP is only relayed) and
+//! no API or page (`api` is `no_api.rs`); `--upnp-udp` and `--api` say so once at start.
 
+// The minimal build leaves out the IGD server but not the helpers only it calls (mappings by
+// external port, interface counters...): dead code is caught by the default build.
+#![cfg_attr(not(feature = "http-server"), allow(dead_code))]
+
+#[cfg(feature = "http-server")]
+mod api;
+#[cfg(not(feature = "http-server"))]
+#[path = "no_api.rs"]
 mod api;
 mod capture;
 mod cli;
@@ -30,6 +41,7 @@ mod fastpath;
 #[path = "no_fastpath.rs"]
 mod fastpath;
 mod forwards;
+#[cfg(feature = "http-server")]
 mod lan_http;
 mod map;
 mod mapping;
@@ -50,7 +62,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use log::error;
+use log::{error, warn};
 
 /// The `portproxy` command: the daemon, `portproxy stats`, `mappings` or `map`.
 pub fn main() -> ExitCode {
@@ -92,10 +104,26 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
-async fn run(opts: cli::Options) -> Result<()> {
+async fn run(mut opts: cli::Options) -> Result<()> {
     opts.check()?;
+    without_what_this_build_lacks(&mut opts);
     check_privileges()?;
     supervisor::run(opts).await
+}
+
+/// Says in one line each what the options ask for and this build lacks (the minimal build:
+/// see `serve::NO_IGD_SERVER`, `api::NO_API`), and goes on without it.
+fn without_what_this_build_lacks(opts: &mut cli::Options) {
+    if let (true, Some(reason)) = (
+        opts.upnp_udp && opts.mode != cli::Mode::Relay,
+        serve::NO_IGD_SERVER,
+    ) {
+        warn!("--upnp-udp: {reason}; UPnP is relayed to the CGN, never answered here");
+    }
+    if let (true, Some(reason)) = (opts.api, api::NO_API) {
+        warn!("--api: {reason}; running without");
+        opts.api = false;
+    }
 }
 
 /// Transparent sockets and the routing rule need CAP_NET_ADMIN; ports below
@@ -115,4 +143,31 @@ fn check_privileges() -> Result<()> {
         bail!("portproxy needs root (CAP_NET_ADMIN and CAP_NET_BIND_SERVICE): run it with sudo");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    /// The default options ask for the API and the IGD; a build without them (the minimal
+    /// build) turns the API off instead of failing to start, and `Plan` relays UPnP.
+    #[test]
+    fn options_this_build_lacks_are_dropped_not_fatal() {
+        let mut opts = cli::Options::try_parse_from(["portproxy"]).unwrap();
+        assert!(opts.api && opts.upnp_udp);
+        without_what_this_build_lacks(&mut opts);
+        assert_eq!(opts.api, api::NO_API.is_none());
+        let plan = upstream::Plan::choose(
+            cli::Mode::Proxy,
+            upstream::Speaks {
+                pcp: true,
+                nat_pmp: false,
+                upnp: false,
+            },
+        );
+        let serves_upnp = plan.upnp == upstream::Handling::Serve;
+        assert_eq!(serves_upnp, serve::NO_IGD_SERVER.is_none());
+    }
 }

@@ -318,10 +318,11 @@ fn seed_004_control_points(softwire: Softwire, path: DataPath) -> Result<()> {
         check_mapping(lab, 9403, lan1, 8410)?;
 
         // Azureus.
-        for _ in 0..6 {
+        for attempt in 0..6 {
+            let added = add(lan1, &host1, 8411, 9402)?;
             ensure!(
-                add(lan1, &host1, 8411, 9402)? == Err(718),
-                "9402 is the CGN's other client's"
+                added == Err(718),
+                "attempt {attempt}: 9402 is the CGN's other client's, yet AddPortMapping gave {added:?}"
             );
         }
         ensure!(add(lan1, &host1, 8411, 9411)?.is_ok());

@@ -17,14 +17,15 @@ pub fn run(release: bool) -> anyhow::Result<PathBuf> {
     Ok(cmd::target_dir().join(profile).join("portproxy"))
 }
 
-/// Builds the socket-only release binary (no eBPF object, stable Rust alone) in a target
-/// directory of its own, so that it does not replace the default build's binary.
+/// Builds the socket-only release binary (no eBPF object, stable Rust alone; the IGD server
+/// kept) in a target directory of its own, so that it does not replace the default build's
+/// binary.
 pub fn socket_only_release() -> anyhow::Result<PathBuf> {
     let target_dir = cmd::target_dir().join("socket-only");
     let mut cargo = cmd::cargo();
     cargo
         .args(["build", "--package", "portproxy", "--release"])
-        .arg("--no-default-features")
+        .args(["--no-default-features", "--features", "http-server"])
         .arg("--target-dir")
         .arg(&target_dir);
     cmd::run(&mut cargo)?;

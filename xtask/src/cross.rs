@@ -6,8 +6,9 @@
 //! armv7 or the tier-3 MIPS targets), cargo-zigbuild links with zig's musl (both from PyPI,
 //! installed by `cargo xtask setup`). Binaries use the `openwrt` profile (opt-level "z",
 //! panic=unwind, overflow checks: what OpenWrt's rust-values.mk does) and are stripped.
-//! Debian's qemu-user runs them. Every target builds with the fast path too (aya-build
-//! embeds a bpfeb object for big-endian mips); the sizes are in the README.
+//! Debian's qemu-user runs them. Each target is built three ways (`Build`): minimal (the
+//! relay alone, for 4 MB of flash), sockets (what OpenWrt builds) and with the fast path
+//! (aya-build embeds a bpfeb object for big-endian mips); the sizes are in the README.
 
 use std::{
     fmt::Write as _,
@@ -52,16 +53,20 @@ pub const TARGETS: [Target; 4] = [
     },
 ];
 
-/// The targets `cargo xtask test` checks under qemu-user: one ARM, one (big-endian) MIPS.
+/// The targets `cargo xtask test` checks under qemu-user: one ARM in the socket build (what
+/// OpenWrt builds), one (big-endian) MIPS in the minimal build (what its smallest routers get).
 /// The lab scenario runs on the ARM one: qemu 7.2 mistranslates the bridge's link messages
 /// for big-endian MIPS (nested attributes come out unparseable) and, for 64-bit targets
 /// (aarch64), the ifindex of IP_ADD_MEMBERSHIP; for 32-bit little-endian ARM both are right.
-pub const CI_TARGETS: [&str; 2] = ["armv7-unknown-linux-musleabihf", "mips-unknown-linux-musl"];
+pub const CI_TARGETS: [(&str, Build); 2] = [
+    ("armv7-unknown-linux-musleabihf", Build::Sockets),
+    ("mips-unknown-linux-musl", Build::Minimal),
+];
 
-/// Budget for a stripped binary (issue 14): the socket-only build, which is what small MIPS
-/// routers get, and a build with the fast path.
-const BUDGET_SOCKETS: u64 = 1536 * 1024;
-const BUDGET_FAST_PATH: u64 = 4 * 1024 * 1024;
+/// Budget for a stripped binary (issue 14): the minimal build, which is what routers with
+/// 4 MB of flash get, and the full builds (on sockets or with the fast path).
+const BUDGET_MINIMAL: u64 = 1536 * 1024;
+const BUDGET_FULL: u64 = 4 * 1024 * 1024;
 
 const PROFILE: &str = "openwrt";
 
@@ -87,15 +92,23 @@ const RUSTFLAGS: [&str; 3] = [
 const SHALLOW_DEBUG: &str =
     r#"profile.openwrt.package.netlink-packet-route.rustflags=["-Zfmt-debug=shallow"]"#;
 
+/// The three builds a router can get, by cargo features.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Build {
+    /// The relay alone (`--no-default-features`): no fast path, no HTTP server of its own.
+    Minimal,
+    /// Everything but the fast path (`--features http-server`): what OpenWrt builds.
     Sockets,
+    /// The default features.
     FastPath,
 }
 
 impl Build {
+    pub const ALL: [Build; 3] = [Build::Minimal, Build::Sockets, Build::FastPath];
+
     fn name(self) -> &'static str {
         match self {
+            Build::Minimal => "minimal",
             Build::Sockets => "sockets",
             Build::FastPath => "fast path",
         }
@@ -103,8 +116,26 @@ impl Build {
 
     fn budget(self) -> u64 {
         match self {
-            Build::Sockets => BUDGET_SOCKETS,
-            Build::FastPath => BUDGET_FAST_PATH,
+            Build::Minimal => BUDGET_MINIMAL,
+            Build::Sockets | Build::FastPath => BUDGET_FULL,
+        }
+    }
+
+    /// Its cargo feature arguments.
+    pub fn features(self) -> &'static [&'static str] {
+        match self {
+            Build::Minimal => &["--no-default-features"],
+            Build::Sockets => &["--no-default-features", "--features", "http-server"],
+            Build::FastPath => &[],
+        }
+    }
+
+    /// The binary's name in `out_dir()` is portproxy-<triple><suffix>.
+    fn suffix(self) -> &'static str {
+        match self {
+            Build::Minimal => "-minimal",
+            Build::Sockets => "-sockets",
+            Build::FastPath => "",
         }
     }
 }
@@ -116,14 +147,26 @@ pub fn target(triple: &str) -> &'static Target {
         .expect("a triple from TARGETS")
 }
 
-/// `cargo xtask cross`: every target, socket-only and (where it builds) with the fast path;
-/// then the size table, also written to target/cross/sizes.txt.
-pub fn run() -> anyhow::Result<()> {
+/// `cargo xtask cross [TARGET...]`: every target (or those named) in each build (the fast
+/// path where it builds); then the size table, also written to target/cross/sizes.txt.
+pub fn run(only: &[String]) -> anyhow::Result<()> {
+    if let Some(unknown) = only
+        .iter()
+        .find(|t| !TARGETS.iter().any(|k| k.triple == *t))
+    {
+        bail!(
+            "unknown target {unknown}: one of {}",
+            TARGETS.map(|t| t.triple).join(", ")
+        );
+    }
     setup::ensure()?;
     let mut rows = Vec::new();
     let mut failed = Vec::new();
-    for target in &TARGETS {
-        for build in [Build::Sockets, Build::FastPath] {
+    let chosen = TARGETS
+        .iter()
+        .filter(|t| only.is_empty() || only.iter().any(|o| o == t.triple));
+    for target in chosen {
+        for build in Build::ALL {
             if build == Build::FastPath
                 && let Some(reason) = target.no_fast_path
             {
@@ -188,7 +231,7 @@ fn mib(bytes: u64) -> String {
     format!("{:.2} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
-/// Where the binaries are collected: target/cross/portproxy-<triple>[-sockets].
+/// Where the binaries are collected: target/cross/portproxy-<triple>[-minimal|-sockets].
 pub fn out_dir() -> PathBuf {
     cmd::target_dir().join("cross")
 }
@@ -196,19 +239,13 @@ pub fn out_dir() -> PathBuf {
 /// Builds portproxy for `target` and copies it to `out_dir()`; returns that path.
 pub fn build(target: &Target, build: Build) -> anyhow::Result<PathBuf> {
     let mut cargo = zigbuild(target, "zigbuild");
-    if build == Build::Sockets {
-        cargo.arg("--no-default-features");
-    }
+    cargo.args(build.features());
     cmd::run(&mut cargo)?;
     let built = cmd::target_dir()
         .join(target.triple)
         .join(PROFILE)
         .join("portproxy");
-    let suffix = match build {
-        Build::Sockets => "-sockets",
-        Build::FastPath => "",
-    };
-    let out = out_dir().join(format!("portproxy-{}{suffix}", target.triple));
+    let out = out_dir().join(format!("portproxy-{}{}", target.triple, build.suffix()));
     fs::create_dir_all(out_dir()).context("creating target/cross")?;
     fs::copy(&built, &out)
         .with_context(|| format!("copying {} to {}", built.display(), out.display()))?;
@@ -246,12 +283,13 @@ fn remove_pdr(bin: &Path) -> anyhow::Result<()> {
     )
 }
 
-/// Runs the daemon's unit tests for `target` under qemu-user (socket-only build: the fast
-/// path's tests load programs into the kernel, which qemu-user does not translate).
-pub fn unit_tests(target: &Target) -> Command {
+/// Runs the daemon's unit tests for `target` under qemu-user, in `build` (not the fast path:
+/// its tests load programs into the kernel, which qemu-user does not translate).
+pub fn unit_tests(target: &Target, build: Build) -> Command {
     let mut cargo = zigbuild(target, "test");
     cargo
-        .args(["--no-default-features", "--lib"])
+        .args(build.features())
+        .arg("--lib")
         .env(env_key(target.triple, "RUNNER"), target.qemu);
     cargo
 }

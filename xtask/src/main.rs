@@ -1,6 +1,6 @@
 //! The project's own commands, used by the README and `.ci/run`:
 //! `cargo xtask setup | build [--release] | test [-- ARGS] | lab [--keep] [--softwire l2|l3] [--xdp] | bench [-- ARGS]
-//! | cross | install [--socket-only] [--root DIR]`.
+//! | cross [TARGET...] | install [--socket-only] [--root DIR]`.
 
 mod bench;
 mod build;
@@ -55,9 +55,12 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Static router binaries (aarch64, armv7, mipsel, mips; musl) into target/cross/, with
-    /// and without the fast path, and their sizes against the footprint budget.
-    Cross,
+    /// Static router binaries (aarch64, armv7, mipsel, mips; musl) into target/cross/, in the
+    /// minimal, sockets and fast-path builds, and their sizes against the footprint budget.
+    Cross {
+        /// Only these targets (e.g. mipsel-unknown-linux-musl); all four without.
+        targets: Vec<String>,
+    },
     /// Install the release binary, the systemd unit and /etc/default/portproxy.
     Install {
         /// The socket-only build (no eBPF fast path, no CAP_BPF/CAP_SYS_ADMIN in the unit).
@@ -82,7 +85,7 @@ fn main() -> ExitCode {
             xdp,
         } => lab::run(keep, softwire.as_deref(), xdp),
         Command::Bench { args } => bench::run(&args),
-        Command::Cross => cross::run(),
+        Command::Cross { targets } => cross::run(&targets),
         Command::Install { socket_only, root } => install::run(socket_only, &root),
     };
     // No backtrace (RUST_BACKTRACE may be set): these errors are for the user, not a bug.

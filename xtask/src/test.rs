@@ -1,4 +1,4 @@
-//! `cargo xtask test`: unit tests (also of the socket-only build, under OpenWrt's release
+//! `cargo xtask test`: unit tests (also of the minimal build, under OpenWrt's release
 //! profile, and for one ARM and one MIPS router CPU under qemu-user), then the privileged
 //! network-namespace suite (plus scenarios with a cross-built binary under qemu-user), with a
 //! total.
@@ -54,7 +54,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     .args(args);
     let unit = cargo_test(&mut unit, &mut totals);
 
-    // The socket-only build (no eBPF object) has tests of its own.
+    // The minimal build (no eBPF object, no IGD server) has tests of its own.
     let mut socket_only = cmd::cargo();
     socket_only
         .args([
@@ -198,21 +198,25 @@ fn unit_setting(path: &Path, key: &str) -> anyhow::Result<String> {
         .with_context(|| format!("no {key}= in {}", path.display()))
 }
 
-/// For one ARM and one MIPS router CPU: the daemon's unit tests built for it (socket-only,
-/// `openwrt` profile) run under qemu-user; for the ARM one also a static binary, and the lab
-/// scenario of tests/tests/router_binary.rs with that binary under qemu-user.
+/// For one ARM and one MIPS router CPU: the daemon's unit tests built for it (`openwrt`
+/// profile; the ARM one in the socket build, the MIPS one in the minimal build) run under
+/// qemu-user; for the ARM one also a static binary, and the lab scenario of
+/// tests/tests/router_binary.rs with that binary under qemu-user.
 fn qemu_checks(args: &[String], totals: &mut Totals) -> anyhow::Result<()> {
-    for triple in cross::CI_TARGETS {
+    for (i, (triple, build)) in cross::CI_TARGETS.into_iter().enumerate() {
         let target = cross::target(triple);
         if let Err(reason) = cross::qemu_available(target) {
             println!("skipped: the checks for {triple} under qemu-user: {reason}");
             continue;
         }
-        cargo_test(cross::unit_tests(target).arg("--").args(args), totals)?;
-        if triple != cross::CI_TARGETS[0] {
+        cargo_test(
+            cross::unit_tests(target, build).arg("--").args(args),
+            totals,
+        )?;
+        if i != 0 {
             continue;
         }
-        let bin = cross::build(target, cross::Build::Sockets)?;
+        let bin = cross::build(target, build)?;
         let wrapper = cross::qemu_wrapper(target, &bin)?;
         let mut netns = cmd::cargo();
         netns

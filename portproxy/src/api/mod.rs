@@ -43,6 +43,9 @@ use crate::sockets;
 use crate::stats::Stats;
 use crate::status::Status;
 
+/// This build has the API (see `no_api.rs` for one without).
+pub const NO_API: Option<&str> = None;
+
 /// The longest request body taken (a login).
 const MAX_BODY: usize = 1024;
 

@@ -692,7 +692,7 @@ mod tests {
             total: 8,
             per_host: 8,
         };
-        Mappings::new(limits, None, Arc::default())
+        Mappings::new(limits, None, None, Arc::default())
     }
 
     fn forwards(path: PathBuf) -> Arc<Forwards> {

@@ -1,7 +1,14 @@
 //! portproxy as a server on the LAN, when the CGN does not speak the client's protocol or
 //! `--mode proxy` says so: NAT-PMP and PCP answered here (`port_control`), a UPnP IGD
 //! (`igd`); both carry out mappings at the CGN through `mapper`.
+//!
+//! Without the `http-server` cargo feature (the minimal build) `igd` is `no_igd.rs`: UPnP
+//! is then relayed to the CGN only.
 
+#[cfg(feature = "http-server")]
+mod igd;
+#[cfg(not(feature = "http-server"))]
+#[path = "no_igd.rs"]
 mod igd;
 mod mapper;
 mod port_control;
@@ -9,7 +16,7 @@ mod port_control;
 use std::sync::Mutex;
 use std::time::Duration;
 
-pub use igd::{Events, IgdServer};
+pub use igd::{Events, IgdServer, NO_IGD_SERVER};
 pub use mapper::Mapper;
 pub use port_control::PortControlServer;
 

@@ -118,8 +118,14 @@ impl SocketPool {
         }
     }
 
-    /// Keeps `socket` for the next exchange as `from`, if there is room.
-    fn give(&self, from: Ipv4Addr, cgn: SocketAddrV4, socket: UdpSocket) {
+    /// Keeps `socket` for the next exchange as `from` if its request went out once: the CGN
+    /// answers every copy of a request it got twice (or of one it was slow to answer), and
+    /// a late answer, an error above all, would be taken for the next exchange's own (seen
+    /// under load: a delete's second answer, NO_RESOURCES, failing the next map).
+    fn give_after(&self, from: Ipv4Addr, cgn: SocketAddrV4, socket: UdpSocket, sends: usize) {
+        if sends != 1 {
+            return;
+        }
         let mut idle = self.idle.lock().unwrap();
         let total: usize = idle.values().map(Vec::len).sum();
         let list = idle.entry((from, cgn)).or_default();
@@ -175,11 +181,11 @@ impl Upstream {
         let socket = self.sockets.connect(wan, self.cgn)?;
         match self.via {
             Via::NatPmp => {
-                let answer = exchange(&socket, &[natpmp::VERSION, 0], |msg| {
+                let (answer, _) = exchange(&socket, &[natpmp::VERSION, 0], |msg| {
                     natpmp::parse_public_address(msg)
                 })
-                .await?;
-                match answer {
+                .await;
+                match answer? {
                     (natpmp::result::SUCCESS, _, addr) => Ok(addr),
                     (code, _, _) => Err(Failure::from_natpmp(code)),
                 }
@@ -198,9 +204,9 @@ impl Upstream {
                     prefer_failure: false,
                     nonce: Nonces::random(),
                 };
-                let granted = pcp_exchange(&socket, &ask).await?;
+                let granted = pcp_exchange(&socket, &ask).await.0?;
                 ask.lifetime = 0;
-                if let Err(e) = pcp_exchange(&socket, &ask).await {
+                if let Err(e) = pcp_exchange(&socket, &ask).await.0 {
                     debug!("deleting the address probe's mapping: {e}");
                 }
                 Ok(*granted.external.ip())
@@ -236,10 +242,8 @@ impl Upstream {
 
     async fn pcp_map(&self, ask: &Ask) -> Result<Granted, Failure> {
         let socket = self.sockets.take(ask.host, self.cgn)?;
-        let granted = pcp_exchange(&socket, ask).await;
-        if !matches!(granted, Err(Failure::NoAnswer)) {
-            self.sockets.give(ask.host, self.cgn, socket);
-        }
+        let (granted, sends) = pcp_exchange(&socket, ask).await;
+        self.sockets.give_after(ask.host, self.cgn, socket, sends);
         granted
     }
 
@@ -247,7 +251,7 @@ impl Upstream {
         let socket = self.sockets.take(ask.host, self.cgn)?;
         let request = natpmp_request(ask);
         let opcode = request[1] | 0x80;
-        let msg = exchange(&socket, &request, |msg| {
+        let (msg, sends) = exchange(&socket, &request, |msg| {
             (msg.len() >= 16
                 && msg[0] == natpmp::VERSION
                 && msg[1] == opcode
@@ -255,8 +259,9 @@ impl Upstream {
                 && same_intent(ask, msg[2..4] == [0, 0], msg[12..16] == [0; 4]))
             .then(|| msg[..16].to_vec())
         })
-        .await?;
-        self.sockets.give(ask.host, self.cgn, socket);
+        .await;
+        self.sockets.give_after(ask.host, self.cgn, socket, sends);
+        let msg = msg?;
         let be32 = |at: usize| u32::from_be_bytes([msg[at], msg[at + 1], msg[at + 2], msg[at + 3]]);
         match u16::from_be_bytes([msg[2], msg[3]]) {
             natpmp::result::SUCCESS => Ok(Granted {
@@ -284,7 +289,8 @@ fn natpmp_request(ask: &Ask) -> [u8; 12] {
     m
 }
 
-async fn pcp_exchange(socket: &UdpSocket, ask: &Ask) -> Result<Granted, Failure> {
+/// The CGN's answer to `ask`, and how many times the request was sent.
+async fn pcp_exchange(socket: &UdpSocket, ask: &Ask) -> (Result<Granted, Failure>, usize) {
     let map = pcp::Map {
         nonce: ask.nonce,
         protocol: ask.proto.number(),
@@ -304,20 +310,26 @@ async fn pcp_exchange(socket: &UdpSocket, ask: &Ask) -> Result<Granted, Failure>
         .then_some((r, m))
     })
     .await;
-    let (r, m) = response?;
-    if r.result != pcp::result::SUCCESS {
-        return Err(Failure::from_pcp(r.result));
-    }
-    Ok(Granted {
-        external: SocketAddrV4::new(
-            m.external_addr
-                .to_ipv4_mapped()
-                .unwrap_or(Ipv4Addr::UNSPECIFIED),
-            m.external_port,
-        ),
-        lifetime: r.lifetime,
-        epoch: r.epoch,
-    })
+    let (response, sends) = response;
+    let granted = response.and_then(|(r, m)| {
+        if r.result != pcp::result::SUCCESS {
+            return Err(Failure::from_pcp(r.result));
+        }
+        Ok((r, m))
+    });
+    (
+        granted.map(|(r, m)| Granted {
+            external: SocketAddrV4::new(
+                m.external_addr
+                    .to_ipv4_mapped()
+                    .unwrap_or(Ipv4Addr::UNSPECIFIED),
+                m.external_port,
+            ),
+            lifetime: r.lifetime,
+            epoch: r.epoch,
+        }),
+        sends,
+    )
 }
 
 /// Whether a success answer fits what `ask` meant: lifetime 0 answers a delete, any other a
@@ -327,14 +339,15 @@ fn same_intent(ask: &Ask, success: bool, lifetime_zero: bool) -> bool {
     !success || lifetime_zero == (ask.lifetime == 0)
 }
 
-/// Sends `request` until `answer` accepts a datagram, or `TRIES` run out.
+/// Sends `request` until `answer` accepts a datagram, or `TRIES` run out; also says how
+/// many times it was sent.
 async fn exchange<T>(
     socket: &UdpSocket,
     request: &[u8],
     answer: impl Fn(&[u8]) -> Option<T>,
-) -> Result<T, Failure> {
+) -> (Result<T, Failure>, usize) {
     let mut buf = [0u8; pcp::MAX_LEN];
-    for wait in TRIES {
+    for (sent, wait) in TRIES.into_iter().enumerate() {
         if let Err(e) = socket.send(request).await {
             debug!("sending to the CGN: {e}");
         }
@@ -344,7 +357,7 @@ async fn exchange<T>(
                 Err(_) => break,
                 Ok(Ok(len)) => {
                     if let Some(found) = answer(&buf[..len]) {
-                        return Ok(found);
+                        return (Ok(found), sent + 1);
                     }
                 }
                 // ICMP port unreachable from a CGN restarting: wait out this try.
@@ -355,5 +368,81 @@ async fn exchange<T>(
             }
         }
     }
-    Err(Failure::NoAnswer)
+    (Err(Failure::NoAnswer), TRIES.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::UdpSocket as StdUdpSocket;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::proto::pcp::{Parsed, parse_request, response, result};
+
+    const HOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
+
+    fn ask(lifetime: u32) -> Ask {
+        Ask {
+            host: HOST,
+            proto: Transport::Tcp,
+            internal_port: 8411,
+            suggested_port: 9402,
+            lifetime,
+            prefer_failure: false,
+            nonce: [7; 12],
+        }
+    }
+
+    /// A CGN slow to answer a delete: the client sends it again, and the answer to the second
+    /// copy (NO_RESOURCES: miniupnpd's "failed to remove") arrives during the next exchange,
+    /// just before that exchange's own answer. It must not be taken for the next map's answer.
+    #[tokio::test]
+    async fn a_late_answer_to_a_resent_request_is_not_the_next_ones() {
+        let cgn = StdUdpSocket::bind((HOST, 0)).unwrap();
+        cgn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let upstream = Upstream {
+            cgn: match cgn.local_addr().unwrap() {
+                std::net::SocketAddr::V4(a) => a,
+                other => panic!("{other}"),
+            },
+            wan: HOST,
+            via: Via::Pcp,
+            igd: None,
+            sockets: Arc::new(SocketPool::new(Sender::Myself)),
+        };
+        let fake = std::thread::spawn(move || {
+            let mut buf = [0u8; pcp::MAX_LEN];
+            let mut receive = || {
+                let (len, from) = cgn.recv_from(&mut buf).unwrap();
+                let Parsed::Request(request) = parse_request(&buf[..len]) else {
+                    panic!("not a PCP request");
+                };
+                (request, from)
+            };
+            // The delete, twice (the first copy unanswered past the client's first wait).
+            let (delete, first) = receive();
+            let (_, second) = receive();
+            assert_eq!(delete.lifetime, 0);
+            cgn.send_to(&response(&delete, result::SUCCESS, 0, 1, None), first)
+                .unwrap();
+            // The map; the delete's second answer overtakes the map's own.
+            let (map, from) = receive();
+            assert_eq!(map.lifetime, 600);
+            let late = response(&delete, result::NO_RESOURCES, 0, 1, None);
+            cgn.send_to(&late, second).unwrap();
+            let granted = pcp::Map {
+                external_addr: pcp::mapped(Ipv4Addr::new(203, 0, 114, 1)),
+                ..map.map.unwrap()
+            };
+            cgn.send_to(
+                &response(&map, result::SUCCESS, 600, 1, Some(granted)),
+                from,
+            )
+            .unwrap();
+        });
+        assert_eq!(upstream.map(&ask(0)).await.unwrap().lifetime, 0);
+        let granted = upstream.map(&ask(600)).await;
+        fake.join().unwrap();
+        assert_eq!(granted.unwrap().external.port(), 9402);
+    }
 }

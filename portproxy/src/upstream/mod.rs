@@ -117,6 +117,11 @@ impl Plan {
             Mode::Proxy => (Serve, Serve, Relay),
             Mode::Auto => (auto(speaks.nat_pmp), auto(speaks.pcp), auto(speaks.upnp)),
         };
+        // A build without the IGD server (`serve::NO_IGD_SERVER`) can only relay UPnP.
+        let upnp = match crate::serve::NO_IGD_SERVER {
+            Some(_) => Relay,
+            None => upnp,
+        };
         Plan {
             nat_pmp,
             pcp,
@@ -276,12 +281,20 @@ mod tests {
             (Serve, Serve, Some(Via::Upnp))
         );
         assert_eq!(upnp_only.upnp, Relay);
-        assert_eq!(Plan::choose(Mode::Auto, speaks(true, false)).upnp, Serve);
+        // UPnP is answered here only by a build with the IGD server.
+        let upnp_served = match crate::serve::NO_IGD_SERVER {
+            None => Serve,
+            Some(_) => Relay,
+        };
+        assert_eq!(
+            Plan::choose(Mode::Auto, speaks(true, false)).upnp,
+            upnp_served
+        );
         assert_eq!(Plan::choose(Mode::Auto, speaks(false, false)).upnp, Relay);
         let proxy = Plan::choose(Mode::Proxy, speaks(false, true));
         assert_eq!(
             (proxy.nat_pmp, proxy.pcp, proxy.upnp),
-            (Serve, Serve, Serve)
+            (Serve, Serve, upnp_served)
         );
         assert_eq!(Plan::choose(Mode::Proxy, speaks(false, false)).upnp, Relay);
         let relay = Plan::choose(Mode::Relay, speaks(true, false));

@@ -28,6 +28,9 @@ use crate::relay::Tasks;
 use crate::sockets;
 use crate::stats::{Counter, Stats};
 
+/// This build has the IGD server (see `no_igd.rs` for one without).
+pub const NO_IGD_SERVER: Option<&str> = None;
+
 /// How often leases are looked at for renewal at the CGN.
 const RENEW_CHECK: Duration = Duration::from_secs(5);
 
