@@ -558,6 +558,7 @@ struct MappingView {
 }
 
 /// The key of `/api/WHAT/HOST/PROTOCOL/PORT`, or the answer to a path that names none.
+#[allow(clippy::result_large_err)] // a response, built once per request
 fn key_of(which: &str, what: &str) -> Result<Key, Response<Full<Bytes>>> {
     parse_key(which).ok_or_else(|| {
         error(
