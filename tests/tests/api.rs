@@ -903,8 +903,11 @@ async fn drive_page(
         // Keyboard: the button takes focus and Enter presses it.
         let enter: char = fantoccini::key::Key::Enter.into();
         delete.send_keys(&enter.to_string()).await?;
-        let none = browser.find(Locator::Id("no-mappings")).await?;
-        wait_until(BROWSER_WAIT, "the table to empty", || none.is_displayed()).await?;
+        // The forward's own mapping stays: the row of natpmpc's goes.
+        wait_until(BROWSER_WAIT, "the mapping's row to go", || async {
+            Ok(browser.find_all(button).await?.is_empty())
+        })
+        .await?;
         let message = browser.find(Locator::Id("message")).await?.text().await?;
         ensure!(
             message.contains("at the CGN: deleted"),
