@@ -26,6 +26,7 @@ impl Shared {
         _status: watch::Receiver<Option<Status>>,
         _stats: Arc<Stats>,
         _netlink: rtnetlink::Handle,
+        _forwards: Arc<crate::forwards::Forwards>,
     ) -> Result<Shared> {
         anyhow::bail!(NO_API.unwrap_or_default())
     }

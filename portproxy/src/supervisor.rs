@@ -616,8 +616,13 @@ pub async fn run(mut opts: Options) -> Result<()> {
     let published = tokio::sync::watch::Sender::new(None);
     let api = match opts.api {
         true => {
-            let shared =
-                api::Shared::new(&opts, published.subscribe(), stats.clone(), handle.clone());
+            let shared = api::Shared::new(
+                &opts,
+                published.subscribe(),
+                stats.clone(),
+                handle.clone(),
+                forwards.clone(),
+            );
             match shared {
                 Ok(shared) => Some(Arc::new(shared)),
                 Err(e) => {

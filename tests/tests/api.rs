@@ -17,7 +17,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use common::{natpmpc_map, with_lab};
+use common::{check_mapping, natpmpc_map, with_lab};
 use serde_json::Value;
 use tests::{
     CPE_SOFTWIRE_IP, CgnKind, Daemon, DataPath, LAN1_IP, Lab, Netns, PUBLIC_IP, Softwire,
@@ -401,6 +401,8 @@ fn api_endpoints(softwire: Softwire, path: DataPath) -> Result<()> {
         curl(lan1, "GET", &url("/api/nothing"), &[])?.refused(404, "no such endpoint")?;
         still_mapped(lab, 9080, 8080)?;
 
+        api_forwards(lab, &with_cookie, &authorization)?;
+
         // The page's delete: its session, from its origin.
         let from_page = [&with_cookie[..], &["-H", &page_origin]].concat();
         let answer = curl(lan1, "DELETE", &delete, &from_page)?;
@@ -444,6 +446,189 @@ fn api_endpoints(softwire: Softwire, path: DataPath) -> Result<()> {
         )?;
         Ok(())
     })
+}
+
+/// A forward's body as the page sends it.
+fn forward_spec(internal: u16, external: Option<u16>, description: &str) -> String {
+    serde_json::json!({
+        "host": LAN1_IP, "internal_port": internal, "protocol": "tcp",
+        "external_port": external, "description": description,
+    })
+    .to_string()
+}
+
+/// The forwards in `GET /api/forwards`, open to every LAN host.
+fn forwards_listed(lab: &Lab) -> Result<Value> {
+    let answer = curl(lab.lan(2), "GET", &url("/api/forwards"), &[])?;
+    ensure!(answer.status == 200, "forwards: {}", answer.body);
+    answer.json()
+}
+
+/// Waits until the API lists lan1's TCP forward of `internal` as active; its status.
+fn forward_active(lab: &Lab, internal: u16) -> Result<Value> {
+    let start = Instant::now();
+    loop {
+        let list = forwards_listed(lab)?;
+        let status = find(&list, internal).map(|f| f["status"].clone());
+        if let Some(status) = status.filter(|s| s["state"] == "active") {
+            return Ok(status);
+        }
+        ensure!(
+            start.elapsed() < Duration::from_secs(10),
+            "the forward of {internal} is not active:\n{list:#}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The forward endpoints (part of `api_endpoints`, with the session in `with_cookie`): every
+/// refusal changes nothing; add, list, change and delete with the password as a token.
+/// natpmpc's mapping of 8080 is there.
+fn api_forwards(lab: &Lab, with_cookie: &[&str], authorization: &str) -> Result<()> {
+    let lan1 = lab.lan(1);
+    let forwards = url("/api/forwards");
+    let one = url("/api/forwards/192.168.1.2/tcp/8301");
+    let spec = forward_spec(8301, Some(9301), "web server");
+    let send = |method: &str, url: &str, extra: &[&str], body: &str| {
+        curl(
+            lan1,
+            method,
+            url,
+            &[extra, &["-H", JSON, "--data", body]].concat(),
+        )
+    };
+    let token = ["-H", authorization];
+
+    // No credentials, another site's page, the cookie without the page's Origin.
+    let foreign = [with_cookie, &["-H", "Origin: http://evil.example"]].concat();
+    for (method, target) in [("POST", &forwards), ("PUT", &one)] {
+        send(method, target, &[], &spec)?.refused(401, "log in first")?;
+        send(method, target, &foreign, &spec)?.refused(403, "own page")?;
+        send(method, target, with_cookie, &spec)?.refused(401, "log in first")?;
+    }
+    curl(lan1, "DELETE", &one, &[])?.refused(401, "log in first")?;
+    curl(lan1, "DELETE", &one, &foreign)?.refused(403, "own page")?;
+
+    // Bad input with good credentials.
+    for (body, status, needle) in [
+        (forward_spec(0, None, ""), 400, "internal port 0"),
+        (forward_spec(8301, Some(0), ""), 400, "external port 0"),
+        (
+            spec.replace("\"tcp\"", "\"sctp\""),
+            400,
+            "expected tcp or udp",
+        ),
+        (
+            spec.replace("192.168.1.2", "10.9.9.9"),
+            400,
+            "not a host of the LAN",
+        ),
+        (
+            spec.replace("192.168.1.2", "192.168.1.1"),
+            400,
+            "not a host of the LAN",
+        ),
+        (forward_spec(8301, None, "a\nb"), 400, "control characters"),
+        (
+            forward_spec(8301, None, &"x".repeat(300)),
+            400,
+            "at most 256",
+        ),
+        (
+            forward_spec(8080, None, ""),
+            409,
+            "mapped by the host itself",
+        ),
+        (spec.replace("}", ",\"admin\":true}"), 400, "unknown field"),
+        (
+            spec.replace("8301", "\"8301\""),
+            400,
+            "not the JSON expected",
+        ),
+        ("[]".to_string(), 400, "not the JSON expected"),
+        (
+            format!("{{\"description\":\"{}\"}}", "x".repeat(2000)),
+            413,
+            "longer than",
+        ),
+    ] {
+        send("POST", &forwards, &token, &body)?.refused(status, needle)?;
+    }
+    curl(
+        lan1,
+        "POST",
+        &forwards,
+        &[&token[..], &["--data", &spec]].concat(),
+    )?
+    .refused(415, "application/json")?;
+    send("PUT", &one, &token, &spec)?.refused(404, "no forward")?;
+    curl(lan1, "DELETE", &one, &token)?.refused(404, "no forward")?;
+    curl(
+        lan1,
+        "DELETE",
+        &url("/api/forwards/192.168.1.2/tcp/x"),
+        &token,
+    )?
+    .refused(400, "HOST/PROTOCOL/PORT")?;
+    curl(lan1, "PATCH", &one, &token)?.refused(405, "PUT, DELETE")?;
+    let listed = forwards_listed(lab)?;
+    ensure!(
+        listed == serde_json::json!([]),
+        "a refusal stored:\n{listed:#}"
+    );
+    still_mapped(lab, 9080, 8080)?;
+
+    // Add: active at the CGN and reachable from the internet through the CPE's firewall.
+    let answer = send("POST", &forwards, &token, &spec)?;
+    ensure!(answer.status == 201, "add: {}", answer.body);
+    let status = forward_active(lab, 8301)?;
+    ensure!(
+        status["external"] == format!("{PUBLIC_IP}:9301"),
+        "{status:#}"
+    );
+    check_mapping(lab, 9301, lan1, 8301)?;
+    send("POST", &forwards, &token, &spec)?.refused(409, "already")?;
+    let other = forward_spec(8302, Some(9301), "");
+    send("POST", &forwards, &token, &other)?.refused(409, "wants external port 9301")?;
+
+    // Change: to another external port; the CGN follows.
+    let changed = forward_spec(8301, Some(9302), "moved");
+    let answer = send("PUT", &one, &token, &changed)?;
+    ensure!(answer.status == 200, "change: {}", answer.body);
+    let listed = forwards_listed(lab)?;
+    let forward = find(&listed, 8301).with_context(|| format!("not listed:\n{listed:#}"))?;
+    ensure!(
+        forward["external_port"] == 9302 && forward["description"] == "moved",
+        "{forward:#}"
+    );
+    let status = forward_active(lab, 8301)?;
+    ensure!(
+        status["external"] == format!("{PUBLIC_IP}:9302"),
+        "{status:#}"
+    );
+    check_mapping(lab, 9302, lan1, 8301)?;
+
+    // Delete: gone from the list, the CGN and the firewall.
+    let answer = curl(lan1, "DELETE", &one, &token)?;
+    ensure!(answer.status == 200, "delete: {}", answer.body);
+    ensure!(
+        forwards_listed(lab)? == serde_json::json!([]),
+        "still listed"
+    );
+    gone_within(lab, 9302, 8301)?;
+    still_mapped(lab, 9080, 8080)
+}
+
+/// `gone`, waited for (a forward's mapping leaves the CGN within a moment of its delete).
+fn gone_within(lab: &Lab, external: u16, internal: u16) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        match gone(lab, external, internal) {
+            Ok(()) => return Ok(()),
+            Err(e) if start.elapsed() > Duration::from_secs(10) => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
 }
 
 every_path!(api_delete_proxied);
@@ -558,7 +743,9 @@ impl Drop for ChromeDriver {
 
 /// The page in headless Chromium, driven over WebDriver from lan1: log in, see natpmpc's
 /// mapping in the table (named from the leases), delete it with its button, see it gone
-/// from the page and from the CGN. Screenshots of the page on a desktop and a phone.
+/// from the page and from the CGN; add a manual forward with the form, see it active and
+/// reach it from the internet host, delete it, see it gone at the CGN. Screenshots of the
+/// page (with both) on a desktop and a phone.
 ///
 /// Once, on sockets and the L2 softwire: the page only shows and asks the API, whose answers
 /// `api_endpoints` checks on every data path and softwire; Chromium is the heaviest peer of
@@ -571,17 +758,27 @@ fn api_web_page() -> Result<()> {
         let shots = screenshot_dir(lab);
         let profile = lab.dir().join("chromium");
         let _driver = ChromeDriver::start(lan1, &lab.dir().join("chromedriver.log"))?;
+        let lab: &Lab = lab;
+        let reachable = || check_mapping(lab, 9301, lan1, 8301);
+        let forward_gone = || gone_within(lab, 9301, 8301);
         lan1.enter(|| {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
-                .block_on(drive_page(&shots, &profile))
+                .block_on(drive_page(&shots, &profile, &reachable, &forward_gone))
         })??;
         gone(lab, 9080, 8080)
     })
 }
 
-async fn drive_page(shots: &Path, profile: &Path) -> Result<()> {
+/// `reachable` checks the page's forward (lan1's TCP 8301 at 9301) from the internet host,
+/// `forward_gone` that it is gone at the CGN and in the firewall.
+async fn drive_page(
+    shots: &Path,
+    profile: &Path,
+    reachable: &(dyn Fn() -> Result<()> + Sync),
+    forward_gone: &(dyn Fn() -> Result<()> + Sync),
+) -> Result<()> {
     use fantoccini::{ClientBuilder, Locator};
     let mut capabilities = serde_json::Map::new();
     capabilities.insert(
@@ -661,6 +858,42 @@ async fn drive_page(shots: &Path, profile: &Path) -> Result<()> {
             socket.send_to(&[0, 0], ("192.168.1.1", 5351)).await?;
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+        // A manual forward, with the form's labelled fields.
+        for (id, label, value) in [
+            ("fw-host", "LAN host address", "192.168.1.2"),
+            ("fw-port", "Internal port", "8301"),
+            ("fw-external", "External port (empty: any)", "9301"),
+            ("fw-description", "Description", "web server"),
+        ] {
+            let shown = browser
+                .find(Locator::Css(&format!("label[for={id}]")))
+                .await?
+                .text()
+                .await?;
+            ensure!(shown == label, "the field {id} is labelled {shown:?}");
+            browser
+                .find(Locator::Id(id))
+                .await?
+                .send_keys(value)
+                .await?;
+        }
+        browser
+            .find(Locator::Id("fw-submit"))
+            .await?
+            .click()
+            .await?;
+        let active = wait()
+            .for_element(Locator::Css(
+                "tr[data-forward='192.168.1.2/tcp/8301'] td.status.active",
+            ))
+            .await
+            .context("the forward did not become active on the page")?;
+        let shown = active.text().await?;
+        ensure!(
+            shown == format!("active at {PUBLIC_IP}:9301"),
+            "the forward's status shows {shown:?}"
+        );
+        reachable()?;
         std::fs::create_dir_all(shots)?;
         std::fs::write(shots.join("page.png"), browser.screenshot().await?)?;
         browser.set_window_size(390, 1400).await?;
@@ -670,14 +903,30 @@ async fn drive_page(shots: &Path, profile: &Path) -> Result<()> {
         // Keyboard: the button takes focus and Enter presses it.
         let enter: char = fantoccini::key::Key::Enter.into();
         delete.send_keys(&enter.to_string()).await?;
-        let none = browser.find(Locator::Id("no-mappings")).await?;
-        wait_until(BROWSER_WAIT, "the table to empty", || none.is_displayed()).await?;
+        // The forward's own mapping stays: the row of natpmpc's goes.
+        wait_until(BROWSER_WAIT, "the mapping's row to go", || async {
+            Ok(browser.find_all(button).await?.is_empty())
+        })
+        .await?;
         let message = browser.find(Locator::Id("message")).await?.text().await?;
         ensure!(
             message.contains("at the CGN: deleted"),
             "the page says {message:?}"
         );
-        Ok(())
+        // The forward's delete, by keyboard too.
+        browser
+            .find(Locator::Css(
+                "button[aria-label='Delete forward 192.168.1.2:8301 tcp']",
+            ))
+            .await?
+            .send_keys(&enter.to_string())
+            .await?;
+        let none = browser.find(Locator::Id("no-forwards")).await?;
+        wait_until(BROWSER_WAIT, "the forwards to empty", || {
+            none.is_displayed()
+        })
+        .await?;
+        forward_gone()
     }
     .await;
     let closed = browser.close().await;

@@ -2,9 +2,11 @@
 //! the WAN side), with the connection bounds of every LAN HTTP server (`lan_http`).
 //!
 //! Reading is open to every LAN host: `GET /api/status`, `/api/counters`,
-//! `/api/mappings`, `/api/session` and the page (`page`). Changing needs the password of
-//! `--api-password-file` (`auth`): `DELETE /api/mappings/HOST/PROTOCOL/PORT` removes a
-//! mapping at the CGN and closes its hole. Every request must name this router in `Host`
+//! `/api/mappings`, `/api/forwards`, `/api/session` and the page (`page`). Changing needs
+//! the password of `--api-password-file` (`auth`): `DELETE /api/mappings/HOST/PROTOCOL/PORT`
+//! removes a mapping at the CGN and closes its hole; `POST /api/forwards`,
+//! `PUT /api/forwards/HOST/PROTOCOL/PORT` and `DELETE /api/forwards/HOST/PROTOCOL/PORT`
+//! add, change and delete manual forwards (`crate::forwards`). Every request must name this router in `Host`
 //! (the LAN address, or a name of `--api-hosts`), so a page of another site cannot reach
 //! the API through a name rebound to the LAN address; every change must come from the
 //! page's own origin (`Origin`), or with the password in `Authorization` from a script.
@@ -31,6 +33,7 @@ use tokio::sync::watch;
 use self::auth::{Auth, LoginRefused};
 use crate::cli::Options;
 use crate::config::Side;
+use crate::forwards::{ForwardError, Forwards, Spec};
 use crate::lan_http;
 use crate::mapping::{Key, View};
 use crate::proto::Transport;
@@ -58,6 +61,7 @@ pub struct Shared {
     status: watch::Receiver<Option<Status>>,
     stats: Arc<Stats>,
     netlink: rtnetlink::Handle,
+    forwards: Arc<Forwards>,
 }
 
 impl Shared {
@@ -67,6 +71,7 @@ impl Shared {
         status: watch::Receiver<Option<Status>>,
         stats: Arc<Stats>,
         netlink: rtnetlink::Handle,
+        forwards: Arc<Forwards>,
     ) -> Result<Shared> {
         use clap::ValueEnum as _;
         let auth = Auth::from_file(opts.api_password_file.as_deref())?;
@@ -89,6 +94,7 @@ impl Shared {
             status,
             stats,
             netlink,
+            forwards,
         })
     }
 }
@@ -179,13 +185,29 @@ impl ApiServer {
                 }
                 self.delete(peer, &p["/api/mappings/".len()..]).await
             }
-            // Manual forwards (`/api/forwards`: list, add, change, delete) are routed here
-            // once the daemon has them (issue 13, part 1).
+            (Method::GET, "/api/forwards") => {
+                json(StatusCode::OK, &self.shared.forwards.list().await)
+            }
+            (Method::POST, "/api/forwards") => {
+                if let Err(refused) = self.authorize(&req) {
+                    return refused.answer();
+                }
+                self.add_forward(peer, req).await
+            }
+            (Method::PUT | Method::DELETE, p) if p.starts_with("/api/forwards/") => {
+                if let Err(refused) = self.authorize(&req) {
+                    return refused.answer();
+                }
+                let which = p["/api/forwards/".len()..].to_string();
+                self.change_forward(peer, &which, req).await
+            }
             (_, "/api/status" | "/api/counters" | "/api/mappings" | "/api/session") => {
                 method_not_allowed("GET")
             }
             (_, "/api/login" | "/api/logout") => method_not_allowed("POST"),
+            (_, "/api/forwards") => method_not_allowed("GET, POST"),
             (_, p) if p.starts_with("/api/mappings/") => method_not_allowed("DELETE"),
+            (_, p) if p.starts_with("/api/forwards/") => method_not_allowed("PUT, DELETE"),
             (_, p) if p.starts_with("/api/") => {
                 error(StatusCode::NOT_FOUND, format!("no such endpoint: {p}"))
             }
@@ -370,14 +392,9 @@ impl ApiServer {
 
     /// `DELETE /api/mappings/HOST/PROTOCOL/PORT`.
     async fn delete(&self, peer: SocketAddrV4, which: &str) -> Response<Full<Bytes>> {
-        let Some(key) = parse_key(which) else {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "{which:?} names no mapping: expected HOST/PROTOCOL/PORT, as in \
-                     /api/mappings/192.168.1.2/tcp/8080"
-                ),
-            );
+        let key = match key_of(which, "mappings") {
+            Ok(key) => key,
+            Err(refused) => return refused,
         };
         let Some(entry) = self.mapper.mappings.get(&key).await else {
             return error(StatusCode::NOT_FOUND, format!("no mapping {key}"));
@@ -396,6 +413,105 @@ impl ApiServer {
             }),
         )
     }
+
+    /// `POST /api/forwards` with a `Spec`: answers the new forward's view.
+    async fn add_forward(
+        &self,
+        peer: SocketAddrV4,
+        req: Request<Incoming>,
+    ) -> Response<Full<Bytes>> {
+        let spec = match spec_body(req).await {
+            Ok(spec) => spec,
+            Err(refused) => return refused,
+        };
+        match self.shared.forwards.add(&spec).await {
+            Ok(view) => {
+                info!(
+                    "api: {} added forward {}:{}/{}",
+                    peer.ip(),
+                    spec.host,
+                    spec.internal_port,
+                    spec.protocol
+                );
+                json(StatusCode::CREATED, &view)
+            }
+            Err(e) => forward_refused(e),
+        }
+    }
+
+    /// `PUT /api/forwards/HOST/PROTOCOL/PORT` with a `Spec` (answers the view) or
+    /// `DELETE` of that path.
+    async fn change_forward(
+        &self,
+        peer: SocketAddrV4,
+        which: &str,
+        req: Request<Incoming>,
+    ) -> Response<Full<Bytes>> {
+        let key = match key_of(which, "forwards") {
+            Ok(key) => key,
+            Err(refused) => return refused,
+        };
+        let forwards = &self.shared.forwards;
+        if req.method() == Method::DELETE {
+            return match forwards.delete(&key).await {
+                Ok(()) => {
+                    info!("api: {} deleted forward {key}", peer.ip());
+                    json(
+                        StatusCode::OK,
+                        &serde_json::json!({ "deleted": key.to_string() }),
+                    )
+                }
+                Err(e) => forward_refused(e),
+            };
+        }
+        let spec = match spec_body(req).await {
+            Ok(spec) => spec,
+            Err(refused) => return refused,
+        };
+        match forwards.change(&key, &spec).await {
+            Ok(view) => {
+                info!("api: {} changed forward {key}", peer.ip());
+                json(StatusCode::OK, &view)
+            }
+            Err(e) => forward_refused(e),
+        }
+    }
+}
+
+/// The answer to a forward not added, changed or deleted.
+fn forward_refused(e: ForwardError) -> Response<Full<Bytes>> {
+    let status = match e {
+        ForwardError::Invalid(_) | ForwardError::NotLanHost { .. } | ForwardError::TooMany => {
+            StatusCode::BAD_REQUEST
+        }
+        ForwardError::Duplicate(_)
+        | ForwardError::ExternalPortWanted { .. }
+        | ForwardError::HeldByClient { .. } => StatusCode::CONFLICT,
+        ForwardError::Unknown(_) => StatusCode::NOT_FOUND,
+        ForwardError::Save(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, e.to_string())
+}
+
+/// A forward's `Spec` from the body, refusing fields it does not have (`Spec` cannot deny
+/// them itself: it is flattened into `forwards::View`). Its fields are those it writes.
+async fn spec_body(req: Request<Incoming>) -> Result<Spec, Response<Full<Bytes>>> {
+    let body: serde_json::Map<String, serde_json::Value> = json_body(req).await?;
+    let not_json = |e: serde_json::Error| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not the JSON expected: {e}"),
+        )
+    };
+    let spec: Spec = serde_json::from_value(body.clone().into()).map_err(not_json)?;
+    let known = serde_json::to_value(&spec).map_err(not_json)?;
+    if let Some(unknown) = body.keys().find(|k| known.get(k.as_str()).is_none()) {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not the JSON expected: unknown field `{unknown}`"),
+        ));
+    }
+    Ok(spec)
 }
 
 /// `GET /api/status`.
@@ -439,6 +555,20 @@ struct MappingView {
     view: View,
     #[serde(flatten)]
     known: hosts::Known,
+}
+
+/// The key of `/api/WHAT/HOST/PROTOCOL/PORT`, or the answer to a path that names none.
+#[allow(clippy::result_large_err)] // a response, built once per request
+fn key_of(which: &str, what: &str) -> Result<Key, Response<Full<Bytes>>> {
+    parse_key(which).ok_or_else(|| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{which:?} names nothing: expected HOST/PROTOCOL/PORT, as in \
+                 /api/{what}/192.168.1.2/tcp/8080"
+            ),
+        )
+    })
 }
 
 /// `HOST/PROTOCOL/PORT`.

@@ -1,5 +1,6 @@
 // portproxy's page: polls the JSON API every two seconds and shows the daemon's status,
-// its mappings (with a delete button each) and its counters with a chart of one of them.
+// its mappings (with a delete button each), the manual forwards (add, edit, delete) and its
+// counters with a chart of one of them.
 // Plain DOM and canvas; no framework, nothing loaded from elsewhere.
 "use strict";
 
@@ -61,7 +62,9 @@ function showSession() {
   $("login").hidden = !session.password_set || session.logged_in;
   $("logged-in").hidden = !session.logged_in;
   $("read-only").hidden = session.password_set;
-  for (const b of document.querySelectorAll("button.delete")) b.disabled = !session.logged_in;
+  for (const b of document.querySelectorAll("button.delete, button.edit, #fw-submit")) {
+    b.disabled = !session.logged_in;
+  }
 }
 
 async function loadSession() {
@@ -173,6 +176,117 @@ async function remove(m, what, button) {
   await refresh();
 }
 
+/// The forward being edited (its HOST/PROTOCOL/PORT), or null when the form adds one.
+let editing = null;
+/// The forwards as last shown, so the table is rebuilt (and a focused button lost) only
+/// when they change.
+let shownForwards = "";
+
+function forwardStatus(s) {
+  if (s.state === "active") return "active at " + s.external;
+  if (s.state === "failed") return "failed: " + s.reason + " (again in " + duration(s.retry_in_secs) + ")";
+  return "pending: " + s.reason;
+}
+
+function showForwards(list) {
+  const json = JSON.stringify(list) + session.logged_in;
+  if (json === shownForwards) return;
+  shownForwards = json;
+  const body = $("forwards").tBodies[0];
+  const headings = [...$("forwards").tHead.rows[0].cells].map((th) => th.textContent);
+  body.replaceChildren();
+  for (const f of list) {
+    const what = f.host + ":" + f.internal_port + " " + f.protocol;
+    const tr = el("tr");
+    tr.dataset.forward = f.host + "/" + f.protocol + "/" + f.internal_port;
+    [
+      [f.host], [f.internal_port, "num"], [f.protocol.toUpperCase()],
+      [f.external_port || "any", "num"], [f.description, "wrap"],
+      [forwardStatus(f.status), "status " + f.status.state],
+    ].forEach(([value, cls], i) => {
+      const td = el("td", value, cls);
+      td.dataset.label = headings[i];
+      tr.append(td);
+    });
+    const cell = el("td");
+    const edit = el("button", "Edit", "edit");
+    edit.type = "button";
+    edit.setAttribute("aria-label", "Edit forward " + what);
+    edit.addEventListener("click", () => startEdit(f));
+    const del = el("button", "Delete", "delete danger");
+    del.type = "button";
+    del.setAttribute("aria-label", "Delete forward " + what);
+    del.addEventListener("click", () => removeForward(f, what, del));
+    for (const b of [edit, del]) b.disabled = !session.logged_in;
+    cell.append(edit, " ", del);
+    tr.append(cell);
+    body.append(tr);
+  }
+  $("no-forwards").hidden = list.length > 0;
+}
+
+function forwardPath(f) {
+  return "/api/forwards/" + f.host + "/" + f.protocol + "/" + f.internal_port;
+}
+
+function startEdit(f) {
+  editing = forwardPath(f);
+  $("fw-host").value = f.host;
+  $("fw-port").value = f.internal_port;
+  $("fw-protocol").value = f.protocol;
+  $("fw-external").value = f.external_port || "";
+  $("fw-description").value = f.description;
+  $("forward-legend").textContent = "Edit the forward of " + f.host + ":" + f.internal_port + " " + f.protocol;
+  $("fw-submit").textContent = "Save forward";
+  $("fw-cancel").hidden = false;
+  $("fw-host").focus();
+}
+
+function stopEdit() {
+  editing = null;
+  $("forward-form").reset();
+  $("forward-legend").textContent = "Add a forward";
+  $("fw-submit").textContent = "Add forward";
+  $("fw-cancel").hidden = true;
+}
+
+async function saveForward(event) {
+  event.preventDefault();
+  const external = $("fw-external").value;
+  const spec = {
+    host: $("fw-host").value.trim(),
+    internal_port: Number($("fw-port").value),
+    protocol: $("fw-protocol").value,
+    external_port: external ? Number(external) : null,
+    description: $("fw-description").value,
+  };
+  const what = spec.host + ":" + spec.internal_port + " " + spec.protocol;
+  try {
+    const view = await api(editing || "/api/forwards", {
+      method: editing ? "PUT" : "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(spec),
+    });
+    say((editing ? "Changed" : "Added") + " the forward of " + what + ": " + forwardStatus(view.status) + ".");
+    stopEdit();
+  } catch (e) {
+    say("Saving the forward of " + what + ": " + e.message, true);
+  }
+  await refresh();
+}
+
+async function removeForward(f, what, button) {
+  button.disabled = true;
+  try {
+    await api(forwardPath(f), { method: "DELETE" });
+    say("Deleted the forward of " + what + ".");
+    if (editing === forwardPath(f)) stopEdit();
+  } catch (e) {
+    say("Deleting the forward of " + what + ": " + e.message, true);
+  }
+  await refresh();
+}
+
 function total(count) {
   return (count.kernel || 0) + (count.daemon || 0);
 }
@@ -259,11 +373,12 @@ function drawChart() {
 
 async function refresh() {
   try {
-    const [status, mappings, counters] = await Promise.all([
-      api("/api/status"), api("/api/mappings"), api("/api/counters"),
+    const [status, mappings, forwards, counters] = await Promise.all([
+      api("/api/status"), api("/api/mappings"), api("/api/forwards"), api("/api/counters"),
     ]);
     showStatus(status);
     showMappings(mappings);
+    showForwards(forwards);
     showCounters(counters);
   } catch (e) {
     say("Reading the daemon: " + e.message, true);
@@ -302,6 +417,8 @@ async function logout() {
 document.addEventListener("DOMContentLoaded", async () => {
   $("login").addEventListener("submit", login);
   $("logout").addEventListener("click", logout);
+  $("forward-form").addEventListener("submit", saveForward);
+  $("fw-cancel").addEventListener("click", stopEdit);
   $("chart-counter").addEventListener("change", () => { samples = []; drawChart(); });
   window.addEventListener("resize", drawChart);
   try { await loadSession(); } catch (e) { say("Reading the session: " + e.message, true); }
