@@ -25,7 +25,11 @@ pub fn socket_only_release() -> anyhow::Result<PathBuf> {
     let mut cargo = cmd::cargo();
     cargo
         .args(["build", "--package", "portproxy", "--release"])
-        .args(["--no-default-features", "--features", "http-server"])
+        .args([
+            "--no-default-features",
+            "--features",
+            "http-server,map-client",
+        ])
         .arg("--target-dir")
         .arg(&target_dir);
     cmd::run(&mut cargo)?;
