@@ -7,7 +7,7 @@
 //! installed by `cargo xtask setup`). Binaries use the `openwrt` profile (opt-level "z",
 //! panic=unwind, overflow checks: what OpenWrt's rust-values.mk does) and are stripped.
 //! Debian's qemu-user runs them. Each target is built three ways (`Build`): minimal (the
-//! relay alone, for 4 MB of flash), sockets (what OpenWrt builds) and with the fast path
+//! daemon alone, for the tightest flash), sockets (what OpenWrt builds) and with the fast path
 //! (aya-build embeds a bpfeb object for big-endian mips); the sizes are in the README.
 
 use std::{
