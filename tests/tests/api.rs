@@ -481,14 +481,19 @@ fn forwards_listed(lab: &Lab) -> Result<Value> {
     answer.json()
 }
 
-/// Waits until the API lists lan1's TCP forward of `internal` as active; its status.
-fn forward_active(lab: &Lab, internal: u16) -> Result<Value> {
+/// Waits until the API lists lan1's TCP forward of `internal` as active at the public
+/// `external` port; then the internet host must reach it there.
+fn forward_active(lab: &Lab, internal: u16, external: u16) -> Result<()> {
     let start = Instant::now();
     loop {
         let list = forwards_listed(lab)?;
         let status = find(&list, internal).map(|f| f["status"].clone());
         if let Some(status) = status.filter(|s| s["state"] == "active") {
-            return Ok(status);
+            ensure!(
+                status["external"] == format!("{PUBLIC_IP}:{external}"),
+                "{status:#}"
+            );
+            return check_mapping(lab, external, lab.lan(1), internal);
         }
         ensure!(
             start.elapsed() < Duration::from_secs(10),
@@ -598,12 +603,7 @@ fn api_forwards(lab: &Lab, with_cookie: &[&str], authorization: &str) -> Result<
     // Add: active at the CGN and reachable from the internet through the CPE's firewall.
     let answer = send("POST", &forwards, &token, &spec)?;
     ensure!(answer.status == 201, "add: {}", answer.body);
-    let status = forward_active(lab, 8301)?;
-    ensure!(
-        status["external"] == format!("{PUBLIC_IP}:9301"),
-        "{status:#}"
-    );
-    check_mapping(lab, 9301, lan1, 8301)?;
+    forward_active(lab, 8301, 9301)?;
     send("POST", &forwards, &token, &spec)?.refused(409, "already")?;
     let other = forward_spec(8302, Some(9301), "");
     send("POST", &forwards, &token, &other)?.refused(409, "wants external port 9301")?;
@@ -618,12 +618,7 @@ fn api_forwards(lab: &Lab, with_cookie: &[&str], authorization: &str) -> Result<
         forward["external_port"] == 9302 && forward["description"] == "moved",
         "{forward:#}"
     );
-    let status = forward_active(lab, 8301)?;
-    ensure!(
-        status["external"] == format!("{PUBLIC_IP}:9302"),
-        "{status:#}"
-    );
-    check_mapping(lab, 9302, lan1, 8301)?;
+    forward_active(lab, 8301, 9302)?;
 
     // Delete: gone from the list, the CGN and the firewall.
     let answer = curl(lan1, "DELETE", &one, &token)?;
@@ -761,12 +756,7 @@ fn api_while_waiting(softwire: Softwire, path: DataPath) -> Result<()> {
                     .is_some_and(|a| a.starts_with(&format!("{CPE_SOFTWIRE_IP}/"))),
             "status once relaying:\n{status:#}"
         );
-        let forward = forward_active(lab, 8301)?;
-        ensure!(
-            forward["external"] == format!("{PUBLIC_IP}:9301"),
-            "{forward:#}"
-        );
-        check_mapping(lab, 9301, lan1, 8301)?;
+        forward_active(lab, 8301, 9301)?;
         natpmpc_map(lan1, 9080, 8080)?;
         still_mapped(lab, 9080, 8080)?;
         ensure!(api_listeners(lab)? == lan_only, "{:?}", api_listeners(lab)?);
