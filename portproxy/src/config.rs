@@ -53,49 +53,47 @@ pub struct Config {
 pub enum Resolved {
     Ready(Config),
     /// Something that can still appear (an interface, its address, the route to the CGN):
-    /// what it is, for the log and `portproxy stats`.
-    Waiting(String),
+    /// what it is, for the log and `portproxy stats`; and the LAN side when it is there
+    /// already (the API serves on it whatever the WAN side does).
+    Waiting { what: String, lan: Option<Side> },
 }
 
 impl Config {
-    /// Fills in every address from the interfaces. `Err` only when netlink itself fails;
-    /// anything not there yet is `Resolved::Waiting`, since on a router the softwire
-    /// appears late (after DHCPv6 and the AFTR's name resolve).
+    /// Fills in every address from the interfaces, the LAN's first. `Err` only when netlink
+    /// itself fails; anything not there yet is `Resolved::Waiting`, since on a router the
+    /// softwire appears late (after DHCPv6 and the AFTR's name resolve).
     pub async fn resolve(opts: &Options, handle: &Handle) -> Result<Resolved> {
-        use Resolved::Waiting;
-        let Some(lan) = netif::iface(handle, &opts.lan_iface).await? else {
-            return Ok(Waiting(
-                missing_iface(handle, &opts.lan_iface, "--lan-iface").await,
-            ));
+        let lan_side = match lan_side(opts, handle).await? {
+            Ok(lan) => lan,
+            Err(what) => return Ok(Resolved::Waiting { what, lan: None }),
+        };
+        let waiting = |what| {
+            Ok(Resolved::Waiting {
+                what,
+                lan: Some(lan_side.clone()),
+            })
         };
         let Some(wan) = netif::iface(handle, &opts.wan_iface).await? else {
-            return Ok(Waiting(
-                missing_iface(handle, &opts.wan_iface, "--wan-iface").await,
-            ));
+            return waiting(missing_iface(handle, &opts.wan_iface, "--wan-iface").await);
         };
-        for iface in [&lan, &wan] {
-            if !iface.up {
-                return Ok(Waiting(format!("{} to come up", iface.name)));
-            }
+        if !wan.up {
+            return waiting(format!("{} to come up", wan.name));
         }
         // The address first: without one there is no route through the interface either.
-        let (lan_side, wan_side) = match (
-            side(&lan, opts.lan_addr, "-l"),
-            side(&wan, opts.wan_addr, "-w"),
-        ) {
-            (Ok(lan), Ok(wan)) => (lan, wan),
-            (Err(missing), _) | (_, Err(missing)) => return Ok(Waiting(missing)),
+        let wan_side = match side(&wan, opts.wan_addr, "-w") {
+            Ok(wan) => wan,
+            Err(missing) => return waiting(missing),
         };
         let cgn = match opts.cgn_addr {
             Some(addr) => addr,
             None => match netif::cgn_address(&wan, &netif::routes(handle).await?) {
                 Some(addr) => addr,
                 None => {
-                    return Ok(Waiting(format!(
+                    return waiting(format!(
                         "a default route with a gateway through {} or a tunnel peer, to find the \
                          CGN (or give its address with -n ADDR)",
                         wan.name
-                    )));
+                    ));
                 }
             },
         };
@@ -115,6 +113,19 @@ impl Config {
             hooks: opts.hooks,
         }))
     }
+}
+
+/// The LAN side: its interface there, up and addressed; else what it waits for.
+async fn lan_side(opts: &Options, handle: &Handle) -> Result<Result<Side, String>> {
+    let Some(lan) = netif::iface(handle, &opts.lan_iface).await? else {
+        return Ok(Err(
+            missing_iface(handle, &opts.lan_iface, "--lan-iface").await
+        ));
+    };
+    if !lan.up {
+        return Ok(Err(format!("{} to come up", lan.name)));
+    }
+    Ok(side(&lan, opts.lan_addr, "-l"))
 }
 
 /// "interface X (--option) to exist", with the interfaces there are, for a typo.

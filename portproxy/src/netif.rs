@@ -37,8 +37,11 @@ pub struct Route {
     pub oif: Option<u32>,
 }
 
-/// Reads an interface and its IPv4 addresses; `None` if it does not exist (yet).
-pub async fn iface(handle: &Handle, name: &str) -> Result<Option<Iface>> {
+/// The link named `name`; `None` if it does not exist (yet).
+async fn link_by_name(
+    handle: &Handle,
+    name: &str,
+) -> Result<Option<netlink_packet_route::link::LinkMessage>> {
     let link = handle
         .link()
         .get()
@@ -46,12 +49,18 @@ pub async fn iface(handle: &Handle, name: &str) -> Result<Option<Iface>> {
         .execute()
         .try_next()
         .await;
-    let link = match link {
-        Ok(Some(link)) => link,
+    match link {
+        Ok(link) => Ok(link),
         // The kernel answers ENODEV for a name it does not know.
-        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => return Ok(None),
-        Ok(None) => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("reading interface {name}")),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading interface {name}")),
+    }
+}
+
+/// Reads an interface and its IPv4 addresses; `None` if it does not exist (yet).
+pub async fn iface(handle: &Handle, name: &str) -> Result<Option<Iface>> {
+    let Some(link) = link_by_name(handle, name).await? else {
+        return Ok(None);
     };
     let index = link.header.index;
     let up = link.header.flags.contains(LinkFlags::Up);
@@ -348,10 +357,13 @@ pub struct Softwire {
     pub ipv6: Vec<String>,
 }
 
-/// The softwire view of interface `index`.
-pub async fn softwire(handle: &Handle, index: u32) -> Result<Softwire> {
+/// The softwire view of interface `name`; `None` if it does not exist (yet).
+pub async fn softwire(handle: &Handle, name: &str) -> Result<Option<Softwire>> {
     use netlink_packet_route::link::{InfoData, InfoIpTunnel, LinkInfo};
-    let link = link_by_index(handle, index).await?;
+    let Some(link) = link_by_name(handle, name).await? else {
+        return Ok(None);
+    };
+    let index = link.header.index;
     let mut view = Softwire::default();
     let infos = link.attributes.iter().filter_map(|attr| match attr {
         LinkAttribute::LinkInfo(infos) => Some(infos),
@@ -388,7 +400,7 @@ pub async fn softwire(handle: &Handle, index: u32) -> Result<Softwire> {
             }
         }
     }
-    Ok(view)
+    Ok(Some(view))
 }
 
 /// The IPv4 neighbours of interface `index` with their link-layer address

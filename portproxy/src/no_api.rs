@@ -9,6 +9,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::cli::Options;
+use crate::config::Side;
+use crate::mapping::Mappings;
 use crate::relay::Tasks;
 use crate::serve::Mapper;
 use crate::stats::Stats;
@@ -26,16 +28,21 @@ impl Shared {
         _status: watch::Receiver<Option<Status>>,
         _stats: Arc<Stats>,
         _netlink: rtnetlink::Handle,
+        _mappings: Arc<Mappings>,
         _forwards: Arc<crate::forwards::Forwards>,
     ) -> Result<Shared> {
         anyhow::bail!(NO_API.unwrap_or_default())
+    }
+
+    pub fn attach(&self, _mapper: Option<Arc<Mapper>>) {
+        match *self {}
     }
 }
 
 pub enum ApiServer {}
 
 impl ApiServer {
-    pub fn new(shared: Arc<Shared>, _mapper: Arc<Mapper>) -> ApiServer {
+    pub fn new(shared: Arc<Shared>, _lan: Side) -> Arc<ApiServer> {
         match *shared {}
     }
 

@@ -22,6 +22,10 @@
 //! probe is repeated while relaying: every 10 s while the CGN answered nothing, every
 //! 5 minutes otherwise; a different answer rebuilds the data path.
 //!
+//! The API and its page (`--api`) live apart from the data path: served on the LAN address
+//! as soon as the LAN has one, bound again when it changes, whatever the softwire does,
+//! so that a person can see what the daemon waits for (`RunningApi`).
+//!
 //! Only what a person must fix ends the daemon: a port held by another program at
 //! start-up (bad options and missing privileges are refused before this runs).
 
@@ -29,17 +33,18 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow};
 use futures_util::StreamExt;
 use log::{info, warn};
 use rtnetlink::{Handle, MulticastGroup};
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::api::{self, ApiServer};
 use crate::capture::ReplyCapture;
 use crate::cli::{Mode, Options};
-use crate::config::{Config, Resolved};
+use crate::config::{Config, Resolved, Side};
 use crate::control;
 use crate::datapath::{DataPath, ToDaemon};
 use crate::effects::firewall::Firewall;
@@ -47,7 +52,7 @@ use crate::effects::local_nat::LocalNat;
 use crate::fastpath;
 use crate::forwards::Forwards;
 use crate::mapping::{self, Limits, Mappings};
-use crate::relay::SocketRelay;
+use crate::relay::{SocketRelay, Tasks};
 use crate::serve::{Events, Identity, IgdServer, Mapper, PortControlServer};
 use crate::sockets::{self, PortInUse};
 use crate::stats::{Counter, Stats};
@@ -76,6 +81,8 @@ struct Running {
     probes: u32,
     plan: Plan,
     data_path: DataPath,
+    /// What maps and deletes at the CGN through this data path (the API's too).
+    mapper: Arc<Mapper>,
     relay: SocketRelay,
     capture: Option<ReplyCapture>,
     /// Forwards the programs' per-packet log (fast path with `-vv`).
@@ -102,7 +109,6 @@ impl Running {
         cgn_state: &Arc<std::sync::Mutex<CgnState>>,
         igd_events: &Arc<Events>,
         restored: bool,
-        api: Option<&Arc<api::Shared>>,
     ) -> Result<Running> {
         let plan = Plan::choose(opts.mode, probed.speaks);
         if cfg.nat_pmp {
@@ -173,10 +179,9 @@ impl Running {
         if !serving_upnp {
             igd_events.end_all();
         }
-        let api = api.map(|shared| Arc::new(ApiServer::new(shared.clone(), mapper.clone())));
         // Bind first: a port in use (say, a second portproxy) must fail before the
         // routing rule, which a running instance depends on, is touched.
-        let relay = SocketRelay::start(&on_sockets, stats, mappings, server, igd_server, api)?;
+        let relay = SocketRelay::start(&on_sockets, stats, mappings, server, igd_server)?;
         // Where NAT-PMP/PCP answers, held grants and announcements leave from (LAN address,
         // port 5351): the relay's socket, or one of its own when the programs carry 5351.
         let lan_port_control = match (cfg.nat_pmp, relay.port_control_socket()) {
@@ -251,6 +256,7 @@ impl Running {
             probes: 1,
             plan,
             data_path,
+            mapper,
             relay,
             capture,
             kernel_log,
@@ -332,6 +338,49 @@ fn start_grants(
     ))))
 }
 
+/// The API served on one LAN address, until that address changes or goes.
+struct RunningApi {
+    lan: Side,
+    /// Its accept loop, which ends only when the listener fails.
+    serving: JoinSet<Result<()>>,
+    /// Its connections, which end with it.
+    tasks: Tasks,
+}
+
+impl RunningApi {
+    fn start(shared: &Arc<api::Shared>, lan: &Side) -> Result<RunningApi> {
+        let server = ApiServer::new(shared.clone(), lan.clone());
+        let listener = server.bind()?;
+        let tasks = Tasks::default();
+        let mut serving = JoinSet::new();
+        serving.spawn(server.run(listener, tasks.clone()));
+        Ok(RunningApi {
+            lan: lan.clone(),
+            serving,
+            tasks,
+        })
+    }
+
+    /// Closes the listener and every connection.
+    async fn stop(mut self) {
+        self.serving.shutdown().await;
+        self.tasks.stop().await;
+    }
+}
+
+/// Why the running API stopped serving (its listener failed); never while none serves.
+async fn api_failed(api: &mut Option<RunningApi>) -> anyhow::Error {
+    let Some(api) = api else {
+        return std::future::pending().await;
+    };
+    match api.serving.join_next().await {
+        Some(Ok(Err(e))) => e,
+        Some(Ok(Ok(()))) => anyhow!("it stopped unexpectedly"),
+        Some(Err(e)) => anyhow!("it panicked: {e}"),
+        None => std::future::pending().await,
+    }
+}
+
 struct Supervisor {
     opts: Options,
     handle: Handle,
@@ -353,6 +402,10 @@ struct Supervisor {
     running: Option<Running>,
     /// The API's settings and sessions, which survive a rebuild (`None`: `--api 0`).
     api: Option<Arc<api::Shared>>,
+    /// The API on the LAN address, while it has one (`follow_lan`).
+    running_api: Option<RunningApi>,
+    /// Why the API could not be bound last, said once.
+    api_failure: Option<String>,
     state: State,
     since: SystemTime,
     started: SystemTime,
@@ -367,9 +420,13 @@ impl Supervisor {
     /// daemon: a port held by another program on the first attempt.
     async fn converge(&mut self, first: bool) -> Result<()> {
         let cfg = match Config::resolve(&self.opts, &self.handle).await {
-            Ok(Resolved::Ready(cfg)) => cfg,
-            Ok(Resolved::Waiting(what)) => {
+            Ok(Resolved::Ready(cfg)) => {
+                self.follow_lan(Some(&cfg.lan), first).await?;
+                cfg
+            }
+            Ok(Resolved::Waiting { what, lan }) => {
                 self.stop().await;
+                self.follow_lan(lan.as_ref(), first).await?;
                 self.enter(State::WaitingFor(what));
                 return Ok(());
             }
@@ -441,11 +498,13 @@ impl Supervisor {
             &self.cgn_state,
             &self.igd_events,
             self.restored,
-            self.api.as_ref(),
         )
         .await;
         match started {
             Ok(new) => {
+                if let Some(api) = &self.api {
+                    api.attach(Some(new.mapper.clone()));
+                }
                 self.restored = false;
                 let described = new.describe();
                 self.running = Some(new);
@@ -461,7 +520,49 @@ impl Supervisor {
 
     async fn stop(&mut self) {
         if let Some(running) = self.running.take() {
+            if let Some(api) = &self.api {
+                api.attach(None);
+            }
             running.stop().await;
+        }
+    }
+
+    /// Serves the API on `lan`'s address: bound when the LAN has one, bound again when it
+    /// changes, closed when it goes, whatever the data path does. A bind that fails is
+    /// tried again at the next look at the interfaces; `Err` only for a port held by
+    /// another program on the first look, which ends the daemon.
+    async fn follow_lan(&mut self, lan: Option<&Side>, first: bool) -> Result<()> {
+        let Some(shared) = self.api.clone() else {
+            return Ok(());
+        };
+        if self.running_api.as_ref().map(|api| &api.lan) == lan {
+            return Ok(());
+        }
+        self.stop_api().await;
+        let Some(lan) = lan else {
+            return Ok(());
+        };
+        match RunningApi::start(&shared, lan) {
+            Ok(api) => {
+                info!("api: http://{}:{}/", lan.addr, self.opts.api_port);
+                self.running_api = Some(api);
+                self.api_failure = None;
+            }
+            Err(e) if first && e.chain().any(|c| c.is::<PortInUse>()) => return Err(e),
+            Err(e) => {
+                let why = format!("{e:#}");
+                if self.api_failure.as_ref() != Some(&why) {
+                    warn!("{why}; trying again at the next look at the interfaces");
+                    self.api_failure = Some(why);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn stop_api(&mut self) {
+        if let Some(api) = self.running_api.take() {
+            api.stop().await;
         }
     }
 
@@ -621,6 +722,7 @@ pub async fn run(mut opts: Options) -> Result<()> {
                 published.subscribe(),
                 stats.clone(),
                 handle.clone(),
+                mappings.clone(),
                 forwards.clone(),
             );
             match shared {
@@ -640,6 +742,8 @@ pub async fn run(mut opts: Options) -> Result<()> {
         handle,
         stats,
         api,
+        running_api: None,
+        api_failure: None,
         published,
         started: SystemTime::now(),
         mappings: mappings.clone(),
@@ -675,6 +779,10 @@ pub async fn run(mut opts: Options) -> Result<()> {
                 sup.stop().await;
                 sup.retry(format!("the relay failed: {e:#}"));
             }
+            e = api_failed(&mut sup.running_api) => {
+                warn!("the API failed: {e:#}; binding it again at the next look at the interfaces");
+                sup.stop_api().await;
+            }
             Some(_) = events.next() => {
                 tokio::time::sleep(SETTLE).await;
                 while events.try_recv().is_ok() {}
@@ -708,6 +816,7 @@ pub async fn run(mut opts: Options) -> Result<()> {
     control.abort();
     control::remove(&state_dir);
     sup.stop().await;
+    sup.stop_api().await;
     // A daemon that never got to read the file must not overwrite it with nothing.
     if !sup.to_restore {
         mappings

@@ -21,7 +21,7 @@ use common::{check_mapping, natpmpc_map, with_lab};
 use serde_json::Value;
 use tests::{
     CPE_SOFTWIRE_IP, CgnKind, Daemon, DataPath, LAN1_IP, Lab, Netns, PUBLIC_IP, Softwire,
-    show_output,
+    SoftwireStage, show_output,
 };
 
 const API_PORT: u16 = 8351;
@@ -156,6 +156,19 @@ fn with_api_at(
     password: bool,
     test: impl FnOnce(&mut Lab, &mut Daemon) -> Result<()>,
 ) -> Result<()> {
+    with_api_from(softwire, path, kind, password, None, test)
+}
+
+/// `with_api_at`, with the CPE's softwire only at `stage` when portproxy starts (`None`:
+/// complete); then portproxy is started once it says what it waits for.
+fn with_api_from(
+    softwire: Softwire,
+    path: DataPath,
+    kind: CgnKind,
+    password: bool,
+    stage: Option<SoftwireStage>,
+    test: impl FnOnce(&mut Lab, &mut Daemon) -> Result<()>,
+) -> Result<()> {
     with_lab(Lab::builder(softwire).cgn(kind).cpe_firewall(), |lab| {
         let password_file = lab.dir().join("api-password");
         std::fs::write(&password_file, format!("{PASSWORD}\n"))?;
@@ -172,7 +185,11 @@ fn with_api_at(
                 password_file.to_str().context("lab dir")?,
             ]);
         }
-        let mut portproxy = lab.spawn_portproxy_on(path, &args)?;
+        if let Some(stage) = stage {
+            lab.undo_softwire(stage)?;
+        }
+        let started = if stage.is_some() { "waiting for" } else { "ready:" };
+        let mut portproxy = lab.spawn_portproxy_on_until(path, &args, started)?;
         let result =
             test(lab, &mut portproxy).and_then(|()| lab.check_data_path(&portproxy, path, &[]));
         if result.is_err() {
@@ -464,14 +481,19 @@ fn forwards_listed(lab: &Lab) -> Result<Value> {
     answer.json()
 }
 
-/// Waits until the API lists lan1's TCP forward of `internal` as active; its status.
-fn forward_active(lab: &Lab, internal: u16) -> Result<Value> {
+/// Waits until the API lists lan1's TCP forward of `internal` as active at the public
+/// `external` port; then the internet host must reach it there.
+fn forward_active(lab: &Lab, internal: u16, external: u16) -> Result<()> {
     let start = Instant::now();
     loop {
         let list = forwards_listed(lab)?;
         let status = find(&list, internal).map(|f| f["status"].clone());
         if let Some(status) = status.filter(|s| s["state"] == "active") {
-            return Ok(status);
+            ensure!(
+                status["external"] == format!("{PUBLIC_IP}:{external}"),
+                "{status:#}"
+            );
+            return check_mapping(lab, external, lab.lan(1), internal);
         }
         ensure!(
             start.elapsed() < Duration::from_secs(10),
@@ -581,12 +603,7 @@ fn api_forwards(lab: &Lab, with_cookie: &[&str], authorization: &str) -> Result<
     // Add: active at the CGN and reachable from the internet through the CPE's firewall.
     let answer = send("POST", &forwards, &token, &spec)?;
     ensure!(answer.status == 201, "add: {}", answer.body);
-    let status = forward_active(lab, 8301)?;
-    ensure!(
-        status["external"] == format!("{PUBLIC_IP}:9301"),
-        "{status:#}"
-    );
-    check_mapping(lab, 9301, lan1, 8301)?;
+    forward_active(lab, 8301, 9301)?;
     send("POST", &forwards, &token, &spec)?.refused(409, "already")?;
     let other = forward_spec(8302, Some(9301), "");
     send("POST", &forwards, &token, &other)?.refused(409, "wants external port 9301")?;
@@ -601,12 +618,7 @@ fn api_forwards(lab: &Lab, with_cookie: &[&str], authorization: &str) -> Result<
         forward["external_port"] == 9302 && forward["description"] == "moved",
         "{forward:#}"
     );
-    let status = forward_active(lab, 8301)?;
-    ensure!(
-        status["external"] == format!("{PUBLIC_IP}:9302"),
-        "{status:#}"
-    );
-    check_mapping(lab, 9302, lan1, 8301)?;
+    forward_active(lab, 8301, 9302)?;
 
     // Delete: gone from the list, the CGN and the firewall.
     let answer = curl(lan1, "DELETE", &one, &token)?;
@@ -653,6 +665,151 @@ fn api_delete_proxied(softwire: Softwire, path: DataPath) -> Result<()> {
             answer.body
         );
         gone(lab, 9080, 8080)
+    })
+}
+
+/// Polls `GET /api/status` at `origin` from lan1 until its state is `want` (at most 10 s;
+/// no answer counts as not yet); returns the status. Relaying counts once the data path
+/// is built: a rebuild keeps the state but has no CGN for the moment.
+fn status_becomes(lab: &Lab, origin: &str, want: &str) -> Result<Value> {
+    let start = Instant::now();
+    loop {
+        let last = match curl(lab.lan(1), "GET", &format!("{origin}/api/status"), &[]) {
+            Ok(answer) if answer.status == 200 => {
+                let status = answer.json()?;
+                let built = want != "relaying" || !status["cgn_address"].is_null();
+                if status["state"] == want && built {
+                    return Ok(status);
+                }
+                format!("{status:#}")
+            }
+            Ok(answer) => format!("{}: {}", answer.status, answer.body),
+            Err(e) => format!("{e:#}"),
+        };
+        ensure!(
+            start.elapsed() < Duration::from_secs(10),
+            "the API's status at {origin} is not {want} within 10 s; last:\n{last}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Where the CPE listens on the API's port (`ADDRESS%DEVICE:PORT`, from `ss`).
+fn api_listeners(lab: &Lab) -> Result<Vec<String>> {
+    let port = format!("sport = :{API_PORT}");
+    let out = lab.cpe().run("ss", &["-Hltn", &port])?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| Some(l.split_whitespace().nth(3)?.to_string()))
+        .collect())
+}
+
+every_path!(api_while_waiting);
+
+/// The API serves whenever the LAN has its address, whatever the softwire does: portproxy
+/// starts with the softwire down (as at boot), and the status says what it waits for; a
+/// forward added then waits, pending, and becomes active once the softwire is up. With the
+/// softwire down again the mappings are still listed, and a delete takes one out of the
+/// table and the firewall, saying the CGN was not asked. A new LAN address moves the API
+/// there; nothing ever listens on the WAN side.
+fn api_while_waiting(softwire: Softwire, path: DataPath) -> Result<()> {
+    let down = Some(SoftwireStage::Down);
+    with_api_from(softwire, path, CgnKind::Everything, true, down, |lab, _| {
+        let lan1 = lab.lan(1);
+        let token = ["-H", &bearer(PASSWORD)];
+        let lan_only = vec![format!("192.168.1.1%br-lan:{API_PORT}")];
+
+        // Waiting: the status says for what; nothing of the softwire's side is known yet.
+        let status = status_becomes(lab, ORIGIN, "waiting_for")?;
+        ensure!(
+            status["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("softwire to come up"))
+                && status["data_path"] == "stopped"
+                && status["lan"]["address"] == "192.168.1.1/24"
+                && status["wan"]["iface"] == "softwire"
+                && status["wan"]["address"].is_null()
+                && status["cgn_address"].is_null(),
+            "status while waiting:\n{status:#}"
+        );
+        ensure!(api_listeners(lab)? == lan_only, "{:?}", api_listeners(lab)?);
+        let page = curl(lan1, "GET", &url("/"), &[])?;
+        ensure!(page.status == 200, "the page: {}", page.head);
+
+        // A forward added now is kept, pending, until there is a CGN to ask.
+        let spec = forward_spec(8301, Some(9301), "added while waiting");
+        let args = [&token[..], &["-H", JSON, "--data", &spec]].concat();
+        let answer = curl(lan1, "POST", &url("/api/forwards"), &args)?;
+        ensure!(
+            answer.status == 201 && answer.json()?["status"]["state"] == "pending",
+            "add while waiting: {}",
+            answer.body
+        );
+
+        // The softwire up: relaying, the forward active, a client's mapping as ever.
+        lab.set_softwire_up(true)?;
+        let status = status_becomes(lab, ORIGIN, "relaying")?;
+        ensure!(
+            status["cgn_address"] == "192.0.0.1"
+                && status["wan"]["address"]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with(&format!("{CPE_SOFTWIRE_IP}/"))),
+            "status once relaying:\n{status:#}"
+        );
+        forward_active(lab, 8301, 9301)?;
+        natpmpc_map(lan1, 9080, 8080)?;
+        still_mapped(lab, 9080, 8080)?;
+        ensure!(api_listeners(lab)? == lan_only, "{:?}", api_listeners(lab)?);
+        unreachable(
+            lab.cgn(),
+            &format!("http://{CPE_SOFTWIRE_IP}:{API_PORT}/api/status"),
+        )?;
+
+        // Down again: still served, the mappings still listed and held.
+        lab.set_softwire_up(false)?;
+        status_becomes(lab, ORIGIN, "waiting_for")?;
+        still_mapped(lab, 9080, 8080)?;
+        let listed = forwards_listed(lab)?;
+        let forward = find(&listed, 8301).with_context(|| format!("not listed:\n{listed:#}"))?;
+        ensure!(forward["status"]["state"] == "active", "{forward:#}");
+        // A delete: out of the table and the firewall; the CGN, out of reach, keeps it until
+        // it expires there.
+        let delete = url("/api/mappings/192.168.1.2/tcp/8080");
+        let answer = curl(lan1, "DELETE", &delete, &token)?;
+        ensure!(
+            answer.status == 200
+                && answer.json()?["at_cgn"] == "not asked: waiting for softwire to come up",
+            "delete while waiting: {}",
+            answer.body
+        );
+        ensure!(
+            find(&lab.portproxy_mappings()?, 8080).is_none(),
+            "portproxy still has 8080"
+        );
+        ensure!(
+            !lab.holes()?.iter().any(|h| h.port == 8080),
+            "the hole for 8080 is still open"
+        );
+        ensure!(at_cgn(lab, 9080, 8080)?, "the CGN was asked without a line");
+
+        // Up again: relaying, and mapping as before.
+        lab.set_softwire_up(true)?;
+        status_becomes(lab, ORIGIN, "relaying")?;
+        natpmpc_map(lan1, 9081, 8081)?;
+        still_mapped(lab, 9081, 8081)?;
+
+        // A new LAN address: the API moves there, and back.
+        let cpe = lab.cpe();
+        cpe.ip("addr del 192.168.1.1/24 dev br-lan")?;
+        cpe.ip("addr add 192.168.1.254/24 dev br-lan")?;
+        status_becomes(lab, &format!("http://192.168.1.254:{API_PORT}"), "relaying")?;
+        let moved = vec![format!("192.168.1.254%br-lan:{API_PORT}")];
+        ensure!(api_listeners(lab)? == moved, "{:?}", api_listeners(lab)?);
+        cpe.ip("addr del 192.168.1.254/24 dev br-lan")?;
+        cpe.ip("addr add 192.168.1.1/24 dev br-lan")?;
+        status_becomes(lab, ORIGIN, "relaying")?;
+        ensure!(api_listeners(lab)? == lan_only, "{:?}", api_listeners(lab)?);
+        Ok(())
     })
 }
 

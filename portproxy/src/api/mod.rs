@@ -1,6 +1,12 @@
 //! The JSON API and the web page, over HTTP on the LAN address (`--api-port`, never on
 //! the WAN side), with the connection bounds of every LAN HTTP server (`lan_http`).
 //!
+//! It serves while the LAN has its address, whether a data path runs or not (the
+//! supervisor binds it): while the daemon waits for the softwire, the status says so and
+//! the tables show what the daemon holds. What needs the CGN goes through the running
+//! data path's `Mapper` (`Shared::attach`); without one a mapping's delete leaves the
+//! table and its hole closes, the CGN not asked, and a forward waits, pending.
+//!
 //! Reading is open to every LAN host: `GET /api/status`, `/api/counters`,
 //! `/api/mappings`, `/api/forwards`, `/api/session` and the page (`page`). Changing needs
 //! the password of `--api-password-file` (`auth`): `DELETE /api/mappings/HOST/PROTOCOL/PORT`
@@ -18,7 +24,7 @@ mod page;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context as _, Result};
 use http_body_util::Full;
@@ -35,13 +41,13 @@ use crate::cli::Options;
 use crate::config::Side;
 use crate::forwards::{ForwardError, Forwards, Spec};
 use crate::lan_http;
-use crate::mapping::{Key, View};
+use crate::mapping::{Key, Mappings, View};
 use crate::proto::Transport;
 use crate::relay::Tasks;
 use crate::serve::Mapper;
 use crate::sockets;
 use crate::stats::Stats;
-use crate::status::Status;
+use crate::status::{State, Status};
 
 /// This build has the API (see `no_api.rs` for one without).
 pub const NO_API: Option<&str> = None;
@@ -49,8 +55,9 @@ pub const NO_API: Option<&str> = None;
 /// The longest request body taken (a login).
 const MAX_BODY: usize = 1024;
 
-/// What the API keeps across rebuilds of the data path: its settings, the sessions, and
-/// the daemon's status as the supervisor last published it.
+/// What the API keeps across rebuilds of the data path and of its own server: its
+/// settings, the sessions, the daemon's status as the supervisor last published it, and
+/// the running data path's `Mapper`.
 pub struct Shared {
     auth: Auth,
     port: u16,
@@ -61,7 +68,12 @@ pub struct Shared {
     status: watch::Receiver<Option<Status>>,
     stats: Arc<Stats>,
     netlink: rtnetlink::Handle,
+    /// The softwire's name (`--wan-iface`), shown whether it is there or not.
+    wan_iface: String,
+    mappings: Arc<Mappings>,
     forwards: Arc<Forwards>,
+    /// What maps and deletes at the CGN while a data path runs; `None` while none does.
+    data_path: Mutex<Option<Arc<Mapper>>>,
 }
 
 impl Shared {
@@ -71,6 +83,7 @@ impl Shared {
         status: watch::Receiver<Option<Status>>,
         stats: Arc<Stats>,
         netlink: rtnetlink::Handle,
+        mappings: Arc<Mappings>,
         forwards: Arc<Forwards>,
     ) -> Result<Shared> {
         use clap::ValueEnum as _;
@@ -94,30 +107,38 @@ impl Shared {
             status,
             stats,
             netlink,
+            wan_iface: opts.wan_iface.clone(),
+            mappings,
             forwards,
+            data_path: Mutex::new(None),
         })
+    }
+
+    /// The running data path's `Mapper` (`None` when it stops): what needs the CGN goes
+    /// through it.
+    pub fn attach(&self, mapper: Option<Arc<Mapper>>) {
+        *self.data_path.lock().unwrap() = mapper;
+    }
+
+    fn data_path(&self) -> Option<Arc<Mapper>> {
+        self.data_path.lock().unwrap().clone()
     }
 }
 
-/// The API of one data path: it maps and deletes through that data path's `Mapper`.
+/// The API on one LAN address; a new address gets a new server.
 pub struct ApiServer {
     shared: Arc<Shared>,
-    mapper: Arc<Mapper>,
+    lan: Side,
 }
 
 impl ApiServer {
-    pub fn new(shared: Arc<Shared>, mapper: Arc<Mapper>) -> ApiServer {
-        ApiServer { shared, mapper }
+    pub fn new(shared: Arc<Shared>, lan: Side) -> Arc<ApiServer> {
+        Arc::new(ApiServer { shared, lan })
     }
 
-    fn lan(&self) -> &Side {
-        &self.mapper.config().lan
-    }
-
-    /// Binds the API's port on the LAN address (before "ready", so a port in use fails the
-    /// start).
+    /// Binds the API's port on the LAN address.
     pub fn bind(&self) -> Result<TcpListener> {
-        let lan = self.lan();
+        let lan = &self.lan;
         let addr = SocketAddrV4::new(lan.addr, self.shared.port);
         sockets::tcp_listener(lan, self.shared.port)
             .map_err(|e| sockets::explain_bind(e, "the API", addr, "--api"))
@@ -130,8 +151,8 @@ impl ApiServer {
             name: "api",
             stats: self.shared.stats.clone(),
             is_lan_host: Box::new({
-                let cfg = self.mapper.config().clone();
-                move |ip| crate::mapping::is_lan_host(ip, &cfg.lan, &[cfg.lan.addr, cfg.wan.addr])
+                let api = self.clone();
+                move |ip| api.is_lan_host(ip)
             }),
         };
         server
@@ -140,6 +161,21 @@ impl ApiServer {
                 async move { secured(api.respond(peer, req).await) }
             })
             .await
+    }
+
+    /// The running data path's `Mapper`, if it is built for this LAN address (one built for
+    /// another is about to be replaced).
+    fn data_path(&self) -> Option<Arc<Mapper>> {
+        self.shared
+            .data_path()
+            .filter(|mapper| mapper.config().lan == self.lan)
+    }
+
+    /// A LAN host, not the router's own LAN address (nor its WAN address, while known).
+    fn is_lan_host(&self, ip: Ipv4Addr) -> bool {
+        let wan = self.data_path().map(|m| m.config().wan.addr);
+        let own: Vec<Ipv4Addr> = [Some(self.lan.addr), wan].into_iter().flatten().collect();
+        crate::mapping::is_lan_host(ip, &self.lan, &own)
     }
 
     async fn respond(&self, peer: SocketAddrV4, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -230,7 +266,7 @@ impl ApiServer {
             Some((name, p)) => (name, p.parse::<u16>().ok()),
             None => (host.as_str(), Some(80)),
         };
-        let ours = name.parse::<Ipv4Addr>().ok() == Some(self.lan().addr)
+        let ours = name.parse::<Ipv4Addr>().ok() == Some(self.lan.addr)
             || self.shared.host_names.iter().any(|n| n == name);
         if ours && given_port == Some(port) {
             return Ok(host);
@@ -238,7 +274,7 @@ impl ApiServer {
         Err(format!(
             "Host {host:?} is not this router's API ({}:{port}); to reach it by a name, add \
              the name to --api-hosts",
-            self.lan().addr
+            self.lan.addr
         ))
     }
 
@@ -264,29 +300,35 @@ impl ApiServer {
         Err(Refused::NotLoggedIn)
     }
 
+    /// What the data path was built for (WAN address, CGN) comes from it: none while it
+    /// does not run.
     async fn status(&self) -> StatusView {
-        let cfg = self.mapper.config();
+        let data_path = self.data_path();
+        let cfg = data_path.as_ref().map(|m| m.config());
         let mut status = self.shared.status.borrow().clone();
         if let Some(status) = &mut status {
             status.counters.clear();
             // Published once a second; the table's own count is current.
-            status.mappings = self.mapper.mappings.len();
+            status.mappings = self.shared.mappings.len();
         }
-        let softwire = crate::netif::softwire(&self.shared.netlink, cfg.wan.index)
+        let softwire = crate::netif::softwire(&self.shared.netlink, &self.shared.wan_iface)
             .await
             .unwrap_or_else(|e| {
                 debug!("api: {e:#}");
-                crate::netif::Softwire::default()
+                None
             });
         StatusView {
             version: env!("CARGO_PKG_VERSION"),
             mode: self.shared.mode.clone(),
             status,
-            lan: SideView::of(&cfg.lan),
-            wan: SideView::of(&cfg.wan),
+            lan: SideView::of(&self.lan),
+            wan: SideView {
+                iface: self.shared.wan_iface.clone(),
+                address: cfg.map(|c| SideView::address(&c.wan)),
+            },
             softwire,
-            cgn_address: cfg.cgn,
-            external_address: self.mapper.mappings.known_public_address().await,
+            cgn_address: cfg.map(|c| c.cgn),
+            external_address: self.shared.mappings.known_public_address().await,
         }
     }
 
@@ -305,9 +347,9 @@ impl ApiServer {
     }
 
     async fn mappings(&self) -> Vec<MappingView> {
-        let views = self.mapper.mappings.list().await;
+        let views = self.shared.mappings.list().await;
         let hosts: Vec<Ipv4Addr> = views.iter().map(|v| v.host).collect();
-        let neighbours = crate::netif::neighbours(&self.shared.netlink, self.lan().index)
+        let neighbours = crate::netif::neighbours(&self.shared.netlink, self.lan.index)
             .await
             .unwrap_or_else(|e| {
                 debug!("api: {e:#}");
@@ -396,15 +438,21 @@ impl ApiServer {
             Ok(key) => key,
             Err(refused) => return refused,
         };
-        let Some(entry) = self.mapper.mappings.get(&key).await else {
+        let Some(entry) = self.shared.mappings.get(&key).await else {
             return error(StatusCode::NOT_FOUND, format!("no mapping {key}"));
         };
-        let at_cgn = self.mapper.remove(&entry).await;
-        info!("api: {} deleted mapping {key}", peer.ip());
-        let at_cgn = match at_cgn {
-            Ok(()) => "deleted".to_string(),
-            Err(failure) => format!("not confirmed: {failure}"),
+        let at_cgn = match self.data_path() {
+            Some(mapper) => match mapper.remove(&entry).await {
+                Ok(()) => "deleted".to_string(),
+                Err(failure) => format!("not confirmed: {failure}"),
+            },
+            // It stays at the CGN until it expires there, as a forward deleted meanwhile.
+            None => {
+                self.shared.mappings.deleted(key).await;
+                format!("not asked: {}", self.not_relaying())
+            }
         };
+        info!("api: {} deleted mapping {key}", peer.ip());
         json(
             StatusCode::OK,
             &serde_json::json!({
@@ -412,6 +460,14 @@ impl ApiServer {
                 "at_cgn": at_cgn,
             }),
         )
+    }
+
+    /// Why no data path runs, as the status says (a rebuild's moment has none of its own).
+    fn not_relaying(&self) -> String {
+        match self.shared.status.borrow().as_ref().map(|s| &s.state) {
+            Some(state @ (State::WaitingFor(_) | State::Retrying(_))) => state.to_string(),
+            _ => "the data path is being built".into(),
+        }
     }
 
     /// `POST /api/forwards` with a `Spec`: answers the new forward's view.
@@ -524,10 +580,13 @@ struct StatusView {
     #[serde(flatten)]
     status: Option<Status>,
     lan: SideView,
+    /// Its address as the data path uses it (none while none runs).
     wan: SideView,
-    /// The WAN interface's kind, tunnel endpoints and IPv6 addresses.
-    softwire: crate::netif::Softwire,
-    cgn_address: Ipv4Addr,
+    /// The WAN interface's kind, tunnel endpoints and IPv6 addresses (none while it is
+    /// not there).
+    softwire: Option<crate::netif::Softwire>,
+    /// The CGN the data path relays to (none while none runs).
+    cgn_address: Option<Ipv4Addr>,
     /// The CGN's external address, once known.
     external_address: Option<Ipv4Addr>,
 }
@@ -535,15 +594,19 @@ struct StatusView {
 #[derive(Serialize)]
 struct SideView {
     iface: String,
-    address: String,
+    address: Option<String>,
 }
 
 impl SideView {
     fn of(side: &Side) -> SideView {
         SideView {
             iface: side.iface.clone(),
-            address: format!("{}/{}", side.addr, side.prefix_len),
+            address: Some(SideView::address(side)),
         }
+    }
+
+    fn address(side: &Side) -> String {
+        format!("{}/{}", side.addr, side.prefix_len)
     }
 }
 

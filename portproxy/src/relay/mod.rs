@@ -14,7 +14,6 @@ use anyhow::{Result, anyhow};
 use tokio::net::UdpSocket;
 use tokio::task::JoinSet;
 
-use crate::api::ApiServer;
 use crate::config::Config;
 use crate::mapping::Mappings;
 use crate::serve::{IgdServer, PortControlServer};
@@ -40,7 +39,6 @@ impl SocketRelay {
         mappings: &Arc<Mappings>,
         server: Option<Arc<PortControlServer>>,
         igd: Option<Arc<IgdServer>>,
-        api: Option<Arc<ApiServer>>,
     ) -> Result<SocketRelay> {
         let tasks = Tasks::default();
         let mut loops = JoinSet::new();
@@ -71,10 +69,6 @@ impl SocketRelay {
         if let Some(igd) = &igd {
             let listener = igd.bind()?;
             loops.spawn(igd.clone().run(listener, tasks.clone()));
-        }
-        if let Some(api) = api {
-            let listener = api.bind()?;
-            loops.spawn(api.run(listener, tasks.clone()));
         }
         let mut ssdp = None;
         if cfg.upnp_udp {

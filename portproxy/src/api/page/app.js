@@ -82,7 +82,8 @@ function showStatus(s) {
     ["Data path", (s.data_path || "").replace("_", " ") + (s.fallback_reason ? " (" + s.fallback_reason + ")" : "")],
     ["Mode", s.mode + (s.port_control ? ": " + s.port_control : "")],
     ["LAN", s.lan.iface + " " + s.lan.address],
-    ["Softwire", s.wan.iface + (sw.kind ? " (" + sw.kind + ")" : "") + " " + s.wan.address],
+    // No address while no data path runs (nor a kind while the interface is not there).
+    ["Softwire", s.wan.iface + (sw.kind ? " (" + sw.kind + ")" : "") + (s.wan.address ? " " + s.wan.address : "")],
     ["Tunnel", tunnel],
     ["Softwire IPv6", sw.ipv6 && sw.ipv6.length ? sw.ipv6.join(", ") : null],
     ["CGN", s.cgn_address],
