@@ -27,7 +27,7 @@ use super::probe::{self, Epochs};
 use super::{Ask, Handling, Plan, SocketPool, Speaks, Upstream, Via};
 use crate::clock::boot_time;
 use crate::config::Config;
-use crate::mapping::{self, Backing, Entry, Grant, Mappings, Origin};
+use crate::mapping::{Backing, Entry, Grant, Mappings, Origin};
 use crate::proto::{natpmp, pcp};
 use crate::serve::Identity;
 use crate::sockets;
@@ -226,24 +226,9 @@ impl Keeper {
             let Some(left) = entry.expires.and_then(|t| t.checked_sub(now)) else {
                 continue;
             };
-            let (host, internal_port) =
-                mapping::seen_upstream(&entry.key, entry.local_port, self.cfg.wan.addr);
-            let ask = Ask {
-                host,
-                proto: entry.key.proto,
-                internal_port,
-                suggested_port: entry.external.port(),
-                lifetime: u32::try_from(left.as_secs().max(1)).unwrap_or(u32::MAX),
-                prefer_failure: false,
-                nonce,
-            };
-            let upstream = Upstream {
-                cgn: SocketAddrV4::new(self.cfg.cgn, self.cfg.nat_pmp_port),
-                wan: self.cfg.wan.addr,
-                via,
-                igd: None,
-                sockets: sockets.clone(),
-            };
+            let lifetime = u32::try_from(left.as_secs().max(1)).unwrap_or(u32::MAX);
+            let ask = Ask::for_entry(&entry, self.cfg.wan.addr, lifetime, nonce);
+            let upstream = Upstream::of(&self.cfg, via, None, sockets.clone());
             match upstream.map(&ask).await {
                 Ok(granted) => {
                     self.stats.add(Counter::MappingsRecreated);
