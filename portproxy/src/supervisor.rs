@@ -154,12 +154,15 @@ impl Running {
             }
             _ => None,
         };
+        // The data path's own (its sockets close with it); requests go as the LAN hosts.
+        let exchanges = Arc::new(upstream::Exchanges::new(sockets::Sender::LanHost));
         let mapper = Arc::new(Mapper::new(
             on_sockets.clone(),
             plan.via,
             igd,
             mappings.clone(),
             identity.clone(),
+            exchanges.clone(),
         ));
         let server = serving.then(|| Arc::new(PortControlServer::new(plan, mapper.clone())));
         let igd_server = serving_upnp.then(|| {
@@ -228,6 +231,7 @@ impl Running {
                 stats: stats.clone(),
                 identity: identity.clone(),
                 state: cgn_state.clone(),
+                exchanges,
                 lan,
             };
             tokio::spawn(keeper.run(recreate))

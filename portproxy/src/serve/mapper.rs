@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::effects::local_nat::{self, FIRST_LOCAL_PORT};
 use crate::mapping::{self, Backing, Entry, Grant, Key, Mappings, Origin, Refused};
 use crate::proto::Transport;
-use crate::upstream::{self, Ask, Failure, Granted, Igd, SocketPool, Upstream, Via, other_port};
+use crate::upstream::{self, Ask, Exchanges, Failure, Granted, Igd, Upstream, Via, other_port};
 
 /// Spread ports tried for a local port when neither the asked-for nor the internal one is free.
 const LOCAL_PORT_TRIES: u32 = 16;
@@ -33,7 +33,8 @@ pub struct Mapper {
     igd: Option<Arc<Igd>>,
     pub mappings: Arc<Mappings>,
     pub identity: Arc<Identity>,
-    sockets: Arc<SocketPool>,
+    /// Shared with the keeper: one exchange at a time about a mapping.
+    exchanges: Arc<Exchanges>,
     /// Double NAT: local ports chosen for requests still at the CGN, not yet in the table.
     choosing: Choosing,
 }
@@ -62,6 +63,7 @@ impl Mapper {
         igd: Option<Arc<Igd>>,
         mappings: Arc<Mappings>,
         identity: Arc<Identity>,
+        exchanges: Arc<Exchanges>,
     ) -> Mapper {
         Mapper {
             cfg,
@@ -69,7 +71,7 @@ impl Mapper {
             igd,
             mappings,
             identity,
-            sockets: Arc::default(),
+            exchanges,
             choosing: Mutex::default(),
         }
     }
@@ -90,7 +92,8 @@ impl Mapper {
 
     /// The CGN, spoken to in `via`.
     fn upstream_in(&self, via: Via) -> Upstream {
-        Upstream::of(&self.cfg, via, self.igd.clone(), self.sockets.clone())
+        let sockets = self.exchanges.sockets.clone();
+        Upstream::of(&self.cfg, via, self.igd.clone(), sockets)
     }
 
     /// The CGN's external address: known from a probe or a grant, else asked for.
@@ -117,6 +120,7 @@ impl Mapper {
             return Err(Failure::NotAuthorized);
         }
         let upstream = self.upstream()?;
+        let _turn = self.exchanges.turn(key).await;
         let entry = self.mappings.get(&key).await;
         let local = match self.mappings.double_nat() {
             true => {
@@ -173,6 +177,7 @@ impl Mapper {
     /// Deletes `key` at the CGN and from the table. A PCP delete must carry the nonce that
     /// made the mapping (`nonce`); NAT-PMP has none to check.
     pub async fn delete(&self, key: Key, nonce: Option<[u8; 12]>) -> Result<(), Failure> {
+        let _turn = self.exchanges.turn(key).await;
         let entry = self.mappings.get(&key).await;
         if let (Some(e), Some(nonce)) = (&entry, nonce)
             && !same_nonce(e, nonce)
@@ -231,6 +236,7 @@ impl Mapper {
     /// hole closed whatever the CGN answers, as at its expiry. A mapping relayed to the CGN's
     /// own IGD is deleted there only when portproxy knows that IGD (it maps with UPnP).
     pub async fn remove(&self, entry: &Entry) -> Result<(), Failure> {
+        let _turn = self.exchanges.turn(entry.key).await;
         let (via, nonce) = upstream::made_with(entry);
         let ask = Ask::for_entry(entry, self.cfg.wan.addr, 0, nonce);
         let at_cgn = self.upstream_in(via).map(&ask).await.map(drop);
