@@ -532,6 +532,7 @@ impl Supervisor {
                 .as_ref()
                 .filter(|r| r.cfg.nat_pmp)
                 .map(|r| r.plan.to_string()),
+            double_nat: self.mappings.double_nat(),
         }
     }
 
