@@ -14,54 +14,26 @@ mod common;
 /// Everything in one module, so that `cargo xtask test -- double_nat` selects these tests.
 mod double_nat {
     use std::{
-        net::{Ipv4Addr, SocketAddr},
+        net::{Ipv4Addr, SocketAddrV4},
         thread,
         time::{Duration, Instant},
     };
 
     use super::common::{
-        natpmpc_delete, natpmpc_map, natpmpc_map_any, natpmpc_tcp, run_expect, with_lab,
+        ARGS, Down, across_a_restart, lan_addr, logged, natpmpc_delete, natpmpc_map,
+        natpmpc_map_any, natpmpc_tcp, reachable_through_renewals, reaches, run_expect, with_lab,
+        with_portproxy,
     };
     use anyhow::{Context as _, Result, bail, ensure};
     use serde_json::Value;
     use tests::{
-        CPE_SOFTWIRE_IP, CgnKind, Daemon, DataPath, LAN_GATEWAY, LAN1_IP, LAN2_IP, Lab, Netns,
+        CPE_SOFTWIRE_IP, CgnKind, DataPath, LAN_GATEWAY, LAN1_IP, Lab, LabBuilder, Netns,
         PUBLIC_IP, Softwire, pcp_map_tcp,
     };
 
-    const ARGS: [&str; 5] = ["--lan-iface", "br-lan", "--wan-iface", "softwire", "-vv"];
-
-    /// Runs portproxy (with `extra`) in a NAT444 lab whose CGN speaks `kind`, behind the
-    /// fw4-like firewall, then `test`; on the fast path the `kernel` counters must have moved.
-    /// Prints portproxy's log on failure.
-    fn with_nat444(
-        softwire: Softwire,
-        path: DataPath,
-        kind: CgnKind,
-        extra: &[&str],
-        kernel: &[&str],
-        test: impl FnOnce(&Lab, &Daemon) -> Result<()>,
-    ) -> Result<()> {
-        let lab = Lab::builder(softwire).cgn(kind).cpe_firewall().nat444();
-        with_lab(lab, |lab| {
-            let mut args = ARGS.to_vec();
-            args.extend_from_slice(extra);
-            let portproxy = lab.spawn_portproxy_on(path, &args)?;
-            let result =
-                test(lab, &portproxy).and_then(|()| lab.check_data_path(&portproxy, path, kernel));
-            if result.is_err() {
-                eprintln!("=== portproxy log\n{}", portproxy.log());
-            }
-            result
-        })
-    }
-
-    /// The LAN address of `lan1` or `lan2`.
-    fn addr_of(host: &Netns) -> Ipv4Addr {
-        match host.role() {
-            "lan1" => LAN1_IP,
-            _ => LAN2_IP,
-        }
+    /// A NAT444 lab whose CGN speaks `kind`, behind the fw4-like firewall.
+    fn nat444(softwire: Softwire, kind: CgnKind) -> LabBuilder {
+        Lab::builder(softwire).cgn(kind).cpe_firewall().nat444()
     }
 
     /// The mapping of `host`:`internal` (TCP) in `portproxy mappings --json`, if listed.
@@ -89,18 +61,40 @@ mod double_nat {
     /// CPE forwards that port to the host, its firewall has the hole, and the internet host
     /// reaches the host's service at the CGN's public address. Returns the local port.
     fn check_both_halves(lab: &Lab, external: u16, host: &Netns, internal: u16) -> Result<u16> {
-        check_both_halves_at(lab, CPE_SOFTWIRE_IP, external, host, internal)
+        let local = check_cpe_half(lab, external, host, internal)?;
+        let nat = cgn_nat(lab)?;
+        ensure!(
+            nat.contains(&format!(
+                "dport {external} dnat ip to {CPE_SOFTWIRE_IP}:{local}"
+            )),
+            "the CGN does not map {external} to {CPE_SOFTWIRE_IP}:{local}:\n{nat}"
+        );
+        check_no_lan_address(&nat)?;
+        reaches(lab, PUBLIC_IP, external, host, internal)?;
+        Ok(local)
     }
 
-    /// `check_both_halves` with the CPE's softwire address `cpe`.
-    fn check_both_halves_at(
+    /// `check_both_halves` (with the CPE's softwire address `cpe`) of a mapping portproxy may
+    /// be asking the CGN for again while it is checked: see `reachable_through_renewals`.
+    fn check_both_halves_again(
         lab: &Lab,
         cpe: Ipv4Addr,
         external: u16,
         host: &Netns,
         internal: u16,
     ) -> Result<u16> {
-        let addr = addr_of(host);
+        let local = check_cpe_half(lab, external, host, internal)?;
+        let to = SocketAddrV4::new(cpe, local);
+        reachable_through_renewals(lab, PUBLIC_IP, external, to, host, internal)?;
+        check_no_lan_address(&cgn_nat(lab)?)?;
+        Ok(local)
+    }
+
+    /// The CPE's half of the mapping of TCP `external` to `host`:`internal`: the table lists
+    /// it with the CGN's address and `external`, the CPE forwards its local port to the host,
+    /// and its firewall has the hole. Returns the local port.
+    fn check_cpe_half(lab: &Lab, external: u16, host: &Netns, internal: u16) -> Result<u16> {
+        let addr = lan_addr(host);
         let m = mapping(lab, addr, internal)?
             .with_context(|| format!("portproxy mappings does not list {addr}:{internal}"))?;
         ensure!(
@@ -111,15 +105,6 @@ mod double_nat {
             .as_u64()
             .and_then(|p| u16::try_from(p).ok())
             .with_context(|| format!("no local port in double NAT: {m:#}"))?;
-        let nat = cgn_nat(lab)?;
-        ensure!(
-            nat.contains(&format!("dport {external} dnat ip to {cpe}:{local}")),
-            "the CGN does not map {external} to {cpe}:{local}:\n{nat}"
-        );
-        ensure!(
-            !nat.contains("dnat ip to 192.168.1."),
-            "the CGN maps to a LAN address it cannot reach:\n{nat}"
-        );
         let forwards = lab.forwards()?;
         ensure!(
             forwards.iter().any(|f| f.protocol == "tcp"
@@ -135,16 +120,16 @@ mod double_nat {
                 .any(|h| h.host == addr.to_string() && h.protocol == "tcp" && h.port == internal),
             "no firewall hole for {addr}:{internal}: {holes:?}"
         );
-        let _server = host.serve_tcp(internal)?;
-        let reply = lab
-            .inet()
-            .connect_tcp(SocketAddr::from((PUBLIC_IP, external)))?;
-        ensure!(
-            reply == host.role(),
-            "inet reached {reply:?} at {PUBLIC_IP}:{external} instead of {}",
-            host.role()
-        );
         Ok(local)
+    }
+
+    /// The CGN's NAT table `nat` maps nothing to a LAN address, which it cannot reach.
+    fn check_no_lan_address(nat: &str) -> Result<()> {
+        ensure!(
+            !nat.contains("dnat ip to 192.168.1."),
+            "the CGN maps to a LAN address it cannot reach:\n{nat}"
+        );
+        Ok(())
     }
 
     /// Checks that neither half of the mapping `external` -> `host`:`internal` (local port
@@ -210,7 +195,7 @@ mod double_nat {
     /// `host` asks for TCP `internal` on external port `external` in `client`'s protocol, and
     /// must be told the CGN's public address and that port.
     fn map(client: Client, host: &Netns, external: u16, internal: u16) -> Result<()> {
-        let addr = addr_of(host);
+        let addr = lan_addr(host);
         match client {
             Client::NatPmp => {
                 let out = natpmpc_map(host, external, internal)?;
@@ -269,44 +254,50 @@ mod double_nat {
             Client::Upnp => &[],
             Client::NatPmp | Client::Pcp => &["passed_to_daemon"],
         };
-        with_nat444(softwire, path, kind, &[], kernel, |lab, portproxy| {
-            let stats = lab.portproxy_stats(portproxy)?;
-            let plan = plan_of(kind);
-            ensure!(
-                stats["port_control"] == plan.as_str(),
-                "expected port control {plan:?}, stats say {}",
-                stats["port_control"]
-            );
-            ensure!(
-                stats["double_nat"] == true,
-                "stats do not say double NAT: {stats:#}"
-            );
-            ensure!(
+        with_portproxy(
+            nat444(softwire, kind),
+            path,
+            &[],
+            kernel,
+            |lab, portproxy| {
+                let stats = lab.portproxy_stats(portproxy)?;
+                let plan = plan_of(kind);
+                ensure!(
+                    stats["port_control"] == plan.as_str(),
+                    "expected port control {plan:?}, stats say {}",
+                    stats["port_control"]
+                );
+                ensure!(
+                    stats["double_nat"] == true,
+                    "stats do not say double NAT: {stats:#}"
+                );
+                ensure!(
                 portproxy.log().contains(
                     "double NAT (the nftables chain inet fw4 srcnat_wan translates traffic leaving softwire)"
                 ),
                 "portproxy did not say why it runs in double NAT"
             );
-            map(client, lab.lan(1), 9301, 8301)?;
-            let local = check_both_halves(lab, 9301, lab.lan(1), 8301)?;
-            ensure!(local == 9301, "local port {local}, not the free 9301");
+                map(client, lab.lan(1), 9301, 8301)?;
+                let local = check_both_halves(lab, 9301, lab.lan(1), 8301)?;
+                ensure!(local == 9301, "local port {local}, not the free 9301");
 
-            // The CPE itself listens on 9302 (all addresses): the forward must not take it.
-            let _own = lab.cpe().serve_tcp(9302)?;
-            map(client, lab.lan(2), 9302, 8302)?;
-            let local = check_both_halves(lab, 9302, lab.lan(2), 8302)?;
-            ensure!(local == 8302, "local port {local}, not the internal 8302");
+                // The CPE itself listens on 9302 (all addresses): the forward must not take it.
+                let _own = lab.cpe().serve_tcp(9302)?;
+                map(client, lab.lan(2), 9302, 8302)?;
+                let local = check_both_halves(lab, 9302, lab.lan(2), 8302)?;
+                ensure!(local == 8302, "local port {local}, not the internal 8302");
 
-            match client {
-                Client::NatPmp => natpmpc_delete(lab.lan(1), 9301, 8301)?,
-                Client::Upnp => drop(upnpc(lab.lan(1), &["-d", "9301", "tcp"], &[])?),
-                // crab_nat deletes only mappings it holds in memory; PCP deletes go the same way
-                // (`Mapper::delete`) as NAT-PMP's.
-                Client::Pcp => return Ok(()),
-            }
-            check_both_gone(lab, 9301, 9301, LAN1_IP, 8301)?;
-            check_both_halves(lab, 9302, lab.lan(2), 8302).map(drop)
-        })
+                match client {
+                    Client::NatPmp => natpmpc_delete(lab.lan(1), 9301, 8301)?,
+                    Client::Upnp => drop(upnpc(lab.lan(1), &["-d", "9301", "tcp"], &[])?),
+                    // crab_nat deletes only mappings it holds in memory; PCP deletes go the same way
+                    // (`Mapper::delete`) as NAT-PMP's.
+                    Client::Pcp => return Ok(()),
+                }
+                check_both_gone(lab, 9301, 9301, LAN1_IP, 8301)?;
+                check_both_halves(lab, 9302, lab.lan(2), 8302).map(drop)
+            },
+        )
     }
 
     /// One cell of the client × CGN matrix: `cell!(name: CgnKind, Client)`, on every data
@@ -336,10 +327,9 @@ mod double_nat {
     fn expiry_removes_both_halves(softwire: Softwire, path: DataPath) -> Result<()> {
         const LIFETIME: u64 = 4;
         let kernel = ["passed_to_daemon"];
-        with_nat444(
-            softwire,
+        with_portproxy(
+            nat444(softwire, CgnKind::NatPmpOnly),
             path,
-            CgnKind::NatPmpOnly,
             &[],
             &kernel,
             |lab, _| {
@@ -368,126 +358,73 @@ mod double_nat {
     }
     every_path!(expiry_removes_both_halves);
 
-    /// How portproxy goes down in `restart`.
-    #[derive(Clone, Copy, PartialEq, Eq)]
-    enum Down {
-        /// SIGTERM: it removes its tables itself.
-        Stop,
-        /// SIGKILL, as a crash: the tables stay until the next start replaces them.
-        Crash,
-    }
-
-    /// A restart leaves no stale forward, and the persisted mappings come back with both
-    /// halves: the same local ports forwarded again, the CGN half asked for again, reachable.
+    /// A restart (after `down`: a stop or a crash) leaves no stale forward, and the persisted
+    /// mappings come back with both halves: the same local ports forwarded again, the CGN
+    /// half asked for again, reachable.
     fn restart(softwire: Softwire, down: Down) -> Result<()> {
-        let lab = Lab::builder(softwire)
-            .cgn(CgnKind::PcpOnly)
-            .cpe_firewall()
-            .nat444();
-        with_lab(lab, |lab| {
-            let file = lab.dir().join("shared-mappings.json");
-            let file = file.to_str().context("UTF-8 lab dir")?;
-            let mut args = ARGS.to_vec();
-            args.extend_from_slice(&["--mappings-file", file]);
-            let mut first = lab.spawn_portproxy_on(DataPath::Sockets, &args)?;
-            map(Client::NatPmp, lab.lan(1), 9321, 8321)?;
-            map(Client::Pcp, lab.lan(2), 9322, 8322)?;
-            let locals = [
-                check_both_halves(lab, 9321, lab.lan(1), 8321)?,
-                check_both_halves(lab, 9322, lab.lan(2), 8322)?,
-            ];
-            match down {
-                Down::Stop => {
-                    drop(first);
-                    ensure!(
-                        !lab.has_local_nat_table()?,
-                        "the forwards outlived portproxy"
-                    );
-                }
-                Down::Crash => {
-                    // Long enough for the file's next write (at most 10 s after a change).
-                    thread::sleep(Duration::from_secs(11));
-                    first.kill()?;
+        with_lab(nat444(softwire, CgnKind::PcpOnly), |lab| {
+            across_a_restart(
+                lab,
+                DataPath::Sockets,
+                &[],
+                |lab| {
+                    map(Client::NatPmp, lab.lan(1), 9321, 8321)?;
+                    map(Client::Pcp, lab.lan(2), 9322, 8322)?;
+                    Ok([
+                        check_both_halves(lab, 9321, lab.lan(1), 8321)?,
+                        check_both_halves(lab, 9322, lab.lan(2), 8322)?,
+                    ])
+                },
+                |lab, first| {
+                    down.take(lab, first)?;
+                    if down == Down::Restart {
+                        ensure!(
+                            !lab.has_local_nat_table()?,
+                            "the forwards outlived portproxy"
+                        );
+                        return Ok(());
+                    }
                     ensure!(lab.has_local_nat_table()?, "the kill took the table along?");
                     // A forward the table does not know of, as a crashed run may leave.
-                    lab.cpe().run(
-                        "nft",
-                        &[
-                            "add",
-                            "element",
-                            "inet",
-                            "portproxy_nat",
-                            "hosts",
-                            "{ tcp . 9399 : 192.168.1.3 }",
-                        ],
-                    )?;
-                    lab.cpe().run(
-                        "nft",
-                        &[
-                            "add",
-                            "element",
-                            "inet",
-                            "portproxy_nat",
-                            "ports",
-                            "{ tcp . 9399 : 9399 }",
-                        ],
-                    )?;
-                }
-            }
-            let second = lab.spawn_portproxy_on(DataPath::Sockets, &args)?;
-            let result = (|| -> Result<()> {
-                let forwards = lab.forwards()?;
-                ensure!(
-                    !forwards.iter().any(|f| f.local_port == 9399),
-                    "a stale forward survived the restart: {forwards:?}"
-                );
-                let again = [
-                    check_both_halves(lab, 9321, lab.lan(1), 8321)?,
-                    check_both_halves(lab, 9322, lab.lan(2), 8322)?,
-                ];
-                ensure!(again == locals, "local ports {again:?}, were {locals:?}");
-                ensure!(forwards.len() == 2, "{forwards:?}");
-                // The NAT-PMP client renews through the restored entry.
-                natpmpc_map(lab.lan(1), 9321, 8321)?;
-                check_both_halves(lab, 9321, lab.lan(1), 8321).map(drop)
-            })();
-            if result.is_err() {
-                eprintln!("=== second portproxy log\n{}", second.log());
-            }
-            result
+                    for (map, element) in [
+                        ("hosts", "{ tcp . 9399 : 192.168.1.3 }"),
+                        ("ports", "{ tcp . 9399 : 9399 }"),
+                    ] {
+                        let add = ["add", "element", "inet", "portproxy_nat", map, element];
+                        lab.cpe().run("nft", &add)?;
+                    }
+                    Ok(())
+                },
+                |lab, _, locals| {
+                    let forwards = lab.forwards()?;
+                    ensure!(
+                        !forwards.iter().any(|f| f.local_port == 9399),
+                        "a stale forward survived the restart: {forwards:?}"
+                    );
+                    // The keeper may still be asking the CGN for the restored mappings.
+                    let again = [
+                        check_both_halves_again(lab, CPE_SOFTWIRE_IP, 9321, lab.lan(1), 8321)?,
+                        check_both_halves_again(lab, CPE_SOFTWIRE_IP, 9322, lab.lan(2), 8322)?,
+                    ];
+                    ensure!(again == locals, "local ports {again:?}, were {locals:?}");
+                    ensure!(forwards.len() == 2, "{forwards:?}");
+                    // The NAT-PMP client renews through the restored entry.
+                    natpmpc_map(lab.lan(1), 9321, 8321)?;
+                    check_both_halves_again(lab, CPE_SOFTWIRE_IP, 9321, lab.lan(1), 8321).map(drop)
+                },
+            )
         })
     }
 
-    #[test]
-    fn restart_after_stop_l2() -> Result<()> {
-        restart(Softwire::L2, Down::Stop)
-    }
-
-    #[test]
-    fn restart_after_stop_l3() -> Result<()> {
-        restart(Softwire::L3, Down::Stop)
-    }
-
-    #[test]
-    fn restart_after_crash_l2() -> Result<()> {
-        restart(Softwire::L2, Down::Crash)
-    }
-
-    #[test]
-    fn restart_after_crash_l3() -> Result<()> {
-        restart(Softwire::L3, Down::Crash)
-    }
+    both_softwires!(restart(Down::Restart): restart_after_stop_l2, restart_after_stop_l3);
+    both_softwires!(restart(Down::Crash): restart_after_crash_l2, restart_after_crash_l3);
 
     /// The CGN reboots and loses every mapping: portproxy asks for them again (for the CPE's
     /// address and the same local ports), and the internet host reaches both hosts again.
     fn cgn_reboot(softwire: Softwire, path: DataPath) -> Result<()> {
-        let lab = Lab::builder(softwire)
-            .cgn(CgnKind::PcpOnly)
-            .cpe_firewall()
-            .nat444();
-        with_lab(lab, |lab| {
+        with_lab(nat444(softwire, CgnKind::PcpOnly), |lab| {
             let portproxy = lab.spawn_portproxy_on(path, &ARGS)?;
-            let result = (|| -> Result<()> {
+            logged(&portproxy, || {
                 map(Client::NatPmp, lab.lan(1), 9331, 8331)?;
                 map(Client::Pcp, lab.lan(2), 9332, 8332)?;
                 // The epoch's 2 s slack (RFC 6887 §8.5; see proxy.rs).
@@ -504,14 +441,10 @@ mod double_nat {
                     Ok(())
                 })?;
                 eprintln!("both back at the CGN after {took:?}");
-                check_both_halves(lab, 9331, lab.lan(1), 8331)?;
-                check_both_halves(lab, 9332, lab.lan(2), 8332)?;
+                check_both_halves_again(lab, CPE_SOFTWIRE_IP, 9331, lab.lan(1), 8331)?;
+                check_both_halves_again(lab, CPE_SOFTWIRE_IP, 9332, lab.lan(2), 8332)?;
                 lab.check_data_path(&portproxy, path, &["passed_to_daemon"])
-            })();
-            if result.is_err() {
-                eprintln!("=== portproxy log\n{}", portproxy.log());
-            }
-            result
+            })
         })
     }
     every_path!(cgn_reboot);
@@ -523,25 +456,31 @@ mod double_nat {
     fn wan_address_change(softwire: Softwire, path: DataPath) -> Result<()> {
         const RENUMBERED: Ipv4Addr = Ipv4Addr::new(192, 0, 0, 3);
         let kernel = ["passed_to_daemon"];
-        with_nat444(softwire, path, CgnKind::PcpOnly, &[], &kernel, |lab, _| {
-            map(Client::NatPmp, lab.lan(1), 9351, 8351)?;
-            let local = check_both_halves(lab, 9351, lab.lan(1), 8351)?;
-            lab.change_cpe_softwire_address(RENUMBERED)?;
-            let took = wait_for(Duration::from_secs(10), || {
-                let nat = cgn_nat(lab)?;
-                ensure!(
-                    nat.contains(&format!("dnat ip to {RENUMBERED}:{local}")),
-                    "the CGN does not map to {RENUMBERED}:{local}:\n{nat}"
-                );
+        with_portproxy(
+            nat444(softwire, CgnKind::PcpOnly),
+            path,
+            &[],
+            &kernel,
+            |lab, _| {
+                map(Client::NatPmp, lab.lan(1), 9351, 8351)?;
+                let local = check_both_halves(lab, 9351, lab.lan(1), 8351)?;
+                lab.change_cpe_softwire_address(RENUMBERED)?;
+                let took = wait_for(Duration::from_secs(10), || {
+                    let nat = cgn_nat(lab)?;
+                    ensure!(
+                        nat.contains(&format!("dnat ip to {RENUMBERED}:{local}")),
+                        "the CGN does not map to {RENUMBERED}:{local}:\n{nat}"
+                    );
+                    Ok(())
+                })?;
+                eprintln!("mapped for the new address after {took:?}");
+                // The client renews (the announcements ask it to) and is told the port it has now.
+                let external = natpmpc_map_any(lab.lan(1), 9351, 8351)?;
+                let again = check_both_halves_again(lab, RENUMBERED, external, lab.lan(1), 8351)?;
+                ensure!(again == local, "local port {again}, was {local}");
                 Ok(())
-            })?;
-            eprintln!("mapped for the new address after {took:?}");
-            // The client renews (the announcements ask it to) and is told the port it has now.
-            let external = natpmpc_map_any(lab.lan(1), 9351, 8351)?;
-            let again = check_both_halves_at(lab, RENUMBERED, external, lab.lan(1), 8351)?;
-            ensure!(again == local, "local port {again}, was {local}");
-            Ok(())
-        })
+            },
+        )
     }
     every_path!(wan_address_change);
 
@@ -565,7 +504,7 @@ mod double_nat {
                 let mut args = ARGS.to_vec();
                 args.extend_from_slice(&["--double-nat", mode]);
                 let portproxy = lab.spawn_portproxy_on(DataPath::Sockets, &args)?;
-                let result = (|| -> Result<()> {
+                logged(&portproxy, || {
                     let what = format!("--double-nat {mode} on a CPE with NAT {nat444}");
                     ensure!(
                         lab.has_local_nat_table()? == double_nat,
@@ -584,11 +523,7 @@ mod double_nat {
                         check_both_halves(lab, 9341, lab.lan(1), 8341)?;
                     }
                     Ok(())
-                })();
-                if result.is_err() {
-                    eprintln!("=== portproxy log\n{}", portproxy.log());
-                }
-                result
+                })
             })?;
         }
         Ok(())

@@ -18,35 +18,13 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use common::{check_mapping, natpmpc_map, run_expect, wait_for_log, with_lab};
-use tests::{
-    CGN_SOFTWIRE_IP, Daemon, DataPath, IGD_HTTP_PORT, LAN_GATEWAY, LAN1_IP, Lab, LabBuilder,
-    PCP_PORT, PUBLIC_IP, SSDP_GROUP, Softwire, pcp_map_tcp,
+use common::{
+    ARGS, check_mapping, logged, natpmpc_map, run_expect, wait_for_log, with_lab, with_portproxy,
 };
-
-/// Runs portproxy in the CPE on `path` (`--lan-iface br-lan --wan-iface softwire -vv` and
-/// `extra`), then `test`; afterwards checks from `portproxy stats` that the data path was the
-/// one asked for and, on the fast path, that each of `kernel_counters` moved. On failure
-/// prints portproxy's log besides the lab's diagnostics.
-fn with_portproxy(
-    builder: LabBuilder,
-    path: DataPath,
-    extra: &[&str],
-    kernel_counters: &[&str],
-    test: impl FnOnce(&Lab) -> Result<()>,
-) -> Result<()> {
-    with_lab(builder, |lab| {
-        let mut args = vec!["--lan-iface", "br-lan", "--wan-iface", "softwire", "-vv"];
-        args.extend_from_slice(extra);
-        let portproxy = lab.spawn_portproxy_on(path, &args)?;
-        let result =
-            test(lab).and_then(|()| lab.check_data_path(&portproxy, path, kernel_counters));
-        if result.is_err() {
-            eprintln!("=== portproxy log\n{}", portproxy.log());
-        }
-        result
-    })
-}
+use tests::{
+    CGN_SOFTWIRE_IP, Daemon, DataPath, IGD_HTTP_PORT, LAN_GATEWAY, LAN1_IP, Lab, PCP_PORT,
+    PUBLIC_IP, SSDP_GROUP, Softwire, pcp_map_tcp,
+};
 
 fn natpmp_public_address(softwire: Softwire, path: DataPath) -> Result<()> {
     with_portproxy(
@@ -54,7 +32,7 @@ fn natpmp_public_address(softwire: Softwire, path: DataPath) -> Result<()> {
         path,
         &[],
         &["nat_pmp_to_cgn", "nat_pmp_to_client"],
-        |lab| {
+        |lab, _| {
             run_expect(
                 lab.lan(1),
                 "natpmpc",
@@ -74,7 +52,7 @@ fn natpmp_map(softwire: Softwire, path: DataPath) -> Result<()> {
         path,
         &[],
         &["nat_pmp_to_cgn", "nat_pmp_to_client"],
-        |lab| {
+        |lab, _| {
             run_expect(
                 lab.lan(1),
                 "natpmpc",
@@ -104,7 +82,7 @@ fn upnp_discovery(softwire: Softwire, path: DataPath) -> Result<()> {
         path,
         &[],
         &["search_to_cgn"],
-        |lab| {
+        |lab, _| {
             let lan1 = lab.lan(1);
             run_expect(
                 lan1,
@@ -130,7 +108,7 @@ fn upnp_map(softwire: Softwire, path: DataPath) -> Result<()> {
         path,
         &[],
         &["search_to_cgn"],
-        |lab| {
+        |lab, _| {
             let lan1 = lab.lan(1);
             let host = LAN1_IP.to_string();
             run_expect(
@@ -164,7 +142,7 @@ fn pcp_map(softwire: Softwire, path: DataPath) -> Result<()> {
         path,
         &[],
         &["pcp_to_cgn", "grants_to_daemon"],
-        |lab| {
+        |lab, _| {
             let mapping = pcp_map_tcp(lab.lan(1), LAN_GATEWAY, LAN1_IP, 8383, 9383, 600)?;
             ensure!(
                 mapping.external_ip == PUBLIC_IP && mapping.external_port == 9383,
@@ -185,7 +163,7 @@ fn notify_reaches_lan(softwire: Softwire, path: DataPath) -> Result<()> {
         path,
         &[],
         &["notify_to_lan"],
-        |lab| {
+        |lab, _| {
             let socket = lab.lan(1).enter(|| -> Result<UdpSocket> {
                 let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 1900))?;
                 socket.join_multicast_v4(&SSDP_GROUP, &LAN1_IP)?;
@@ -224,7 +202,7 @@ fn natpmp_same_port_two_hosts(softwire: Softwire, path: DataPath) -> Result<()> 
         path,
         &[],
         &["nat_pmp_to_cgn", "grants_to_daemon"],
-        |lab| {
+        |lab, _| {
             const SOURCE_PORT: u16 = 40_000;
             let barrier = Barrier::new(2);
             let clients = [(lab.lan(1), 8701, 9701), (lab.lan(2), 8702, 9702)];
@@ -317,7 +295,7 @@ fn upnp_tcp_relay(softwire: Softwire, path: DataPath) -> Result<()> {
         path,
         &["--upnp-tcp", "1"],
         &[],
-        |lab| {
+        |lab, _| {
             let lan1 = lab.lan(1);
             let desc = format!("http://{LAN_GATEWAY}:{IGD_HTTP_PORT}/rootDesc.xml");
             run_expect(
@@ -347,8 +325,7 @@ every_path!(upnp_tcp_relay);
 /// the client, and exactly one set of hooks (or one reply rule) is in place.
 fn restart_after_sigkill(softwire: Softwire, path: DataPath) -> Result<()> {
     with_lab(Lab::builder(softwire), |lab| {
-        let args = ["--lan-iface", "br-lan", "--wan-iface", "softwire", "-vv"];
-        let mut first = lab.spawn_portproxy_on(path, &args)?;
+        let mut first = lab.spawn_portproxy_on(path, &ARGS)?;
         let old_maps = clients_map_id(&first, path)?;
         let gateway = LAN_GATEWAY.to_string();
         let traffic = lab
@@ -358,7 +335,7 @@ fn restart_after_sigkill(softwire: Softwire, path: DataPath) -> Result<()> {
             .spawn()?;
         thread::sleep(Duration::from_millis(100));
         first.kill()?;
-        let second = lab.spawn_portproxy_on(path, &args)?;
+        let second = lab.spawn_portproxy_on(path, &ARGS)?;
         let result = (|| {
             run_expect(
                 lab.lan(1),
@@ -370,20 +347,17 @@ fn restart_after_sigkill(softwire: Softwire, path: DataPath) -> Result<()> {
             lab.check_data_path(&second, path, &["nat_pmp_to_cgn", "nat_pmp_to_client"])?;
             let rules = run_expect(lab.cpe(), "ip", &["rule", "show"], &[])?;
             let reply_rules = rules.matches("lookup 5351").count();
-            match (old_maps, clients_map_id(&second, path)?) {
-                (Some(old), Some(new)) => {
-                    let programs = programs_using_map(new)?;
-                    ensure!(
-                        programs == ["tc_lan_ingress", "tc_wan_ingress", "xdp_lan", "xdp_wan"],
-                        "expected one set of programs on map {new}, bpftool shows {programs:?}"
-                    );
-                    let stale = programs_using_map(old)?;
-                    ensure!(
-                        stale.is_empty(),
-                        "the killed run's programs are still loaded: {stale:?}"
-                    );
-                }
-                _ => {}
+            if let (Some(old), Some(new)) = (old_maps, clients_map_id(&second, path)?) {
+                let programs = programs_using_map(new)?;
+                ensure!(
+                    programs == ["tc_lan_ingress", "tc_wan_ingress", "xdp_lan", "xdp_wan"],
+                    "expected one set of programs on map {new}, bpftool shows {programs:?}"
+                );
+                let stale = programs_using_map(old)?;
+                ensure!(
+                    stale.is_empty(),
+                    "the killed run's programs are still loaded: {stale:?}"
+                );
             }
             // One reply-capture rule on either data path (the killed run's was replaced):
             // next to the fast path it keeps the CGN's answers to what the daemon asks as a
@@ -461,9 +435,8 @@ fn after_interface_change(
     change: impl FnOnce(&mut Lab) -> Result<()>,
 ) -> Result<()> {
     with_lab(Lab::builder(softwire), |lab| {
-        let args = ["--lan-iface", "br-lan", "--wan-iface", "softwire", "-vv"];
-        let portproxy = lab.spawn_portproxy_on(path, &args)?;
-        let result = (|| {
+        let portproxy = lab.spawn_portproxy_on(path, &ARGS)?;
+        logged(&portproxy, || {
             change(lab)?;
             // The ready line says "relaying between"; so does every rebuild.
             wait_for_log(&portproxy, "relaying between", 2)?;
@@ -488,11 +461,7 @@ fn after_interface_change(
                 path,
                 &["nat_pmp_to_cgn", "nat_pmp_to_client", "search_to_cgn"],
             )
-        })();
-        if result.is_err() {
-            eprintln!("=== portproxy log\n{}", portproxy.log());
-        }
-        result
+        })
     })
 }
 
@@ -529,18 +498,15 @@ every_path!(wan_address_changed);
 /// TC with an Ethernet WAN, TC alone with `tc` or on an L3 softwire.
 fn hook_layouts(softwire: Softwire) -> Result<()> {
     for (layout, external) in [("auto", "9331"), ("generic", "9332"), ("tc", "9333")] {
-        with_lab(Lab::builder(softwire), |lab| {
-            let args = [
-                "--lan-iface",
-                "br-lan",
-                "--wan-iface",
-                "softwire",
-                "-vv",
-                "--hooks",
-                layout,
-            ];
-            let portproxy = lab.spawn_portproxy_on(DataPath::FastPath, &args)?;
-            let result = (|| {
+        let kernel = ["nat_pmp_to_cgn", "nat_pmp_to_client"];
+        let args = ["--hooks", layout];
+        let builder = Lab::builder(softwire);
+        with_portproxy(
+            builder,
+            DataPath::FastPath,
+            &args,
+            &kernel,
+            |lab, portproxy| {
                 run_expect(
                     lab.lan(1),
                     "natpmpc",
@@ -557,12 +523,7 @@ fn hook_layouts(softwire: Softwire) -> Result<()> {
                         "Mapped public port {external} protocol TCP to local port 8331"
                     )],
                 )?;
-                lab.check_data_path(
-                    &portproxy,
-                    DataPath::FastPath,
-                    &["nat_pmp_to_cgn", "nat_pmp_to_client"],
-                )?;
-                let stats = lab.portproxy_stats(&portproxy)?;
+                let stats = lab.portproxy_stats(portproxy)?;
                 let hooks: Vec<&str> = stats["hooks"]
                     .as_array()
                     .into_iter()
@@ -589,12 +550,8 @@ fn hook_layouts(softwire: Softwire) -> Result<()> {
                     ),
                 }
                 Ok(())
-            })();
-            if result.is_err() {
-                eprintln!("=== portproxy log\n{}", portproxy.log());
-            }
-            result
-        })?;
+            },
+        )?;
     }
     Ok(())
 }
@@ -615,7 +572,7 @@ fn fast_path_logs_each_packet(softwire: Softwire) -> Result<()> {
                 verbosity,
             ];
             let portproxy = lab.spawn_portproxy_on(DataPath::FastPath, &args)?;
-            let result = (|| {
+            logged(&portproxy, || {
                 natpmpc_map(lab.lan(1), 9341, 8341)?;
                 lab.check_data_path(
                     &portproxy,
@@ -639,11 +596,7 @@ fn fast_path_logs_each_packet(softwire: Softwire) -> Result<()> {
                     "{verbosity}: per-packet lines without -vv"
                 );
                 Ok(())
-            })();
-            if result.is_err() {
-                eprintln!("=== portproxy log\n{}", portproxy.log());
-            }
-            result
+            })
         })?;
     }
     Ok(())

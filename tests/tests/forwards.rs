@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use common::{
-    Down, check_mapping, check_mapping_at, mapped_again, natpmpc_delete, natpmpc_map, wait_for_log,
-    with_lab,
+    Down, across_a_restart, cgn_silent, check_mapping, check_mapping_again, check_mapping_again_at,
+    mapped_again, natpmpc_delete, natpmpc_map, shared_mappings_file, wait_for_log, with_lab,
+    with_portproxy,
 };
 use serde_json::Value;
 use tests::{CgnKind, DataPath, LAN1_IP, LAN2_IP, Lab, PUBLIC_IP, Softwire, show_output};
@@ -152,23 +153,8 @@ fn with_daemon(
     mode: &str,
     test: impl FnOnce(&mut Lab) -> Result<()>,
 ) -> Result<()> {
-    with_lab(Lab::builder(softwire).cgn(kind).cpe_firewall(), |lab| {
-        let args = [
-            "--lan-iface",
-            "br-lan",
-            "--wan-iface",
-            "softwire",
-            "--mode",
-            mode,
-            "-vv",
-        ];
-        let portproxy = lab.spawn_portproxy_on(path, &args)?;
-        let result = test(lab).and_then(|()| lab.check_data_path(&portproxy, path, &[]));
-        if result.is_err() {
-            eprintln!("=== portproxy log\n{}", portproxy.log());
-        }
-        result
-    })
+    let builder = Lab::builder(softwire).cgn(kind).cpe_firewall();
+    with_portproxy(builder, path, &["--mode", mode], &[], |lab, _| test(lab))
 }
 
 /// A PCP-only CGN (a DS-Lite AFTR) with every client protocol relayed (`--mode relay`):
@@ -216,7 +202,7 @@ fn forward_on_a_pcp_cgn(softwire: Softwire, path: DataPath) -> Result<()> {
         lab.reboot_cgn()?;
         let took = mapped_again(lab, 9301, LAN1_IP, 8301, SETTLES)?;
         eprintln!("the forward was back at the CGN {took:?} after its reboot");
-        check_mapping(lab, 9301, lab.lan(1), 8301)?;
+        check_mapping_again(lab, 9301, lab.lan(1), 8301)?;
         ensure!(active(lab, target)? == SocketAddrV4::new(PUBLIC_IP, 9301));
 
         delete_and_check(lab, target, LAN1_IP, 8301, 9301)
@@ -250,7 +236,7 @@ fn forward_on_a_natpmp_cgn(softwire: Softwire, path: DataPath) -> Result<()> {
             );
             std::thread::sleep(Duration::from_millis(200));
         };
-        check_mapping_at(lab, RENUMBERED, moved.port(), lab.lan(2), 8311)?;
+        check_mapping_again_at(lab, RENUMBERED, moved.port(), lab.lan(2), 8311)?;
         delete_and_check(lab, target, LAN2_IP, 8311, moved.port())
     })
 }
@@ -275,94 +261,68 @@ every_path!(forward_on_a_upnp_cgn);
 /// pick now), and the internet host reaches it. After the reboot the mappings file is gone
 /// too, as when the router was off for longer than the grants last.
 fn forwards_survive(softwire: Softwire, down: Down) -> Result<()> {
+    let target = "192.168.1.2:8331/udp";
+    let tcp = "192.168.1.3:8332/tcp";
     with_lab(
         Lab::builder(softwire).cgn(CgnKind::PcpOnly).cpe_firewall(),
         |lab| {
-            let mappings = lab.dir().join("shared-mappings.json");
-            let forwards = lab.dir().join("shared-forwards.json");
-            let args = [
-                "--lan-iface",
-                "br-lan",
-                "--wan-iface",
-                "softwire",
-                "--mappings-file",
-                mappings.to_str().context("UTF-8 lab dir")?,
-                "--forwards-file",
-                forwards.to_str().context("UTF-8 lab dir")?,
-                "-vv",
-            ];
-            let target = "192.168.1.2:8331/udp";
-            let tcp = "192.168.1.3:8332/tcp";
-            let first = lab.spawn_portproxy_on(DataPath::Sockets, &args)?;
-            forward_ok(lab, &["add", target, "--description", "game"])?;
-            // The CGN would give the forward on any port its internal port 8332: another
-            // host holds that one while the forward is made, and lets it go before the
-            // restart, so only a portproxy that remembers the port asks for the same again.
-            natpmpc_map(lab.lan(1), 8332, 8000)?;
-            forward_ok(lab, &["add", tcp])?;
-            let before = active(lab, tcp)?;
-            ensure!(
-                before.port() != 8332,
-                "the CGN gave the port another host has"
-            );
-            natpmpc_delete(lab.lan(1), 8332, 8000)?;
-            active(lab, target)?;
-            down.take(lab, first)?;
-            if down == Down::Reboot {
-                // Down longer than the grants last: the mappings file has nothing left to
-                // restore, so only the forwards file can say which port the forward had.
-                std::fs::remove_file(&mappings).context("removing the mappings file")?;
-            }
-            let second = lab.spawn_portproxy_on(DataPath::Sockets, &args)?;
-            let result = (|| -> Result<()> {
-                // Both are asked for at the CGN again first (miniupnpd replaces its rules
-                // then): by the keeper after a restart (the table restored), by the
-                // forwards' own keeper after the reboot (nothing restored).
-                match down {
-                    Down::Restart => wait_for_log(&second, "renewed for", 2)?,
-                    Down::Reboot => wait_for_log(&second, ": active at", 2)?,
-                }
-                let game = listed(lab, target)?.context("the UDP forward is gone")?;
-                ensure!(game["description"] == "game", "{game:#}");
-                let after = active(lab, tcp)?;
-                ensure!(
-                    after == before,
-                    "the forward was at {before}, after the restart at {after}"
-                );
-                mapped_again(lab, after.port(), LAN2_IP, 8332, SETTLES)?;
-                check_mapping(lab, after.port(), lab.lan(2), 8332)
-            })();
-            if result.is_err() {
-                eprintln!("=== second portproxy log\n{}", second.log());
-                let holes = lab
-                    .cpe()
-                    .run("nft", &["list", "table", "inet", "portproxy"]);
-                eprintln!("=== its holes while it runs\n{holes:?}");
-            }
-            result
+            across_a_restart(
+                lab,
+                DataPath::Sockets,
+                &[],
+                |lab| {
+                    forward_ok(lab, &["add", target, "--description", "game"])?;
+                    // The CGN would give the forward on any port its internal port 8332:
+                    // another host holds that one while the forward is made, and lets it go
+                    // before the restart, so only a portproxy that remembers the port asks for
+                    // the same again.
+                    natpmpc_map(lab.lan(1), 8332, 8000)?;
+                    forward_ok(lab, &["add", tcp])?;
+                    let before = active(lab, tcp)?;
+                    ensure!(
+                        before.port() != 8332,
+                        "the CGN gave the port another host has"
+                    );
+                    natpmpc_delete(lab.lan(1), 8332, 8000)?;
+                    active(lab, target)?;
+                    Ok(before)
+                },
+                |lab, first| {
+                    down.take(lab, first)?;
+                    if down == Down::Reboot {
+                        // Down longer than the grants last: the mappings file has nothing left
+                        // to restore, so only the forwards file can say which port the forward
+                        // had.
+                        std::fs::remove_file(shared_mappings_file(lab))
+                            .context("removing the mappings file")?;
+                    }
+                    Ok(())
+                },
+                |lab, second, before| {
+                    // Both are asked for at the CGN again first (miniupnpd replaces its rules
+                    // then): by the keeper after a restart (the table restored), by the
+                    // forwards' own keeper after the reboot (nothing restored).
+                    match down {
+                        Down::Restart | Down::Crash => wait_for_log(second, "renewed for", 2)?,
+                        Down::Reboot => wait_for_log(second, ": active at", 2)?,
+                    }
+                    let game = listed(lab, target)?.context("the UDP forward is gone")?;
+                    ensure!(game["description"] == "game", "{game:#}");
+                    let after = active(lab, tcp)?;
+                    ensure!(
+                        after == before,
+                        "the forward was at {before}, after the restart at {after}"
+                    );
+                    mapped_again(lab, after.port(), LAN2_IP, 8332, SETTLES)?;
+                    check_mapping_again(lab, after.port(), lab.lan(2), 8332)
+                },
+            )
         },
     )
 }
 
-#[test]
-fn forwards_survive_a_restart_l2() -> Result<()> {
-    forwards_survive(Softwire::L2, Down::Restart)
-}
-
-#[test]
-fn forwards_survive_a_restart_l3() -> Result<()> {
-    forwards_survive(Softwire::L3, Down::Restart)
-}
-
-#[test]
-fn forwards_survive_a_router_reboot_l2() -> Result<()> {
-    forwards_survive(Softwire::L2, Down::Reboot)
-}
-
-#[test]
-fn forwards_survive_a_router_reboot_l3() -> Result<()> {
-    forwards_survive(Softwire::L3, Down::Reboot)
-}
+both_softwires!(forwards_survive(Down::Restart): forwards_survive_a_restart_l2, forwards_survive_a_restart_l3);
+both_softwires!(forwards_survive(Down::Reboot): forwards_survive_a_router_reboot_l2, forwards_survive_a_router_reboot_l3);
 
 /// Another subscriber host holds the external port at the CGN: the forward that wants it
 /// fails with the reason (no hole opened), is tried again with backoff, and becomes active
@@ -468,17 +428,11 @@ fn forward_while_the_cgn_is_silent() -> Result<()> {
         CgnKind::PcpOnly,
         "auto",
         |lab| {
-            let cut = lab.dir().join("cut.nft");
-            std::fs::write(
-                &cut,
-                "table inet cut {\n    chain input {\n        type filter hook input priority -20; policy accept;\n        udp dport 5351 drop\n    }\n}\n",
-            )?;
-            lab.cgn()
-                .run("nft", &["-f", cut.to_str().context("UTF-8 lab dir")?])?;
+            cgn_silent(lab, true)?;
             let target = "192.168.1.2:8361/tcp";
             let out = forward_ok(lab, &["add", target, "--external", "9361"])?;
             ensure!(out.contains("failed: the CGN does not answer"), "{out}");
-            lab.cgn().run("nft", &["delete", "table", "inet", "cut"])?;
+            cgn_silent(lab, false)?;
             wait_for(lab, target, "active", RETRIED)?;
             check_mapping(lab, 9361, lab.lan(1), 8361)
         },

@@ -15,7 +15,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use common::{check_mapping, mapped_again, run_expect, wait_for_log, with_lab};
+use common::{
+    ARGS, Down, across_a_restart, check_mapping, check_mapping_again, logged, mapped_again,
+    run_expect, wait_for_log, with_lab, with_portproxy,
+};
 use tests::{
     CGN_SOFTWIRE_IP, CPE_SOFTWIRE_IP, CgnKind, Daemon, DataPath, Event, LAN_GATEWAY, LAN1_IP,
     LAN2_IP, Lab, Netns, PUBLIC_IP, Softwire, pcp_map_tcp, response_header, show_output,
@@ -41,16 +44,8 @@ fn with_igd_counting(
     kernel: &[&str],
     test: impl FnOnce(&mut Lab, &Daemon) -> Result<()>,
 ) -> Result<()> {
-    with_lab(Lab::builder(softwire).cgn(kind).cpe_firewall(), |lab| {
-        let args = ["--lan-iface", "br-lan", "--wan-iface", "softwire", "-vv"];
-        let portproxy = lab.spawn_portproxy_on(path, &args)?;
-        let result =
-            test(lab, &portproxy).and_then(|()| lab.check_data_path(&portproxy, path, kernel));
-        if result.is_err() {
-            eprintln!("=== portproxy log\n{}", portproxy.log());
-        }
-        result
-    })
+    let builder = Lab::builder(softwire).cgn(kind).cpe_firewall();
+    with_portproxy(builder, path, &[], kernel, test)
 }
 
 /// `upnpc ARGS` against the IGD of `version` (its description URL: no discovery).
@@ -361,9 +356,8 @@ fn igd_mapping_survives_a_cgn_reboot(softwire: Softwire, path: DataPath) -> Resu
     with_lab(
         Lab::builder(softwire).cgn(CgnKind::PcpOnly).cpe_firewall(),
         |lab| {
-            let args = ["--lan-iface", "br-lan", "--wan-iface", "softwire", "-vv"];
-            let portproxy = lab.spawn_portproxy_on(path, &args)?;
-            let result = (|| -> Result<()> {
+            let portproxy = lab.spawn_portproxy_on(path, &ARGS)?;
+            logged(&portproxy, || {
                 let host1 = LAN1_IP.to_string();
                 upnpc(
                     lab.lan(1),
@@ -376,14 +370,10 @@ fn igd_mapping_survives_a_cgn_reboot(softwire: Softwire, path: DataPath) -> Resu
                 lab.reboot_cgn()?;
                 let took = mapped_again(lab, 9421, LAN1_IP, 8421, Duration::from_secs(10))?;
                 eprintln!("back at the CGN after {took:?}");
-                check_mapping(lab, 9421, lab.lan(1), 8421)?;
+                check_mapping_again(lab, 9421, lab.lan(1), 8421)?;
                 upnpc(lab.lan(1), 1, &["-l"], &[&format!("9421->{host1}:8421")])?;
                 Ok(())
-            })();
-            if result.is_err() {
-                eprintln!("=== portproxy log\n{}", portproxy.log());
-            }
-            result
+            })
         },
     )
 }
@@ -416,88 +406,73 @@ fn leases_are_kept_alive_and_survive_a_restart(softwire: Softwire, path: DataPat
         .cgn(CgnKind::PcpOnly)
         .cpe_firewall()
         .pcp_max_lifetime(CGN_LIFETIME.as_secs() as u32);
+    let host1 = LAN1_IP.to_string();
+    let (permanent, day) = ((8431, 9431), (8432, 9432));
+    // Both mapped, then both still there after the CGN's lifetime: portproxy renews them
+    // meanwhile, so a check may meet a renewal at the CGN.
+    let held = |lab: &Lab, since: Instant| -> Result<()> {
+        let past = since + CGN_LIFETIME + Duration::from_secs(3);
+        std::thread::sleep(past.saturating_duration_since(Instant::now()));
+        for (internal, external) in [permanent, day] {
+            check_mapping_again(lab, external, lab.lan(1), internal)?;
+        }
+        Ok(())
+    };
     with_lab(builder, |lab| {
-        let file = lab.dir().join("igd-mappings.json");
-        let file = file.to_str().context("UTF-8 lab dir")?;
-        let args = [
-            "--lan-iface",
-            "br-lan",
-            "--wan-iface",
-            "softwire",
-            "--mappings-file",
-            file,
-            "-vv",
-        ];
-        let host1 = LAN1_IP.to_string();
-        let (permanent, day) = ((8431, 9431), (8432, 9432));
-        // Both mapped, then both still there after the CGN's lifetime.
-        let held = |lab: &Lab, since: Instant| -> Result<()> {
-            let past = since + CGN_LIFETIME + Duration::from_secs(3);
-            std::thread::sleep(past.saturating_duration_since(Instant::now()));
-            for (internal, external) in [permanent, day] {
-                check_mapping(lab, external, lab.lan(1), internal)?;
-            }
-            Ok(())
-        };
-        let first = lab.spawn_portproxy_on(path, &args)?;
-        let result = (|| -> Result<()> {
-            let lease = |(internal, external): (u16, u16), version, lease: &str| {
-                let (i, e) = (internal.to_string(), external.to_string());
-                upnpc(
+        across_a_restart(
+            lab,
+            path,
+            &[],
+            |lab| {
+                let lease = |(internal, external): (u16, u16), version, lease: &str| {
+                    let (i, e) = (internal.to_string(), external.to_string());
+                    upnpc(
+                        lab.lan(1),
+                        version,
+                        &["-a", &host1, &i, &e, "tcp", lease],
+                        &["is redirected"],
+                    )
+                };
+                lease(permanent, 1, "0")?;
+                lease(day, 2, "86400")?;
+                let mapped = Instant::now();
+                // What the CGN granted is its short lifetime, not the lease.
+                let json = lab.portproxy_mappings()?;
+                let expires: Vec<u64> = json
+                    .as_array()
+                    .context("mappings --json is not an array")?
+                    .iter()
+                    .filter_map(|m| m["expires_in_secs"].as_u64())
+                    .collect();
+                ensure!(
+                    expires.len() == 2 && expires.iter().all(|&s| s <= CGN_LIFETIME.as_secs()),
+                    "expected two mappings granted for at most {CGN_LIFETIME:?}: {json:#}"
+                );
+                held(lab, mapped)
+            },
+            |lab, first| Down::Restart.take(lab, first),
+            |lab, _, ()| {
+                let restarted = Instant::now();
+                let list = upnpc(
                     lab.lan(1),
-                    version,
-                    &["-a", &host1, &i, &e, "tcp", lease],
-                    &["is redirected"],
-                )
-            };
-            lease(permanent, 1, "0")?;
-            lease(day, 2, "86400")?;
-            let mapped = Instant::now();
-            // What the CGN granted is its short lifetime, not the lease.
-            let json = lab.portproxy_mappings()?;
-            let expires: Vec<u64> = json
-                .as_array()
-                .context("mappings --json is not an array")?
-                .iter()
-                .filter_map(|m| m["expires_in_secs"].as_u64())
-                .collect();
-            ensure!(
-                expires.len() == 2 && expires.iter().all(|&s| s <= CGN_LIFETIME.as_secs()),
-                "expected two mappings granted for at most {CGN_LIFETIME:?}: {json:#}"
-            );
-            held(lab, mapped)
-        })();
-        if result.is_err() {
-            eprintln!("=== portproxy log\n{}", first.log());
-        }
-        result?;
-        drop(first);
-        let second = lab.spawn_portproxy_on(path, &args)?;
-        let restarted = Instant::now();
-        let result = (|| -> Result<()> {
-            let list = upnpc(
-                lab.lan(1),
-                2,
-                &["-l"],
-                &[
-                    &format!("9431->{host1}:8431"),
-                    &format!("9432->{host1}:8432"),
-                ],
-            )?;
-            let leases = listed_leases(&list);
-            let lease_of = |port| leases.iter().find(|(p, _)| *p == port).map(|l| l.1);
-            ensure!(
-                lease_of(9431) == Some(0)
-                    && lease_of(9432).is_some_and(|l| (86_000..86_400).contains(&l)),
-                "leases after the restart {leases:?}, expected 9431 permanent (0) and 9432 \
-                 a day less the test's time:\n{list}"
-            );
-            held(lab, restarted)
-        })();
-        if result.is_err() {
-            eprintln!("=== portproxy log after the restart\n{}", second.log());
-        }
-        result
+                    2,
+                    &["-l"],
+                    &[
+                        &format!("9431->{host1}:8431"),
+                        &format!("9432->{host1}:8432"),
+                    ],
+                )?;
+                let leases = listed_leases(&list);
+                let lease_of = |port| leases.iter().find(|(p, _)| *p == port).map(|l| l.1);
+                ensure!(
+                    lease_of(9431) == Some(0)
+                        && lease_of(9432).is_some_and(|l| (86_000..86_400).contains(&l)),
+                    "leases after the restart {leases:?}, expected 9431 permanent (0) and 9432 \
+                     a day less the test's time:\n{list}"
+                );
+                held(lab, restarted)
+            },
+        )
     })
 }
 every_path!(leases_are_kept_alive_and_survive_a_restart);

@@ -15,7 +15,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use common::{mapped_again, with_lab};
+use common::{mapped_again, with_portproxy};
 use tests::{
     CgnKind, DataPath, IrohProtocol, LAN_GATEWAY, LAN1_IP, Lab, Netns, PUBLIC_IP, Softwire,
     iroh_map_udp,
@@ -36,10 +36,9 @@ fn iroh_against(
     upstream: [&str; 3],
     kernel: &[&str],
 ) -> Result<()> {
-    with_lab(Lab::builder(softwire).cgn(kind).cpe_firewall(), |lab| {
-        let args = ["--lan-iface", "br-lan", "--wan-iface", "softwire", "-vv"];
-        let portproxy = lab.spawn_portproxy_on(path, &args)?;
-        let result = [
+    let builder = Lab::builder(softwire).cgn(kind).cpe_firewall();
+    with_portproxy(builder, path, &[], kernel, |lab, _| {
+        [
             (IrohProtocol::Pcp, 8301, "pcp-map"),
             (IrohProtocol::NatPmp, 8302, "nat-pmp"),
             (IrohProtocol::Upnp, 8303, "upnp-add"),
@@ -55,11 +54,6 @@ fn iroh_against(
             );
             Ok(())
         })
-        .and_then(|()| lab.check_data_path(&portproxy, path, kernel));
-        if result.is_err() {
-            eprintln!("=== portproxy log\n{}", portproxy.log());
-        }
-        result
     })
 }
 

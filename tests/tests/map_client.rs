@@ -10,12 +10,14 @@
 mod common;
 
 use std::{
-    net::{Ipv4Addr, SocketAddr},
+    net::{Ipv4Addr, SocketAddrV4},
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
-use common::{mapped_again, run_expect, with_lab};
+use anyhow::{Context as _, Result, ensure};
+use common::{
+    ARGS, logged, mapped_again, reachable_through_renewals, run_expect, with_lab, with_portproxy,
+};
 use serde_json::Value;
 use tests::{
     CPE_SOFTWIRE_IP, CgnKind, DataPath, LAN1_IP, Lab, LabBuilder, Netns, PUBLIC_IP, Softwire,
@@ -31,8 +33,6 @@ const NEW_PUBLIC_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 114, 9);
 /// (every 5 s) and its announcement to the LAN.
 const REACTS_WITHIN: Duration = Duration::from_secs(15);
 const STOPS_WITHIN: Duration = Duration::from_secs(10);
-/// The gap in a CGN rule while miniupnpd replaces it for a renewal.
-const RULE_BACK_WITHIN: Duration = Duration::from_secs(2);
 
 /// A CGN that grants PCP the `LIFETIME` asked: miniupnpd raises anything below 120 s to
 /// 120 s unless its maximum (and so its minimum, half of it) is lowered.
@@ -69,61 +69,13 @@ fn external_of(event: &Value) -> Result<(Ipv4Addr, u16)> {
     Ok((addr, port))
 }
 
-/// The nftables handle of the CGN's rule for the case's mapping, if it has one.
-fn rule_handle(lab: &Lab, case: &Case) -> Result<Option<String>> {
-    let rule = format!(
-        "dport {} dnat ip to {}:{}",
-        case.external, case.host_ip, case.internal
-    );
-    let chain = ["-a", "list", "chain", "inet", "nat", "prerouting_miniupnpd"];
-    let listing = run_expect(lab.cgn(), "nft", &chain, &[])?;
-    Ok(listing
-        .lines()
-        .find(|l| l.contains(&rule))
-        .and_then(|l| l.rsplit_once("# handle "))
-        .map(|(_, handle)| handle.trim().to_string()))
-}
-
-/// How often a connection is tried again when the CGN replaced its rule meanwhile.
-const REPLACED_TRIES: usize = 3;
-
 /// The CGN maps TCP `external` to the host, and the internet host reaches the host's
-/// service through `public`:`external`.
-///
-/// miniupnpd renews a mapping by deleting its rule and adding it again, so a connection
-/// made in that gap is refused by the CGN: that (and only that, seen as a new handle of
-/// the rule) makes it try again.
+/// service through `public`:`external`; `portproxy map` renews the mapping every few
+/// seconds, so a connection may meet a renewal at the CGN.
 fn reachable(lab: &Lab, case: &Case, public: Ipv4Addr) -> Result<()> {
+    let to = SocketAddrV4::new(case.host_ip, case.internal);
     let host = (case.host)(lab);
-    let _server = host.serve_tcp(case.internal)?;
-    for _ in 0..REPLACED_TRIES {
-        mapped_again(
-            lab,
-            case.external,
-            case.host_ip,
-            case.internal,
-            RULE_BACK_WITHIN,
-        )?;
-        let before = rule_handle(lab, case)?;
-        let reply = lab
-            .inet()
-            .connect_tcp(SocketAddr::from((public, case.external)));
-        let reply = match reply {
-            Err(e) if rule_handle(lab, case)? != before => {
-                eprintln!("the CGN replaced its rule during a connection ({e:#}); again");
-                continue;
-            }
-            reply => reply?,
-        };
-        ensure!(
-            reply == host.role(),
-            "inet reached {reply:?} at {public}:{} instead of {}",
-            case.external,
-            host.role()
-        );
-        return Ok(());
-    }
-    bail!("the CGN replaced its rule during each of {REPLACED_TRIES} connections")
+    reachable_through_renewals(lab, public, case.external, to, host, case.internal)
 }
 
 /// Map, reach, renew, survive a CGN reboot and a new address, delete on SIGTERM.
@@ -280,10 +232,7 @@ struct Through {
 /// the CPE has the fw4-like firewall, so reaching lan1 also proves portproxy opened it.
 fn through_portproxy(softwire: Softwire, path: DataPath, way: &Through) -> Result<()> {
     let builder = Lab::builder(softwire).cgn(way.kind).cpe_firewall();
-    with_lab(short_lifetimes(builder), |lab| {
-        let mut args = vec!["--lan-iface", "br-lan", "--wan-iface", "softwire", "-vv"];
-        args.extend_from_slice(way.daemon);
-        let portproxy = lab.spawn_portproxy_on(path, &args)?;
+    with_portproxy(short_lifetimes(builder), path, way.daemon, &[], |lab, _| {
         let case = Case {
             host: |lab| lab.lan(1),
             host_ip: LAN1_IP,
@@ -293,11 +242,7 @@ fn through_portproxy(softwire: Softwire, path: DataPath, way: &Through) -> Resul
             internal: 8311,
             external: 9311,
         };
-        let result = keeps_a_mapping(lab, &case);
-        if result.is_err() {
-            eprintln!("=== portproxy log\n{}", portproxy.log());
-        }
-        result
+        keeps_a_mapping(lab, &case)
     })
 }
 
@@ -453,16 +398,10 @@ fn once_then_delete(softwire: Softwire) -> Result<()> {
 fn errors_are_clear() -> Result<()> {
     with_lab(Lab::builder(Softwire::L2), |lab| {
         let args = [
-            "--lan-iface",
-            "br-lan",
-            "--wan-iface",
-            "softwire",
-            "--mode",
-            "proxy",
-            "--max-mappings-per-host",
-            "1",
-            "-v",
-        ];
+            &ARGS[..],
+            &["--mode", "proxy", "--max-mappings-per-host", "1"],
+        ]
+        .concat();
         let portproxy = lab.spawn_portproxy_on(DataPath::Sockets, &args)?;
         let error = |ns: &Netns, args: &[&str], status: i32| -> Result<String> {
             let (code, events) = lab.run_map(ns, args)?;
@@ -474,7 +413,7 @@ fn errors_are_clear() -> Result<()> {
             );
             Ok(last["error"].as_str().unwrap_or_default().to_string())
         };
-        let result = (|| -> Result<()> {
+        logged(&portproxy, || {
             // The internet host has no default route.
             let message = error(lab.inet(), &["8080"], 3)?;
             ensure!(message.contains("--gateway"), "{message}");
@@ -499,10 +438,6 @@ fn errors_are_clear() -> Result<()> {
                 ensure!(message.contains(refused), "{refused:?} not in {message:?}");
             }
             Ok(())
-        })();
-        if result.is_err() {
-            eprintln!("=== portproxy log\n{}", portproxy.log());
-        }
-        result
+        })
     })
 }

@@ -17,7 +17,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use common::{natpmpc_delete, run_expect, with_lab};
+use common::{ARGS, natpmpc_delete, run_expect, with_lab, with_portproxy};
 use serde_json::Value;
 use tests::{
     CGN_SOFTWIRE_IP, Daemon, DataPath, IGD_HTTP_PORT, LAN_GATEWAY, LAN1_IP, LAN2_IP, Lab, Netns,
@@ -32,16 +32,9 @@ fn behind_firewall(
     extra: &[&str],
     test: impl FnOnce(&Lab, &Daemon) -> Result<()>,
 ) -> Result<()> {
-    with_lab(Lab::builder(softwire).cpe_firewall(), |lab| {
-        let mut args = vec!["--lan-iface", "br-lan", "--wan-iface", "softwire", "-vv"];
-        args.extend_from_slice(extra);
-        let portproxy = lab.spawn_portproxy_on(path, &args)?;
-        let result =
-            test(lab, &portproxy).and_then(|()| lab.check_data_path(&portproxy, path, &[]));
-        if result.is_err() {
-            eprintln!("=== portproxy log\n{}", portproxy.log());
-        }
-        result
+    let builder = Lab::builder(softwire).cpe_firewall();
+    with_portproxy(builder, path, extra, &[], |lab, portproxy| {
+        test(lab, portproxy)
     })
 }
 
@@ -280,13 +273,12 @@ every_path!(firewall_off_leaves_the_mapping_shut);
 /// replaced at start (its holes with it).
 fn removed_on_exit_replaced_after_kill(softwire: Softwire, path: DataPath) -> Result<()> {
     with_lab(Lab::builder(softwire).cpe_firewall(), |lab| {
-        let args = ["--lan-iface", "br-lan", "--wan-iface", "softwire", "-vv"];
-        let mut first = lab.spawn_portproxy_on(path, &args)?;
+        let mut first = lab.spawn_portproxy_on(path, &ARGS)?;
         natpmp_map(lab.lan(1), 9184, 8184, 600)?;
         ensure!(hole_names(lab)?.len() == 1, "no hole for the mapping");
         first.kill()?;
         ensure!(lab.has_portproxy_table()?, "the kill took the table along?");
-        let second = lab.spawn_portproxy_on(path, &args)?;
+        let second = lab.spawn_portproxy_on(path, &ARGS)?;
         ensure!(
             hole_names(lab)?.is_empty(),
             "the new run kept the killed run's holes"

@@ -15,8 +15,9 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use common::{
-    Down, check_mapping, check_mapping_at, mapped_again, natpmpc_delete, natpmpc_map,
-    natpmpc_map_any, run_expect, with_lab,
+    ARGS, Down, across_a_restart, cgn_silent, check_mapping, check_mapping_again,
+    check_mapping_again_at, logged, mapped_again, natpmpc_delete, natpmpc_map, natpmpc_map_any,
+    run_expect, with_lab, with_portproxy,
 };
 use serde_json::Value;
 use tests::{
@@ -36,16 +37,9 @@ fn with_cgn(
     kernel: &[&str],
     test: impl FnOnce(&Lab, &Daemon) -> Result<()>,
 ) -> Result<()> {
-    with_lab(Lab::builder(softwire).cgn(kind).cpe_firewall(), |lab| {
-        let mut args = vec!["--lan-iface", "br-lan", "--wan-iface", "softwire", "-vv"];
-        args.extend_from_slice(extra);
-        let portproxy = lab.spawn_portproxy_on(path, &args)?;
-        let result =
-            test(lab, &portproxy).and_then(|()| lab.check_data_path(&portproxy, path, kernel));
-        if result.is_err() {
-            eprintln!("=== portproxy log\n{}", portproxy.log());
-        }
-        result
+    let builder = Lab::builder(softwire).cgn(kind).cpe_firewall();
+    with_portproxy(builder, path, extra, kernel, |lab, portproxy| {
+        test(lab, portproxy)
     })
 }
 
@@ -402,9 +396,8 @@ fn mappings_survive_a_cgn_reboot(softwire: Softwire, path: DataPath) -> Result<(
     with_lab(
         Lab::builder(softwire).cgn(CgnKind::PcpOnly).cpe_firewall(),
         |lab| {
-            let args = ["--lan-iface", "br-lan", "--wan-iface", "softwire", "-vv"];
-            let portproxy = lab.spawn_portproxy_on(path, &args)?;
-            let result = (|| -> Result<()> {
+            let portproxy = lab.spawn_portproxy_on(path, &ARGS)?;
+            logged(&portproxy, || {
                 natpmpc_map(lab.lan(1), 9241, 8241)?;
                 pcp_map_tcp(lab.lan(2), LAN_GATEWAY, LAN2_IP, 8242, 9242, 600)?;
                 // An epoch tells a restart from a slow clock only beyond a slack of 2 s (RFC
@@ -420,8 +413,8 @@ fn mappings_survive_a_cgn_reboot(softwire: Softwire, path: DataPath) -> Result<(
                 let took = mapped_again(lab, 9241, LAN1_IP, 8241, within)?;
                 eprintln!("the proxied mapping was back after {took:?}");
                 mapped_again(lab, 9242, LAN2_IP, 8242, within)?;
-                check_mapping(lab, 9241, lab.lan(1), 8241)?;
-                check_mapping(lab, 9242, lab.lan(2), 8242)?;
+                check_mapping_again(lab, 9241, lab.lan(1), 8241)?;
+                check_mapping_again(lab, 9242, lab.lan(2), 8242)?;
                 // NAT-PMP is answered here: portproxy's own announcement, a new epoch. PCP
                 // is relayed: the CGN's own ANNOUNCE, passed on.
                 let (natpmp, pcp) = announcements(&listener, PUBLIC_IP, within)?;
@@ -432,11 +425,7 @@ fn mappings_survive_a_cgn_reboot(softwire: Softwire, path: DataPath) -> Result<(
                 );
                 ensure!(counter(lab, &portproxy, "mappings_recreated")? >= 2);
                 lab.check_data_path(&portproxy, path, &["pcp_to_cgn", "passed_to_daemon"])
-            })();
-            if result.is_err() {
-                eprintln!("=== portproxy log\n{}", portproxy.log());
-            }
-            result
+            })
         },
     )
 }
@@ -450,9 +439,8 @@ every_path!(mappings_survive_a_cgn_reboot);
 fn external_address_change(softwire: Softwire, path: DataPath, kind: CgnKind) -> Result<()> {
     const RENUMBERED: Ipv4Addr = Ipv4Addr::new(203, 0, 114, 9);
     with_lab(Lab::builder(softwire).cgn(kind).cpe_firewall(), |lab| {
-        let args = ["--lan-iface", "br-lan", "--wan-iface", "softwire", "-vv"];
-        let portproxy = lab.spawn_portproxy_on(path, &args)?;
-        let result = (|| -> Result<()> {
+        let portproxy = lab.spawn_portproxy_on(path, &ARGS)?;
+        logged(&portproxy, || {
             natpmpc_map(lab.lan(1), 9281, 8281)?;
             pcp_map_tcp(lab.lan(2), LAN_GATEWAY, LAN2_IP, 8282, 9282, 600)?;
             // The epoch's 2 s slack (see mappings_survive_a_cgn_reboot).
@@ -473,13 +461,9 @@ fn external_address_change(softwire: Softwire, path: DataPath, kind: CgnKind) ->
                     "portproxy mappings still says {external} for {host}:{internal}"
                 );
             }
-            check_mapping_at(lab, RENUMBERED, 9281, lab.lan(1), 8281)?;
-            check_mapping_at(lab, RENUMBERED, 9282, lab.lan(2), 8282)
-        })();
-        if result.is_err() {
-            eprintln!("=== portproxy log\n{}", portproxy.log());
-        }
-        result
+            check_mapping_again_at(lab, RENUMBERED, 9281, lab.lan(1), 8281)?;
+            check_mapping_again_at(lab, RENUMBERED, 9282, lab.lan(2), 8282)
+        })
     })
 }
 
@@ -515,79 +499,52 @@ fn table_survives(softwire: Softwire, down: Down) -> Result<()> {
     with_lab(
         Lab::builder(softwire).cgn(CgnKind::PcpOnly).cpe_firewall(),
         |lab| {
-            let file = lab.dir().join("shared-mappings.json");
-            let file = file.to_str().context("UTF-8 lab dir")?;
-            let args = [
-                "--lan-iface",
-                "br-lan",
-                "--wan-iface",
-                "softwire",
-                "--mappings-file",
-                file,
-                "-vv",
-            ];
-            let first = lab.spawn_portproxy_on(DataPath::Sockets, &args)?;
-            natpmpc_map(lab.lan(1), 9251, 8251)?;
-            pcp_map_tcp(lab.lan(2), LAN_GATEWAY, LAN2_IP, 8252, 9252, 600)?;
-            let before = lab.portproxy_mappings()?;
-            down.take(lab, first)?;
-            let second = lab.spawn_portproxy_on(DataPath::Sockets, &args)?;
-            let result = (|| -> Result<()> {
-                let after = lab.portproxy_mappings()?;
-                let fields = |v: &Value| -> Vec<(Value, Value, Value, Value)> {
-                    v.as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(|m| {
-                            (
-                                m["host"].clone(),
-                                m["external_port"].clone(),
-                                m["origin"].clone(),
-                                m["upstream"].clone(),
-                            )
-                        })
-                        .collect()
-                };
-                ensure!(
-                    fields(&after) == fields(&before),
-                    "restored {after:#}\nexpected {before:#}"
-                );
-                let within = Duration::from_secs(10);
-                mapped_again(lab, 9251, LAN1_IP, 8251, within)?;
-                mapped_again(lab, 9252, LAN2_IP, 8252, within)?;
-                check_mapping(lab, 9251, lab.lan(1), 8251)?;
-                check_mapping(lab, 9252, lab.lan(2), 8252)?;
-                // The NAT-PMP client renews through the restored entry: same nonce upstream.
-                natpmpc_map(lab.lan(1), 9251, 8251)?;
-                Ok(())
-            })();
-            if result.is_err() {
-                eprintln!("=== second portproxy log\n{}", second.log());
-            }
-            result
+            let fields = |v: &Value| -> Vec<(Value, Value, Value, Value)> {
+                v.as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|m| {
+                        (
+                            m["host"].clone(),
+                            m["external_port"].clone(),
+                            m["origin"].clone(),
+                            m["upstream"].clone(),
+                        )
+                    })
+                    .collect()
+            };
+            across_a_restart(
+                lab,
+                DataPath::Sockets,
+                &[],
+                |lab| {
+                    natpmpc_map(lab.lan(1), 9251, 8251)?;
+                    pcp_map_tcp(lab.lan(2), LAN_GATEWAY, LAN2_IP, 8252, 9252, 600)?;
+                    lab.portproxy_mappings()
+                },
+                |lab, first| down.take(lab, first),
+                |lab, _, before| {
+                    let after = lab.portproxy_mappings()?;
+                    ensure!(
+                        fields(&after) == fields(&before),
+                        "restored {after:#}\nexpected {before:#}"
+                    );
+                    let within = Duration::from_secs(10);
+                    mapped_again(lab, 9251, LAN1_IP, 8251, within)?;
+                    mapped_again(lab, 9252, LAN2_IP, 8252, within)?;
+                    // The keeper may still be asking the CGN for the restored mappings.
+                    check_mapping_again(lab, 9251, lab.lan(1), 8251)?;
+                    check_mapping_again(lab, 9252, lab.lan(2), 8252)?;
+                    // The NAT-PMP client renews through the restored entry: same nonce upstream.
+                    natpmpc_map(lab.lan(1), 9251, 8251).map(drop)
+                },
+            )
         },
     )
 }
 
-#[test]
-fn table_survives_a_restart_l2() -> Result<()> {
-    table_survives(Softwire::L2, Down::Restart)
-}
-
-#[test]
-fn table_survives_a_restart_l3() -> Result<()> {
-    table_survives(Softwire::L3, Down::Restart)
-}
-
-#[test]
-fn table_survives_a_router_reboot_l2() -> Result<()> {
-    table_survives(Softwire::L2, Down::Reboot)
-}
-
-#[test]
-fn table_survives_a_router_reboot_l3() -> Result<()> {
-    table_survives(Softwire::L3, Down::Reboot)
-}
+both_softwires!(table_survives(Down::Restart): table_survives_a_restart_l2, table_survives_a_restart_l3);
+both_softwires!(table_survives(Down::Reboot): table_survives_a_router_reboot_l2, table_survives_a_router_reboot_l3);
 
 /// A NAT-PMP TCP map request for `internal` (suggesting the same external port), 600 s.
 fn natpmp_map_request(internal: u16) -> Vec<u8> {
@@ -635,19 +592,13 @@ every_path!(proxied_quota);
 fn cgn_unreachable_then_back(softwire: Softwire, path: DataPath) -> Result<()> {
     with_cgn(softwire, path, CgnKind::PcpOnly, &[], &[], |lab, _| {
         natpmpc_map(lab.lan(1), 9271, 8271)?;
-        let cut = lab.dir().join("cut.nft");
-        std::fs::write(
-            &cut,
-            "table inet cut {\n    chain input {\n        type filter hook input priority -20; policy accept;\n        udp dport 5351 drop\n    }\n}\n",
-        )?;
-        lab.cgn()
-            .run("nft", &["-f", cut.to_str().context("UTF-8 lab dir")?])?;
+        cgn_silent(lab, true)?;
         let failed = natpmp_result(&ask(lab.lan(1), &natpmp_map_request(8272))?)?;
         ensure!(
             failed == 3,
             "result {failed} while the CGN is silent, not 3 (network failure)"
         );
-        lab.cgn().run("nft", &["delete", "table", "inet", "cut"])?;
+        cgn_silent(lab, false)?;
         natpmpc_map(lab.lan(1), 9272, 8272)?;
         check_mapping(lab, 9272, lab.lan(1), 8272)
     })

@@ -16,12 +16,11 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use common::{check_mapping, natpmpc_map, with_lab};
+use common::{ARGS, check_mapping, logged, natpmpc_map, with_lab};
 use tests::{
     Daemon, DataPath, LAN_GATEWAY, Lab, PCP_PORT, Softwire, SoftwireStage, load::flood_nat_pmp,
 };
 
-const ARGS: [&str; 5] = ["--lan-iface", "br-lan", "--wan-iface", "softwire", "-vv"];
 /// From the moment the softwire is complete again (or the daemon continued) until a LAN
 /// client's NAT-PMP request is answered: the promise (a 250 ms settle for the burst
 /// of netlink events, then the rebuild).
@@ -77,15 +76,6 @@ fn resumes(lab: &Lab, start: Instant) -> Result<Duration> {
 fn maps_and_reaches(lab: &Lab, external: u16, internal: u16) -> Result<()> {
     natpmpc_map(lab.lan(1), external, internal)?;
     check_mapping(lab, external, lab.lan(1), internal)
-}
-
-/// Runs `test` with portproxy's log printed if it fails.
-fn logged(daemon: &Daemon, test: impl FnOnce() -> Result<()>) -> Result<()> {
-    let result = test();
-    if result.is_err() {
-        eprintln!("=== portproxy log\n{}", daemon.log());
-    }
-    result
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 
 use crate::{build, cmd};
 
-pub fn run(keep: bool, softwire: Option<&str>, xdp: bool) -> anyhow::Result<()> {
+pub fn run(keep: bool, softwire: Option<&str>, xdp: bool, nat444: bool) -> anyhow::Result<()> {
     cmd::require_root("lab")?;
     let bin = build::run(false)?;
     let mut cargo = cmd::cargo();
@@ -21,6 +21,9 @@ pub fn run(keep: bool, softwire: Option<&str>, xdp: bool) -> anyhow::Result<()> 
     }
     if xdp {
         cargo.arg("--xdp");
+    }
+    if nat444 {
+        cargo.arg("--nat444");
     }
     eprintln!("+ {}", cmd::display(&cargo));
     // exec, so that Ctrl-C reaches only the lab, which then removes its namespaces.

@@ -1,5 +1,5 @@
 //! The project's own commands, used by the README and `.ci/run`:
-//! `cargo xtask setup | build [--release] | test [-- ARGS] | lab [--keep] [--softwire l2|l3] [--xdp] | bench [-- ARGS]
+//! `cargo xtask setup | build [--release] | test [-- ARGS] | lab [--keep] [--softwire l2|l3] [--xdp] [--nat444] | bench [-- ARGS]
 //! | cross [TARGET...] | install [--socket-only] [--root DIR]`.
 
 mod bench;
@@ -48,6 +48,9 @@ enum Command {
         /// Run portproxy on the eBPF fast path (--xdp).
         #[arg(long)]
         xdp: bool,
+        /// Double NAT: the home router masquerades the LAN like OpenWrt's fw4 (NAT444).
+        #[arg(long)]
+        nat444: bool,
     },
     /// Benchmark the data paths (routing, sockets, fast path, nftables DNAT) into target/bench/.
     Bench {
@@ -83,7 +86,8 @@ fn main() -> ExitCode {
             keep,
             softwire,
             xdp,
-        } => lab::run(keep, softwire.as_deref(), xdp),
+            nat444,
+        } => lab::run(keep, softwire.as_deref(), xdp, nat444),
         Command::Bench { args } => bench::run(&args),
         Command::Cross { targets } => cross::run(&targets),
         Command::Install { socket_only, root } => install::run(socket_only, &root),

@@ -1,4 +1,5 @@
-//! `cargo xtask lab [--keep] [--softwire l2|l3]`: builds a virtual DS-Lite network, starts
+//! `cargo xtask lab [--keep] [--softwire l2|l3] [--xdp] [--nat444]`: builds a virtual DS-Lite
+//! network (with `--nat444`, a home router that masquerades the LAN like fw4), starts
 //! portproxy on its CPE, runs the real clients against it, shows what the CGN granted and
 //! whether the internet host got through, then removes everything (or, with `--keep`,
 //! leaves it up for trying things by hand until Ctrl-C).
@@ -26,6 +27,10 @@ struct Args {
     /// Run portproxy on the eBPF fast path (--xdp).
     #[arg(long)]
     xdp: bool,
+    /// Double NAT: the CPE masquerades the LAN out of the softwire like OpenWrt's fw4
+    /// (NAT444), so portproxy maps in two halves (the CGN to the CPE, the CPE to the host).
+    #[arg(long)]
+    nat444: bool,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -48,8 +53,13 @@ fn main() -> Result<()> {
         // SAFETY: the handler only stores to an atomic.
         unsafe { libc::signal(signal, on_signal as *const () as libc::sighandler_t) };
     }
-    eprintln!("building the lab ({} softwire) ...", args.softwire);
-    let lab = Lab::new(args.softwire)?;
+    let nat = if args.nat444 { ", NAT444 CPE" } else { "" };
+    eprintln!("building the lab ({} softwire{nat}) ...", args.softwire);
+    let mut builder = Lab::builder(args.softwire);
+    if args.nat444 {
+        builder = builder.nat444();
+    }
+    let lab = builder.build()?;
     let dir = lab.dir().display().to_string();
     let path = if args.xdp {
         DataPath::FastPath
@@ -79,7 +89,7 @@ fn main() -> Result<()> {
         None => false,
     };
     if args.keep {
-        print_keep_help(&lab, &dir);
+        print_keep_help(&lab, &dir, args.nat444);
         while !STOP.load(Ordering::Relaxed) {
             thread::sleep(Duration::from_millis(200));
         }
@@ -272,7 +282,7 @@ fn print_table(rows: &[Row]) {
     println!();
 }
 
-fn print_keep_help(lab: &Lab, dir: &str) {
+fn print_keep_help(lab: &Lab, dir: &str, nat444: bool) {
     let name = |ns: &Netns| ns.name().to_owned();
     let lan1 = name(lab.lan(1));
     println!("The lab stays up. In another shell, as root:");
@@ -288,6 +298,12 @@ fn print_keep_help(lab: &Lab, dir: &str) {
         "  ip netns exec {} nft list table inet nat   # the CGN's mappings",
         name(lab.cgn())
     );
+    if nat444 {
+        println!(
+            "  ip netns exec {} nft list table inet portproxy_nat   # the CPE's forwards",
+            name(lab.cpe())
+        );
+    }
     println!("  ip netns exec {lan1} python3 -m http.server 8090   # a service on lan1");
     println!(
         "  ip netns exec {} curl http://{PUBLIC_IP}:9090/   # from the internet",

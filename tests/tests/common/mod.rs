@@ -2,24 +2,26 @@
 
 use anyhow::{Context as _, Result, bail, ensure};
 use std::{
-    net::{Ipv4Addr, SocketAddr},
+    net::{Ipv4Addr, SocketAddrV4},
+    path::PathBuf,
     time::{Duration, Instant},
 };
-use tests::{Daemon, LAN1_IP, LAN2_IP, Lab, LabBuilder, Netns, PUBLIC_IP, show_output};
+use tests::{Daemon, DataPath, LAN1_IP, LAN2_IP, Lab, LabBuilder, Netns, PUBLIC_IP, show_output};
 
 /// Generates a test per softwire kind: `both_softwires!(scenario: name_l2, name_l3);` with
-/// `fn scenario(Softwire) -> anyhow::Result<()>`.
+/// `fn scenario(Softwire) -> anyhow::Result<()>`, or `both_softwires!(scenario(a, b): ...)`
+/// with `fn scenario(Softwire, A, B)`.
 #[allow(unused_macros)]
 macro_rules! both_softwires {
-    ($scenario:ident: $l2:ident, $l3:ident) => {
+    ($scenario:ident $(($($arg:expr),+))?: $l2:ident, $l3:ident) => {
         #[test]
         fn $l2() -> anyhow::Result<()> {
-            $scenario(tests::Softwire::L2)
+            $scenario(tests::Softwire::L2 $($(, $arg)+)?)
         }
 
         #[test]
         fn $l3() -> anyhow::Result<()> {
-            $scenario(tests::Softwire::L3)
+            $scenario(tests::Softwire::L3 $($(, $arg)+)?)
         }
     };
 }
@@ -71,6 +73,41 @@ pub fn with_lab(builder: LabBuilder, test: impl FnOnce(&mut Lab) -> Result<()>) 
     Ok(())
 }
 
+/// portproxy's arguments in the lab: the CPE's LAN bridge and softwire, and `-vv`.
+#[allow(dead_code)] // not every test file starts portproxy
+pub const ARGS: [&str; 5] = ["--lan-iface", "br-lan", "--wan-iface", "softwire", "-vv"];
+
+/// Runs `test`; if it fails, prints `daemon`'s log first.
+#[allow(dead_code)] // not every test file starts portproxy
+pub fn logged<T>(daemon: &Daemon, test: impl FnOnce() -> Result<T>) -> Result<T> {
+    let result = test();
+    if result.is_err() {
+        eprintln!("=== portproxy log\n{}", daemon.log());
+    }
+    result
+}
+
+/// Builds a lab, starts portproxy in its CPE on `path` (`ARGS` and `extra`) and runs `test`;
+/// then `portproxy stats` must show the data path asked for and, on the fast path, each of
+/// the `kernel` counters (ids) moved. Prints portproxy's log on failure.
+#[allow(dead_code)] // not every test file starts portproxy
+pub fn with_portproxy(
+    builder: LabBuilder,
+    path: DataPath,
+    extra: &[&str],
+    kernel: &[&str],
+    test: impl FnOnce(&mut Lab, &Daemon) -> Result<()>,
+) -> Result<()> {
+    with_lab(builder, |lab| {
+        let args = [&ARGS[..], extra].concat();
+        let portproxy = lab.spawn_portproxy_on(path, &args)?;
+        logged(&portproxy, || {
+            test(lab, &portproxy)?;
+            lab.check_data_path(&portproxy, path, kernel)
+        })
+    })
+}
+
 /// Runs `program` in `ns` and checks that its stdout holds every one of `expected`;
 /// returns stdout.
 pub fn run_expect(ns: &Netns, program: &str, args: &[&str], expected: &[&str]) -> Result<String> {
@@ -87,6 +124,15 @@ pub fn run_expect(ns: &Netns, program: &str, args: &[&str], expected: &[&str]) -
         }
     }
     Ok(stdout)
+}
+
+/// The LAN address of `lan1` or `lan2`.
+#[allow(dead_code)] // not every test file checks reachability
+pub fn lan_addr(host: &Netns) -> Ipv4Addr {
+    match host.role() {
+        "lan1" => LAN1_IP,
+        _ => LAN2_IP,
+    }
 }
 
 #[allow(dead_code)] // not every test file checks reachability
@@ -106,22 +152,112 @@ pub fn check_mapping_at(
     internal: u16,
 ) -> Result<()> {
     let ruleset = run_expect(lab.cgn(), "nft", &["list", "table", "inet", "nat"], &[])?;
-    let addr = if host.role() == "lan1" {
-        LAN1_IP
-    } else {
-        LAN2_IP
-    };
+    let addr = lan_addr(host);
     ensure!(
         ruleset.contains(&format!("dport {external} dnat ip to {addr}:{internal}")),
         "the CGN has no mapping {external} -> {addr}:{internal}:\n{ruleset}"
     );
+    reaches(lab, public, external, host, internal)
+}
+
+#[allow(dead_code)] // not every test file checks reachability
+/// The internet host reaches `host`'s service on `internal` (answering with its role)
+/// through `public`:`external`, at the first try.
+pub fn reaches(
+    lab: &Lab,
+    public: Ipv4Addr,
+    external: u16,
+    host: &Netns,
+    internal: u16,
+) -> Result<()> {
     let _server = host.serve_tcp(internal)?;
-    let reply = lab
-        .inet()
-        .connect_tcp(SocketAddr::from((public, external)))?;
+    check_reply(
+        public,
+        external,
+        host,
+        lab.inet().connect_tcp((public, external).into()),
+    )
+}
+
+#[allow(dead_code)] // not every test file checks reachability
+/// `check_mapping` of a mapping portproxy may be asking the CGN for again while it is
+/// checked (after a restart, a CGN reboot or an address change, or one it renews): see
+/// `reachable_through_renewals`.
+pub fn check_mapping_again(lab: &Lab, external: u16, host: &Netns, internal: u16) -> Result<()> {
+    check_mapping_again_at(lab, PUBLIC_IP, external, host, internal)
+}
+
+#[allow(dead_code)] // not every test file checks reachability
+/// `check_mapping_again` on the CGN's external address `public`.
+pub fn check_mapping_again_at(
+    lab: &Lab,
+    public: Ipv4Addr,
+    external: u16,
+    host: &Netns,
+    internal: u16,
+) -> Result<()> {
+    let to = SocketAddrV4::new(lan_addr(host), internal);
+    reachable_through_renewals(lab, public, external, to, host, internal)
+}
+
+/// How long the CGN's rule may be missing while miniupnpd replaces it for a renewal.
+const RULE_BACK_WITHIN: Duration = Duration::from_secs(2);
+/// How often a connection is tried when the CGN replaced its rule meanwhile.
+const REPLACED_TRIES: usize = 3;
+
+/// The nftables handle of the CGN's rule that maps TCP `external` to `to`, if it has one.
+fn rule_handle(lab: &Lab, external: u16, to: SocketAddrV4) -> Result<Option<String>> {
+    let rule = format!("dport {external} dnat ip to {to}");
+    let chain = ["-a", "list", "chain", "inet", "nat", "prerouting_miniupnpd"];
+    let listing = run_expect(lab.cgn(), "nft", &chain, &[])?;
+    Ok(listing
+        .lines()
+        .find(|l| l.contains(&rule))
+        .and_then(|l| l.rsplit_once("# handle "))
+        .map(|(_, handle)| handle.trim().to_string()))
+}
+
+#[allow(dead_code)] // not every test file checks reachability
+/// The CGN maps TCP `external` to `to` (the host, or the CPE in double NAT), and the
+/// internet host reaches `host`'s service on `internal` through `public`:`external`.
+///
+/// For a mapping that portproxy (or `portproxy map`) may be asking the CGN for again
+/// meanwhile: miniupnpd renews a mapping by deleting its rule and adding it again, so the
+/// rule may be missing for a moment, and a connection made in that gap is refused by the
+/// CGN. That, and only that, seen as a new handle of the rule, makes it try again (at most
+/// `REPLACED_TRIES` times); any other failure fails.
+pub fn reachable_through_renewals(
+    lab: &Lab,
+    public: Ipv4Addr,
+    external: u16,
+    to: SocketAddrV4,
+    host: &Netns,
+    internal: u16,
+) -> Result<()> {
+    let _server = host.serve_tcp(internal)?;
+    for _ in 0..REPLACED_TRIES {
+        mapped_again(lab, external, *to.ip(), to.port(), RULE_BACK_WITHIN)?;
+        let before = rule_handle(lab, external, to)?;
+        let reply = match lab.inet().connect_tcp((public, external).into()) {
+            Err(e) if rule_handle(lab, external, to)? != before => {
+                eprintln!(
+                    "the CGN replaced its rule for {external} during a connection ({e:#}); again"
+                );
+                continue;
+            }
+            reply => reply,
+        };
+        return check_reply(public, external, host, reply);
+    }
+    bail!("the CGN replaced its rule for {external} during each of {REPLACED_TRIES} connections")
+}
+
+/// What the internet host's connection to `public`:`external` got must be `host`'s answer.
+fn check_reply(public: Ipv4Addr, external: u16, host: &Netns, reply: Result<String>) -> Result<()> {
+    let reply = reply?;
     ensure!(
         reply == host.role(),
-        "inet reached {reply:?} instead of {}",
+        "inet reached {reply:?} at {public}:{external} instead of {}",
         host.role()
     );
     Ok(())
@@ -215,12 +351,34 @@ pub fn mapped_again(
     }
 }
 
+#[allow(dead_code)] // not every test file silences the CGN
+/// Makes the CGN drop (`silent`) or answer again what reaches its port 5351, as a CGN that
+/// stops answering for a while.
+pub fn cgn_silent(lab: &Lab, silent: bool) -> Result<()> {
+    if !silent {
+        return lab
+            .cgn()
+            .run("nft", &["delete", "table", "inet", "silent"])
+            .map(drop);
+    }
+    let table = lab.dir().join("silent.nft");
+    std::fs::write(
+        &table,
+        "table inet silent {\n    chain input {\n        type filter hook input priority -20; policy accept;\n        udp dport 5351 drop\n    }\n}\n",
+    )?;
+    let table = table.to_str().context("UTF-8 lab dir")?;
+    lab.cgn().run("nft", &["-f", table]).map(drop)
+}
+
 #[allow(dead_code)] // only the persistence scenarios take the router down
 /// How the router goes down in the scenarios where the table and the forwards survive.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Down {
-    /// portproxy restarted (SIGTERM, then started again).
+    /// portproxy restarted (SIGTERM, then started again): it removes its tables itself.
     Restart,
+    /// portproxy crashes (SIGKILL) once its mappings file is written: its tables stay until
+    /// the next start replaces them.
+    Crash,
     /// The router reboots: portproxy dies without a word (SIGKILL), its firewall table goes
     /// with the rest of the CPE's ruleset, and meanwhile the CGN reboots too, losing every
     /// mapping.
@@ -233,17 +391,59 @@ impl Down {
     pub fn take(self, lab: &mut Lab, mut portproxy: Daemon) -> Result<()> {
         match self {
             Down::Restart => drop(portproxy),
-            Down::Reboot => {
+            Down::Crash | Down::Reboot => {
                 // Long enough for the mappings file's next write (at most 10 s after a change).
                 std::thread::sleep(Duration::from_secs(11));
                 portproxy.kill()?;
-                lab.cpe()
-                    .run("nft", &["delete", "table", "inet", "portproxy"])?;
-                lab.reboot_cgn()?;
+                if self == Down::Reboot {
+                    lab.cpe()
+                        .run("nft", &["delete", "table", "inet", "portproxy"])?;
+                    lab.reboot_cgn()?;
+                }
             }
         }
         Ok(())
     }
+}
+
+#[allow(dead_code)] // only the persistence scenarios take the router down
+/// The mappings file that both runs of portproxy share in `across_a_restart`.
+pub fn shared_mappings_file(lab: &Lab) -> PathBuf {
+    lab.dir().join("shared-mappings.json")
+}
+
+#[allow(dead_code)] // only the persistence scenarios take the router down
+/// A persistence scenario: portproxy runs on `path` (`ARGS`, `extra`, and a mappings file
+/// and a forwards file that both runs share) while `before` sets things up; `down` takes it
+/// down; a second portproxy with the same arguments runs while `after` checks, given what
+/// `before` returned. Prints the log of the one whose part failed (and the CPE's ruleset
+/// while the second runs).
+pub fn across_a_restart<T>(
+    lab: &mut Lab,
+    path: DataPath,
+    extra: &[&str],
+    before: impl FnOnce(&mut Lab) -> Result<T>,
+    down: impl FnOnce(&mut Lab, Daemon) -> Result<()>,
+    after: impl FnOnce(&Lab, &Daemon, T) -> Result<()>,
+) -> Result<()> {
+    let mappings = shared_mappings_file(lab);
+    let forwards = lab.dir().join("shared-forwards.json");
+    let files = [
+        "--mappings-file",
+        mappings.to_str().context("UTF-8 lab dir")?,
+        "--forwards-file",
+        forwards.to_str().context("UTF-8 lab dir")?,
+    ];
+    let args = [&ARGS[..], &files, extra].concat();
+    let first = lab.spawn_portproxy_on(path, &args)?;
+    let set_up = logged(&first, || before(lab))?;
+    down(lab, first)?;
+    let second = lab.spawn_portproxy_on(path, &args)?;
+    logged(&second, || after(lab, &second, set_up)).inspect_err(|_| {
+        let ruleset = run_expect(lab.cpe(), "nft", &["list", "ruleset"], &[])
+            .unwrap_or_else(|e| format!("({e:#})"));
+        eprintln!("=== the CPE's ruleset while the second portproxy runs\n{ruleset}");
+    })
 }
 
 #[allow(dead_code)] // not every test file rebuilds the data path
