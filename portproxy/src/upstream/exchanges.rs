@@ -65,7 +65,9 @@ impl Exchanges {
     pub fn waited_for(&self, key: &Key) -> bool {
         let turns = self.turns.lock().unwrap();
         // The map's, the holder's and a waiter's.
-        turns.get(key).is_some_and(|lock| Arc::strong_count(lock) > 2)
+        turns
+            .get(key)
+            .is_some_and(|lock| Arc::strong_count(lock) > 2)
     }
 }
 
@@ -74,7 +76,10 @@ impl Drop for Turn<'_> {
         // Under the map's lock, so nobody takes a clone between the count and the removal.
         let mut turns = self.exchanges.turns.lock().unwrap();
         drop(self.held.take());
-        if turns.get(&self.key).is_some_and(|lock| Arc::strong_count(lock) == 1) {
+        if turns
+            .get(&self.key)
+            .is_some_and(|lock| Arc::strong_count(lock) == 1)
+        {
             turns.remove(&self.key);
         }
     }
