@@ -247,6 +247,7 @@ pub enum Command {
     },
     /// Open PORT on this host at its gateway (PCP, NAT-PMP or UPnP IGD) and keep it open
     /// until interrupted; works on any Linux host, without root.
+    #[cfg(feature = "map-client")]
     Map(crate::map::MapOptions),
     /// Manage the running daemon's manual forwards (kept at the CGN until deleted).
     #[command(subcommand)]

@@ -10,6 +10,8 @@ use crate::cli::FORCE_SOCKETS_ENV;
 use crate::config::Config;
 use crate::fastpath::FastPath;
 
+// One exists at a time, held for the data path's life: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum DataPath {
     /// With what the programs leave to the daemon (see `socket_share`).
     Fast(FastPath, ToDaemon),

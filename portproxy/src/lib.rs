@@ -43,6 +43,7 @@ mod fastpath;
 mod forwards;
 #[cfg(feature = "http-server")]
 mod lan_http;
+#[cfg(feature = "map-client")]
 mod map;
 mod mapping;
 mod netif;
@@ -69,6 +70,7 @@ pub fn main() -> ExitCode {
     let opts = cli::Options::parse();
     init_logging(opts.verbose);
     let result = match opts.command.clone() {
+        #[cfg(feature = "map-client")]
         Some(cli::Command::Map(map)) => return map::run(map),
         Some(cli::Command::Stats { json }) => show_stats::run(&opts.state_dir, json),
         Some(cli::Command::Mappings { json }) => control::show_mappings(&opts.state_dir, json),

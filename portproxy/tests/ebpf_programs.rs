@@ -961,7 +961,10 @@ fn pcp_options() {
     let filter = pcp_option(3, &[0; 20]);
     let odd = pcp_option(0x80, &[1, 2, 3, 4, 5]);
     let good: Vec<(&str, Vec<u8>)> = vec![
-        ("third-party", with(pcp_map(2), &[third_party.clone()])),
+        (
+            "third-party",
+            with(pcp_map(2), std::slice::from_ref(&third_party)),
+        ),
         (
             "three-options",
             with(
@@ -969,8 +972,11 @@ fn pcp_options() {
                 &[third_party.clone(), prefer_failure.clone(), filter.clone()],
             ),
         ),
-        ("padded-data", with(pcp_map(2), &[odd.clone()])),
-        ("announce-option", with(announce.clone(), &[odd.clone()])),
+        ("padded-data", with(pcp_map(2), std::slice::from_ref(&odd))),
+        (
+            "announce-option",
+            with(announce.clone(), std::slice::from_ref(&odd)),
+        ),
         // The most options 1100 bytes hold: the walk's bound refuses nothing well formed.
         (
             "260-options",

@@ -224,7 +224,7 @@ fn port_control_request_ok(m: &[u8]) -> bool {
     if m[0] == 0 {
         return matches!((m[1], m.len()), (0, 2) | (1 | 2, 12));
     }
-    if m.len() < 24 || m.len() > 1100 || m.len() % 4 != 0 {
+    if m.len() < 24 || m.len() > 1100 || !m.len().is_multiple_of(4) {
         return false;
     }
     let payload = match m[1] {

@@ -18,14 +18,18 @@ pub fn run(release: bool) -> anyhow::Result<PathBuf> {
 }
 
 /// Builds the socket-only release binary (no eBPF object, stable Rust alone; the IGD server
-/// kept) in a target directory of its own, so that it does not replace the default build's
-/// binary.
+/// and `portproxy map` kept) in a target directory of its own, so that it does not replace
+/// the default build's binary.
 pub fn socket_only_release() -> anyhow::Result<PathBuf> {
     let target_dir = cmd::target_dir().join("socket-only");
     let mut cargo = cmd::cargo();
     cargo
         .args(["build", "--package", "portproxy", "--release"])
-        .args(["--no-default-features", "--features", "http-server"])
+        .args([
+            "--no-default-features",
+            "--features",
+            "http-server,map-client",
+        ])
         .arg("--target-dir")
         .arg(&target_dir);
     cmd::run(&mut cargo)?;

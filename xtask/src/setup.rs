@@ -21,9 +21,11 @@ const PACKAGES: &[&str] = &[
     "iproute2",
     "tcpdump",
     // Cross builds: qemu-user runs the router binaries (`cargo xtask cross`, the qemu checks
-    // of `cargo xtask test`); file tells that they are static.
+    // of `cargo xtask test`); file tells that they are static; xz measures what they take in
+    // a router's flash.
     "qemu-user",
     "file",
+    "xz-utils",
     // Packaging tests: systemd-analyze verifies the systemd unit, shellcheck the init script.
     "systemd",
     "shellcheck",

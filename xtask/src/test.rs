@@ -193,7 +193,7 @@ fn unit_setting(path: &Path, key: &str) -> anyhow::Result<String> {
     let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     text.lines()
         .filter_map(|line| line.strip_prefix(key)?.strip_prefix('='))
-        .last()
+        .next_back()
         .map(str::to_string)
         .with_context(|| format!("no {key}= in {}", path.display()))
 }

@@ -19,12 +19,17 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use client::{Ask, Granted, SocketPool, Upstream};
-pub use epoch::EpochWatch;
 pub use exchanges::Exchanges;
 pub use igd::{Igd, other_port};
 pub use keeper::{CgnState, Keeper, made_with};
 pub use nonce::Nonces;
-pub use probe::{Probed, port_control, probe, search_igd};
+pub use probe::{Probed, probe};
+// What `portproxy map` builds on besides the daemon's own uses.
+#[cfg(feature = "map-client")]
+pub use {
+    epoch::EpochWatch,
+    probe::{port_control, search_igd},
+};
 
 use crate::cli::Mode;
 use crate::proto::{natpmp, pcp};
