@@ -134,6 +134,10 @@ fn text(report: &Report) -> String {
     if let Some(plan) = &s.port_control {
         out += &format!("port control: {plan}\n");
     }
+    out += match s.double_nat {
+        true => "double NAT: on (answered here, mapped for the WAN address and forwarded)\n",
+        false => "double NAT: off\n",
+    };
     out += &format!(
         "mappings: {} (`portproxy mappings` lists them)\n",
         s.mappings

@@ -71,6 +71,10 @@ pub struct Status {
     /// Who answers NAT-PMP and PCP clients (see `upstream::Plan`).
     #[serde(default)]
     pub port_control: Option<String>,
+    /// Whether the router translates the LAN itself (`--double-nat`), so every mapping is
+    /// answered here and forwarded from the WAN address.
+    #[serde(default)]
+    pub double_nat: bool,
 }
 
 fn path(state_dir: &Path) -> PathBuf {
@@ -130,6 +134,7 @@ mod tests {
                 upnp: true,
             }),
             port_control: Some("NAT-PMP answered here".into()),
+            double_nat: true,
         };
         status.write(&dir).unwrap();
         let read = Status::read(&dir).unwrap();
@@ -138,6 +143,7 @@ mod tests {
             (7, DataPathKind::Sockets, 3)
         );
         assert_eq!(read.state, status.state);
+        assert!(read.double_nat);
         let json: serde_json::Value =
             serde_json::from_slice(&fs::read(path(&dir)).unwrap()).unwrap();
         assert_eq!(

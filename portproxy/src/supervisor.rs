@@ -160,12 +160,15 @@ impl Running {
             }
             _ => None,
         };
+        // The data path's own (its sockets close with it); requests go as the LAN hosts.
+        let exchanges = Arc::new(upstream::Exchanges::new(sockets::Sender::LanHost));
         let mapper = Arc::new(Mapper::new(
             on_sockets.clone(),
             plan.via,
             igd,
             mappings.clone(),
             identity.clone(),
+            exchanges.clone(),
         ));
         let server = serving.then(|| Arc::new(PortControlServer::new(plan, mapper.clone())));
         let igd_server = serving_upnp.then(|| {
@@ -233,6 +236,7 @@ impl Running {
                 stats: stats.clone(),
                 identity: identity.clone(),
                 state: cgn_state.clone(),
+                exchanges,
                 lan,
             };
             tokio::spawn(keeper.run(recreate))
@@ -629,6 +633,7 @@ impl Supervisor {
                 .as_ref()
                 .filter(|r| r.cfg.nat_pmp)
                 .map(|r| r.plan.to_string()),
+            double_nat: self.mappings.double_nat(),
         }
     }
 

@@ -268,6 +268,10 @@ mod double_nat {
                     stats["port_control"]
                 );
                 ensure!(
+                    stats["double_nat"] == true,
+                    "stats do not say double NAT: {stats:#}"
+                );
+                ensure!(
                 portproxy.log().contains(
                     "double NAT (the nftables chain inet fw4 srcnat_wan translates traffic leaving softwire)"
                 ),

@@ -60,6 +60,10 @@ fn check_plan(lab: &Lab, daemon: &Daemon, speaks: [bool; 3], plan: &str) -> Resu
         shown == plan,
         "expected port control {plan:?}, stats say {shown:?}"
     );
+    ensure!(
+        stats["double_nat"] == false,
+        "stats say double NAT: {stats:#}"
+    );
     Ok(stats)
 }
 

@@ -271,15 +271,6 @@ impl View {
     }
 }
 
-/// Who the CGN maps `key` to: the host and its internal port, or in double NAT (a
-/// `local_port`) the router's WAN address `wan` and that port.
-pub fn seen_upstream(key: &Key, local_port: Option<u16>, wan: Ipv4Addr) -> (Ipv4Addr, u16) {
-    match local_port {
-        Some(port) => (wan, port),
-        None => (key.host, key.internal_port),
-    }
-}
-
 /// Whether `host` may have a mapping (and a hole) at all: a host of the LAN,
 /// neither its network nor broadcast address, never one of the CPE's own addresses.
 pub fn is_lan_host(host: Ipv4Addr, lan: &Side, own: &[Ipv4Addr]) -> bool {

@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::effects::local_nat::{self, FIRST_LOCAL_PORT};
 use crate::mapping::{self, Backing, Entry, Grant, Key, Mappings, Origin, Refused};
 use crate::proto::Transport;
-use crate::upstream::{self, Ask, Failure, Granted, Igd, SocketPool, Upstream, Via, other_port};
+use crate::upstream::{self, Ask, Exchanges, Failure, Granted, Igd, Upstream, Via, other_port};
 
 /// Spread ports tried for a local port when neither the asked-for nor the internal one is free.
 const LOCAL_PORT_TRIES: u32 = 16;
@@ -33,7 +33,8 @@ pub struct Mapper {
     igd: Option<Arc<Igd>>,
     pub mappings: Arc<Mappings>,
     pub identity: Arc<Identity>,
-    sockets: Arc<SocketPool>,
+    /// Shared with the keeper: one exchange at a time about a mapping.
+    exchanges: Arc<Exchanges>,
     /// Double NAT: local ports chosen for requests still at the CGN, not yet in the table.
     choosing: Choosing,
 }
@@ -62,6 +63,7 @@ impl Mapper {
         igd: Option<Arc<Igd>>,
         mappings: Arc<Mappings>,
         identity: Arc<Identity>,
+        exchanges: Arc<Exchanges>,
     ) -> Mapper {
         Mapper {
             cfg,
@@ -69,7 +71,7 @@ impl Mapper {
             igd,
             mappings,
             identity,
-            sockets: Arc::default(),
+            exchanges,
             choosing: Mutex::default(),
         }
     }
@@ -85,13 +87,13 @@ impl Mapper {
 
     fn upstream(&self) -> Result<Upstream, Failure> {
         let via = self.via.ok_or(Failure::NetworkFailure)?;
-        Ok(Upstream {
-            cgn: SocketAddrV4::new(self.cfg.cgn, self.cfg.nat_pmp_port),
-            wan: self.cfg.wan.addr,
-            via,
-            igd: self.igd.clone(),
-            sockets: self.sockets.clone(),
-        })
+        Ok(self.upstream_in(via))
+    }
+
+    /// The CGN, spoken to in `via`.
+    fn upstream_in(&self, via: Via) -> Upstream {
+        let sockets = self.exchanges.sockets.clone();
+        Upstream::of(&self.cfg, via, self.igd.clone(), sockets)
     }
 
     /// The CGN's external address: known from a probe or a grant, else asked for.
@@ -118,6 +120,7 @@ impl Mapper {
             return Err(Failure::NotAuthorized);
         }
         let upstream = self.upstream()?;
+        let _turn = self.exchanges.turn(key).await;
         let entry = self.mappings.get(&key).await;
         let local = match self.mappings.double_nat() {
             true => {
@@ -126,19 +129,15 @@ impl Mapper {
             }
             false => None,
         };
-        let (host, internal_port) =
-            mapping::seen_upstream(&key, local.as_ref().map(|c| c.port), self.cfg.wan.addr);
         // A renewal goes with the nonce that made the mapping (it may come from a file
         // written by an earlier run, whose derived nonces differ).
-        let backing = entry.map(|e| e.backing);
+        let nonce = self.nonce_for(&key, &origin, entry.map(|e| e.backing));
+        let local_port = local.as_ref().map(|c| c.port);
         let ask = Ask {
-            host,
-            proto: key.proto,
-            internal_port,
             suggested_port,
             lifetime,
             prefer_failure,
-            nonce: self.nonce_for(&key, &origin, backing),
+            ..Ask::for_key(&key, local_port, self.cfg.wan.addr, nonce)
         };
         let mut granted = upstream.map(&ask).await?;
         if granted.external.ip().is_unspecified() {
@@ -156,7 +155,7 @@ impl Mapper {
             origin,
             backing,
             client,
-            local_port: local.as_ref().map(|c| c.port),
+            local_port,
         };
         if let Err(refused) = self.mappings.granted(grant).await {
             // Nothing may exist at the CGN that the table (and so the firewall) does not hold.
@@ -178,6 +177,7 @@ impl Mapper {
     /// Deletes `key` at the CGN and from the table. A PCP delete must carry the nonce that
     /// made the mapping (`nonce`); NAT-PMP has none to check.
     pub async fn delete(&self, key: Key, nonce: Option<[u8; 12]>) -> Result<(), Failure> {
+        let _turn = self.exchanges.turn(key).await;
         let entry = self.mappings.get(&key).await;
         if let (Some(e), Some(nonce)) = (&entry, nonce)
             && !same_nonce(e, nonce)
@@ -186,20 +186,11 @@ impl Mapper {
         }
         let upstream = self.upstream()?;
         let origin = entry.as_ref().map_or(Origin::NatPmp, |e| e.origin.clone());
-        let (host, internal_port) = mapping::seen_upstream(
-            &key,
-            entry.as_ref().and_then(|e| e.local_port),
-            self.cfg.wan.addr,
-        );
-        let ask = Ask {
-            host,
-            proto: key.proto,
-            internal_port,
-            // UPnP deletes by external port.
-            suggested_port: entry.as_ref().map_or(0, |e| e.external.port()),
-            lifetime: 0,
-            prefer_failure: false,
-            nonce: self.nonce_for(&key, &origin, entry.as_ref().map(|e| e.backing)),
+        let nonce = self.nonce_for(&key, &origin, entry.as_ref().map(|e| e.backing));
+        // UPnP deletes by external port: the entry's, if the table has one.
+        let ask = match &entry {
+            Some(entry) => Ask::for_entry(entry, self.cfg.wan.addr, 0, nonce),
+            None => Ask::for_key(&key, None, self.cfg.wan.addr, nonce),
         };
         // The client wants it gone: the hole closes whatever the CGN says.
         let at_cgn = upstream.map(&ask).await.map(|_| ());
@@ -245,26 +236,10 @@ impl Mapper {
     /// hole closed whatever the CGN answers, as at its expiry. A mapping relayed to the CGN's
     /// own IGD is deleted there only when portproxy knows that IGD (it maps with UPnP).
     pub async fn remove(&self, entry: &Entry) -> Result<(), Failure> {
+        let _turn = self.exchanges.turn(entry.key).await;
         let (via, nonce) = upstream::made_with(entry);
-        let upstream = Upstream {
-            cgn: SocketAddrV4::new(self.cfg.cgn, self.cfg.nat_pmp_port),
-            wan: self.cfg.wan.addr,
-            via,
-            igd: self.igd.clone(),
-            sockets: self.sockets.clone(),
-        };
-        let (host, internal_port) =
-            mapping::seen_upstream(&entry.key, entry.local_port, self.cfg.wan.addr);
-        let ask = Ask {
-            host,
-            proto: entry.key.proto,
-            internal_port,
-            suggested_port: entry.external.port(),
-            lifetime: 0,
-            prefer_failure: false,
-            nonce,
-        };
-        let at_cgn = upstream.map(&ask).await.map(drop);
+        let ask = Ask::for_entry(entry, self.cfg.wan.addr, 0, nonce);
+        let at_cgn = self.upstream_in(via).map(&ask).await.map(drop);
         self.mappings.deleted(entry.key).await;
         at_cgn
     }

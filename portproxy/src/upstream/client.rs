@@ -17,6 +17,8 @@ use log::debug;
 use tokio::net::UdpSocket;
 
 use super::{Failure, Igd, Nonces, Via};
+use crate::config::Config;
+use crate::mapping::{Entry, Key};
 use crate::proto::{Transport, natpmp, pcp};
 use crate::sockets::{self, Sender};
 
@@ -40,6 +42,37 @@ pub struct Ask {
     pub prefer_failure: bool,
     /// The PCP nonce the CGN ties the mapping to (unused with NAT-PMP).
     pub nonce: [u8; 12],
+}
+
+impl Ask {
+    /// A delete of `key`'s mapping with `nonce`, as the CGN knows it: for the host and its
+    /// internal port, or in double NAT (a `local_port`) for the router's WAN address `wan`
+    /// and that port. A map sets the rest.
+    pub fn for_key(key: &Key, local_port: Option<u16>, wan: Ipv4Addr, nonce: [u8; 12]) -> Ask {
+        let (host, internal_port) = match local_port {
+            Some(port) => (wan, port),
+            None => (key.host, key.internal_port),
+        };
+        Ask {
+            host,
+            proto: key.proto,
+            internal_port,
+            suggested_port: 0,
+            lifetime: 0,
+            prefer_failure: false,
+            nonce,
+        }
+    }
+
+    /// The table's mapping `entry` asked for again on the external port it has, for
+    /// `lifetime` (0 deletes it), with `nonce` (the one that made it).
+    pub fn for_entry(entry: &Entry, wan: Ipv4Addr, lifetime: u32, nonce: [u8; 12]) -> Ask {
+        Ask {
+            suggested_port: entry.external.port(),
+            lifetime,
+            ..Ask::for_key(&entry.key, entry.local_port, wan, nonce)
+        }
+    }
 }
 
 /// What the CGN granted.
@@ -138,6 +171,17 @@ impl SocketPool {
 }
 
 impl Upstream {
+    /// The daemon's CGN (`cfg`), spoken to in `via` from `sockets`.
+    pub fn of(cfg: &Config, via: Via, igd: Option<Arc<Igd>>, sockets: Arc<SocketPool>) -> Upstream {
+        Upstream {
+            cgn: SocketAddrV4::new(cfg.cgn, cfg.nat_pmp_port),
+            wan: cfg.wan.addr,
+            via,
+            igd,
+            sockets,
+        }
+    }
+
     /// Creates, renews (lifetime > 0) or deletes (lifetime 0) a mapping. A `prefer_failure`
     /// ask that got another port is deleted again and refused.
     pub async fn map(&self, ask: &Ask) -> Result<Granted, Failure> {

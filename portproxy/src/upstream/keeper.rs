@@ -24,10 +24,10 @@ use tokio::net::UdpSocket;
 
 use super::epoch::EpochWatch;
 use super::probe::{self, Epochs};
-use super::{Ask, Handling, Plan, SocketPool, Speaks, Upstream, Via};
+use super::{Ask, Exchanges, Handling, Plan, Speaks, Upstream, Via};
 use crate::clock::boot_time;
 use crate::config::Config;
-use crate::mapping::{self, Backing, Entry, Grant, Mappings, Origin};
+use crate::mapping::{Backing, Entry, Grant, Mappings, Origin};
 use crate::proto::{natpmp, pcp};
 use crate::serve::Identity;
 use crate::sockets;
@@ -98,6 +98,8 @@ pub struct Keeper {
     pub stats: Arc<Stats>,
     pub identity: Arc<Identity>,
     pub state: Arc<Mutex<CgnState>>,
+    /// Shared with the servers (`serve::Mapper`): one exchange at a time about a mapping.
+    pub exchanges: Arc<Exchanges>,
     /// Sends the announcements: bound to the LAN address and port 5351.
     pub lan: Arc<UdpSocket>,
 }
@@ -217,33 +219,23 @@ impl Keeper {
     async fn recreate(&self) -> bool {
         let now = boot_time();
         let public = self.mappings.known_public_address().await;
-        let sockets = Arc::new(SocketPool::default());
         let mut all = true;
-        for entry in self.mappings.entries().await {
+        for key in self.mappings.entries().await.into_iter().map(|e| e.key) {
+            // Deleted (or renewed) meanwhile, by a client, the API or a forward: a deleted
+            // mapping must not be made again, so the table is read with the turn held.
+            let _turn = self.exchanges.turn(key).await;
+            let Some(entry) = self.mappings.get(&key).await else {
+                continue;
+            };
             let Some((via, nonce)) = upstream_of(&entry) else {
                 continue;
             };
             let Some(left) = entry.expires.and_then(|t| t.checked_sub(now)) else {
                 continue;
             };
-            let (host, internal_port) =
-                mapping::seen_upstream(&entry.key, entry.local_port, self.cfg.wan.addr);
-            let ask = Ask {
-                host,
-                proto: entry.key.proto,
-                internal_port,
-                suggested_port: entry.external.port(),
-                lifetime: u32::try_from(left.as_secs().max(1)).unwrap_or(u32::MAX),
-                prefer_failure: false,
-                nonce,
-            };
-            let upstream = Upstream {
-                cgn: SocketAddrV4::new(self.cfg.cgn, self.cfg.nat_pmp_port),
-                wan: self.cfg.wan.addr,
-                via,
-                igd: None,
-                sockets: sockets.clone(),
-            };
+            let lifetime = u32::try_from(left.as_secs().max(1)).unwrap_or(u32::MAX);
+            let ask = Ask::for_entry(&entry, self.cfg.wan.addr, lifetime, nonce);
+            let upstream = Upstream::of(&self.cfg, via, None, self.exchanges.sockets.clone());
             match upstream.map(&ask).await {
                 Ok(granted) => {
                     self.stats.add(Counter::MappingsRecreated);
@@ -330,9 +322,193 @@ pub fn made_with(entry: &Entry) -> (Via, [u8; 12]) {
 
 #[cfg(test)]
 mod tests {
+    use std::net::UdpSocket as StdUdpSocket;
+
+    use tokio::sync::mpsc;
+
     use super::*;
+    use crate::cli::{Hooks, Mode};
+    use crate::config::Side;
+    use crate::mapping::{Key, Limits};
+    use crate::proto::Transport;
+    use crate::proto::pcp::{Parsed, parse_request, response, result};
+    use crate::serve::Mapper;
+    use crate::sockets::Sender;
 
     const CGN: Ipv4Addr = Ipv4Addr::new(192, 0, 0, 1);
+    const HOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
+    const NONCE: [u8; 12] = [7; 12];
+    const KEY: Key = Key {
+        host: HOST,
+        proto: Transport::Tcp,
+        internal_port: 8411,
+    };
+
+    /// A PCP CGN on loopback: records the lifetime of every MAP of `KEY` it gets, in order
+    /// (0: a delete), until the test's empty datagram; answers a delete at once, a map only
+    /// when it is sent again (the CGN slow, or its first answer lost), and says on
+    /// `first_copy` when it left a map unanswered.
+    struct FakeCgn {
+        addr: SocketAddrV4,
+        heard: std::thread::JoinHandle<Vec<u32>>,
+        first_copy: mpsc::UnboundedReceiver<u32>,
+    }
+
+    impl FakeCgn {
+        fn start() -> FakeCgn {
+            let cgn = StdUdpSocket::bind((HOST, 0)).unwrap();
+            cgn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let addr = match cgn.local_addr().unwrap() {
+                std::net::SocketAddr::V4(a) => a,
+                other => panic!("{other}"),
+            };
+            let (tell, first_copy) = mpsc::unbounded_channel();
+            let heard = std::thread::spawn(move || {
+                let mut buf = [0u8; pcp::MAX_LEN];
+                let mut heard = Vec::new();
+                loop {
+                    let (len, from) = cgn.recv_from(&mut buf).expect("the test's end");
+                    if len == 0 {
+                        return heard;
+                    }
+                    let Parsed::Request(request) = parse_request(&buf[..len]) else {
+                        panic!("not a PCP request");
+                    };
+                    let map = request.map.expect("a MAP");
+                    assert_eq!((map.nonce, map.internal_port), (NONCE, KEY.internal_port));
+                    let again = heard.last() == Some(&request.lifetime);
+                    heard.push(request.lifetime);
+                    if request.lifetime != 0 && !again {
+                        tell.send(request.lifetime).unwrap();
+                        continue;
+                    }
+                    let answer = response(&request, result::SUCCESS, request.lifetime, 1, None);
+                    cgn.send_to(&answer, from).unwrap();
+                }
+            });
+            FakeCgn {
+                addr,
+                heard,
+                first_copy,
+            }
+        }
+
+        /// What it heard, once everything asked of it has ended.
+        fn heard(self) -> Vec<u32> {
+            StdUdpSocket::bind((HOST, 0))
+                .unwrap()
+                .send_to(&[], self.addr)
+                .unwrap();
+            self.heard.join().unwrap()
+        }
+    }
+
+    /// A keeper and a mapper (the servers', the API's, the forwards') that share `KEY`'s
+    /// PCP mapping, made with `NONCE`, and ask `cgn` as this host.
+    async fn keeper_and_mapper(cgn: SocketAddrV4) -> (Arc<Keeper>, Mapper) {
+        let side = Side {
+            iface: "lo".into(),
+            index: 1,
+            addr: HOST,
+            prefix_len: 8,
+        };
+        let cfg = Arc::new(Config {
+            lan: side.clone(),
+            wan: side,
+            cgn: *cgn.ip(),
+            nat_pmp: true,
+            upnp_udp: false,
+            upnp_tcp: false,
+            nat_pmp_port: cgn.port(),
+            ssdp_port: 1900,
+            http_ports: [5000, 5001],
+            pending_timeout: Duration::from_secs(2),
+            max_clients: 16,
+            rate_limit: 0,
+            hooks: Hooks::Tc,
+        });
+        let stats = Arc::new(Stats::default());
+        let limits = Limits {
+            total: 8,
+            per_host: 8,
+        };
+        let mappings = Mappings::new(limits, None, None, stats.clone());
+        let grant = Grant {
+            key: KEY,
+            external: SocketAddrV4::new(Ipv4Addr::new(203, 0, 114, 1), 9411),
+            lifetime: 600,
+            origin: Origin::PcpMap { nonce: NONCE },
+            backing: Backing::Pcp { nonce: NONCE },
+            client: SocketAddrV4::new(HOST, 40000),
+            local_port: None,
+        };
+        mappings.granted(grant).await.unwrap();
+        let identity = Arc::new(Identity::default());
+        let exchanges = Arc::new(Exchanges::new(Sender::Myself));
+        let speaks = Speaks {
+            pcp: true,
+            ..Speaks::default()
+        };
+        let keeper = Keeper {
+            cfg: cfg.clone(),
+            speaks,
+            plan: Plan::choose(Mode::Proxy, speaks),
+            mappings: mappings.clone(),
+            stats,
+            identity: identity.clone(),
+            state: Arc::default(),
+            exchanges: exchanges.clone(),
+            lan: Arc::new(UdpSocket::bind((HOST, 0)).await.unwrap()),
+        };
+        let mapper = Mapper::new(cfg, Some(Via::Pcp), None, mappings, identity, exchanges);
+        (Arc::new(keeper), mapper)
+    }
+
+    /// The keeper re-creating a mapping (its MAP still being sent again) while a client
+    /// deletes it: the delete waits for the keeper's exchange, so the CGN's last word on the
+    /// mapping is the delete, as the table's is.
+    #[tokio::test]
+    async fn a_delete_during_a_re_creation_is_the_cgns_last_word() {
+        let mut cgn = FakeCgn::start();
+        let (keeper, mapper) = keeper_and_mapper(cgn.addr).await;
+        let recreating = tokio::spawn({
+            let keeper = keeper.clone();
+            async move { keeper.recreate().await }
+        });
+        let asked = tokio::time::timeout(Duration::from_secs(10), cgn.first_copy.recv());
+        assert!(asked.await.unwrap().is_some(), "the keeper's MAP");
+        mapper.delete(KEY, None).await.unwrap();
+        assert!(recreating.await.unwrap(), "the keeper's MAP answered");
+        let heard = cgn.heard();
+        assert_eq!(heard.last(), Some(&0), "the CGN heard {heard:?}");
+        assert!(mapper.mappings.get(&KEY).await.is_none());
+    }
+
+    /// The other order: a mapping deleted while the keeper waited for its turn is not made
+    /// again.
+    #[tokio::test]
+    async fn a_mapping_deleted_while_the_keeper_waited_is_not_made_again() {
+        let cgn = FakeCgn::start();
+        let (keeper, mapper) = keeper_and_mapper(cgn.addr).await;
+        // A delete in flight: it has the turn, the table still has the mapping.
+        let deleting = keeper.exchanges.turn(KEY).await;
+        let recreating = tokio::spawn({
+            let keeper = keeper.clone();
+            async move { keeper.recreate().await }
+        });
+        for _ in 0..1000 {
+            if keeper.exchanges.waited_for(&KEY) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(keeper.exchanges.waited_for(&KEY), "the keeper waits");
+        mapper.mappings.deleted(KEY).await;
+        drop(deleting);
+        assert!(recreating.await.unwrap());
+        assert_eq!(cgn.heard(), Vec::<u32>::new());
+        assert!(mapper.mappings.get(&KEY).await.is_none());
+    }
 
     #[test]
     fn a_restart_or_a_new_address_means_recreating() {

@@ -8,6 +8,7 @@
 
 mod client;
 mod epoch;
+mod exchanges;
 mod igd;
 mod keeper;
 mod nonce;
@@ -18,6 +19,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use client::{Ask, Granted, SocketPool, Upstream};
+pub use exchanges::Exchanges;
 pub use igd::{Igd, other_port};
 pub use keeper::{CgnState, Keeper, made_with};
 pub use nonce::Nonces;
