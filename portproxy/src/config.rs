@@ -55,7 +55,10 @@ pub enum Resolved {
     /// Something that can still appear (an interface, its address, the route to the CGN):
     /// what it is, for the log and `portproxy stats`; and the LAN side when it is there
     /// already (the API serves on it whatever the WAN side does).
-    Waiting { what: String, lan: Option<Side> },
+    Waiting {
+        what: String,
+        lan: Option<Side>,
+    },
 }
 
 impl Config {

@@ -188,7 +188,11 @@ fn with_api_from(
         if let Some(stage) = stage {
             lab.undo_softwire(stage)?;
         }
-        let started = if stage.is_some() { "waiting for" } else { "ready:" };
+        let started = if stage.is_some() {
+            "waiting for"
+        } else {
+            "ready:"
+        };
         let mut portproxy = lab.spawn_portproxy_on_until(path, &args, started)?;
         let result =
             test(lab, &mut portproxy).and_then(|()| lab.check_data_path(&portproxy, path, &[]));
