@@ -38,13 +38,9 @@ struct Saved {
 /// whole (not JSON, another version, a forward that makes no sense, two of the same) is an
 /// error that names the file and the forward.
 pub fn load(path: &Path) -> Result<Vec<(Forward, Option<u16>)>> {
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    let Some(file) = mapping::read_json::<File>(path, "forwards")? else {
+        return Ok(Vec::new());
     };
-    let file: File = serde_json::from_slice(&bytes)
-        .with_context(|| format!("{} is not a forwards file", path.display()))?;
     if file.version != VERSION {
         bail!(
             "{}: version {} is not {VERSION}",

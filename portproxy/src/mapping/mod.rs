@@ -21,7 +21,7 @@ use log::{debug, info, warn};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, watch};
 
-pub use persist::write_json;
+pub use persist::{read_json, write_json};
 pub use table::{Learned, Limits, Refused, Table};
 
 use crate::clock::boot_time as now;

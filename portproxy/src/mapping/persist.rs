@@ -232,7 +232,8 @@ pub fn save<'a>(
 }
 
 /// Writes `value` to `path` as JSON, whole: through a temporary file and a rename, so a
-/// crash leaves the old file or the new one (the forwards file is written the same way).
+/// crash leaves the old file or the new one (the forwards file is written and read the
+/// same way).
 pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -248,16 +249,25 @@ pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
+/// Reads the JSON file `path` that `write_json` wrote, `what` naming it in errors; `None`
+/// if there is no file yet.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<Option<T>> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .with_context(|| format!("{} is not a {what} file", path.display()))
+}
+
 /// The grants that restore the mappings saved in `path`, at most `limit` of them, `now`
 /// being the present on the boot clock; none if there is no file yet.
 pub fn load(path: &Path, limit: usize, now: Duration) -> Result<Vec<Grant>> {
-    let bytes = match fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    let Some(file) = read_json::<File<Vec<Saved>>>(path, "mappings")? else {
+        return Ok(Vec::new());
     };
-    let file: File<Vec<Saved>> = serde_json::from_slice(&bytes)
-        .with_context(|| format!("{} is not a mappings file", path.display()))?;
     if file.version != VERSION {
         bail!(
             "{}: version {} is not {VERSION}",
